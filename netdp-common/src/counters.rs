@@ -1,0 +1,122 @@
+//! Per-program counters: what each program did with the packets it saw, and why.
+//!
+//! The COUNTERS map is a per-CPU array indexed by `program * REASONS + reason`; the agent
+//! and the CLI sum the per-CPU slots.
+
+/// Which program bumped a counter.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    FromPod = 0,
+    FromNetdev = 1,
+}
+
+impl Program {
+    pub const ALL: [Program; 2] = [Program::FromPod, Program::FromNetdev];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Program::FromPod => "from_pod",
+            Program::FromNetdev => "from_netdev",
+        }
+    }
+}
+
+/// What happened to a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Forwarded,
+    Passed,
+    Dropped,
+}
+
+impl Verdict {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Forwarded => "forwarded",
+            Verdict::Passed => "passed",
+            Verdict::Dropped => "dropped",
+        }
+    }
+}
+
+/// Why. Values are stable: they index the map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Redirected straight into a pod on this node.
+    LocalDelivery = 0,
+    /// Sent to a peer node by direct routing, next-hop MAC known.
+    Direct = 1,
+    /// Sent to a peer node by direct routing, neighbour resolved by the kernel.
+    DirectNeigh = 2,
+    /// Not IPv4 (ARP, IPv6, ...): the kernel handles it.
+    NonIpv4 = 16,
+    /// Destination is not a pod we know: the kernel routes it.
+    UnknownDestination = 17,
+    /// TTL would expire: the kernel forwards it so it can send ICMP time exceeded.
+    TtlExceeded = 18,
+    /// The peer is known but the backend cannot reach it (e.g. host-gw across routers).
+    PeerUnreachable = 19,
+    /// IPv4 with options or fragments: the kernel handles it.
+    Ipv4Options = 20,
+    /// Frame shorter than its headers claim.
+    Malformed = 32,
+    /// A redirect helper failed.
+    RedirectFailed = 33,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::LocalDelivery,
+        Reason::Direct,
+        Reason::DirectNeigh,
+        Reason::NonIpv4,
+        Reason::UnknownDestination,
+        Reason::TtlExceeded,
+        Reason::PeerUnreachable,
+        Reason::Ipv4Options,
+        Reason::Malformed,
+        Reason::RedirectFailed,
+    ];
+
+    pub const fn verdict(self) -> Verdict {
+        match self as u32 {
+            0..=15 => Verdict::Forwarded,
+            16..=31 => Verdict::Passed,
+            _ => Verdict::Dropped,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::LocalDelivery => "local_delivery",
+            Reason::Direct => "direct",
+            Reason::DirectNeigh => "direct_neigh",
+            Reason::NonIpv4 => "non_ipv4",
+            Reason::UnknownDestination => "unknown_destination",
+            Reason::TtlExceeded => "ttl_exceeded",
+            Reason::PeerUnreachable => "peer_unreachable",
+            Reason::Ipv4Options => "ipv4_options",
+            Reason::Malformed => "malformed",
+            Reason::RedirectFailed => "redirect_failed",
+        }
+    }
+}
+
+/// Slots reserved per program.
+pub const REASONS: u32 = 64;
+/// Size of the COUNTERS map.
+pub const SLOTS: u32 = REASONS * 4;
+
+#[inline(always)]
+pub const fn index(program: Program, reason: Reason) -> u32 {
+    program as u32 * REASONS + reason as u32
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}

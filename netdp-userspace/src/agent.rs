@@ -1,0 +1,404 @@
+//! `netdp agent`: leases this node's subnet, keeps the dataplane's maps in step with the
+//! other nodes' leases, and renews the lease until stopped.
+//!
+//! Stopping the agent leaves the dataplane running (programs, links and maps are pinned);
+//! the next agent adopts them.
+use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, anyhow, bail};
+use ipnetwork::Ipv4Network;
+use log::{error, info, warn};
+use netdp_common::route::flags;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    time::{Instant, sleep_until},
+};
+
+use crate::{
+    config::{Backend, NetworkConfig},
+    dataplane::{
+        Dataplane, MapSizes, Pins,
+        route::{RouteMap, Underlay, plan},
+    },
+    etcd::EtcdArgs,
+    lease::{self, Lease, LeaseAttrs, LeaseOptions, LeaseWatch, PeerLease, Registry, WatchUpdate},
+    netlink::Netlink,
+    subnet_file::SubnetFile,
+    util::parse_duration,
+};
+
+/// The host-side device holding the node's address in its pod subnet (pods' gateway).
+pub const GATEWAY_DEV: &str = "netdp_host";
+const GATEWAY_PEER: &str = "netdp_net";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Underlay interface (default: the one holding the default route).
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// Address other nodes reach this one at (default: the first IPv4 address of --iface).
+    #[arg(long = "public-ip")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// Where to write the node's lease for the CNI plugin.
+    #[arg(long = "subnet-file", default_value = "/run/flannel/subnet.env")]
+    pub subnet_file: PathBuf,
+    /// Name of this node; its pins live under <bpf-root>/<node-name>.
+    #[arg(long = "node-name", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// bpffs directory for netdp's pinned objects.
+    #[arg(long = "bpf-root", default_value = "/sys/fs/bpf/netdp")]
+    pub bpf_root: PathBuf,
+    /// Masquerade pod traffic leaving the cluster Network.
+    #[arg(long = "ip-masq")]
+    pub ip_masq: bool,
+    /// Lifetime of the subnet lease.
+    #[arg(long = "subnet-lease-ttl", value_parser = parse_duration, default_value = "24h")]
+    pub lease_ttl: Duration,
+    /// Renew the lease this long before it expires.
+    #[arg(long = "subnet-lease-renew-margin", value_parser = parse_duration, default_value = "60m")]
+    pub renew_margin: Duration,
+    /// Pause between failed renewals.
+    #[arg(long = "subnet-lease-retry", value_parser = parse_duration, default_value = "1m")]
+    pub retry_interval: Duration,
+    /// Capacity of the endpoint map.
+    #[arg(long = "endpoint-map-size", default_value_t = netdp_common::capacity::ENDPOINTS)]
+    pub endpoint_map_size: u32,
+    /// Capacity of the route map.
+    #[arg(long = "route-map-size", default_value_t = netdp_common::capacity::ROUTES)]
+    pub route_map_size: u32,
+    /// How often to re-check next-hop MACs and the network config.
+    #[arg(long = "resync-interval", value_parser = parse_duration, default_value = "5s")]
+    pub resync_interval: Duration,
+}
+
+impl AgentArgs {
+    fn lease_options(&self) -> LeaseOptions {
+        LeaseOptions {
+            ttl: self.lease_ttl,
+            renew_margin: self.renew_margin,
+            retry_interval: self.retry_interval,
+        }
+    }
+}
+
+fn hostname() -> Result<String> {
+    let h = nix::unistd::gethostname().context("reading the hostname")?;
+    Ok(h.to_string_lossy().into_owned())
+}
+
+/// What the agent keeps in step.
+struct State {
+    config: NetworkConfig,
+    config_rev: i64,
+    underlay: Underlay,
+    lease: Lease,
+    peers: HashMap<Ipv4Network, PeerLease>,
+    routes: RouteMap,
+    nl: Netlink,
+    /// Peers already reported as unreachable by the backend.
+    reported_unreachable: std::collections::HashSet<Ipv4Addr>,
+}
+
+impl State {
+    /// Recomputes every route from the leases and writes the difference to the map.
+    async fn sync_routes(&mut self) -> Result<()> {
+        let mut desired = HashMap::new();
+        for peer in self.peers.values() {
+            if peer.subnet == self.lease.subnet
+                || peer.attrs.public_ip == self.lease.attrs.public_ip
+            {
+                continue;
+            }
+            let ip = peer.attrs.public_ip;
+            let mac = self
+                .nl
+                .neighbour(self.underlay.link.index, ip)
+                .await
+                .unwrap_or(None);
+            let route = plan(&self.underlay, &self.config.backend, ip, mac);
+            if route.mode == netdp_common::route::mode::UNREACHABLE {
+                if self.reported_unreachable.insert(ip) {
+                    warn!(
+                        "peer {} ({}) is not on this node's underlay subnet {}: the {} backend cannot reach it",
+                        ip,
+                        peer.subnet,
+                        self.underlay.addr,
+                        self.config.backend.type_name()
+                    );
+                }
+            } else {
+                self.reported_unreachable.remove(&ip);
+            }
+            desired.insert(peer.subnet, route);
+        }
+        let stats = self.routes.sync(&desired)?;
+        if !stats.is_empty() {
+            let unresolved = desired
+                .values()
+                .filter(|r| r.flags & flags::HAS_MAC == 0)
+                .count();
+            info!(
+                "routes: {} added, {} updated, {} removed; {} peers, {} awaiting neighbour resolution",
+                stats.added,
+                stats.updated,
+                stats.removed,
+                desired.len(),
+                unresolved
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(args: AgentArgs) -> Result<()> {
+    let node = match &args.node_name {
+        Some(n) => n.clone(),
+        None => hostname()?,
+    };
+    let pins = Pins::new(&args.bpf_root, &node)?;
+    let nl = Netlink::connect()?;
+    let link = match &args.iface {
+        Some(name) => nl.require_link(name).await?,
+        None => nl
+            .default_route_link()
+            .await?
+            .ok_or_else(|| anyhow!("no --iface given and no default route to pick one from"))?,
+    };
+    let addrs = nl.ipv4_addrs(link.index).await?;
+    let addr = match args.public_ip {
+        Some(ip) => addrs
+            .iter()
+            .find(|a| a.ip() == ip)
+            .copied()
+            .unwrap_or_else(|| Ipv4Network::new(ip, 32).expect("/32 is valid")),
+        None => *addrs.first().ok_or_else(|| {
+            anyhow!(
+                "interface {} has no IPv4 address; give --public-ip",
+                link.name
+            )
+        })?,
+    };
+    let public_ip = addr.ip();
+    let underlay = Underlay {
+        link: link.clone(),
+        addr,
+    };
+
+    let client = args.etcd.connect().await?;
+    let mut registry = Registry::new(client, args.etcd.prefix());
+    let (config, config_rev) = registry.config().await?;
+    if !matches!(config.backend, Backend::HostGw) {
+        bail!(
+            "backend {} is not supported yet (this build forwards with host-gw only)",
+            config.backend.type_name()
+        );
+    }
+    let opts = args.lease_options();
+    let attrs = LeaseAttrs::new(public_ip, config.backend.type_name(), None);
+    let hint = SubnetFile::read_subnet(&args.subnet_file);
+    let lease = registry
+        .acquire(&config, &attrs, hint, &opts)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    info!(
+        "node {node}: leased {} for {public_ip} ({} backend, underlay {} {})",
+        lease.subnet,
+        config.backend.type_name(),
+        link.name,
+        addr
+    );
+    write_subnet_file(&args, &config, &lease, link.mtu)?;
+
+    let sizes = MapSizes {
+        endpoints: args.endpoint_map_size,
+        routes: args.route_map_size,
+    };
+    let mut dp = Dataplane::load(Some(&pins), &sizes)?;
+    let installed = dp.install(&pins, &link.name)?;
+    info!(
+        "dataplane at {}: underlay {} {}, {} pod links adopted, {} stale removed",
+        pins.dir().display(),
+        link.name,
+        if installed.netdev_adopted {
+            "adopted"
+        } else {
+            "attached"
+        },
+        installed.pod_links_adopted,
+        installed.pod_links_removed
+    );
+    let routes = RouteMap::from_map(dp.take_map(netdp_common::map_names::ROUTES)?)?;
+    ensure_gateway(&nl, &lease).await?;
+
+    let (leases, revision) = registry.leases().await?;
+    let mut state = State {
+        config,
+        config_rev,
+        underlay,
+        lease,
+        peers: leases.into_iter().map(|l| (l.subnet, l)).collect(),
+        routes,
+        nl,
+        reported_unreachable: Default::default(),
+    };
+    state.sync_routes().await?;
+    println!(
+        "netdp agent ready: node {node} subnet {}",
+        state.lease.subnet
+    );
+
+    let (tx, mut updates) = mpsc::channel(64);
+    tokio::spawn(watch_leases(
+        Registry::new(registry.client.clone(), registry.prefix()),
+        revision,
+        tx,
+    ));
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut next_renew = Instant::now() + opts.renew_every();
+    let mut resync = tokio::time::interval(args.resync_interval);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            Some(update) = updates.recv() => {
+                lease::apply(&mut state.peers, update);
+                let own = state.peers.get(&state.lease.subnet);
+                if own.is_none_or(|l| l.attrs.public_ip != state.lease.attrs.public_ip) {
+                    warn!("this node's lease {} is gone; acquiring a new one", state.lease.subnet);
+                    next_renew = Instant::now();
+                }
+                if let Err(e) = state.sync_routes().await {
+                    error!("programming routes: {e:#}");
+                }
+            }
+            _ = sleep_until(next_renew) => {
+                next_renew = match renew(&mut registry, &mut state, &args, &attrs, &opts).await {
+                    Ok(()) => Instant::now() + opts.renew_every(),
+                    Err(e) => {
+                        warn!("lease {}: {e:#}; retrying in {:?}", state.lease.subnet, opts.retry_interval);
+                        Instant::now() + opts.retry_interval
+                    }
+                };
+            }
+            _ = resync.tick() => {
+                check_config(&mut registry, &mut state).await;
+                if let Err(e) = state.sync_routes().await {
+                    error!("programming routes: {e:#}");
+                }
+            }
+        }
+    }
+    info!("stopping; the dataplane stays in place for the next agent");
+    Ok(())
+}
+
+/// Renews our lease, or re-acquires one if it is gone.
+async fn renew(
+    registry: &mut Registry,
+    state: &mut State,
+    args: &AgentArgs,
+    attrs: &LeaseAttrs,
+    opts: &LeaseOptions,
+) -> Result<()> {
+    if registry.renew(&state.lease).await? {
+        return Ok(());
+    }
+    let lease = registry
+        .acquire(&state.config, attrs, Some(state.lease.subnet), opts)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    if lease.subnet != state.lease.subnet {
+        warn!(
+            "lease moved from {} to {}: pods addressed from the old subnet lose connectivity",
+            state.lease.subnet, lease.subnet
+        );
+    } else {
+        info!("re-acquired lease {}", lease.subnet);
+    }
+    state.lease = lease;
+    write_subnet_file(args, &state.config, &state.lease, state.underlay.link.mtu)?;
+    ensure_gateway(&state.nl, &state.lease).await?;
+    state.sync_routes().await
+}
+
+/// Reports a config that changed under us; the running state is kept either way.
+async fn check_config(registry: &mut Registry, state: &mut State) {
+    match registry.config().await {
+        Ok((config, rev)) => {
+            if rev != state.config_rev {
+                state.config_rev = rev;
+                if config != state.config {
+                    warn!(
+                        "the network config changed; restart the agent to apply it (keeping the running one)"
+                    );
+                }
+            }
+        }
+        Err(e) => {
+            // Only report each broken revision once.
+            let msg = format!("{e:#}");
+            if !msg.contains("cannot reach") && state.config_rev >= 0 {
+                error!("{msg}; keeping the running config");
+                state.config_rev = -1;
+            }
+        }
+    }
+}
+
+fn write_subnet_file(
+    args: &AgentArgs,
+    config: &NetworkConfig,
+    lease: &Lease,
+    underlay_mtu: u32,
+) -> Result<()> {
+    SubnetFile {
+        network: config.network,
+        subnet: lease.subnet,
+        mtu: config.pod_mtu(underlay_mtu),
+        ipmasq: args.ip_masq,
+    }
+    .write(&args.subnet_file)
+}
+
+/// Gives the node its gateway address in the pod subnet, on a veth pair of its own.
+async fn ensure_gateway(nl: &Netlink, lease: &Lease) -> Result<()> {
+    if nl.link(GATEWAY_DEV).await?.is_none() {
+        nl.add_veth(GATEWAY_DEV, GATEWAY_PEER).await?;
+    }
+    let host = nl.require_link(GATEWAY_DEV).await?;
+    let peer = nl.require_link(GATEWAY_PEER).await?;
+    nl.configure_link(peer.index, None, None).await?;
+    nl.configure_link(host.index, None, None).await?;
+    let gw = Ipv4Network::new(Ipv4Addr::from(u32::from(lease.subnet.network()) + 1), 32)?;
+    nl.remove_other_addrs(host.index, gw).await?;
+    nl.add_addr(host.index, gw.ip(), 32).await
+}
+
+/// Streams lease changes to the agent; a broken watch resumes where it left off.
+async fn watch_leases(mut registry: Registry, revision: i64, tx: mpsc::Sender<WatchUpdate>) {
+    let mut watch = LeaseWatch::new(revision);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match watch.next(&mut registry).await {
+            Ok(update) => {
+                backoff = Duration::from_millis(200);
+                if tx.send(update).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(
+                    "{e:#}; resuming after revision {} in {backoff:?}",
+                    watch.revision()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

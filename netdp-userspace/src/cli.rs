@@ -1,0 +1,312 @@
+//! The `netdp` command line: the agent plus read-only views of etcd and the maps.
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::{Result, anyhow};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::{
+    agent::AgentArgs,
+    dataplane::{Pins, counters::CounterMap, endpoint::EndpointMap, route::RouteMap},
+    etcd::EtcdArgs,
+    lease::Registry,
+    subnet_file::SubnetFile,
+    util::mac_string,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netdp",
+    version,
+    about = "eBPF pod networking with Flannel-compatible subnet leases"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the node agent.
+    Agent(Box<AgentArgs>),
+    /// Show what the programs did with packets (per program and reason).
+    Counters(NodeArgs),
+    /// Pods on this node, as the dataplane sees them.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Remote subnets, as the dataplane routes them.
+    #[command(subcommand)]
+    Route(RouteCmd),
+    /// Subnet leases in etcd.
+    #[command(subcommand)]
+    Lease(LeaseCmd),
+    /// The network config in etcd.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Remove a node's dataplane: detach its programs and delete its pinned maps.
+    Teardown(NodeArgs),
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    #[arg(long = "node-name", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    #[arg(long = "bpf-root", default_value = "/sys/fs/bpf/netdp")]
+    pub bpf_root: PathBuf,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+impl NodeArgs {
+    fn pins(&self) -> Result<Pins> {
+        let node = match &self.node_name {
+            Some(n) => n.clone(),
+            None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+        };
+        Pins::new(&self.bpf_root, &node)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EndpointCmd {
+    List(NodeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RouteCmd {
+    List(NodeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaseCmd {
+    List {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// The subnet file of this node, to mark its own lease.
+        #[arg(long = "subnet-file", default_value = "/run/flannel/subnet.env")]
+        subnet_file: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCmd {
+    Show {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(header.iter().map(|s| s.to_string()).collect()));
+    for r in rows {
+        println!("{}", line(r.clone()));
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Agent(args) => crate::agent::run(*args).await,
+        Command::Counters(args) => {
+            let counters = CounterMap::open(&args.pins()?)?.all()?;
+            match args.output {
+                Output::Json => {
+                    println!(
+                        "{}",
+                        json!(counters.iter().map(|c| json!({
+                        "program": c.program.name(), "verdict": c.reason.verdict().name(),
+                        "reason": c.reason.name(), "packets": c.packets, "bytes": c.bytes,
+                    })).collect::<Vec<_>>())
+                    )
+                }
+                Output::Table => print_table(
+                    &["PROGRAM", "VERDICT", "REASON", "PACKETS", "BYTES"],
+                    &counters
+                        .iter()
+                        .map(|c| {
+                            vec![
+                                c.program.name().into(),
+                                c.reason.verdict().name().into(),
+                                c.reason.name().into(),
+                                c.packets.to_string(),
+                                c.bytes.to_string(),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+            Ok(())
+        }
+        Command::Endpoint(EndpointCmd::List(args)) => {
+            let eps = EndpointMap::open(&args.pins()?)?.list();
+            match args.output {
+                Output::Json => println!(
+                    "{}",
+                    json!(
+                        eps.iter()
+                            .map(|(ip, e)| json!({
+                                "ip": ip.to_string(), "ifindex": e.ifindex,
+                                "mac": mac_string(&e.mac), "hostMac": mac_string(&e.host_mac),
+                            }))
+                            .collect::<Vec<_>>()
+                    )
+                ),
+                Output::Table => print_table(
+                    &["POD IP", "IFINDEX", "POD MAC", "HOST MAC"],
+                    &eps.iter()
+                        .map(|(ip, e)| {
+                            vec![
+                                ip.to_string(),
+                                e.ifindex.to_string(),
+                                mac_string(&e.mac),
+                                mac_string(&e.host_mac),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+            Ok(())
+        }
+        Command::Route(RouteCmd::List(args)) => {
+            let routes = RouteMap::open(&args.pins()?)?.list();
+            let mode = |m: u32| match m {
+                netdp_common::route::mode::DIRECT => "direct",
+                netdp_common::route::mode::UNREACHABLE => "unreachable",
+                _ => "?",
+            };
+            let mac = |r: &netdp_common::route::Route| {
+                if r.flags & netdp_common::route::flags::HAS_MAC != 0 {
+                    mac_string(&r.dmac)
+                } else {
+                    "(kernel resolves)".to_string()
+                }
+            };
+            match args.output {
+                Output::Json => println!(
+                    "{}",
+                    json!(routes.iter().map(|(n, r)| json!({
+                        "subnet": n.to_string(), "node": Ipv4Addr::from(r.node_ip).to_string(),
+                        "nexthop": Ipv4Addr::from(r.nexthop).to_string(), "ifindex": r.ifindex,
+                        "mode": mode(r.mode), "nexthopMac": mac(r),
+                    })).collect::<Vec<_>>())
+                ),
+                Output::Table => print_table(
+                    &[
+                        "SUBNET",
+                        "NODE",
+                        "NEXTHOP",
+                        "IFINDEX",
+                        "MODE",
+                        "NEXTHOP MAC",
+                    ],
+                    &routes
+                        .iter()
+                        .map(|(n, r)| {
+                            vec![
+                                n.to_string(),
+                                Ipv4Addr::from(r.node_ip).to_string(),
+                                Ipv4Addr::from(r.nexthop).to_string(),
+                                r.ifindex.to_string(),
+                                mode(r.mode).into(),
+                                mac(r),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+            Ok(())
+        }
+        Command::Lease(LeaseCmd::List {
+            etcd,
+            subnet_file,
+            output,
+        }) => {
+            let mut registry = Registry::new(etcd.connect().await?, etcd.prefix());
+            let mine = SubnetFile::read_subnet(&subnet_file);
+            let (leases, _) = registry.leases().await?;
+            let mut rows = Vec::new();
+            for l in &leases {
+                let ttl = if l.etcd_lease == 0 {
+                    None
+                } else {
+                    registry
+                        .client
+                        .lease_time_to_live(l.etcd_lease, None)
+                        .await
+                        .ok()
+                        .map(|r| r.ttl())
+                };
+                rows.push((l, ttl));
+            }
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    json!(rows.iter().map(|(l, ttl)| json!({
+                        "subnet": l.subnet.to_string(), "publicIP": l.attrs.public_ip.to_string(),
+                        "backend": l.attrs.backend_type, "ttlSeconds": ttl,
+                        "mine": mine == Some(l.subnet),
+                    })).collect::<Vec<_>>())
+                ),
+                Output::Table => print_table(
+                    &["SUBNET", "PUBLIC IP", "BACKEND", "TTL", "THIS NODE"],
+                    &rows
+                        .iter()
+                        .map(|(l, ttl)| {
+                            vec![
+                                l.subnet.to_string(),
+                                l.attrs.public_ip.to_string(),
+                                l.attrs.backend_type.clone(),
+                                ttl.map(|t| format!("{t}s")).unwrap_or_else(|| "-".into()),
+                                if mine == Some(l.subnet) {
+                                    "*".into()
+                                } else {
+                                    String::new()
+                                },
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+            Ok(())
+        }
+        Command::Network(NetworkCmd::Show { etcd }) => {
+            let mut registry = Registry::new(etcd.connect().await?, etcd.prefix());
+            let (config, _) = registry.config().await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&config).map_err(|e| anyhow!(e))?
+            );
+            Ok(())
+        }
+        Command::Teardown(args) => {
+            let pins = args.pins()?;
+            pins.remove_all()?;
+            println!("removed {}", pins.dir().display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,183 @@
+use super::*;
+
+fn parse(json: &str) -> Result<NetworkConfig, ConfigError> {
+    NetworkConfig::parse(json)
+}
+
+fn field_of(json: &str) -> String {
+    parse(json).expect_err(json).field
+}
+
+#[test]
+fn seed_defaults() {
+    // (Network, SubnetLen, SubnetMin, SubnetMax) as the seed describes them.
+    let table = [
+        ("10.1.0.0/16", 24, "10.1.1.0", "10.1.255.0"),
+        ("10.0.0.0/8", 24, "10.0.1.0", "10.255.255.0"),
+        ("10.1.0.0/24", 25, "10.1.0.128", "10.1.0.128"),
+        ("10.1.0.0/25", 26, "10.1.0.64", "10.1.0.64"),
+        ("192.168.0.0/23", 24, "192.168.1.0", "192.168.1.0"),
+    ];
+    for (net, len, min, max) in table {
+        let c = parse(&format!(r#"{{"Network": "{net}"}}"#)).unwrap();
+        assert_eq!(c.subnet_len, len, "{net}");
+        assert_eq!(c.subnet_min.to_string(), min, "{net}");
+        assert_eq!(c.subnet_max.to_string(), max, "{net}");
+        assert_eq!(
+            c.backend,
+            Backend::Udp { port: 8285 },
+            "udp when Backend is absent"
+        );
+    }
+    let c = parse(r#"{"Network": "10.1.0.0/16"}"#).unwrap();
+    assert_eq!(c.subnet_count(), 255);
+    assert_eq!(c.subnet(0).to_string(), "10.1.1.0/24");
+    assert_eq!(c.subnet(254).to_string(), "10.1.255.0/24");
+}
+
+#[test]
+fn backend_defaults() {
+    let c = parse(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#).unwrap();
+    assert_eq!(
+        c.backend,
+        Backend::Vxlan {
+            vni: 1,
+            port: 8472,
+            direct_routing: false
+        }
+    );
+    let c = parse(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan", "VNI": 42, "Port": 4789, "DirectRouting": true}}"#).unwrap();
+    assert_eq!(
+        c.backend,
+        Backend::Vxlan {
+            vni: 42,
+            port: 4789,
+            direct_routing: true
+        }
+    );
+    let c = parse(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "ipip"}}"#).unwrap();
+    assert_eq!(
+        c.backend,
+        Backend::Ipip {
+            direct_routing: false
+        }
+    );
+    let c = parse(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#).unwrap();
+    assert_eq!(c.backend, Backend::HostGw);
+}
+
+#[test]
+fn explicit_values_and_flannel_style_bounds() {
+    let c = parse(
+        r#"{"Network": "10.1.0.0/16", "SubnetLen": 26, "SubnetMin": "10.1.4.0", "SubnetMax": "10.1.4.192/26"}"#,
+    )
+    .unwrap();
+    assert_eq!(c.subnet_len, 26);
+    assert_eq!(c.subnet_count(), 4);
+    assert!(c.fits(&"10.1.4.64/26".parse().unwrap()));
+    assert!(!c.fits(&"10.1.5.0/26".parse().unwrap()));
+    assert!(!c.fits(&"10.1.4.0/24".parse().unwrap()));
+}
+
+#[test]
+fn invalid_values_name_the_field() {
+    let cases = [
+        (r#"{}"#, "Network"),
+        (r#"{"Network": "banana"}"#, "Network"),
+        (r#"{"Network": 10}"#, "Network"),
+        (r#"{"Network": "10.1.0.1/16"}"#, "Network"),
+        (
+            r#"{"Network": "10.1.0.0/16", "SubnetLen": 16}"#,
+            "SubnetLen",
+        ),
+        (r#"{"Network": "10.1.0.0/16", "SubnetLen": 8}"#, "SubnetLen"),
+        (
+            r#"{"Network": "10.1.0.0/16", "SubnetLen": "24"}"#,
+            "SubnetLen",
+        ),
+        (
+            r#"{"Network": "10.1.0.0/16", "SubnetMin": "10.1.1.5"}"#,
+            "SubnetMin",
+        ),
+        (
+            r#"{"Network": "10.1.0.0/16", "SubnetMin": "10.2.1.0"}"#,
+            "SubnetMin",
+        ),
+        (
+            r#"{"Network": "10.1.0.0/16", "SubnetMax": "10.1.300.0"}"#,
+            "SubnetMax",
+        ),
+        (
+            r#"{"Network": "10.1.0.0/16", "SubnetMax": "10.1.3.0/25"}"#,
+            "SubnetMax",
+        ),
+        (
+            r#"{"Network": "10.1.0.0/16", "SubnetMin": "10.1.9.0", "SubnetMax": "10.1.3.0"}"#,
+            "SubnetMin",
+        ),
+        (
+            r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "wireguard"}}"#,
+            "Backend.Type",
+        ),
+        (
+            r#"{"Network": "10.1.0.0/16", "Backend": "vxlan"}"#,
+            "Backend",
+        ),
+        (
+            r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan", "VNI": 0}}"#,
+            "Backend.VNI",
+        ),
+        (
+            r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan", "VNI": 16777216}}"#,
+            "Backend.VNI",
+        ),
+        (
+            r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan", "Port": 70000}}"#,
+            "Backend.Port",
+        ),
+        (
+            r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "udp", "Port": 0}}"#,
+            "Backend.Port",
+        ),
+        (
+            r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw", "VNI": 1}}"#,
+            "Backend.VNI",
+        ),
+        (
+            r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "ipip", "DirectRouting": "yes"}}"#,
+            "Backend.DirectRouting",
+        ),
+        (r#"{"Network": "10.1.0.0/16", "MTU": 100}"#, "MTU"),
+        (
+            r#"{"Network": "10.1.0.0/16", "Subnetlen": 24}"#,
+            "Subnetlen",
+        ),
+        (r#"{"Network": "10.1.0.0/16""#, "config"),
+    ];
+    for (json, field) in cases {
+        assert_eq!(field_of(json), field, "{json}");
+    }
+    let e = parse(r#"{"Network": "10.1.0.0/16", "SubnetLen": 16}"#).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "SubnetLen: /16 is not longer than the Network's /16"
+    );
+}
+
+#[test]
+fn mtu_follows_backend_overhead() {
+    for (ty, mtu) in [
+        ("host-gw", 1500),
+        ("vxlan", 1450),
+        ("udp", 1472),
+        ("ipip", 1480),
+    ] {
+        let c = parse(&format!(
+            r#"{{"Network": "10.1.0.0/16", "Backend": {{"Type": "{ty}"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.pod_mtu(1500), mtu, "{ty}");
+    }
+    let c = parse(r#"{"Network": "10.1.0.0/16", "MTU": 1400}"#).unwrap();
+    assert_eq!(c.pod_mtu(9000), 1400);
+}

@@ -1,0 +1,64 @@
+//! Reading the COUNTERS map: per-CPU slots summed per (program, reason).
+use anyhow::{Context, Result};
+use aya::maps::{Map, MapData, PerCpuArray};
+use netdp_common::{
+    counters::{CounterValue, Program, Reason, index},
+    map_names,
+};
+
+use super::{Pins, open_pinned};
+
+pub struct CounterMap(PerCpuArray<MapData, CounterValue>);
+
+/// One non-zero counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    pub program: Program,
+    pub reason: Reason,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl CounterMap {
+    pub fn from_map(map: Map) -> Result<Self> {
+        Ok(CounterMap(
+            PerCpuArray::try_from(map).context("COUNTERS has an unexpected type")?,
+        ))
+    }
+
+    pub fn open(pins: &Pins) -> Result<Self> {
+        Self::from_map(open_pinned(pins, map_names::COUNTERS)?)
+    }
+
+    pub fn get(&self, program: Program, reason: Reason) -> Result<CounterValue> {
+        let per_cpu = self
+            .0
+            .get(&index(program, reason), 0)
+            .context("reading COUNTERS")?;
+        Ok(per_cpu
+            .iter()
+            .fold(CounterValue::default(), |acc, v| CounterValue {
+                packets: acc.packets + v.packets,
+                bytes: acc.bytes + v.bytes,
+            }))
+    }
+
+    /// Every counter that is not zero.
+    pub fn all(&self) -> Result<Vec<Count>> {
+        let mut out = Vec::new();
+        for program in Program::ALL {
+            for reason in Reason::ALL {
+                let v = self.get(program, reason)?;
+                if v.packets > 0 {
+                    out.push(Count {
+                        program,
+                        reason,
+                        packets: v.packets,
+                        bytes: v.bytes,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}

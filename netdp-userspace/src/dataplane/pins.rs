@@ -1,0 +1,128 @@
+//! Where a node's BPF objects live on bpffs: `<root>/<node>/{maps,progs,links}/`.
+//!
+//! Everything the dataplane needs to keep forwarding is pinned here, so the agent can stop,
+//! restart or be upgraded without dropping traffic, and so the CNI plugin and the CLI can
+//! reach the maps without talking to the agent.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+pub struct Pins {
+    dir: PathBuf,
+}
+
+/// Attachment points we pin links for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// tc ingress of the underlay interface.
+    Netdev,
+    /// tc ingress of a pod's host-side veth.
+    Pod,
+}
+
+impl Hook {
+    fn prefix(self) -> &'static str {
+        match self {
+            Hook::Netdev => "netdev-",
+            Hook::Pod => "pod-",
+        }
+    }
+}
+
+/// Node names become directory names; keep them to what Kubernetes allows in a node name.
+pub fn validate_node_name(node: &str) -> Result<()> {
+    if node.is_empty()
+        || node.len() > 253
+        || node.starts_with('.')
+        || !node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
+        bail!("node name {node:?} must be 1-253 characters of letters, digits, '-', '.', '_'");
+    }
+    Ok(())
+}
+
+impl Pins {
+    pub fn new(root: &Path, node: &str) -> Result<Self> {
+        validate_node_name(node)?;
+        Ok(Pins {
+            dir: root.join(node),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join("maps").join(name)
+    }
+
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.dir.join("progs").join(name)
+    }
+
+    pub fn link(&self, hook: Hook, ifname: &str) -> PathBuf {
+        self.dir
+            .join("links")
+            .join(format!("{}{ifname}", hook.prefix()))
+    }
+
+    /// Interfaces with a pinned link for `hook`.
+    pub fn links(&self, hook: Hook) -> Result<Vec<(String, PathBuf)>> {
+        let dir = self.dir.join("links");
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(ifname) = name.strip_prefix(hook.prefix()) {
+                out.push((ifname.to_string(), entry.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether the agent has set this node up (the CNI plugin waits for it).
+    pub fn exists(&self) -> bool {
+        self.program(netdp_common::program_names::FROM_POD).exists()
+    }
+
+    /// Creates the directories, checking they are on bpffs.
+    pub fn create_dirs(&self) -> Result<()> {
+        let mut probe = self.dir.as_path();
+        while !probe.exists() {
+            probe = probe.parent().unwrap_or(Path::new("/"));
+        }
+        let st = nix::sys::statfs::statfs(probe)
+            .with_context(|| format!("statfs {}", probe.display()))?;
+        if st.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+            bail!(
+                "{} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`",
+                probe.display()
+            );
+        }
+        for sub in ["maps", "progs", "links"] {
+            let d = self.dir.join(sub);
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every pinned object of this node: programs detach, maps go away.
+    pub fn remove_all(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", self.dir.display())),
+        }
+    }
+}

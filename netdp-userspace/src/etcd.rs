@@ -1,0 +1,117 @@
+//! Connecting to etcd with flanneld's flags.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+/// etcd connection flags, named as flanneld names them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma separated or repeated.
+    #[arg(
+        long = "etcd-endpoints",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        env = "NETDP_ETCD_ENDPOINTS"
+    )]
+    pub endpoints: Vec<String>,
+    /// Key prefix of the network config and leases (Flannel's default).
+    #[arg(
+        long = "etcd-prefix",
+        default_value = "/coreos.com/network",
+        env = "NETDP_ETCD_PREFIX"
+    )]
+    pub prefix: String,
+    /// CA bundle to verify etcd's certificate.
+    #[arg(long = "etcd-cafile")]
+    pub cafile: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long = "etcd-certfile")]
+    pub certfile: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long = "etcd-keyfile")]
+    pub keyfile: Option<PathBuf>,
+    #[arg(long = "etcd-username")]
+    pub username: Option<String>,
+    #[arg(
+        long = "etcd-password",
+        env = "NETDP_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// How long to wait for etcd before giving up (at startup and per request).
+    #[arg(long = "etcd-timeout", value_parser = crate::util::parse_duration, default_value = "5s")]
+    pub timeout: Duration,
+}
+
+impl EtcdArgs {
+    /// The prefix without a trailing slash.
+    pub fn prefix(&self) -> &str {
+        self.prefix.trim_end_matches('/')
+    }
+
+    fn options(&self) -> Result<ConnectOptions> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(self.timeout)
+            .with_timeout(self.timeout)
+            .with_keep_alive(Duration::from_secs(10), self.timeout);
+        match (&self.username, &self.password) {
+            (Some(u), Some(p)) => opts = opts.with_user(u, p),
+            (Some(_), None) => bail!("--etcd-username needs --etcd-password"),
+            (None, Some(_)) => bail!("--etcd-password needs --etcd-username"),
+            (None, None) => {}
+        }
+        let tls = self.cafile.is_some() || self.certfile.is_some() || self.keyfile.is_some();
+        if tls {
+            let mut t = TlsOptions::new();
+            if let Some(ca) = &self.cafile {
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("reading --etcd-cafile {}", ca.display()))?;
+                t = t.ca_certificate(Certificate::from_pem(pem));
+            }
+            match (&self.certfile, &self.keyfile) {
+                (Some(c), Some(k)) => {
+                    let cert = std::fs::read(c)
+                        .with_context(|| format!("reading --etcd-certfile {}", c.display()))?;
+                    let key = std::fs::read(k)
+                        .with_context(|| format!("reading --etcd-keyfile {}", k.display()))?;
+                    t = t.identity(Identity::from_pem(cert, key));
+                }
+                (None, None) => {}
+                _ => bail!("--etcd-certfile and --etcd-keyfile must be given together"),
+            }
+            opts = opts.with_tls(t);
+        }
+        Ok(opts)
+    }
+
+    /// Connects and checks that etcd answers, so an unreachable etcd is reported at once.
+    pub async fn connect(&self) -> Result<Client> {
+        if self.endpoints.is_empty() {
+            bail!("--etcd-endpoints is empty");
+        }
+        for e in &self.endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                bail!("etcd endpoint {e:?} must start with http:// or https://");
+            }
+        }
+        let endpoints = self.endpoints.join(",");
+        let opts = self.options()?;
+        let connect = async {
+            let mut client = Client::connect(&self.endpoints, Some(opts)).await?;
+            client.status().await?;
+            Ok::<_, etcd_client::Error>(client)
+        };
+        match tokio::time::timeout(self.timeout, connect).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => bail!(
+                "cannot reach etcd at {endpoints}: {}",
+                crate::util::one_line(&e)
+            ),
+            Err(_) => bail!(
+                "cannot reach etcd at {endpoints}: no answer within {:?}",
+                self.timeout
+            ),
+        }
+    }
+}
