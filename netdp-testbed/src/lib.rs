@@ -1,3 +1,12 @@
-//! netdp's testbed: namespaced clusters on one machine, reused by tests, the demo and the
-//! benchmarks.
+//! netdp's testbed: namespaced clusters on one machine (underlay subnets, a router, an
+//! outside host, NAT gateways, a real etcd, real agents and CNI-wired pods), reused by the
+//! tests, the demo and the benchmarks.
+pub mod cleanup;
+pub mod etcd;
+pub mod netns;
 pub mod packet;
+pub mod process;
+pub mod testbed;
+pub mod traffic;
+
+pub use testbed::{Binaries, Node, Pod, Spec, Testbed};

@@ -112,7 +112,7 @@ impl Dataplane {
         let mut done = Installed::default();
         for name in [program_names::FROM_POD, program_names::FROM_NETDEV] {
             let path = pins.program(name);
-            let tmp = path.with_extension("new");
+            let tmp = pins.program(&format!("{name}_new"));
             let _ = std::fs::remove_file(&tmp);
             self.program(name)?
                 .pin(&tmp)

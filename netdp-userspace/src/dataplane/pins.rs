@@ -45,11 +45,19 @@ pub fn validate_node_name(node: &str) -> Result<()> {
     Ok(())
 }
 
+fn is_bpffs(path: &Path) -> Result<bool> {
+    let st =
+        nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
+    Ok(st.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
 impl Pins {
     pub fn new(root: &Path, node: &str) -> Result<Self> {
         validate_node_name(node)?;
+        // bpffs refuses names with dots (they are reserved for its own files); Kubernetes
+        // node names never contain '_', so mapping '.' to '_' keeps names distinct.
         Ok(Pins {
-            dir: root.join(node),
+            dir: root.join(node.replace('.', "_")),
         })
     }
 
@@ -96,15 +104,26 @@ impl Pins {
         self.program(netdp_common::program_names::FROM_POD).exists()
     }
 
-    /// Creates the directories, checking they are on bpffs.
+    /// Creates the directories, checking they are on bpffs. If the directory sits under a
+    /// `/sys/fs/bpf` that has no bpffs mounted yet (a fresh host), mounts it, as Cilium does.
     pub fn create_dirs(&self) -> Result<()> {
+        let bpf = Path::new("/sys/fs/bpf");
+        if self.dir.starts_with(bpf) && bpf.is_dir() && !is_bpffs(bpf)? {
+            nix::mount::mount(
+                Some("bpf"),
+                bpf,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .context("mounting bpffs at /sys/fs/bpf")?;
+            log::info!("mounted bpffs at /sys/fs/bpf");
+        }
         let mut probe = self.dir.as_path();
         while !probe.exists() {
             probe = probe.parent().unwrap_or(Path::new("/"));
         }
-        let st = nix::sys::statfs::statfs(probe)
-            .with_context(|| format!("statfs {}", probe.display()))?;
-        if st.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        if !is_bpffs(probe)? {
             bail!(
                 "{} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`",
                 probe.display()

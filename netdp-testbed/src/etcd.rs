@@ -1,0 +1,226 @@
+//! A real etcd server (Debian's etcd-server) for one testbed run.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{netns, process};
+
+/// TLS material for an etcd started with client certificate auth.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+pub struct Etcd {
+    pub endpoint: String,
+    /// Namespace it runs in (`None`: the root namespace, on loopback).
+    pub netns: Option<String>,
+    pub data_dir: PathBuf,
+    pub tls: Option<TlsFiles>,
+    listen: (Ipv4Addr, u16, u16),
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Etcd {
+    /// Starts etcd in namespace `ns` listening on `addr`, or on loopback of the root
+    /// namespace with free ports when `ns` is `None`.
+    pub fn start(
+        dir: &Path,
+        ns: Option<&str>,
+        addr: Ipv4Addr,
+        tls: Option<TlsFiles>,
+    ) -> Result<Self> {
+        let (client, peer) = match ns {
+            Some(_) => (2379, 2380),
+            None => (free_port()?, free_port()?),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut etcd = Etcd {
+            endpoint: format!("{scheme}://{addr}:{client}"),
+            netns: ns.map(String::from),
+            data_dir: dir.join("etcd-data"),
+            tls,
+            listen: (addr, client, peer),
+            log: dir.join("etcd.log"),
+            child: None,
+        };
+        etcd.spawn()?;
+        etcd.wait_ready(Duration::from_secs(30))?;
+        Ok(etcd)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let (addr, client, peer) = self.listen;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut args = vec![
+            "--name".to_string(),
+            "testbed".into(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--listen-client-urls".into(),
+            format!("{scheme}://{addr}:{client}"),
+            "--advertise-client-urls".into(),
+            format!("{scheme}://{addr}:{client}"),
+            "--listen-peer-urls".into(),
+            format!("http://127.0.0.1:{peer}"),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://127.0.0.1:{peer}"),
+            "--initial-cluster".into(),
+            format!("testbed=http://127.0.0.1:{peer}"),
+            "--logger".into(),
+            "zap".into(),
+        ];
+        if let Some(t) = &self.tls {
+            for (flag, p) in [
+                ("--trusted-ca-file", &t.ca),
+                ("--cert-file", &t.server_cert),
+                ("--key-file", &t.server_key),
+            ] {
+                args.push(flag.into());
+                args.push(p.display().to_string());
+            }
+            args.push("--client-cert-auth".into());
+        }
+        let mut cmd = match &self.netns {
+            Some(ns) => netns::command(ns, "etcd")?,
+            None => Command::new("etcd"),
+        };
+        let log = std::fs::File::create(&self.log)?;
+        cmd.args(&args)
+            .env("ETCD_UNSUPPORTED_ARCH", "")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child =
+            Some(process::spawn(cmd).context("starting etcd (is etcd-server installed?)")?);
+        Ok(())
+    }
+
+    /// Arguments for etcdctl talking to this server.
+    fn etcdctl_args(&self) -> Vec<String> {
+        let mut a = vec![
+            format!("--endpoints={}", self.endpoint),
+            "--dial-timeout=2s".into(),
+        ];
+        if let Some(t) = &self.tls {
+            a.push(format!("--cacert={}", t.ca.display()));
+            a.push(format!("--cert={}", t.client_cert.display()));
+            a.push(format!("--key={}", t.client_key.display()));
+        }
+        a
+    }
+
+    /// Runs etcdctl (v3 API) against this server.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        let mut all: Vec<String> = vec!["etcdctl".into()];
+        all.extend(self.etcdctl_args());
+        all.extend(args.iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = match &self.netns {
+            Some(ns) => netns::command(ns, "etcdctl")?
+                .args(&argv[1..])
+                .env("ETCDCTL_API", "3")
+                .output()?,
+            None => Command::new("etcdctl")
+                .args(&argv[1..])
+                .env("ETCDCTL_API", "3")
+                .output()?,
+        };
+        if !out.status.success() {
+            bail!(
+                "etcdctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn put(&self, key: &str, value: &str) -> Result<()> {
+        self.ctl(&["put", key, value]).map(|_| ())
+    }
+
+    /// The value at `key`, if any.
+    pub fn get(&self, key: &str) -> Result<Option<String>> {
+        let out = self.ctl(&["get", key, "--print-value-only"])?;
+        let v = out.trim_end_matches('\n');
+        Ok((!v.is_empty()).then(|| v.to_string()))
+    }
+
+    /// Keys and values under `prefix`.
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let out = self.ctl(&["get", prefix, "--prefix"])?;
+        let lines: Vec<&str> = out.lines().collect();
+        Ok(lines
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0].to_string(), c[1].to_string()))
+            .collect())
+    }
+
+    pub fn delete(&self, key: &str) -> Result<()> {
+        self.ctl(&["del", key]).map(|_| ())
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "etcd exited ({status}) at startup: {}",
+                        process::tail(&self.log, 10)
+                    );
+                }
+            }
+            if self.ctl(&["endpoint", "health"]).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "etcd not healthy after {timeout:?}: {}",
+                    process::tail(&self.log, 10)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the server (its data stays), as an outage would.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            process::terminate(child);
+        }
+    }
+
+    /// Starts it again on the same address and data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()?;
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
