@@ -68,6 +68,8 @@ pub struct Spec {
     /// Written to `<prefix>/config` when the testbed starts.
     pub network_config: Option<String>,
     pub etcd_prefix: Option<String>,
+    /// Binaries to run (default: [`Binaries::locate`]).
+    pub bins: Option<Binaries>,
 }
 
 impl Spec {
@@ -108,6 +110,11 @@ impl Spec {
 
     pub fn outside(mut self) -> Self {
         self.outside = true;
+        self
+    }
+
+    pub fn binaries(mut self, bins: Binaries) -> Self {
+        self.bins = Some(bins);
         self
     }
 
@@ -225,7 +232,10 @@ impl Testbed {
     pub fn new(spec: Spec) -> Result<Self> {
         require_privileges()?;
         cleanup::remove_stale();
-        let bins = Binaries::locate()?;
+        let bins = match &spec.bins {
+            Some(b) => b.clone(),
+            None => Binaries::locate()?,
+        };
         let mut id = run_id();
         while netns::exists(&format!("nd{id}-ul")) {
             id = run_id();

@@ -1,1 +1,51 @@
-fn main() {}
+//! `cargo xtask`: build, test and demo netdp.
+mod build;
+mod demo;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, test and demo netdp")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (rust-src, bpf-linker, Debian packages).
+    Setup,
+    /// Build the eBPF programs (nightly, bpfel-unknown-none).
+    BuildEbpf,
+    /// Build everything: programs, agent, CNI plugin.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Everything CI runs: lints, unit tests, packet tests, end-to-end tests.
+    Test(test::Args),
+    /// Build a namespaced 3-node cluster with real etcd and agents, and show it working.
+    Demo(demo::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Demo(_)) {
+        // Before any thread exists: Ctrl-C tears the demo's cluster down.
+        netdp_testbed::cleanup::install_signal_cleanup();
+    }
+    let result: Result<()> = match cli.command {
+        Command::Setup => setup::ensure(),
+        Command::BuildEbpf => setup::ensure().and_then(|_| build::ebpf()),
+        Command::Build { release } => setup::ensure().and_then(|_| build::all(release).map(|_| ())),
+        Command::Test(args) => test::run(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}

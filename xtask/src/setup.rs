@@ -1,0 +1,188 @@
+//! Installs what is missing, or stops with a message naming the missing piece.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Debian packages the tests and the demo use.
+pub const PACKAGES: &[(&str, &str)] = &[
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
+    ("protoc", "protobuf-compiler"),
+    ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("bpftool", "bpftool"),
+    ("iptables", "iptables"),
+    ("nft", "nftables"),
+];
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(tool))
+                .find(|f| f.is_file())
+        })
+        .or_else(|| Some(cargo_home().join("bin").join(tool)).filter(|f| f.is_file()))
+}
+
+/// PATH with cargo's bin directory first, so a freshly installed bpf-linker is found.
+pub fn path_with_cargo_bin() -> std::ffi::OsString {
+    let mut dirs = vec![cargo_home().join("bin")];
+    if let Some(p) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn cmd(program: &str) -> Command {
+    Command::new(program)
+}
+
+/// Runs a command, failing with what it printed.
+pub fn exec(c: &mut Command) -> Result<()> {
+    let status = c.status().with_context(|| format!("running {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed ({status})");
+    }
+    Ok(())
+}
+
+pub fn output(c: &mut Command) -> Result<String> {
+    let out = c.output().with_context(|| format!("running {c:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{c:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Installs Debian packages whose tools are missing.
+pub fn apt(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(tool, _)| which(tool).is_none())
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if which("apt-get").is_none() || !is_root() {
+        bail!(
+            "missing packages: {} (install them as root: apt-get install {})",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    let quiet = |c: &mut Command| {
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        exec(c)
+    };
+    quiet(cmd("apt-get").args(["update", "-qq"]))?;
+    let mut install = cmd("apt-get");
+    install
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing);
+    quiet(&mut install).with_context(|| format!("installing {}", missing.join(" ")))
+}
+
+fn llvm_major() -> Result<String> {
+    let v = output(cmd("rustc").args(["+nightly", "-vV"])).context(
+        "the nightly toolchain is needed for the eBPF programs (rustup toolchain install nightly)",
+    )?;
+    let line = v
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("rustc +nightly -vV does not say its LLVM version")?;
+    Ok(line.split('.').next().unwrap_or(line).to_string())
+}
+
+pub fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
+}
+
+/// bpf-linker built against nightly's own LLVM (Debian has no matching LLVM).
+fn bpf_linker() -> Result<()> {
+    let major = llvm_major()?;
+    let prefix = cargo_home().join(format!("netdp-llvm-{major}"));
+    let marker = prefix.join("bpf-linker.ok");
+    let works = which("bpf-linker")
+        .map(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .unwrap_or(false);
+    if works && marker.exists() {
+        return Ok(());
+    }
+    let sysroot = output(cmd("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let so = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(&format!("libLLVM.so.{major}"))
+                    || n.starts_with(&format!("libLLVM-{major}"))
+            })
+        })
+        .with_context(|| format!("nightly ships no libLLVM {major} in {}", lib.display()))?;
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&so, &link)?;
+    eprintln!("setup: building bpf-linker against nightly's LLVM {major} (about a minute)");
+    exec(
+        cmd("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "0.13.0",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{major}"))
+            .arg("--force")
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context("installing bpf-linker")?;
+    std::fs::write(marker, "")?;
+    Ok(())
+}
+
+fn rust_src() -> Result<()> {
+    let installed =
+        output(cmd("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+            .context("rustup with a nightly toolchain is needed for the eBPF programs")?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: adding rust-src to nightly");
+        exec(cmd("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    Ok(())
+}
+
+pub fn ensure() -> Result<()> {
+    apt(PACKAGES)?;
+    rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
