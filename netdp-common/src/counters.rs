@@ -3,7 +3,8 @@
 //! The COUNTERS map is a per-CPU array indexed by `program * REASONS + reason`; the agent
 //! and the CLI sum the per-CPU slots.
 
-/// Which program bumped a counter.
+/// Which program bumped a counter. Values are stable: they index the map (up to
+/// [`PROGRAMS`] programs).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Program {
@@ -40,7 +41,9 @@ impl Verdict {
     }
 }
 
-/// Why. Values are stable: they index the map.
+/// Why. Values are stable: they index the map. Ranges: 0-39 forwarded, 40-79 passed to
+/// the kernel, 80-127 dropped. Within each range, the first half is pod routing and
+/// backends, the second half services.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -51,19 +54,19 @@ pub enum Reason {
     /// Sent to a peer node by direct routing, neighbour resolved by the kernel.
     DirectNeigh = 2,
     /// Not IPv4 (ARP, IPv6, ...): the kernel handles it.
-    NonIpv4 = 16,
+    NonIpv4 = 40,
     /// Destination is not a pod we know: the kernel routes it.
-    UnknownDestination = 17,
+    UnknownDestination = 41,
     /// TTL would expire: the kernel forwards it so it can send ICMP time exceeded.
-    TtlExceeded = 18,
+    TtlExceeded = 42,
     /// The peer is known but the backend cannot reach it (e.g. host-gw across routers).
-    PeerUnreachable = 19,
+    PeerUnreachable = 43,
     /// IPv4 with options or fragments: the kernel handles it.
-    Ipv4Options = 20,
+    Ipv4Options = 44,
     /// Frame shorter than its headers claim.
-    Malformed = 32,
+    Malformed = 80,
     /// A redirect helper failed.
-    RedirectFailed = 33,
+    RedirectFailed = 81,
 }
 
 impl Reason {
@@ -82,8 +85,8 @@ impl Reason {
 
     pub const fn verdict(self) -> Verdict {
         match self as u32 {
-            0..=15 => Verdict::Forwarded,
-            16..=31 => Verdict::Passed,
+            0..=39 => Verdict::Forwarded,
+            40..=79 => Verdict::Passed,
             _ => Verdict::Dropped,
         }
     }
@@ -105,9 +108,11 @@ impl Reason {
 }
 
 /// Slots reserved per program.
-pub const REASONS: u32 = 64;
+pub const REASONS: u32 = 128;
+/// Programs the map has room for.
+pub const PROGRAMS: u32 = 8;
 /// Size of the COUNTERS map.
-pub const SLOTS: u32 = REASONS * 4;
+pub const SLOTS: u32 = REASONS * PROGRAMS;
 
 #[inline(always)]
 pub const fn index(program: Program, reason: Reason) -> u32 {

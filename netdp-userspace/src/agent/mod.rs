@@ -8,7 +8,6 @@ use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf, time::Duration};
 use anyhow::{Context, Result, anyhow, bail};
 use ipnetwork::Ipv4Network;
 use log::{error, info, warn};
-use netdp_common::route::flags;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -19,18 +18,22 @@ use crate::{
     config::{Backend, NetworkConfig},
     dataplane::{
         Dataplane, MapSizes, Pins,
-        route::{RouteMap, Underlay, plan},
+        route::{RouteMap, Underlay},
     },
     etcd::EtcdArgs,
-    lease::{self, Lease, LeaseAttrs, LeaseOptions, LeaseWatch, PeerLease, Registry, WatchUpdate},
+    lease::{self, Lease, LeaseAttrs, LeaseOptions, PeerLease, Registry},
     netlink::Netlink,
     subnet_file::SubnetFile,
     util::parse_duration,
 };
 
-/// The host-side device holding the node's address in its pod subnet (pods' gateway).
-pub const GATEWAY_DEV: &str = "netdp_host";
-const GATEWAY_PEER: &str = "netdp_net";
+mod gateway;
+mod leases;
+mod routes;
+
+pub use gateway::GATEWAY_DEV;
+use gateway::ensure_gateway;
+use leases::{check_config, renew, watch_leases, write_subnet_file};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AgentArgs {
@@ -100,57 +103,6 @@ struct State {
     nl: Netlink,
     /// Peers already reported as unreachable by the backend.
     reported_unreachable: std::collections::HashSet<Ipv4Addr>,
-}
-
-impl State {
-    /// Recomputes every route from the leases and writes the difference to the map.
-    async fn sync_routes(&mut self) -> Result<()> {
-        let mut desired = HashMap::new();
-        for peer in self.peers.values() {
-            if peer.subnet == self.lease.subnet
-                || peer.attrs.public_ip == self.lease.attrs.public_ip
-            {
-                continue;
-            }
-            let ip = peer.attrs.public_ip;
-            let mac = self
-                .nl
-                .neighbour(self.underlay.link.index, ip)
-                .await
-                .unwrap_or(None);
-            let route = plan(&self.underlay, &self.config.backend, ip, mac);
-            if route.mode == netdp_common::route::mode::UNREACHABLE {
-                if self.reported_unreachable.insert(ip) {
-                    warn!(
-                        "peer {} ({}) is not on this node's underlay subnet {}: the {} backend cannot reach it",
-                        ip,
-                        peer.subnet,
-                        self.underlay.addr,
-                        self.config.backend.type_name()
-                    );
-                }
-            } else {
-                self.reported_unreachable.remove(&ip);
-            }
-            desired.insert(peer.subnet, route);
-        }
-        let stats = self.routes.sync(&desired)?;
-        if !stats.is_empty() {
-            let unresolved = desired
-                .values()
-                .filter(|r| r.flags & flags::HAS_MAC == 0)
-                .count();
-            info!(
-                "routes: {} added, {} updated, {} removed; {} peers, {} awaiting neighbour resolution",
-                stats.added,
-                stats.updated,
-                stats.removed,
-                desired.len(),
-                unresolved
-            );
-        }
-        Ok(())
-    }
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -295,110 +247,4 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     info!("stopping; the dataplane stays in place for the next agent");
     Ok(())
-}
-
-/// Renews our lease, or re-acquires one if it is gone.
-async fn renew(
-    registry: &mut Registry,
-    state: &mut State,
-    args: &AgentArgs,
-    attrs: &LeaseAttrs,
-    opts: &LeaseOptions,
-) -> Result<()> {
-    if registry.renew(&state.lease).await? {
-        return Ok(());
-    }
-    let lease = registry
-        .acquire(&state.config, attrs, Some(state.lease.subnet), opts)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    if lease.subnet != state.lease.subnet {
-        warn!(
-            "lease moved from {} to {}: pods addressed from the old subnet lose connectivity",
-            state.lease.subnet, lease.subnet
-        );
-    } else {
-        info!("re-acquired lease {}", lease.subnet);
-    }
-    state.lease = lease;
-    write_subnet_file(args, &state.config, &state.lease, state.underlay.link.mtu)?;
-    ensure_gateway(&state.nl, &state.lease).await?;
-    state.sync_routes().await
-}
-
-/// Reports a config that changed under us; the running state is kept either way.
-async fn check_config(registry: &mut Registry, state: &mut State) {
-    match registry.config().await {
-        Ok((config, rev)) => {
-            if rev != state.config_rev {
-                state.config_rev = rev;
-                if config != state.config {
-                    warn!(
-                        "the network config changed; restart the agent to apply it (keeping the running one)"
-                    );
-                }
-            }
-        }
-        Err(e) => {
-            // Only report each broken revision once.
-            let msg = format!("{e:#}");
-            if !msg.contains("cannot reach") && state.config_rev >= 0 {
-                error!("{msg}; keeping the running config");
-                state.config_rev = -1;
-            }
-        }
-    }
-}
-
-fn write_subnet_file(
-    args: &AgentArgs,
-    config: &NetworkConfig,
-    lease: &Lease,
-    underlay_mtu: u32,
-) -> Result<()> {
-    SubnetFile {
-        network: config.network,
-        subnet: lease.subnet,
-        mtu: config.pod_mtu(underlay_mtu),
-        ipmasq: args.ip_masq,
-    }
-    .write(&args.subnet_file)
-}
-
-/// Gives the node its gateway address in the pod subnet, on a veth pair of its own.
-async fn ensure_gateway(nl: &Netlink, lease: &Lease) -> Result<()> {
-    if nl.link(GATEWAY_DEV).await?.is_none() {
-        nl.add_veth(GATEWAY_DEV, GATEWAY_PEER).await?;
-    }
-    let host = nl.require_link(GATEWAY_DEV).await?;
-    let peer = nl.require_link(GATEWAY_PEER).await?;
-    nl.configure_link(peer.index, None, None).await?;
-    nl.configure_link(host.index, None, None).await?;
-    let gw = Ipv4Network::new(Ipv4Addr::from(u32::from(lease.subnet.network()) + 1), 32)?;
-    nl.remove_other_addrs(host.index, gw).await?;
-    nl.add_addr(host.index, gw.ip(), 32).await
-}
-
-/// Streams lease changes to the agent; a broken watch resumes where it left off.
-async fn watch_leases(mut registry: Registry, revision: i64, tx: mpsc::Sender<WatchUpdate>) {
-    let mut watch = LeaseWatch::new(revision);
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match watch.next(&mut registry).await {
-            Ok(update) => {
-                backoff = Duration::from_millis(200);
-                if tx.send(update).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                warn!(
-                    "{e:#}; resuming after revision {} in {backoff:?}",
-                    watch.revision()
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
 }

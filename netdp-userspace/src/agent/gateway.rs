@@ -1,0 +1,26 @@
+//! The node's address in its own pod subnet (the pods' gateway, `FLANNEL_SUBNET`'s first
+//! address), held by a veth pair of its own as Cilium's cilium_host does.
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use ipnetwork::Ipv4Network;
+
+use crate::{lease::Lease, netlink::Netlink};
+
+/// The host-side device holding the node's address in its pod subnet.
+pub const GATEWAY_DEV: &str = "netdp_host";
+const GATEWAY_PEER: &str = "netdp_net";
+
+/// Gives the node its gateway address in the pod subnet, on a veth pair of its own.
+pub async fn ensure_gateway(nl: &Netlink, lease: &Lease) -> Result<()> {
+    if nl.link(GATEWAY_DEV).await?.is_none() {
+        nl.add_veth(GATEWAY_DEV, GATEWAY_PEER).await?;
+    }
+    let host = nl.require_link(GATEWAY_DEV).await?;
+    let peer = nl.require_link(GATEWAY_PEER).await?;
+    nl.configure_link(peer.index, None, None).await?;
+    nl.configure_link(host.index, None, None).await?;
+    let gw = Ipv4Network::new(Ipv4Addr::from(u32::from(lease.subnet.network()) + 1), 32)?;
+    nl.remove_other_addrs(host.index, gw).await?;
+    nl.add_addr(host.index, gw.ip(), 32).await
+}

@@ -1,0 +1,110 @@
+//! The node's own lease: renewing it, re-acquiring it when it is gone, publishing it in the
+//! subnet file; and the watch that streams everybody's leases to the agent.
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use log::{error, info, warn};
+use tokio::sync::mpsc;
+
+use super::{AgentArgs, State, gateway::ensure_gateway};
+use crate::{
+    config::NetworkConfig,
+    lease::{Lease, LeaseAttrs, LeaseOptions, LeaseWatch, Registry, WatchUpdate},
+    subnet_file::SubnetFile,
+};
+
+/// Renews our lease, or re-acquires one if it is gone.
+pub(super) async fn renew(
+    registry: &mut Registry,
+    state: &mut State,
+    args: &AgentArgs,
+    attrs: &LeaseAttrs,
+    opts: &LeaseOptions,
+) -> Result<()> {
+    if registry.renew(&state.lease).await? {
+        return Ok(());
+    }
+    let lease = registry
+        .acquire(&state.config, attrs, Some(state.lease.subnet), opts)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    if lease.subnet != state.lease.subnet {
+        warn!(
+            "lease moved from {} to {}: pods addressed from the old subnet lose connectivity",
+            state.lease.subnet, lease.subnet
+        );
+    } else {
+        info!("re-acquired lease {}", lease.subnet);
+    }
+    state.lease = lease;
+    write_subnet_file(args, &state.config, &state.lease, state.underlay.link.mtu)?;
+    ensure_gateway(&state.nl, &state.lease).await?;
+    state.sync_routes().await
+}
+
+/// Reports a config that changed under us; the running state is kept either way.
+pub(super) async fn check_config(registry: &mut Registry, state: &mut State) {
+    match registry.config().await {
+        Ok((config, rev)) => {
+            if rev != state.config_rev {
+                state.config_rev = rev;
+                if config != state.config {
+                    warn!(
+                        "the network config changed; restart the agent to apply it (keeping the running one)"
+                    );
+                }
+            }
+        }
+        Err(e) => {
+            // Only report each broken revision once.
+            let msg = format!("{e:#}");
+            if !msg.contains("cannot reach") && state.config_rev >= 0 {
+                error!("{msg}; keeping the running config");
+                state.config_rev = -1;
+            }
+        }
+    }
+}
+
+pub(super) fn write_subnet_file(
+    args: &AgentArgs,
+    config: &NetworkConfig,
+    lease: &Lease,
+    underlay_mtu: u32,
+) -> Result<()> {
+    SubnetFile {
+        network: config.network,
+        subnet: lease.subnet,
+        mtu: config.pod_mtu(underlay_mtu),
+        ipmasq: args.ip_masq,
+    }
+    .write(&args.subnet_file)
+}
+
+/// Streams lease changes to the agent; a broken watch resumes where it left off.
+pub(super) async fn watch_leases(
+    mut registry: Registry,
+    revision: i64,
+    tx: mpsc::Sender<WatchUpdate>,
+) {
+    let mut watch = LeaseWatch::new(revision);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match watch.next(&mut registry).await {
+            Ok(update) => {
+                backoff = Duration::from_millis(200);
+                if tx.send(update).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(
+                    "{e:#}; resuming after revision {} in {backoff:?}",
+                    watch.revision()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
