@@ -224,3 +224,63 @@ impl Drop for Etcd {
         self.stop();
     }
 }
+
+/// An etcd on loopback of the root namespace with a directory of its own, for tests that
+/// need etcd but no cluster (lease managers in-process, CLI against etcd). Everything is
+/// removed when it is dropped.
+pub struct LocalEtcd {
+    pub etcd: Etcd,
+    id: String,
+    pub dir: PathBuf,
+}
+
+impl LocalEtcd {
+    pub fn start() -> Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// With `tls`, etcd serves HTTPS and requires client certificates from a fresh CA.
+    pub fn start_with(tls: bool) -> Result<Self> {
+        crate::testbed::require_privileges()?;
+        crate::cleanup::remove_stale();
+        let id = format!("etcd-{}-{:x}", std::process::id(), rand_u32());
+        let dir = crate::cleanup::runs_dir().join(&id);
+        std::fs::create_dir_all(&dir)?;
+        crate::cleanup::register(&id, &dir);
+        let tls = if tls { Some(crate::tls::generate(&dir.join("pki"))?) } else { None };
+        let etcd = Etcd::start(&dir, None, Ipv4Addr::LOCALHOST, tls)?;
+        if let Some(c) = &etcd.child {
+            let pg = c.id() as i32;
+            crate::cleanup::record(&id, |r| r.pgids.push(pg));
+        }
+        Ok(LocalEtcd { etcd, id, dir })
+    }
+}
+
+fn rand_u32() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    t ^ (std::process::id() << 16)
+}
+
+impl std::ops::Deref for LocalEtcd {
+    type Target = Etcd;
+    fn deref(&self) -> &Etcd {
+        &self.etcd
+    }
+}
+
+impl std::ops::DerefMut for LocalEtcd {
+    fn deref_mut(&mut self) -> &mut Etcd {
+        &mut self.etcd
+    }
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        self.etcd.stop();
+        crate::cleanup::release(&self.id);
+    }
+}

@@ -7,6 +7,7 @@ pub mod netns;
 pub mod packet;
 pub mod process;
 pub mod testbed;
+pub mod tls;
 pub mod traffic;
 
 pub use testbed::{Binaries, Node, Pod, Spec, Testbed};

@@ -264,7 +264,8 @@ impl Registry {
         for attempt in 0.. {
             if attempt > 0 && attempt % 16 == 0 {
                 // Heavy contention: give the others a moment.
-                tokio::time::sleep(Duration::from_millis(rand::rng().random_range(10..100))).await;
+                let pause = Duration::from_millis(rand::rng().random_range(10..100));
+                tokio::time::sleep(pause).await;
             }
             let (leases, _) = self.leases().await.map_err(AcquireError::Etcd)?;
             let mine = leases.iter().find(|l| l.attrs.public_ip == attrs.public_ip);

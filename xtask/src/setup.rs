@@ -16,6 +16,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("iptables", "iptables"),
     ("nft", "nftables"),
+    ("openssl", "openssl"),
 ];
 
 pub fn which(tool: &str) -> Option<PathBuf> {
