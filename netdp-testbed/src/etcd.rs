@@ -247,7 +247,11 @@ impl LocalEtcd {
         let dir = crate::cleanup::runs_dir().join(&id);
         std::fs::create_dir_all(&dir)?;
         crate::cleanup::register(&id, &dir);
-        let tls = if tls { Some(crate::tls::generate(&dir.join("pki"))?) } else { None };
+        let tls = if tls {
+            Some(crate::tls::generate(&dir.join("pki"))?)
+        } else {
+            None
+        };
         let etcd = Etcd::start(&dir, None, Ipv4Addr::LOCALHOST, tls)?;
         if let Some(c) = &etcd.child {
             let pg = c.id() as i32;

@@ -738,6 +738,78 @@ impl Testbed {
             .unwrap_or_else(|| panic!("no pod {name} on {node}"))
     }
 
+    /// Runs a `netdp` CLI command that prints JSON (`-o json` is appended) for a node's
+    /// dataplane (`--node-name` is appended too) and parses it.
+    pub fn netdp_json(&self, node: &str, args: &[&str]) -> Result<Value> {
+        let name = format!("--node-name={}", self.node(node).ns);
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend([name.as_str(), "-o", "json"]);
+        let out = self.netdp(node, &all)?;
+        if !out.status.success() {
+            bail!(
+                "netdp {args:?} on {node}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The subnets in a node's ROUTES map, with the peer each one goes to.
+    pub fn routes(&self, node: &str) -> Result<Vec<(String, Ipv4Addr)>> {
+        let v = self.netdp_json(node, &["route", "list"])?;
+        let mut out: Vec<(String, Ipv4Addr)> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                Some((
+                    r["subnet"].as_str()?.to_string(),
+                    r["node"].as_str()?.parse().ok()?,
+                ))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// This node's subnet, from its subnet file.
+    pub fn subnet_of(&self, node: &str) -> Result<String> {
+        let text = std::fs::read_to_string(self.node(node).subnet_file())?;
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+            .ok_or_else(|| anyhow!("no FLANNEL_SUBNET in {node}'s subnet file"))?;
+        let (ip, len) = line
+            .split_once('/')
+            .ok_or_else(|| anyhow!("bad FLANNEL_SUBNET {line}"))?;
+        let ip: Ipv4Addr = ip.parse()?;
+        let len: u32 = len.parse()?;
+        let net = u32::from(ip) & (u32::MAX << (32 - len));
+        Ok(format!("{}/{len}", Ipv4Addr::from(net)))
+    }
+
+    /// Polls `f` every 200 ms until it returns true or `timeout` passes.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Result<bool>,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if f()? {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}\n{}",
+                    self.agent_logs(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Counters of a node's programs: (program, reason) -> packets.
     pub fn counters(&self, node: &str) -> Result<std::collections::HashMap<(String, String), u64>> {
         let n = self.node(node);

@@ -6,19 +6,77 @@ use anyhow::{Context, Result};
 use crate::{etcd::TlsFiles, netns::sh};
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    sh(Command::new("openssl").current_dir(dir).args(args)).map(|_| ()).context("openssl (is it installed?)")
+    sh(Command::new("openssl").current_dir(dir).args(args))
+        .map(|_| ())
+        .context("openssl (is it installed?)")
 }
 
 /// Creates `ca`, `server` (valid for 127.0.0.1 and the testbed's etcd address) and `client`
 /// key pairs under `dir`.
 pub fn generate(dir: &Path) -> Result<TlsFiles> {
     std::fs::create_dir_all(dir)?;
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=netdp-test-ca", "-keyout", "ca.key", "-out", "ca.crt"])?;
-    let sans = format!("subjectAltName=IP:{},IP:192.168.10.2,DNS:localhost", Ipv4Addr::LOCALHOST);
-    for (name, ext) in [("server", sans.as_str()), ("client", "extendedKeyUsage=clientAuth")] {
-        openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN=netdp-{name}"), "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")])?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=netdp-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    )?;
+    let sans = format!(
+        "subjectAltName=IP:{},IP:192.168.10.2,DNS:localhost",
+        Ipv4Addr::LOCALHOST
+    );
+    for (name, ext) in [
+        ("server", sans.as_str()),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN=netdp-{name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        )?;
         std::fs::write(dir.join(format!("{name}.ext")), format!("{ext}\n"))?;
-        openssl(dir, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.crt")])?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.crt"),
+            ],
+        )?;
     }
     Ok(TlsFiles {
         ca: dir.join("ca.crt"),

@@ -20,7 +20,10 @@ struct Args {
 }
 
 fn etcd_args(etcd: &LocalEtcd, extra: &[&str]) -> EtcdArgs {
-    let mut argv = vec!["test".to_string(), format!("--etcd-endpoints={}", etcd.endpoint)];
+    let mut argv = vec![
+        "test".to_string(),
+        format!("--etcd-endpoints={}", etcd.endpoint),
+    ];
     argv.extend(extra.iter().map(|s| s.to_string()));
     Args::parse_from(argv).etcd
 }
@@ -55,7 +58,9 @@ async fn fifty_nodes_joining_at_once_get_fifty_distinct_subnets() -> Result<()> 
         let cfg = cfg.clone();
         tasks.spawn(async move {
             let mut reg = Registry::new(args.connect().await?, PREFIX);
-            reg.acquire(&cfg, &attrs(i), None, &opts(60)).await.map_err(|e| anyhow::anyhow!("{e}"))
+            reg.acquire(&cfg, &attrs(i), None, &opts(60))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
         });
     }
     let mut subnets = HashSet::new();
@@ -99,7 +104,10 @@ async fn an_exhausted_range_gives_exactly_the_free_subnets_and_clear_errors() ->
     assert_eq!(errors.len(), 2);
     for e in errors {
         assert!(matches!(e, AcquireError::Exhausted { subnets: 4 }), "{e}");
-        assert_eq!(e.to_string(), "no free subnet: all 4 subnets between SubnetMin and SubnetMax are leased");
+        assert_eq!(
+            e.to_string(),
+            "no free subnet: all 4 subnets between SubnetMin and SubnetMax are leased"
+        );
     }
     Ok(())
 }
@@ -111,18 +119,33 @@ async fn a_node_gets_its_subnet_back_and_never_steals_a_live_one() -> Result<()>
     let mut reg = registry(&etcd).await?;
     let first = reg.acquire(&cfg, &attrs(1), None, &opts(60)).await?;
     // Restart: same PublicIP, no subnet file.
-    let again = registry(&etcd).await?.acquire(&cfg, &attrs(1), None, &opts(60)).await?;
+    let again = registry(&etcd)
+        .await?
+        .acquire(&cfg, &attrs(1), None, &opts(60))
+        .await?;
     assert_eq!(again.subnet, first.subnet);
-    assert_ne!(again.etcd_lease, first.etcd_lease, "re-taken with a fresh TTL");
+    assert_ne!(
+        again.etcd_lease, first.etcd_lease,
+        "re-taken with a fresh TTL"
+    );
     // Another node copying the first one's subnet file must not get its live subnet.
-    let other = registry(&etcd).await?.acquire(&cfg, &attrs(2), Some(first.subnet), &opts(60)).await?;
+    let other = registry(&etcd)
+        .await?
+        .acquire(&cfg, &attrs(2), Some(first.subnet), &opts(60))
+        .await?;
     assert_ne!(other.subnet, first.subnet);
     // A free subnet from the subnet file is honoured.
     let wanted = "10.1.77.0/24".parse()?;
-    let third = registry(&etcd).await?.acquire(&cfg, &attrs(3), Some(wanted), &opts(60)).await?;
+    let third = registry(&etcd)
+        .await?
+        .acquire(&cfg, &attrs(3), Some(wanted), &opts(60))
+        .await?;
     assert_eq!(third.subnet, wanted);
     // A subnet file outside SubnetMin..SubnetMax is ignored.
-    let outside = registry(&etcd).await?.acquire(&cfg, &attrs(4), Some("10.1.0.0/24".parse()?), &opts(60)).await?;
+    let outside = registry(&etcd)
+        .await?
+        .acquire(&cfg, &attrs(4), Some("10.1.0.0/24".parse()?), &opts(60))
+        .await?;
     assert_ne!(outside.subnet.to_string(), "10.1.0.0/24");
     Ok(())
 }
@@ -131,12 +154,16 @@ async fn a_node_gets_its_subnet_back_and_never_steals_a_live_one() -> Result<()>
 async fn a_lease_that_no_longer_fits_the_config_is_released() -> Result<()> {
     let etcd = LocalEtcd::start()?;
     let old = config(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#);
-    let new = config(r#"{"Network": "10.1.0.0/16", "SubnetLen": 25, "Backend": {"Type": "host-gw"}}"#);
+    let new =
+        config(r#"{"Network": "10.1.0.0/16", "SubnetLen": 25, "Backend": {"Type": "host-gw"}}"#);
     let mut reg = registry(&etcd).await?;
     let before = reg.acquire(&old, &attrs(1), None, &opts(60)).await?;
     let after = reg.acquire(&new, &attrs(1), None, &opts(60)).await?;
     assert_eq!(after.subnet.prefix(), 25);
-    assert!(etcd.get(&subnet_key(PREFIX, &before.subnet))?.is_none(), "the /24 lease was not released");
+    assert!(
+        etcd.get(&subnet_key(PREFIX, &before.subnet))?.is_none(),
+        "the /24 lease was not released"
+    );
     Ok(())
 }
 
@@ -153,10 +180,18 @@ async fn leases_expire_without_renewal_and_survive_many_ttls_with_it() -> Result
         assert!(reg.renew(&renewed).await?, "renewal failed");
     }
     assert!(etcd.get(&subnet_key(PREFIX, &renewed.subnet))?.is_some());
-    assert!(etcd.get(&subnet_key(PREFIX, &abandoned.subnet))?.is_none(), "abandoned lease did not expire");
-    assert!(!reg.renew(&abandoned).await?, "an expired lease cannot be renewed");
+    assert!(
+        etcd.get(&subnet_key(PREFIX, &abandoned.subnet))?.is_none(),
+        "abandoned lease did not expire"
+    );
+    assert!(
+        !reg.renew(&abandoned).await?,
+        "an expired lease cannot be renewed"
+    );
     // The expired subnet can be leased again.
-    let reused = reg.acquire(&cfg, &attrs(3), Some(abandoned.subnet), &opts(60)).await?;
+    let reused = reg
+        .acquire(&cfg, &attrs(3), Some(abandoned.subnet), &opts(60))
+        .await?;
     assert_eq!(reused.subnet, abandoned.subnet);
     Ok(())
 }
@@ -169,23 +204,49 @@ async fn malformed_values_are_skipped_and_flannel_leases_are_understood() -> Res
         &format!("{PREFIX}/subnets/10.1.15.0-24"),
         r#"{"PublicIP":"192.168.0.100","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:01"}}"#,
     )?;
-    etcd.put(&format!("{PREFIX}/subnets/10.1.16.0-24"), r#"{"PublicIP":"192.168.0.200","BackendType":"host-gw"}"#)?;
+    etcd.put(
+        &format!("{PREFIX}/subnets/10.1.16.0-24"),
+        r#"{"PublicIP":"192.168.0.200","BackendType":"host-gw"}"#,
+    )?;
     etcd.put(&format!("{PREFIX}/subnets/10.1.17.0-24"), "{not json")?;
-    etcd.put(&format!("{PREFIX}/subnets/garbage-key"), r#"{"PublicIP":"192.168.0.1"}"#)?;
-    etcd.put(&format!("{PREFIX}/subnets/10.1.18.0-24"), r#"{"PublicIP":"not-an-ip"}"#)?;
+    etcd.put(
+        &format!("{PREFIX}/subnets/garbage-key"),
+        r#"{"PublicIP":"192.168.0.1"}"#,
+    )?;
+    etcd.put(
+        &format!("{PREFIX}/subnets/10.1.18.0-24"),
+        r#"{"PublicIP":"not-an-ip"}"#,
+    )?;
     let (leases, _) = registry(&etcd).await?.leases().await?;
-    let mut got: Vec<_> = leases.iter().map(|l| (l.subnet.to_string(), l.attrs.public_ip.to_string())).collect();
+    let mut got: Vec<_> = leases
+        .iter()
+        .map(|l| (l.subnet.to_string(), l.attrs.public_ip.to_string()))
+        .collect();
     got.sort();
     assert_eq!(
         got,
-        vec![("10.1.15.0/24".into(), "192.168.0.100".into()), ("10.1.16.0/24".into(), "192.168.0.200".into())]
+        vec![
+            ("10.1.15.0/24".into(), "192.168.0.100".into()),
+            ("10.1.16.0/24".into(), "192.168.0.200".into())
+        ]
     );
-    let vxlan = leases.iter().find(|l| l.attrs.backend_type == "vxlan").expect("vxlan lease");
-    assert_eq!(vxlan.attrs.vtep_mac(), Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x01]));
+    let vxlan = leases
+        .iter()
+        .find(|l| l.attrs.backend_type == "vxlan")
+        .expect("vxlan lease");
+    assert_eq!(
+        vxlan.attrs.vtep_mac(),
+        Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x01])
+    );
     // Our own leases are written in the same schema.
     let cfg = config(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#);
-    let mine = registry(&etcd).await?.acquire(&cfg, &attrs(9), None, &opts(60)).await?;
-    let raw = etcd.get(&subnet_key(PREFIX, &mine.subnet))?.expect("our lease");
+    let mine = registry(&etcd)
+        .await?
+        .acquire(&cfg, &attrs(9), None, &opts(60))
+        .await?;
+    let raw = etcd
+        .get(&subnet_key(PREFIX, &mine.subnet))?
+        .expect("our lease");
     assert_eq!(raw, r#"{"PublicIP":"192.168.1.9","BackendType":"host-gw"}"#);
     // The malformed subnets are not handed out as if free either... they are occupied keys.
     assert_ne!(mine.subnet.to_string(), "10.1.17.0/24");
@@ -200,16 +261,41 @@ async fn tls_with_client_certificates() -> Result<()> {
     let ca = tls.ca.display().to_string();
     let cert = tls.client_cert.display().to_string();
     let key = tls.client_key.display().to_string();
-    let args = etcd_args(&etcd, &[&format!("--etcd-cafile={ca}"), &format!("--etcd-certfile={cert}"), &format!("--etcd-keyfile={key}")]);
+    let args = etcd_args(
+        &etcd,
+        &[
+            &format!("--etcd-cafile={ca}"),
+            &format!("--etcd-certfile={cert}"),
+            &format!("--etcd-keyfile={key}"),
+        ],
+    );
     let mut reg = Registry::new(args.connect().await?, PREFIX);
     let cfg = config(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#);
     let lease = reg.acquire(&cfg, &attrs(1), None, &opts(60)).await?;
     assert!(etcd.get(&subnet_key(PREFIX, &lease.subnet))?.is_some());
     // Without a client certificate etcd refuses us, and we say so.
-    let err = etcd_args(&etcd, &[&format!("--etcd-cafile={ca}"), "--etcd-timeout=3s"]).connect().await.err().expect("connect must fail");
-    assert!(err.to_string().starts_with("cannot reach etcd at https://"), "{err}");
+    let err = etcd_args(
+        &etcd,
+        &[&format!("--etcd-cafile={ca}"), "--etcd-timeout=3s"],
+    )
+    .connect()
+    .await
+    .err()
+    .expect("connect must fail");
+    assert!(
+        err.to_string().starts_with("cannot reach etcd at https://"),
+        "{err}"
+    );
     // Half a key pair is a usage error.
-    let err = etcd_args(&etcd, &[&format!("--etcd-certfile={cert}")]).connect().await.err().expect("connect must fail");
-    assert!(err.to_string().contains("--etcd-certfile and --etcd-keyfile must be given together"), "{err}");
+    let err = etcd_args(&etcd, &[&format!("--etcd-certfile={cert}")])
+        .connect()
+        .await
+        .err()
+        .expect("connect must fail");
+    assert!(
+        err.to_string()
+            .contains("--etcd-certfile and --etcd-keyfile must be given together"),
+        "{err}"
+    );
     Ok(())
 }
