@@ -203,6 +203,15 @@ fn rand_seed() -> u64 {
     N.fetch_add(0x9e37_79b9_7f4a_7c15, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Gives `eth0` of a host namespace `ip`/24 and, optionally, a default route.
+fn address_host(ns: &str, ip: Ipv4Addr, gateway: Option<&str>) -> Result<()> {
+    netns::ip(&["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+    if let Some(gw) = gateway {
+        netns::ip(&["-n", ns, "route", "add", "default", "via", gw])?;
+    }
+    Ok(())
+}
+
 /// Fails loudly unless we are root with the namespace and BPF features the testbed needs.
 pub fn require_privileges() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -435,34 +444,15 @@ impl Testbed {
                     ],
                 )?;
                 let ip: Ipv4Addr = format!("{lan}.2").parse()?;
-                netns::ip(&["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-                netns::ip(&[
-                    "-n",
-                    &ns,
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("{lan}.1"),
-                ])?;
+                address_host(&ns, ip, Some(&format!("{lan}.1")))?;
                 (ip, wan)
             } else {
                 let host = next_host[n.underlay];
                 next_host[n.underlay] += 1;
                 self.plug(n.underlay, &n.name, &ns, "eth0")?;
                 let ip: Ipv4Addr = format!("{pfx}.{host}").parse()?;
-                netns::ip(&["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-                if needs_router {
-                    netns::ip(&[
-                        "-n",
-                        &ns,
-                        "route",
-                        "add",
-                        "default",
-                        "via",
-                        &format!("{pfx}.1"),
-                    ])?;
-                }
+                let gw = format!("{pfx}.1");
+                address_host(&ns, ip, needs_router.then_some(gw.as_str()))?;
                 (ip, ip)
             };
             let dir = self.dir.join(&n.name);

@@ -352,25 +352,9 @@ impl Registry {
         opts: &LeaseOptions,
     ) -> Result<Option<i64>> {
         let key = subnet_key(&self.prefix, subnet);
-        let id = self.grant(opts).await?;
-        let txn = Txn::new()
-            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                value,
-                Some(PutOptions::new().with_lease(id)),
-            )]);
-        let resp = self
-            .client
-            .txn(txn)
+        let unclaimed = Compare::version(key.as_str(), CompareOp::Equal, 0);
+        self.put_with_fresh_lease(&key, unclaimed, value, opts, "creating")
             .await
-            .map_err(|e| anyhow!("creating lease {key}: {}", one_line(&e)))?;
-        if resp.succeeded() {
-            Ok(Some(id))
-        } else {
-            self.revoke(id).await;
-            Ok(None)
-        }
     }
 
     /// Takes over our own existing lease with a fresh TTL and our current attributes.
@@ -381,27 +365,40 @@ impl Registry {
         opts: &LeaseOptions,
     ) -> Result<Option<i64>> {
         let key = subnet_key(&self.prefix, &mine.subnet);
+        let unchanged = Compare::mod_revision(key.as_str(), CompareOp::Equal, mine.mod_revision);
+        let id = self
+            .put_with_fresh_lease(&key, unchanged, value, opts, "renewing")
+            .await?;
+        if let Some(id) = id {
+            if mine.etcd_lease != 0 && mine.etcd_lease != id {
+                self.revoke(mine.etcd_lease).await;
+            }
+        }
+        Ok(id)
+    }
+
+    /// Puts `value` at `key` attached to a newly granted etcd lease, if `guard` holds.
+    /// Returns the lease id, or `None` (and revokes the unused lease) if it did not.
+    async fn put_with_fresh_lease(
+        &mut self,
+        key: &str,
+        guard: Compare,
+        value: &str,
+        opts: &LeaseOptions,
+        what: &str,
+    ) -> Result<Option<i64>> {
         let id = self.grant(opts).await?;
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                mine.mod_revision,
-            )])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                value,
-                Some(PutOptions::new().with_lease(id)),
-            )]);
+        let txn = Txn::new().when([guard]).and_then([TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(id)),
+        )]);
         let resp = self
             .client
             .txn(txn)
             .await
-            .map_err(|e| anyhow!("renewing lease {key}: {}", one_line(&e)))?;
+            .map_err(|e| anyhow!("{what} lease {key}: {}", one_line(&e)))?;
         if resp.succeeded() {
-            if mine.etcd_lease != 0 && mine.etcd_lease != id {
-                self.revoke(mine.etcd_lease).await;
-            }
             Ok(Some(id))
         } else {
             self.revoke(id).await;

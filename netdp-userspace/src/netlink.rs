@@ -7,7 +7,7 @@ use ipnetwork::Ipv4Network;
 use rtnetlink::{
     Handle, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressMessage},
         link::LinkAttribute,
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
         route::{RouteAddress, RouteAttribute, RouteScope},
@@ -105,8 +105,7 @@ impl Netlink {
         }
     }
 
-    /// IPv4 addresses (with prefix) on an interface.
-    pub async fn ipv4_addrs(&self, index: u32) -> Result<Vec<Ipv4Network>> {
+    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>> {
         let mut stream = self
             .handle
             .address()
@@ -115,6 +114,15 @@ impl Netlink {
             .execute();
         let mut out = Vec::new();
         while let Some(msg) = stream.try_next().await.context("listing addresses")? {
+            out.push(msg);
+        }
+        Ok(out)
+    }
+
+    /// IPv4 addresses (with prefix) on an interface.
+    pub async fn ipv4_addrs(&self, index: u32) -> Result<Vec<Ipv4Network>> {
+        let mut out = Vec::new();
+        for msg in self.address_messages(index).await? {
             for attr in &msg.attributes {
                 if let AddressAttribute::Local(IpAddr::V4(a))
                 | AddressAttribute::Address(IpAddr::V4(a)) = attr
@@ -280,33 +288,21 @@ impl Netlink {
 
     /// Removes every IPv4 address on an interface except `keep`.
     pub async fn remove_other_addrs(&self, index: u32, keep: Ipv4Network) -> Result<()> {
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        let mut stale = Vec::new();
-        while let Some(msg) = stream.try_next().await.context("listing addresses")? {
-            let is_keep =
-                msg.attributes.iter().any(
-                    |a| matches!(a, AddressAttribute::Local(IpAddr::V4(x)) if *x == keep.ip()),
-                ) && msg.header.prefix_len == keep.prefix();
-            let is_v4 = msg
-                .attributes
-                .iter()
-                .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(_))));
-            if is_v4 && !is_keep {
-                stale.push(msg);
+        for msg in self.address_messages(index).await? {
+            let local = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(x)) => Some(*x),
+                _ => None,
+            });
+            let Some(local) = local else { continue };
+            if local == keep.ip() && msg.header.prefix_len == keep.prefix() {
+                continue;
             }
-        }
-        for msg in stale {
             self.handle
                 .address()
                 .del(msg)
                 .execute()
                 .await
-                .map_err(|e| anyhow!("removing a stale address from interface {index}: {e}"))?;
+                .map_err(|e| anyhow!("removing {local} from interface {index}: {e}"))?;
         }
         Ok(())
     }
