@@ -14,11 +14,14 @@ use netdp_common::{Ipv4, map_names, route::Route};
 use netdp_testbed::{Binaries, Spec, Testbed, netns};
 
 use super::{
-    kube_proxy, netfilter,
+    kube_proxy,
+    netfilter::{self, IptBackend, Load},
     report::{MEBIBYTES, Outcome, Row, SECONDS, Section},
-    runner::{self, Stats},
-    services::{IPTABLES, NETDP, NFTABLES, case},
+    runner::Stats,
+    services::{IPTABLES_LOAD, NETDP, case, load_case},
 };
+
+const IPT_NFT_LOAD: &str = "kube-proxy iptables (iptables-nft-restore, host default)";
 
 const AGENT: &str = "netdp agent";
 /// The agent leases from 10.200.0.0/16; peers come from 10.100.0.0/14, so one key range
@@ -121,7 +124,9 @@ fn wait_for_routes(pin: &PathBuf, want: usize, since: Instant) -> Result<Duratio
             return Ok(since.elapsed());
         }
         if since.elapsed() > CONVERGE_TIMEOUT {
-            bail!("ROUTES holds {have} routes, not {want}, {CONVERGE_TIMEOUT:?} after the change");
+            bail!(
+                "ROUTES holds {have:?} routes, not {want}, {CONVERGE_TIMEOUT:?} after the change"
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -142,17 +147,17 @@ fn rss_mib(pid: u32) -> Result<f64> {
 fn leases(bins: &Binaries, peers: usize, repeats: usize) -> Vec<Row> {
     let appear = format!(
         "{} peer leases appear in etcd -> all in ROUTES",
-        super::report::human(peers as f64)
+        super::report::count(peers)
     );
     let vanish = format!(
         "{} peer leases deleted -> all gone from ROUTES",
-        super::report::human(peers as f64)
+        super::report::count(peers)
     );
     let writes = format!(
         "writing {} leases to etcd ({TXN_OPS} per transaction)",
-        super::report::human(peers as f64)
+        super::report::count(peers)
     );
-    let rss_case = format!("after {} peer leases", super::report::human(peers as f64));
+    let rss_case = format!("after {} peer leases", super::report::count(peers));
     let result = (|| -> Result<(Stats, Stats, Stats, Stats)> {
         let mut tb = Testbed::new(Spec::flat(1).network(CONFIG).binaries(bins.clone()))?;
         tb.start_agent("n1", &[])?;
@@ -206,76 +211,105 @@ fn leases(bins: &Binaries, peers: usize, repeats: usize) -> Vec<Row> {
     ]
 }
 
-/// Loading N services: kube-proxy's iptables-restore and nft transaction on a fresh node,
-/// next to netdp programming its maps.
-fn service_loads(bins: &Binaries, n: usize, repeats: usize) -> Vec<Row> {
-    let c = format!("program {}", case(n));
-    let ipt_subject = format!("{IPTABLES} (iptables-restore)");
-    let nft_subject = format!("{NFTABLES} (nft -f)");
-    let mut rows = vec![
-        Row::new(
-            Section::ControlPlane,
-            NETDP,
-            &c,
-            SECONDS,
-            Outcome::NotAvailable("needs services in eBPF (issue #5)".into()),
-        )
-        .compared_to(&[&ipt_subject]),
-        Row::new(
+/// Programming N services: netdp's maps next to kube-proxy's rule loads. The legacy
+/// iptables and nftables loads are timed by the services comparison on its nodes; this
+/// adds iptables-restore with the nf_tables backend (this host's default `iptables`) on a
+/// bare node, stopping at the first size that runs out of budget.
+fn service_loads(bins: &Binaries, counts: &[usize], repeats: usize, budget: Duration) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &n in counts {
+        rows.push(
+            Row::new(
+                Section::ControlPlane,
+                NETDP,
+                &load_case(n),
+                SECONDS,
+                Outcome::NotAvailable("needs services in eBPF (issue #5)".into()),
+            )
+            .compared_to(&[IPTABLES_LOAD]),
+        );
+    }
+    let tb = match Testbed::new(Spec::flat(1).binaries(bins.clone())) {
+        Ok(tb) => tb,
+        Err(e) => {
+            rows.push(Row::new(
+                Section::ControlPlane,
+                IPT_NFT_LOAD,
+                "all sizes",
+                SECONDS,
+                Outcome::Failed(format!("{e:#}")),
+            ));
+            return rows;
+        }
+    };
+    let ns = tb.node("n1").ns.clone();
+    let real: Vec<_> = (2..5)
+        .map(|h| (Ipv4Addr::new(10, 244, 2, h), 8080))
+        .collect();
+    let cfg = kube_proxy::bench_cluster(tb.node("n1").ip);
+    let mut over = false;
+    for &n in counts {
+        let outcome = if over {
+            Outcome::Skipped("a smaller ruleset already ran out of the load budget".into())
+        } else {
+            eprintln!("bench: control plane: iptables-nft-restore of {}", case(n));
+            let text =
+                kube_proxy::iptables::restore_input(&kube_proxy::bench_services(n, &real), &cfg);
+            let mut samples = Vec::new();
+            let mut outcome = None;
+            for _ in 0..repeats {
+                match netfilter::restore_iptables(&ns, IptBackend::Nft, &text, budget) {
+                    Ok(Load::Done(d)) => samples.push(d.as_secs_f64()),
+                    Ok(Load::OverBudget(b)) => {
+                        over = true;
+                        outcome = Some(Outcome::OverBudget(b.as_secs_f64()));
+                    }
+                    Err(e) => outcome = Some(Outcome::Failed(format!("{e:#}"))),
+                }
+                if outcome.is_some() {
+                    break;
+                }
+                if let Err(e) = netfilter::clear_iptables(&ns, IptBackend::Nft) {
+                    outcome = Some(Outcome::Failed(format!("{e:#}")));
+                    break;
+                }
+            }
+            outcome.unwrap_or_else(|| match Stats::new(samples) {
+                Ok(s) => Outcome::Measured(s),
+                Err(e) => Outcome::Failed(format!("{e:#}")),
+            })
+        };
+        rows.push(
+            Row::new(
+                Section::ControlPlane,
+                IPT_NFT_LOAD,
+                &load_case(n),
+                SECONDS,
+                outcome,
+            )
+            .compared_to(&[IPTABLES_LOAD]),
+        );
+    }
+    if let Some(&n) = counts.last() {
+        rows.push(Row::new(
             Section::ControlPlane,
             AGENT,
             &format!("resident memory with {}", case(n)),
             MEBIBYTES,
             Outcome::NotAvailable("needs services in eBPF (issue #5)".into()),
-        ),
-    ];
-    let loaded = (|| -> Result<(Result<Stats>, Result<Stats>)> {
-        let tb = Testbed::new(Spec::flat(1).binaries(bins.clone()))?;
-        let ns = tb.node("n1").ns.clone();
-        let real: Vec<_> = (2..5)
-            .map(|h| (Ipv4Addr::new(10, 244, 2, h), 8080))
-            .collect();
-        let services = kube_proxy::bench_services(n, &real);
-        let cfg = kube_proxy::bench_cluster(tb.node("n1").ip);
-        let ipt = kube_proxy::iptables::restore_input(&services, &cfg);
-        let iptables = runner::repeat("iptables-restore", repeats, |_| {
-            let took = netfilter::restore_iptables(&ns, &ipt)?;
-            netfilter::clear_iptables(&ns)?;
-            Ok(took.as_secs_f64())
-        });
-        let nftables = runner::repeat("nft -f", repeats, |_| {
-            let took = netfilter::load_nftables(&ns, &services, &cfg)?;
-            netfilter::clear_nftables(&ns)?;
-            Ok(took.as_secs_f64())
-        });
-        Ok((iptables, nftables))
-    })();
-    let (iptables, nftables) = match loaded {
-        Ok(x) => x,
-        Err(e) => {
-            let m = format!("{e:#}");
-            (Err(anyhow::anyhow!("{m}")), Err(anyhow::anyhow!("{m}")))
-        }
-    };
-    rows.push(Row::from_result(
-        Section::ControlPlane,
-        &ipt_subject,
-        &c,
-        SECONDS,
-        iptables,
-    ));
-    rows.push(
-        Row::from_result(Section::ControlPlane, &nft_subject, &c, SECONDS, nftables)
-            .compared_to(&[&ipt_subject]),
-    );
+        ));
+    }
     rows
 }
 
-pub fn run(bins: &Binaries, peers: usize, service_counts: &[usize], repeats: usize) -> Vec<Row> {
+pub fn run(
+    bins: &Binaries,
+    peers: usize,
+    service_counts: &[usize],
+    repeats: usize,
+    budget: Duration,
+) -> Vec<Row> {
     let mut rows = leases(bins, peers, repeats);
-    for &n in service_counts {
-        eprintln!("bench: control plane: loading {}", case(n));
-        rows.extend(service_loads(bins, n, repeats));
-    }
+    rows.extend(service_loads(bins, service_counts, repeats, budget));
     rows
 }

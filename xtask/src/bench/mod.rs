@@ -46,7 +46,8 @@ struct Sizes {
     plan: Plan,
     service_counts: Vec<usize>,
     peers: usize,
-    load_counts: Vec<usize>,
+    /// How long one ruleset load may take before it is stopped.
+    load_budget: Duration,
     packets: u64,
     cp_repeats: usize,
 }
@@ -61,7 +62,7 @@ impl Sizes {
                 },
                 service_counts: vec![10, 1_000],
                 peers: 1_000,
-                load_counts: vec![10_000],
+                load_budget: Duration::from_secs(60),
                 packets: 1_000_000,
                 cp_repeats: 3,
             }
@@ -73,7 +74,7 @@ impl Sizes {
                 },
                 service_counts: vec![10, 1_000, 10_000, 100_000],
                 peers: 1_000,
-                load_counts: vec![100_000],
+                load_budget: Duration::from_secs(180),
                 packets: 4_000_000,
                 cp_repeats: 3,
             }
@@ -119,15 +120,21 @@ pub fn run(args: Args) -> Result<()> {
         rows.extend(pod_to_pod::run(&bins, sizes.plan));
     }
     if wanted(&args.only, "services") {
-        rows.extend(services::run(&bins, sizes.plan, &sizes.service_counts));
+        rows.extend(services::run(
+            &bins,
+            sizes.plan,
+            &sizes.service_counts,
+            sizes.load_budget,
+        ));
     }
     if wanted(&args.only, "control-plane") {
         eprintln!("bench: control plane");
         rows.extend(control_plane::run(
             &bins,
             sizes.peers,
-            &sizes.load_counts,
+            &sizes.service_counts,
             sizes.cp_repeats,
+            sizes.load_budget,
         ));
     }
     rows.sort_by_key(|r| r.section);
@@ -138,7 +145,14 @@ pub fn run(args: Args) -> Result<()> {
     );
     let header = Header {
         command: command.clone(),
-        lines: machine(&load_before, &samples, started.elapsed()),
+        lines: machine(
+            &load_before,
+            &format!(
+                "rates: {samples}; per-packet: {} samples of {} packets; control plane: {} samples",
+                sizes.plan.repeats, sizes.packets, sizes.cp_repeats
+            ),
+            started.elapsed(),
+        ),
     };
     let mut plots = Vec::new();
     std::fs::create_dir_all(&args.out)?;
@@ -280,10 +294,7 @@ fn machine(load_before: &str, samples: &str, took: Duration) -> Vec<(String, Str
             ),
         ),
         ("Load generators".into(), load::DESCRIPTION.into()),
-        (
-            "Samples".into(),
-            format!("{samples} (rates); control plane {}", "3 samples each"),
-        ),
+        ("Samples".into(), samples.to_string()),
         (
             "Load average".into(),
             format!(

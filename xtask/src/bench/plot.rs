@@ -10,7 +10,7 @@ use plotters::{
     style::{FontStyle, register_font},
 };
 
-use super::report::{Row, Section, human};
+use super::report::{Outcome, Row, Section, count, human};
 
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const FAMILY: &str = "sans-serif";
@@ -107,7 +107,7 @@ pub fn services(
             "services programmed (3 endpoints each; the measured one last) - {samples}"
         ))
         .y_desc("connections/s (connect, 64 B request/response, close)")
-        .x_label_formatter(&|v| human(*v))
+        .x_label_formatter(&|v| count(*v as usize))
         .y_label_formatter(&|v| human(*v))
         .label_style((FAMILY, 20))
         .axis_desc_style((FAMILY, 22))
@@ -122,15 +122,34 @@ pub fn services(
             .map_err(err)?
             .label(name)
             .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 30, y)], BLACK.mix(0.45).stroke_width(2))
+                PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.45).stroke_width(2))
             });
     }
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
-        let label = if pts.is_empty() {
+        // Sizes without a point say why in the legend.
+        let missing: Vec<String> = counts
+            .iter()
+            .filter(|&&n| {
+                rows.iter().any(|r| {
+                    r.section == Section::Services
+                        && r.subject == *name
+                        && r.case == case(n)
+                        && r.metric == metric
+                        && matches!(r.outcome, Outcome::Skipped(_) | Outcome::Failed(_))
+                })
+            })
+            .map(|&n| count(n))
+            .collect();
+        let label = if pts.is_empty() && missing.is_empty() {
             format!("{name}: not measured on this build")
-        } else {
+        } else if missing.is_empty() {
             name.to_string()
+        } else {
+            format!(
+                "{name} (no point at {}: not measured, see table)",
+                missing.join(", ")
+            )
         };
         chart
             .draw_series(LineSeries::new(
@@ -140,7 +159,7 @@ pub fn services(
             .map_err(err)?
             .label(label)
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(4))
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(4))
             });
         chart
             .draw_series(
@@ -207,7 +226,8 @@ pub fn bars(
             .margin(15)
             .x_label_area_size(55)
             .y_label_area_size(360)
-            .build_cartesian_2d(0f64..xmax, (0..n).into_segmented())
+            // Discrete ranges include their end: n segments, the first subject on top.
+            .build_cartesian_2d(0f64..xmax, (0..n.saturating_sub(1)).into_segmented())
             .map_err(err)?;
         let names: Vec<String> = subjects.iter().map(|s| s.to_string()).collect();
         chart
@@ -216,7 +236,7 @@ pub fn bars(
             .x_desc(*axis)
             .x_label_formatter(&|v| human(*v))
             .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+                SegmentValue::CenterOf(i) if *i < n => names[n - 1 - i].clone(),
                 _ => String::new(),
             })
             .y_labels(n)
@@ -224,7 +244,8 @@ pub fn bars(
             .axis_desc_style((FAMILY, 20))
             .draw()
             .map_err(err)?;
-        for (i, (s, v)) in subjects.iter().zip(&values).enumerate() {
+        for (k, (s, v)) in subjects.iter().zip(&values).enumerate() {
+            let i = n - 1 - k;
             let color = if s.starts_with("netdp") {
                 PALETTE[0]
             } else if s.starts_with("bare") {

@@ -72,6 +72,10 @@ pub enum Outcome {
     Measured(Stats),
     /// This build cannot measure it yet; says what is missing.
     NotAvailable(String),
+    /// Not measured in this run; says why (a smaller size already ran out of budget...).
+    Skipped(String),
+    /// Did not finish within this many seconds and was stopped: a lower bound.
+    OverBudget(f64),
     /// The measurement ran and failed; the run exits non-zero.
     Failed(String),
 }
@@ -144,18 +148,26 @@ impl Row {
     }
 }
 
+/// `100000` -> `100,000`.
+pub fn count(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// `12345.6` -> `12,346`; small values keep significant digits.
 pub fn human(v: f64) -> String {
     let a = v.abs();
-    if a >= 1000.0 {
-        let s = format!("{:.0}", v.abs());
-        let mut out = String::new();
-        for (i, c) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(c);
-        }
+    if a == 0.0 {
+        "0".into()
+    } else if a >= 1000.0 {
+        let out = count(a.round() as usize);
         if v < 0.0 { format!("-{out}") } else { out }
     } else if a >= 100.0 {
         format!("{v:.0}")
@@ -168,10 +180,18 @@ pub fn human(v: f64) -> String {
     }
 }
 
-/// The ratio of `row` to the row it is compared with: (ratio, that row's subject).
+/// The ratio of `row` to the row it is compared with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ratio<'a> {
+    pub value: f64,
+    pub to: &'a str,
+    /// The compared row ran out of budget, so the true ratio is at least `value`.
+    pub at_least: bool,
+}
+
 /// `>1` means better than the comparison for every metric (rates are divided, times
 /// inverted), so ratios read the same way across the table.
-pub fn ratio<'a>(row: &Row, all: &'a [Row]) -> Option<(f64, &'a str)> {
+pub fn ratio<'a>(row: &Row, all: &'a [Row]) -> Option<Ratio<'a>> {
     let mine = row.stats()?.median();
     for (subject, case) in &row.compare_to {
         let case = case.as_ref().unwrap_or(&row.case);
@@ -179,20 +199,28 @@ pub fn ratio<'a>(row: &Row, all: &'a [Row]) -> Option<(f64, &'a str)> {
             &r.subject == subject
                 && &r.case == case
                 && r.metric == row.metric
-                && r.stats().is_some()
+                && matches!(r.outcome, Outcome::Measured(_) | Outcome::OverBudget(_))
         });
-        if let Some(o) = other {
-            let theirs = o.stats()?.median();
-            if theirs == 0.0 || mine == 0.0 {
-                return None;
-            }
-            let r = if row.metric.higher_is_better {
-                mine / theirs
-            } else {
-                theirs / mine
-            };
-            return Some((r, o.subject.as_str()));
+        let Some(o) = other else { continue };
+        let (theirs, at_least) = match &o.outcome {
+            Outcome::Measured(st) => (st.median(), false),
+            // A bound only says something for times: the other took longer than this.
+            Outcome::OverBudget(b) if !row.metric.higher_is_better => (*b, true),
+            _ => return None,
+        };
+        if theirs == 0.0 || mine == 0.0 {
+            return None;
         }
+        let value = if row.metric.higher_is_better {
+            mine / theirs
+        } else {
+            theirs / mine
+        };
+        return Some(Ratio {
+            value,
+            to: o.subject.as_str(),
+            at_least,
+        });
     }
     None
 }
@@ -234,7 +262,13 @@ pub fn markdown(header: &Header, rows: &[Row], plots: &[(&str, &str)]) -> String
                     format!("±{:.1}%", st.spread_pct()),
                     st.samples.len().to_string(),
                     match ratio(r, rows) {
-                        Some((x, other)) => format!("{x:.2}x vs {other}"),
+                        Some(Ratio {
+                            value,
+                            to,
+                            at_least,
+                        }) => {
+                            format!("{}{value:.2}x vs {to}", if at_least { "> " } else { "" })
+                        }
                         None if is_reference(r, rows) => "reference".into(),
                         None => "–".into(),
                     },
@@ -244,6 +278,18 @@ pub fn markdown(header: &Header, rows: &[Row], plots: &[(&str, &str)]) -> String
                     String::new(),
                     String::new(),
                     format!("not on this build: {why}"),
+                ),
+                Outcome::Skipped(why) => (
+                    "–".into(),
+                    String::new(),
+                    String::new(),
+                    format!("not measured: {why}"),
+                ),
+                Outcome::OverBudget(b) => (
+                    format!("> {}", human(*b)),
+                    String::new(),
+                    "1".into(),
+                    format!("stopped after {} {}", human(*b), r.metric.unit),
                 ),
                 Outcome::Failed(why) => {
                     ("FAILED".into(), String::new(), String::new(), one_line(why))
@@ -313,12 +359,22 @@ mod tests {
             measured("netdp", "10", SECONDS, &[0.5]).compared_to(&["missing", "iptables"]),
             measured("netdp", "1000", CONN_RATE, &[1.0]).compared_to(&["iptables"]),
             measured("netdp", "other", CONN_RATE, &[50.0]).compared_to_case("iptables", "10"),
+            Row::new(
+                Section::Services,
+                "slow",
+                "big",
+                SECONDS,
+                Outcome::OverBudget(120.0),
+            ),
+            measured("fast", "big", SECONDS, &[2.0]).compared_to(&["slow"]),
         ];
-        assert_eq!(ratio(&rows[1], &rows), Some((1.5, "iptables")));
-        assert_eq!(ratio(&rows[3], &rows), Some((4.0, "iptables")));
+        let r = |i: usize| ratio(&rows[i], &rows).map(|r| (r.value, r.to, r.at_least));
+        assert_eq!(r(1), Some((1.5, "iptables", false)));
+        assert_eq!(r(3), Some((4.0, "iptables", false)));
         // No row with the same case: no ratio.
-        assert_eq!(ratio(&rows[4], &rows), None);
-        assert_eq!(ratio(&rows[5], &rows), Some((0.5, "iptables")));
+        assert_eq!(r(4), None);
+        assert_eq!(r(5), Some((0.5, "iptables", false)));
+        assert_eq!(r(7), Some((60.0, "slow", true)));
         let md = markdown(
             &Header {
                 command: "cargo xtask bench".into(),
@@ -339,5 +395,8 @@ mod tests {
         assert_eq!(human(999.4), "999");
         assert_eq!(human(12.345), "12.3");
         assert_eq!(human(0.01234), "0.012");
+        assert_eq!(human(0.0), "0");
+        assert_eq!(count(10), "10");
+        assert_eq!(count(100_000), "100,000");
     }
 }
