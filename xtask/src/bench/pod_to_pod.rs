@@ -45,54 +45,6 @@ struct Endpoints {
     server_ip: Ipv4Addr,
 }
 
-fn rows_for(
-    subject: &str,
-    compare: &[&str],
-    plan: Plan,
-    ends: Result<(Testbed, Endpoints)>,
-    check: impl Fn(&Testbed) -> Result<()>,
-) -> Vec<Row> {
-    let rr_row =
-        |r| Row::from_result(Section::PodToPod, subject, RR_CASE, RR_RATE, r).compared_to(compare);
-    let st_row = |r| {
-        Row::from_result(Section::PodToPod, subject, STREAM_CASE, THROUGHPUT, r)
-            .compared_to(compare)
-    };
-    let (tb, e) = match ends {
-        Ok(x) => x,
-        Err(e) => {
-            let msg = format!("{e:#}");
-            return vec![
-                rr_row(Err(anyhow::anyhow!("{msg}"))),
-                st_row(Err(anyhow::anyhow!("{msg}"))),
-            ];
-        }
-    };
-    let measured = (|| -> Result<_> {
-        let _server = Server::start(&e.server_ns, PORT)?;
-        let to = (e.server_ip, PORT);
-        let rr = runner::repeat(subject, plan.repeats, |_| {
-            load::request_rate(&e.client_ns, to, plan.sample)
-        });
-        let st = runner::repeat(subject, plan.repeats, |_| {
-            load::stream(&e.client_ns, to, plan.sample)
-        });
-        check(&tb)
-            .with_context(|| format!("{subject}: the path under test did not carry the traffic"))?;
-        Ok((rr, st))
-    })();
-    match measured {
-        Ok((rr, st)) => vec![rr_row(rr), st_row(st)],
-        Err(e) => {
-            let msg = format!("{e:#}");
-            vec![
-                rr_row(Err(anyhow::anyhow!("{msg}"))),
-                st_row(Err(anyhow::anyhow!("{msg}"))),
-            ]
-        }
-    }
-}
-
 fn underlay(bins: &Binaries) -> Result<(Testbed, Endpoints)> {
     let tb = Testbed::new(Spec::flat(2).binaries(bins.clone()))?;
     let e = Endpoints {
@@ -129,41 +81,119 @@ fn netdp_forwarded(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
+/// Builds a subject's testbed and says where its client and server run.
+type Setup = fn(&Binaries) -> Result<(Testbed, Endpoints)>;
+/// Checks after sampling that the path under test carried the traffic.
+type Check = fn(&Testbed) -> Result<()>;
+
+/// A subject that is set up and serving.
+struct Live {
+    subject: &'static str,
+    compare: Vec<&'static str>,
+    tb: Testbed,
+    ends: Endpoints,
+    _server: Server,
+    check: Check,
+}
+
+fn start(
+    subject: &'static str,
+    compare: Vec<&'static str>,
+    bins: &Binaries,
+) -> Result<Option<Live>> {
+    let (setup, check): (Setup, Check) = match subject {
+        UNDERLAY => (underlay, |_| Ok(())),
+        NETDP_HOST_GW => (netdp_host_gw, netdp_forwarded),
+        _ => return Ok(None),
+    };
+    let (tb, ends) = setup(bins).with_context(|| format!("setting up {subject}"))?;
+    let server = Server::start(&ends.server_ns, PORT)?;
+    Ok(Some(Live {
+        subject,
+        compare,
+        tb,
+        ends,
+        _server: server,
+        check,
+    }))
+}
+
+fn not_available(subject: &str, compare: &[&str]) -> Vec<Row> {
+    let why = match subject {
+        FLANNEL_HOST_GW | FLANNEL_VXLAN => "needs the testbed's Flannel-style nodes (issue #4)",
+        _ => "needs the encapsulating backends in eBPF (issue #4)",
+    };
+    [(RR_CASE, RR_RATE), (STREAM_CASE, THROUGHPUT)]
+        .into_iter()
+        .map(|(case, metric)| {
+            Row::new(
+                Section::PodToPod,
+                subject,
+                case,
+                metric,
+                Outcome::NotAvailable(why.into()),
+            )
+            .compared_to(compare)
+        })
+        .collect()
+}
+
+/// Every available subject is set up first, then sampled in rotation.
 pub fn run(bins: &Binaries, plan: Plan) -> Vec<Row> {
     let mut rows = Vec::new();
+    let mut live = Vec::new();
     for (subject, compare) in subjects() {
-        let new = match subject {
-            UNDERLAY => rows_for(subject, &compare, plan, underlay(bins), |_| Ok(())),
-            NETDP_HOST_GW => rows_for(
-                subject,
-                &compare,
-                plan,
-                netdp_host_gw(bins),
-                netdp_forwarded,
-            ),
-            _ => {
-                let why = match subject {
-                    FLANNEL_HOST_GW | FLANNEL_VXLAN => {
-                        "needs the testbed's Flannel-style nodes (issue #4)"
-                    }
-                    _ => "needs the encapsulating backends in eBPF (issue #4)",
-                };
-                [(RR_CASE, RR_RATE), (STREAM_CASE, THROUGHPUT)]
-                    .into_iter()
-                    .map(|(case, metric)| {
+        match start(subject, compare.clone(), bins) {
+            Ok(Some(l)) => live.push(l),
+            Ok(None) => rows.extend(not_available(subject, &compare)),
+            Err(e) => {
+                for (case, metric) in [(RR_CASE, RR_RATE), (STREAM_CASE, THROUGHPUT)] {
+                    rows.push(
                         Row::new(
                             Section::PodToPod,
                             subject,
                             case,
                             metric,
-                            Outcome::NotAvailable(why.into()),
+                            Outcome::Failed(format!("{e:#}")),
                         )
-                        .compared_to(&compare)
-                    })
-                    .collect()
+                        .compared_to(&compare),
+                    );
+                }
             }
-        };
-        rows.extend(new);
+        }
+    }
+    for (case, metric, sample) in [
+        (
+            RR_CASE,
+            RR_RATE,
+            load::request_rate as fn(&str, (Ipv4Addr, u16), std::time::Duration) -> Result<f64>,
+        ),
+        (STREAM_CASE, THROUGHPUT, load::stream),
+    ] {
+        let samplers: Vec<(String, runner::Sampler)> = live
+            .iter()
+            .map(|l| {
+                let to = (l.ends.server_ip, PORT);
+                let ns = l.ends.client_ns.clone();
+                let f: runner::Sampler = Box::new(move || sample(&ns, to, plan.sample));
+                (format!("{} {case}", l.subject), f)
+            })
+            .collect();
+        for (l, r) in live.iter().zip(runner::interleave(plan.repeats, samplers)) {
+            let r = r.and_then(|s| {
+                (l.check)(&l.tb).with_context(|| {
+                    format!(
+                        "{}: the path under test did not carry the traffic",
+                        l.subject
+                    )
+                })?;
+                Ok(s)
+            });
+            rows.push(
+                Row::from_result(Section::PodToPod, l.subject, case, metric, r)
+                    .compared_to(&l.compare),
+            );
+        }
     }
     rows
 }

@@ -64,6 +64,32 @@ pub fn repeat(
     Stats::new(out).with_context(|| what.to_string())
 }
 
+/// A named source of samples.
+pub type Sampler<'a> = Box<dyn FnMut() -> Result<f64> + 'a>;
+
+/// Takes `repeats` samples from each sampler, round-robin (A B C A B C ...), so load that
+/// comes and goes on a shared machine hits every subject alike and their ratios hold. A
+/// sampler that fails is dropped from later rounds and reports its error.
+pub fn interleave(repeats: usize, mut samplers: Vec<(String, Sampler<'_>)>) -> Vec<Result<Stats>> {
+    let mut samples: Vec<Result<Vec<f64>>> = samplers.iter().map(|_| Ok(Vec::new())).collect();
+    for round in 0..repeats {
+        for ((what, sampler), out) in samplers.iter_mut().zip(samples.iter_mut()) {
+            let Ok(v) = out else { continue };
+            match sampler() {
+                Ok(x) => v.push(x),
+                Err(e) => {
+                    *out = Err(e.context(format!("{what}, sample {} of {repeats}", round + 1)))
+                }
+            }
+        }
+    }
+    samplers
+        .iter()
+        .zip(samples)
+        .map(|((what, _), s)| s.and_then(|v| Stats::new(v).with_context(|| what.clone())))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +103,25 @@ mod tests {
         assert_eq!(s.median(), 2.5);
         assert!(Stats::new(vec![]).is_err());
         assert!(Stats::new(vec![1.0, f64::NAN]).is_err());
+    }
+
+    #[test]
+    fn interleave_alternates_and_keeps_failures_apart() {
+        let order = std::cell::RefCell::new(Vec::new());
+        let a: Sampler = Box::new(|| {
+            order.borrow_mut().push('a');
+            Ok(1.0)
+        });
+        let mut n = 0;
+        let b: Sampler = Box::new(|| {
+            order.borrow_mut().push('b');
+            n += 1;
+            if n == 2 { bail!("lost") } else { Ok(2.0) }
+        });
+        let r = interleave(3, vec![("a".into(), a), ("b".into(), b)]);
+        assert_eq!(*order.borrow(), vec!['a', 'b', 'a', 'b', 'a']);
+        assert_eq!(r[0].as_ref().unwrap().samples, vec![1.0; 3]);
+        assert!(format!("{:#}", r[1].as_ref().unwrap_err()).contains("b, sample 2 of 3: lost"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub const NETDP: &str = "netdp (eBPF services)";
 pub const IPTABLES: &str = "kube-proxy iptables (legacy)";
 pub const NFTABLES: &str = "kube-proxy nftables";
 pub const NO_SERVICE: &str = "no service: pod IP directly (kernel routing)";
+const NO_SERVICE_CASE: &str = "pod IP directly";
 /// Control-plane subjects of the rule loads measured here.
 pub const IPTABLES_LOAD: &str = "kube-proxy iptables (iptables-legacy-restore)";
 pub const NFTABLES_LOAD: &str = "kube-proxy nftables (nft -f)";
@@ -37,7 +38,7 @@ pub fn load_case(n: usize) -> String {
     format!("program {}", case(n))
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Mode {
     Iptables,
     Nftables,
@@ -98,20 +99,21 @@ fn program(
     Ok(loads)
 }
 
-/// What one implementation at one service count gave.
-struct Measured {
+/// One implementation at one service count, programmed and serving.
+struct Prepared {
+    c: Cluster2,
     loads: Vec<Load>,
-    crr: Result<Stats>,
-    rr: Result<Stats>,
+    servers: Vec<Server>,
+    to: (Ipv4Addr, u16),
 }
 
-fn measure(
-    bins: &Binaries,
-    plan: Plan,
-    mode: Mode,
-    n: usize,
-    budget: Duration,
-) -> Result<Measured> {
+impl Prepared {
+    fn over_budget(&self) -> bool {
+        matches!(self.loads.last(), Some(Load::OverBudget(_)))
+    }
+}
+
+fn prepare(bins: &Binaries, mode: Mode, n: usize, budget: Duration) -> Result<Prepared> {
     let c = cluster(bins)?;
     let real: Vec<(Ipv4Addr, u16)> = c
         .endpoints
@@ -121,163 +123,153 @@ fn measure(
     let services = kube_proxy::bench_services(n.max(1), &real);
     let cfg = kube_proxy::bench_cluster(c.tb.node("n1").ip);
     let loads = program(&c, mode, &services, &cfg, budget)?;
-    if let Some(Load::OverBudget(b)) = loads.last() {
-        let why = format!("the ruleset did not load within {b:?}");
-        return Ok(Measured {
-            loads,
-            crr: Err(anyhow::anyhow!("{why}")),
-            rr: Err(anyhow::anyhow!("{why}")),
-        });
-    }
-    let servers: Vec<Server> = c
-        .endpoints
-        .iter()
-        .map(|(ns, _)| Server::start(ns, ENDPOINT_PORT))
-        .collect::<Result<_>>()?;
     let to = match mode {
         Mode::None => real[0],
         _ => (kube_proxy::cluster_ip(n - 1), SERVICE_PORT),
     };
-    let what = format!("{} to {}:{}", case(n), to.0, to.1);
-    let crr = runner::repeat(&what, plan.repeats, |_| {
-        load::connection_rate(&c.client, to, plan.sample)
-    });
-    let rr = runner::repeat(&what, plan.repeats, |_| {
-        load::request_rate(&c.client, to, plan.sample)
-    });
-    if mode != Mode::None && crr.is_ok() {
-        // DNAT spread new connections over all 3 endpoints.
-        let per: Vec<u64> = servers.iter().map(Server::connections).collect();
-        if per.contains(&0) {
-            bail!(
-                "connections per endpoint {per:?}: the service did not balance over its endpoints"
-            );
-        }
+    let mut p = Prepared {
+        c,
+        loads,
+        servers: Vec::new(),
+        to,
+    };
+    if !p.over_budget() {
+        p.servers =
+            p.c.endpoints
+                .iter()
+                .map(|(ns, _)| Server::start(ns, ENDPOINT_PORT))
+                .collect::<Result<_>>()?;
     }
-    Ok(Measured { loads, crr, rr })
+    Ok(p)
 }
 
-fn err_copy(e: &anyhow::Error) -> anyhow::Error {
-    anyhow::anyhow!("{e:#}")
+/// Connection and request rates of every prepared subject, sampled in rotation.
+fn sample(plan: Plan, live: &[(&str, &Prepared)]) -> Vec<(Result<Stats>, Result<Stats>)> {
+    let mut by_metric = Vec::new();
+    for f in [load::connection_rate, load::request_rate] {
+        let samplers: Vec<(String, runner::Sampler)> = live
+            .iter()
+            .map(|(subject, p)| {
+                let (ns, to) = (p.c.client.clone(), p.to);
+                let s: runner::Sampler = Box::new(move || f(&ns, to, plan.sample));
+                (format!("{subject} to {}:{}", to.0, to.1), s)
+            })
+            .collect();
+        by_metric.push(runner::interleave(plan.repeats, samplers));
+    }
+    let rr = by_metric.pop().unwrap_or_default();
+    let crr = by_metric.pop().unwrap_or_default();
+    crr.into_iter().zip(rr).collect()
 }
 
-/// Rate rows and the load row of one implementation at one size.
-fn rows(
-    subject: &str,
-    load_subject: Option<&str>,
-    n: usize,
-    compare: &[&str],
-    load_compare: &[&str],
-    m: Result<Measured>,
-) -> (Vec<Row>, bool) {
-    let c = if n == 0 {
-        "pod IP directly".to_string()
-    } else {
-        case(n)
-    };
-    let rate = |metric, r: Result<Stats>| {
-        Row::from_result(Section::Services, subject, &c, metric, r).compared_to(compare)
-    };
-    let mut out = Vec::new();
-    let mut over = false;
-    match m {
-        Err(e) => {
-            out.push(rate(CONN_RATE, Err(err_copy(&e))));
-            out.push(rate(RR_RATE, Err(e)));
-        }
-        Ok(m) => {
-            over = matches!(m.loads.last(), Some(Load::OverBudget(_)));
-            if over {
-                let why = "its ruleset did not load within the budget (see control plane)";
-                for metric in [CONN_RATE, RR_RATE] {
-                    out.push(
-                        Row::new(
-                            Section::Services,
-                            subject,
-                            &c,
-                            metric,
-                            Outcome::Skipped(why.into()),
-                        )
-                        .compared_to(compare),
-                    );
-                }
-            } else {
-                out.push(rate(CONN_RATE, m.crr));
-                out.push(rate(RR_RATE, m.rr));
-            }
-            if let Some(ls) = load_subject {
-                let outcome = match m.loads.last() {
-                    Some(Load::OverBudget(b)) => Outcome::OverBudget(b.as_secs_f64()),
-                    _ => {
-                        let secs: Vec<f64> = m
-                            .loads
-                            .iter()
-                            .filter_map(|l| match l {
-                                Load::Done(d) => Some(d.as_secs_f64()),
-                                Load::OverBudget(_) => None,
-                            })
-                            .collect();
-                        match Stats::new(secs) {
-                            Ok(s) => Outcome::Measured(s),
-                            Err(e) => Outcome::Failed(format!("{e:#}")),
-                        }
-                    }
-                };
-                out.push(
-                    Row::new(Section::ControlPlane, ls, &load_case(n), SECONDS, outcome)
-                        .compared_to(load_compare),
-                );
+/// DNAT must have spread new connections over all 3 endpoints.
+fn balanced(p: &Prepared) -> Result<()> {
+    let per: Vec<u64> = p.servers.iter().map(Server::connections).collect();
+    if per.contains(&0) {
+        bail!("connections per endpoint {per:?}: the service did not balance over its endpoints");
+    }
+    Ok(())
+}
+
+fn load_row(subject: &str, n: usize, compare: &[&str], loads: &[Load]) -> Row {
+    let outcome = match loads.last() {
+        Some(Load::OverBudget(b)) => Outcome::OverBudget(b.as_secs_f64()),
+        _ => {
+            let secs: Vec<f64> = loads
+                .iter()
+                .filter_map(|l| match l {
+                    Load::Done(d) => Some(d.as_secs_f64()),
+                    Load::OverBudget(_) => None,
+                })
+                .collect();
+            match Stats::new(secs) {
+                Ok(s) => Outcome::Measured(s),
+                Err(e) => Outcome::Failed(format!("{e:#}")),
             }
         }
-    }
-    (out, over)
+    };
+    Row::new(
+        Section::ControlPlane,
+        subject,
+        &load_case(n),
+        SECONDS,
+        outcome,
+    )
+    .compared_to(compare)
 }
 
-fn skipped(
+fn rate_rows(
     subject: &str,
-    load_subject: &str,
-    n: usize,
+    case: &str,
     compare: &[&str],
-    load_compare: &[&str],
+    crr: Result<Stats>,
+    rr: Result<Stats>,
 ) -> Vec<Row> {
-    let why = "a smaller ruleset already ran out of the load budget";
-    let mut out: Vec<Row> = [CONN_RATE, RR_RATE]
+    vec![
+        Row::from_result(Section::Services, subject, case, CONN_RATE, crr).compared_to(compare),
+        Row::from_result(Section::Services, subject, case, RR_RATE, rr).compared_to(compare),
+    ]
+}
+
+fn skipped_rows(subject: &str, case: &str, compare: &[&str], why: &str) -> Vec<Row> {
+    [CONN_RATE, RR_RATE]
         .into_iter()
         .map(|m| {
             Row::new(
                 Section::Services,
                 subject,
-                &case(n),
+                case,
                 m,
                 Outcome::Skipped(why.into()),
             )
             .compared_to(compare)
         })
-        .collect();
-    out.push(
-        Row::new(
-            Section::ControlPlane,
-            load_subject,
-            &load_case(n),
-            SECONDS,
-            Outcome::Skipped(why.into()),
-        )
-        .compared_to(load_compare),
-    );
-    out
+        .collect()
 }
 
+/// A kube-proxy implementation, with what it is compared with.
+struct Impl {
+    mode: Mode,
+    subject: &'static str,
+    load_subject: &'static str,
+    compare: &'static [&'static str],
+    load_compare: &'static [&'static str],
+}
+
+const KUBE_PROXY: [Impl; 2] = [
+    Impl {
+        mode: Mode::Iptables,
+        subject: IPTABLES,
+        load_subject: IPTABLES_LOAD,
+        compare: &[],
+        load_compare: &[],
+    },
+    Impl {
+        mode: Mode::Nftables,
+        subject: NFTABLES,
+        load_subject: NFTABLES_LOAD,
+        compare: &[IPTABLES],
+        load_compare: &[IPTABLES_LOAD],
+    },
+];
+
 pub fn run(bins: &Binaries, plan: Plan, counts: &[usize], budget: Duration) -> Vec<Row> {
-    eprintln!("bench: services: no service");
-    let (mut out, _) = rows(
-        NO_SERVICE,
-        None,
-        0,
-        &[],
-        &[],
-        measure(bins, plan, Mode::None, 0, budget),
-    );
-    let (mut ipt_over, mut nft_over) = (false, false);
+    let mut out = Vec::new();
+    let mut baseline = match prepare(bins, Mode::None, 0, budget) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            let m = format!("{e:#}");
+            out.extend(rate_rows(
+                NO_SERVICE,
+                NO_SERVICE_CASE,
+                &[],
+                Err(anyhow::anyhow!("{m}")),
+                Err(anyhow::anyhow!("{m}")),
+            ));
+            None
+        }
+    };
+    let mut over = [false; 2];
     for &n in counts {
         eprintln!("bench: services: {}", case(n));
         for metric in [CONN_RATE, RR_RATE] {
@@ -292,36 +284,79 @@ pub fn run(bins: &Binaries, plan: Plan, counts: &[usize], budget: Duration) -> V
                 .compared_to(&[IPTABLES]),
             );
         }
-        if ipt_over {
-            out.extend(skipped(IPTABLES, IPTABLES_LOAD, n, &[], &[]));
-        } else {
-            let m = measure(bins, plan, Mode::Iptables, n, budget)
-                .with_context(|| format!("{IPTABLES}, {}", case(n)));
-            let (r, over) = rows(IPTABLES, Some(IPTABLES_LOAD), n, &[], &[], m);
-            out.extend(r);
-            ipt_over = over;
+        let mut prepared: Vec<(usize, Prepared)> = Vec::new();
+        for (k, imp) in KUBE_PROXY.iter().enumerate() {
+            let Impl {
+                mode,
+                subject,
+                load_subject,
+                compare,
+                load_compare,
+            } = imp;
+            if over[k] {
+                let why = "a smaller ruleset already ran out of the load budget";
+                out.extend(skipped_rows(subject, &case(n), compare, why));
+                out.push(
+                    Row::new(
+                        Section::ControlPlane,
+                        load_subject,
+                        &load_case(n),
+                        SECONDS,
+                        Outcome::Skipped(why.into()),
+                    )
+                    .compared_to(load_compare),
+                );
+                continue;
+            }
+            match prepare(bins, *mode, n, budget).with_context(|| format!("{subject}, {}", case(n)))
+            {
+                Ok(p) => {
+                    out.push(load_row(load_subject, n, load_compare, &p.loads));
+                    if p.over_budget() {
+                        over[k] = true;
+                        out.extend(skipped_rows(
+                            subject,
+                            &case(n),
+                            compare,
+                            "its ruleset did not load within the budget (see control plane)",
+                        ));
+                    } else {
+                        prepared.push((k, p));
+                    }
+                }
+                Err(e) => {
+                    let m = format!("{e:#}");
+                    out.extend(rate_rows(
+                        subject,
+                        &case(n),
+                        compare,
+                        Err(anyhow::anyhow!("{m}")),
+                        Err(anyhow::anyhow!("{m}")),
+                    ));
+                }
+            }
         }
-        if nft_over {
-            out.extend(skipped(
-                NFTABLES,
-                NFTABLES_LOAD,
-                n,
-                &[IPTABLES],
-                &[IPTABLES_LOAD],
-            ));
-        } else {
-            let m = measure(bins, plan, Mode::Nftables, n, budget)
-                .with_context(|| format!("{NFTABLES}, {}", case(n)));
-            let (r, over) = rows(
-                NFTABLES,
-                Some(NFTABLES_LOAD),
-                n,
-                &[IPTABLES],
-                &[IPTABLES_LOAD],
-                m,
-            );
-            out.extend(r);
-            nft_over = over;
+        // The baseline joins the first rotation, so it sees the same machine.
+        let base = baseline.take();
+        let mut live: Vec<(&str, &Prepared)> = prepared
+            .iter()
+            .map(|(k, p)| (KUBE_PROXY[*k].subject, p))
+            .collect();
+        if let Some(b) = &base {
+            live.push((NO_SERVICE, b));
+        }
+        for ((subject, p), (crr, rr)) in live.iter().zip(sample(plan, &live)) {
+            if *subject == NO_SERVICE {
+                out.extend(rate_rows(NO_SERVICE, NO_SERVICE_CASE, &[], crr, rr));
+                continue;
+            }
+            let compare = KUBE_PROXY
+                .iter()
+                .find(|k| k.subject == *subject)
+                .map(|k| k.compare)
+                .unwrap_or(&[]);
+            let crr = crr.and_then(|s| balanced(p).map(|_| s));
+            out.extend(rate_rows(subject, &case(n), compare, crr, rr));
         }
     }
     out
