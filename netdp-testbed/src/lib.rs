@@ -9,4 +9,4 @@ pub mod process;
 pub mod testbed;
 pub mod traffic;
 
-pub use testbed::{Binaries, Node, Pod, Spec, Testbed};
+pub use testbed::{Binaries, Node, Pod, Spec, Testbed, kernel_pod_gateway, kernel_pod_subnet};
