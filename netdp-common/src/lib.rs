@@ -29,6 +29,9 @@ pub mod program_names {
     pub const FROM_POD: &str = "from_pod";
     /// tc ingress of the node's underlay interface: everything the node receives.
     pub const FROM_NETDEV: &str = "from_netdev";
+    /// Redirects and nothing else: the floor `cargo xtask bench` measures the real paths
+    /// against. Never loaded by the agent.
+    pub const BENCH_REDIRECT: &str = "bench_redirect";
 }
 
 /// Default capacities; the agent can override each with a flag at load time.

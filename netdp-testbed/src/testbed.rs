@@ -18,6 +18,9 @@ use serde_json::{Value, json};
 
 use crate::{cleanup, etcd::Etcd, netns, process};
 
+mod kernel_routing;
+pub use kernel_routing::{kernel_pod_gateway, kernel_pod_subnet};
+
 /// Where the netdp binaries are.
 #[derive(Debug, Clone)]
 pub struct Binaries {
@@ -158,6 +161,11 @@ impl Node {
 
     pub fn agent_running(&self) -> bool {
         self.agent.is_some()
+    }
+
+    /// Process id of the node's agent, if one runs (for resource measurements).
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
     }
 }
 

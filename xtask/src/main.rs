@@ -1,4 +1,5 @@
-//! `cargo xtask`: build, test and demo netdp.
+//! `cargo xtask`: build, test, demo and benchmark netdp.
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -29,12 +30,14 @@ enum Command {
     Test(test::Args),
     /// Build a namespaced 3-node cluster with real etcd and agents, and show it working.
     Demo(demo::Args),
+    /// Benchmarks next to kube-proxy (iptables, nftables), Flannel and the bare underlay.
+    Bench(bench::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Demo(_)) {
-        // Before any thread exists: Ctrl-C tears the demo's cluster down.
+    if matches!(cli.command, Command::Demo(_) | Command::Bench(_)) {
+        // Before any thread exists: Ctrl-C tears the clusters down.
         netdp_testbed::cleanup::install_signal_cleanup();
     }
     let result: Result<()> = match cli.command {
@@ -43,6 +46,7 @@ fn main() {
         Command::Build { release } => setup::ensure().and_then(|_| build::all(release).map(|_| ())),
         Command::Test(args) => test::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -67,11 +67,23 @@ pub fn output(c: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Installs Debian packages whose tools are missing.
+/// Files (not tools) the benchmarks need, and their Debian packages.
+pub const FILES: &[(&str, &str)] = &[(
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "fonts-dejavu-core",
+)];
+
+/// Installs Debian packages whose tools (or files, for absolute paths) are missing.
 pub fn apt(wanted: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
-        .filter(|(tool, _)| which(tool).is_none())
+        .filter(|(tool, _)| {
+            if tool.starts_with('/') {
+                !Path::new(tool).exists()
+            } else {
+                which(tool).is_none()
+            }
+        })
         .map(|(_, p)| *p)
         .collect();
     if missing.is_empty() {
@@ -183,6 +195,7 @@ fn rust_src() -> Result<()> {
 
 pub fn ensure() -> Result<()> {
     apt(PACKAGES)?;
+    apt(FILES)?;
     rust_src()?;
     bpf_linker()?;
     Ok(())

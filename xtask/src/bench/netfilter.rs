@@ -1,0 +1,148 @@
+//! Loading kube-proxy's rulesets into a node's namespace the way kube-proxy does, timing the
+//! load within a budget, and clearing them again.
+//!
+//! The iptables backend is explicit: kube-proxy's image picks legacy or nf_tables to match
+//! the host, and the two load (and match) very differently at scale.
+use std::{
+    io::Write,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use netdp_testbed::netns;
+
+use super::kube_proxy::{Cluster, ServicePort, iptables, nftables};
+
+/// Which iptables kube-proxy drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IptBackend {
+    /// x_tables (`iptables-legacy`).
+    Legacy,
+    /// nf_tables through the xtables compatibility layer (`iptables-nft`, Debian's default).
+    Nft,
+}
+
+impl IptBackend {
+    fn tool(self, restore: bool) -> &'static str {
+        match (self, restore) {
+            (IptBackend::Legacy, false) => "iptables-legacy",
+            (IptBackend::Legacy, true) => "iptables-legacy-restore",
+            (IptBackend::Nft, false) => "iptables-nft",
+            (IptBackend::Nft, true) => "iptables-nft-restore",
+        }
+    }
+}
+
+/// How a timed load ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Load {
+    Done(Duration),
+    /// Killed when the budget ran out.
+    OverBudget(Duration),
+}
+
+/// Runs `argv` in namespace `ns` with `input` on stdin, for at most `budget`.
+fn run_with_stdin(ns: &str, argv: &[&str], input: &str, budget: Duration) -> Result<Load> {
+    let mut cmd = netns::command(ns, argv[0])?;
+    cmd.args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running {}", argv[0]))?;
+    let mut stdin = child.stdin.take().context("no stdin")?;
+    // Written from another thread: the tool may stop reading early (an error, or a kill).
+    let text = input.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if start.elapsed() > budget {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = writer.join();
+            return Ok(Load::OverBudget(budget));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = start.elapsed();
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    if !out.status.success() {
+        bail!(
+            "{} in {ns} failed ({}): {}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(Load::Done(took))
+}
+
+/// `iptables-restore --noflush --counters` of a full sync, as kube-proxy calls it.
+pub fn restore_iptables(
+    ns: &str,
+    backend: IptBackend,
+    text: &str,
+    budget: Duration,
+) -> Result<Load> {
+    run_with_stdin(
+        ns,
+        &[backend.tool(true), "-w", "--noflush", "--counters"],
+        text,
+        budget,
+    )
+}
+
+/// kube-proxy's iptables mode on a fresh node: the full-sync restore (timed), then the
+/// jumps from the built-in chains.
+pub fn load_iptables(
+    ns: &str,
+    backend: IptBackend,
+    services: &[ServicePort],
+    cluster: &Cluster,
+    budget: Duration,
+) -> Result<Load> {
+    let load = restore_iptables(
+        ns,
+        backend,
+        &iptables::restore_input(services, cluster),
+        budget,
+    )?;
+    if let Load::Done(_) = load {
+        for jump in iptables::jump_rules() {
+            let mut argv = vec![backend.tool(false), "-w"];
+            argv.extend(jump.iter().map(String::as_str));
+            netns::exec(ns, &argv).context("inserting kube-proxy's jump rules")?;
+        }
+    }
+    Ok(load)
+}
+
+/// Removes kube-proxy's iptables chains from a node that has no jumps to them yet.
+pub fn clear_iptables(ns: &str, backend: IptBackend) -> Result<()> {
+    for table in ["nat", "filter"] {
+        netns::exec(ns, &[backend.tool(false), "-w", "-t", table, "-F"])?;
+        netns::exec(ns, &[backend.tool(false), "-w", "-t", table, "-X"])?;
+    }
+    Ok(())
+}
+
+/// kube-proxy's nftables mode: one `nft -f` transaction (timed).
+pub fn load_nftables(
+    ns: &str,
+    services: &[ServicePort],
+    cluster: &Cluster,
+    budget: Duration,
+) -> Result<Load> {
+    run_with_stdin(
+        ns,
+        &["nft", "-f", "-"],
+        &nftables::transaction(services, cluster),
+        budget,
+    )
+}
