@@ -1,9 +1,11 @@
 //! Loading, pinning and attaching netdp's programs, and typed access to their maps.
 //!
 //! Module names follow the eBPF side: `endpoint` programs ENDPOINTS, `route` programs
-//! ROUTES, `counters` reads COUNTERS.
+//! ROUTES, `peer` programs PEERS, `nat` reads CONNTRACK and NAT, `counters` reads COUNTERS.
 pub mod counters;
 pub mod endpoint;
+pub mod nat;
+pub mod peer;
 pub mod pins;
 pub mod route;
 
@@ -18,7 +20,7 @@ use aya::{
     },
 };
 use log::{info, warn};
-use netdp_common::{capacity, map_names, program_names};
+use netdp_common::{capacity, map_names, node::NodeConfig, program_names};
 
 pub use pins::{Hook, Pins};
 
@@ -67,10 +69,18 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
 }
 
 impl Dataplane {
-    /// Loads the programs. With `pins`, maps are reused from (or pinned to) the node's bpffs
-    /// directory so their contents survive agent restarts.
+    /// Loads the programs with no node settings: local delivery and direct routes only
+    /// (no tunnels, no egress, no masquerading).
     pub fn load(pins: Option<&Pins>, sizes: &MapSizes) -> Result<Self> {
+        Self::load_for(pins, sizes, &NodeConfig::default())
+    }
+
+    /// Loads the programs for a node. With `pins`, maps are reused from (or pinned to) the
+    /// node's bpffs directory so their contents survive agent restarts. `node` is baked
+    /// into the programs as a constant.
+    pub fn load_for(pins: Option<&Pins>, sizes: &MapSizes, node: &NodeConfig) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        loader.override_global(netdp_common::node::GLOBAL, node, true);
         if let Some(pins) = pins {
             pins.create_dirs()?;
             for name in map_names::ALL {
