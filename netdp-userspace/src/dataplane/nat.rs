@@ -61,6 +61,14 @@ impl NatMaps {
         v
     }
 
+    /// Forgets a pod flow's conntrack entry (as LRU eviction would); its NAT entry stays
+    /// until its port is reclaimed.
+    pub fn remove_conntrack(&mut self, key: &CtKey) -> Result<()> {
+        self.conntrack
+            .remove(key)
+            .context("removing a conntrack entry")
+    }
+
     /// Reply-direction entries: which node port leads back to which pod.
     pub fn reverse(&self) -> Vec<Translation> {
         let mut v: Vec<_> = self
