@@ -159,6 +159,23 @@ impl Node {
     pub fn agent_running(&self) -> bool {
         self.agent.is_some()
     }
+
+    /// The subnet this node leased (network address and prefix), from its subnet file.
+    pub fn subnet(&self) -> Result<(Ipv4Addr, u8)> {
+        let text = std::fs::read_to_string(self.subnet_file())
+            .with_context(|| format!("reading {}", self.subnet_file().display()))?;
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+            .ok_or_else(|| anyhow!("no FLANNEL_SUBNET in {}", self.subnet_file().display()))?;
+        let (ip, len) = v
+            .split_once('/')
+            .ok_or_else(|| anyhow!("FLANNEL_SUBNET={v} is not a CIDR"))?;
+        let len: u8 = len.parse()?;
+        let ip: Ipv4Addr = ip.parse()?;
+        let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
+        Ok((Ipv4Addr::from(u32::from(ip) & mask), len))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -267,7 +284,7 @@ impl Testbed {
         format!("nd{}-{role}", self.id)
     }
 
-    fn add_ns(&self, name: &str) -> Result<()> {
+    pub(crate) fn add_ns(&self, name: &str) -> Result<()> {
         netns::create(name)?;
         cleanup::record(&self.id, |r| r.namespaces.push(name.to_string()));
         Ok(())
@@ -504,7 +521,7 @@ impl Testbed {
             .unwrap_or_else(|| panic!("no node {name} in this testbed"))
     }
 
-    fn node_mut(&mut self, name: &str) -> &mut Node {
+    pub(crate) fn node_mut(&mut self, name: &str) -> &mut Node {
         self.nodes
             .iter_mut()
             .find(|n| n.name == name)
@@ -676,6 +693,18 @@ impl Testbed {
 
     /// Like [`add_pod`](Self::add_pod), asking for a specific address (CNI_ARGS IP=).
     pub fn add_pod_with(&mut self, node: &str, name: &str, ip: Option<Ipv4Addr>) -> Result<Pod> {
+        self.add_pod_with_conf(node, name, ip, json!({}))
+    }
+
+    /// Like [`add_pod_with`](Self::add_pod_with), with `extra` merged into the CNI network
+    /// config (e.g. `{"mtu": 1500}`).
+    pub fn add_pod_with_conf(
+        &mut self,
+        node: &str,
+        name: &str,
+        ip: Option<Ipv4Addr>,
+        extra: Value,
+    ) -> Result<Pod> {
         let ns = format!("{}-{name}", self.node(node).ns);
         if !netns::exists(&ns) {
             self.add_ns(&ns)?;
@@ -691,7 +720,10 @@ impl Testbed {
         if let Some(a) = &args {
             env.push(("CNI_ARGS", a.as_str()));
         }
-        let conf = self.cni_config(node);
+        let mut conf = self.cni_config(node);
+        if let (Some(c), Some(e)) = (conf.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
         let (ok, result) = self.cni(node, "ADD", &env, &conf)?;
         if !ok {
             bail!("CNI ADD for {name} on {node} failed: {result}");
@@ -736,6 +768,17 @@ impl Testbed {
             .iter()
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("no pod {name} on {node}"))
+    }
+
+    /// Adds a route on the router (e.g. a pod subnet via the node that leases it, as an
+    /// operator would for pods to be reachable without masquerading).
+    pub fn router_route(&self, dst: &str, via: Ipv4Addr) -> Result<()> {
+        let rt = self
+            .router_ns
+            .as_ref()
+            .ok_or_else(|| anyhow!("this testbed has no router"))?;
+        netns::ip(&["-n", rt, "route", "replace", dst, "via", &via.to_string()])?;
+        Ok(())
     }
 
     /// Counters of a node's programs: (program, reason) -> packets.
