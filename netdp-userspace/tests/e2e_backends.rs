@@ -77,7 +77,7 @@ fn pod_mtu(tb: &Testbed, node: &str) -> Result<u32> {
 /// Every pair of the nodes without NAT: traffic flows and was encapsulated by the
 /// sender's from_pod and decapsulated by the receiver's from_netdev.
 fn encapsulating_backend(backend: &str, name: &str, overhead: u32) -> Result<Testbed> {
-    let tb = cluster(backend)?;
+    let mut tb = cluster(backend)?;
     for n in ["n1", "n2", "n3"] {
         assert_eq!(pod_mtu(&tb, n)?, 1500 - overhead, "pod MTU on {n}");
         assert_eq!(netns::read_sysctl(&tb.node(n).ns, "net.ipv4.ip_forward")?, "0");
@@ -117,7 +117,38 @@ fn encapsulating_backend(backend: &str, name: &str, overhead: u32) -> Result<Tes
             assert_eq!(delta(b, a, prog, reason), 0, "{n}: {prog} {reason}");
         }
     }
+    path_mtu_discovery(&mut tb, 1500 - overhead)?;
     Ok(tb)
+}
+
+/// Pods whose MTU ignores the tunnel (1500, as a misconfigured pod would have) across
+/// the router: a DF packet too big for the tunnel gets ICMP "fragmentation needed" with
+/// the path MTU, and TCP between two such pods completes by path MTU discovery.
+fn path_mtu_discovery(tb: &mut Testbed, path_mtu: u32) -> Result<()> {
+    let a = tb.add_pod_with_conf("n1", "big", None, serde_json::json!({"mtu": 1500}))?;
+    let b = tb.add_pod_with_conf("n3", "big", None, serde_json::json!({"mtu": 1500}))?;
+    let before = tb.counter("n1", "from_pod", "frag_needed")?;
+    let dst = b.ip.to_string();
+    let out = netns::run(
+        &a.ns,
+        &["ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1472", &dst],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains(&format!("Frag needed and DF set (mtu = {path_mtu})")),
+        "no ICMP fragmentation needed for a 1500-byte DF ping: {text}"
+    );
+    assert!(tb.counter("n1", "from_pod", "frag_needed")? > before);
+    let route = netns::exec(&a.ns, &["ip", "route", "get", &dst])?;
+    ensure!(
+        route.contains(&format!("mtu {path_mtu}")),
+        "the pod did not learn the path MTU: {route}"
+    );
+    // TCP from a pod that has not learned it yet: its first full segments are too big.
+    let c = tb.add_pod_with_conf("n3", "big2", None, serde_json::json!({"mtu": 1500}))?;
+    traffic::tcp_transfer(&c.ns, &a.ns, a.ip, 6200, 8 * MIB).context("TCP by PMTU discovery")?;
+    assert!(tb.counter("n3", "from_pod", "frag_needed")? > 0);
+    Ok(())
 }
 
 /// What works through the NAT gateway in front of n4 (record in the README).
