@@ -153,13 +153,7 @@ impl FlannelNode {
                 ip(&ns, &["link", "set", VXLAN_DEV, "mtu", &mtu.to_string()])?;
                 ip(
                     &ns,
-                    &[
-                        "addr",
-                        "add",
-                        &format!("{}/32", subnet.0),
-                        "dev",
-                        VXLAN_DEV,
-                    ],
+                    &["addr", "add", &format!("{}/32", subnet.0), "dev", VXLAN_DEV],
                 )?;
                 ip(&ns, &["link", "set", VXLAN_DEV, "up"])?;
                 let mac = link_mac(&ns, VXLAN_DEV)?;
@@ -298,8 +292,20 @@ impl FlannelNode {
         ip(
             &node_ns,
             &[
-                "link", "add", &host_if, "mtu", &self.mtu.to_string(), "type", "veth", "peer",
-                "name", "eth0", "mtu", &self.mtu.to_string(), "netns", &pod_ns,
+                "link",
+                "add",
+                &host_if,
+                "mtu",
+                &self.mtu.to_string(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "mtu",
+                &self.mtu.to_string(),
+                "netns",
+                &pod_ns,
             ],
         )?;
         ip(&node_ns, &["link", "set", &host_if, "master", BRIDGE, "up"])?;

@@ -66,7 +66,10 @@ fn exercise(tb: &Testbed, a: &str, b: &str, port: u16) -> Result<f64> {
 
 fn pod_mtu(tb: &Testbed, node: &str) -> Result<u32> {
     // (Not /sys: that shows the namespace it was mounted in.)
-    let out = netns::exec(&tb.pod(node, "p1").ns, &["ip", "-o", "link", "show", "eth0"])?;
+    let out = netns::exec(
+        &tb.pod(node, "p1").ns,
+        &["ip", "-o", "link", "show", "eth0"],
+    )?;
     out.split_whitespace()
         .skip_while(|w| *w != "mtu")
         .nth(1)
@@ -80,12 +83,18 @@ fn encapsulating_backend(backend: &str, name: &str, overhead: u32) -> Result<Tes
     let mut tb = cluster(backend)?;
     for n in ["n1", "n2", "n3"] {
         assert_eq!(pod_mtu(&tb, n)?, 1500 - overhead, "pod MTU on {n}");
-        assert_eq!(netns::read_sysctl(&tb.node(n).ns, "net.ipv4.ip_forward")?, "0");
+        assert_eq!(
+            netns::read_sysctl(&tb.node(n).ns, "net.ipv4.ip_forward")?,
+            "0"
+        );
     }
     let nodes = ["n1", "n2", "n3"];
     let before = all_counters(&tb, &nodes)?;
     let mut report = Vec::new();
-    for (i, (a, b)) in [("n1", "n2"), ("n2", "n3"), ("n3", "n1")].iter().enumerate() {
+    for (i, (a, b)) in [("n1", "n2"), ("n2", "n3"), ("n3", "n1")]
+        .iter()
+        .enumerate()
+    {
         let mbit = exercise(&tb, a, b, 6000 + 10 * i as u16)?;
         report.push(format!("{a}->{b} {mbit:.0} Mbit/s"));
     }
@@ -131,7 +140,9 @@ fn path_mtu_discovery(tb: &mut Testbed, path_mtu: u32) -> Result<()> {
     let dst = b.ip.to_string();
     let out = netns::run(
         &a.ns,
-        &["ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1472", &dst],
+        &[
+            "ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1472", &dst,
+        ],
     )?;
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
@@ -207,10 +218,7 @@ fn ipip_carries_pod_traffic_between_every_pair_of_nodes() -> Result<()> {
 fn udp_carries_pod_traffic_between_every_pair_of_nodes() -> Result<()> {
     let tb = encapsulating_backend(r#"{"Type": "udp"}"#, "udp", 28)?;
     // 8285 -> 8285 both ways: replies match the gateway's mapping of n4's packets.
-    assert_eq!(
-        behind_nat(&tb, "udp")?,
-        BehindNat::WorksWhenNatedNodeStarts
-    );
+    assert_eq!(behind_nat(&tb, "udp")?, BehindNat::WorksWhenNatedNodeStarts);
     Ok(())
 }
 
@@ -228,7 +236,10 @@ fn host_gw_routes_on_one_segment_and_reports_peers_it_cannot_reach() -> Result<(
     let after = tb.counters("n1")?;
     let direct = delta(&before, &after, "from_pod", "direct")
         + delta(&before, &after, "from_pod", "direct_neigh");
-    assert!(direct > 300, "n1 -> n2 was not routed by from_pod: {after:?}");
+    assert!(
+        direct > 300,
+        "n1 -> n2 was not routed by from_pod: {after:?}"
+    );
     assert!(tb.counter("n2", "from_netdev", "local_delivery")? > delivered + 300);
 
     // n3 is across the router and n4 behind NAT: host-gw cannot reach them, and says so
@@ -249,4 +260,81 @@ fn host_gw_routes_on_one_segment_and_reports_peers_it_cannot_reach() -> Result<(
     }
     assert_eq!(behind_nat(&tb, "host-gw")?, BehindNat::Unreachable);
     Ok(())
+}
+
+/// DirectRouting (Flannel's name; Calico's CrossSubnet): peers on the node's own underlay
+/// subnet are routed directly, only those across the router are encapsulated.
+fn cross_subnet(backend: &str, name: &str) -> Result<()> {
+    let spec = Spec::default()
+        .underlays(2)
+        .node("n1", 0)
+        .node("n2", 0)
+        .node("n3", 1)
+        .network(&config(backend));
+    let mut tb = Testbed::new(spec)?;
+    tb.start_all_agents(&[])?;
+    for n in ["n1", "n2", "n3"] {
+        tb.add_pod(n, "p1")?;
+    }
+    // Same subnet: not encapsulated, in either direction.
+    let before = all_counters(&tb, &["n1", "n2"])?;
+    exercise(&tb, "n1", "n2", 6300)?;
+    let after = all_counters(&tb, &["n1", "n2"])?;
+    for n in ["n1", "n2"] {
+        let (b, a) = (&before[n], &after[n]);
+        let direct = delta(b, a, "from_pod", "direct") + delta(b, a, "from_pod", "direct_neigh");
+        assert!(direct > 0, "{n}: {a:?}");
+        assert_eq!(delta(b, a, "from_pod", &format!("encap_{name}")), 0, "{n}");
+        assert_eq!(
+            delta(b, a, "from_netdev", &format!("decap_{name}")),
+            0,
+            "{n}"
+        );
+    }
+    assert!(delta(&before["n2"], &after["n2"], "from_netdev", "local_delivery") > 300);
+    // Across the router: encapsulated both ways.
+    let before = all_counters(&tb, &["n1", "n3"])?;
+    exercise(&tb, "n1", "n3", 6310)?;
+    let after = all_counters(&tb, &["n1", "n3"])?;
+    for n in ["n1", "n3"] {
+        let (b, a) = (&before[n], &after[n]);
+        assert!(delta(b, a, "from_pod", &format!("encap_{name}")) > 0, "{n}");
+        assert!(
+            delta(b, a, "from_netdev", &format!("decap_{name}")) > 0,
+            "{n}"
+        );
+        assert_eq!(delta(b, a, "from_pod", "direct"), 0, "{n}");
+        assert_eq!(delta(b, a, "from_pod", "direct_neigh"), 0, "{n}");
+    }
+    let routes = tb.netdp(
+        "n1",
+        &[
+            "route",
+            "list",
+            &format!("--node-name={}", tb.node("n1").ns),
+        ],
+    )?;
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    let mode_of = |peer: &str| -> Result<String> {
+        let ip = tb.node(peer).ip.to_string();
+        routes
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(ip.as_str()))
+            .and_then(|l| l.split_whitespace().nth(4))
+            .map(String::from)
+            .with_context(|| format!("no route via {ip}: {routes}"))
+    };
+    assert_eq!(mode_of("n2")?, "direct");
+    assert_eq!(mode_of("n3")?, name);
+    Ok(())
+}
+
+#[test]
+fn vxlan_direct_routing_encapsulates_only_across_subnets() -> Result<()> {
+    cross_subnet(r#"{"Type": "vxlan", "DirectRouting": true}"#, "vxlan")
+}
+
+#[test]
+fn ipip_direct_routing_encapsulates_only_across_subnets() -> Result<()> {
+    cross_subnet(r#"{"Type": "ipip", "DirectRouting": true}"#, "ipip")
 }
