@@ -10,7 +10,9 @@ use netdp_common::{
 
 use crate::{
     maps::CONNTRACK,
-    parse::{ETH_HLEN, IP_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Frame, ptr_at},
+    parse::{
+        ETH_HLEN, IP_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Frame, Ipv4Hdr, ptr_at,
+    },
 };
 
 /// Where the L4 header starts: masquerading only handles headers without options.
@@ -73,10 +75,33 @@ pub fn pod_flow(ctx: &TcContext, frame: &Ipv4Frame) -> Result<(CtKey, bool), Rea
     Ok((key, closing))
 }
 
-/// A packet from outside to the node that may be a reply to a masqueraded flow: the key
-/// to look it up by, and whether it closes a TCP connection. `None` if it cannot be one.
+/// What a packet from outside to the node is to masquerading.
+pub enum Reply {
+    /// A reply in a masqueraded flow (and whether it closes a TCP connection).
+    Flow(NatKey, bool),
+    /// An ICMP error about a masqueraded flow, which it quotes.
+    Error(NatKey),
+}
+
+/// An ICMP error and the start of the packet it is about.
+#[repr(C)]
+struct IcmpQuote {
+    icmp: [u8; 8],
+    ip: Ipv4Hdr,
+    l4: [u16; 4],
+}
+
+/// Where the quoted packet's header starts in an ICMP error.
+pub const QUOTE: usize = L4 + 8;
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETERPROB: u8 = 12;
+
+/// A packet from outside to the node that may belong to a masqueraded flow: the key to
+/// look the flow up by. `None` if it cannot belong to one.
 #[inline(always)]
-pub fn reply_flow(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Option<(NatKey, bool)> {
+pub fn reply_flow(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Option<Reply> {
     // SAFETY: bounds checked by the parser.
     let ip = unsafe { &*frame.ip };
     if !ip.is_plain() {
@@ -88,14 +113,12 @@ pub fn reply_flow(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Opti
     let (remote_port, nat_port) = match ip.protocol {
         IPPROTO_TCP | IPPROTO_UDP => (w[0], w[1]),
         IPPROTO_ICMP if w[0] == ((ICMP_ECHO_REPLY as u16) << 8).to_be() => (0, w[2]),
+        IPPROTO_ICMP => return quoted_flow(ctx, ip.daddr, node).map(Reply::Error),
         _ => return None,
     };
-    let port = u16::from_be(nat_port);
-    if port < node.nat_port_min || port > node.nat_port_max {
-        return None;
-    }
+    in_range(nat_port, node)?;
     let closing = ip.protocol == IPPROTO_TCP && tcp_closing(ctx).unwrap_or(false);
-    Some((
+    Some(Reply::Flow(
         NatKey {
             remote_addr: ip.saddr,
             nat_addr: ip.daddr,
@@ -106,6 +129,42 @@ pub fn reply_flow(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Opti
         },
         closing,
     ))
+}
+
+#[inline(always)]
+fn in_range(port_be: u16, node: &NodeConfig) -> Option<()> {
+    let port = u16::from_be(port_be);
+    (port >= node.nat_port_min && port <= node.nat_port_max).then_some(())
+}
+
+/// The masqueraded flow an ICMP error quotes: a packet the node sent (as translated).
+#[inline(always)]
+fn quoted_flow(ctx: &TcContext, node_addr: [u8; 4], node: &NodeConfig) -> Option<NatKey> {
+    let q = ptr_at::<IcmpQuote>(ctx, L4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let q = unsafe { &*q };
+    if !matches!(
+        q.icmp[0],
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+    ) || q.ip.version_ihl != 0x45
+        || q.ip.saddr != node_addr
+    {
+        return None;
+    }
+    let (remote_port, nat_port) = match q.ip.protocol {
+        IPPROTO_TCP | IPPROTO_UDP => (q.l4[1], q.l4[0]),
+        IPPROTO_ICMP if q.l4[0] == ((ICMP_ECHO as u16) << 8).to_be() => (0, q.l4[2]),
+        _ => return None,
+    };
+    in_range(nat_port, node)?;
+    Some(NatKey {
+        remote_addr: q.ip.daddr,
+        nat_addr: q.ip.saddr,
+        remote_port,
+        nat_port,
+        proto: q.ip.protocol,
+        _pad: [0; 3],
+    })
 }
 
 #[inline(always)]

@@ -16,10 +16,10 @@ use netdp_common::{
 };
 
 use crate::{
-    conntrack::{self, L4, REFRESH, now},
+    conntrack::{self, L4, QUOTE, REFRESH, now},
     counters::{drop, pass},
     endpoint, maps,
-    parse::{self, ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Frame, Parsed},
+    parse::{self, ETH_HLEN, IP_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Frame, Parsed},
 };
 
 const IP_CHECK: usize = ETH_HLEN + 10;
@@ -75,40 +75,51 @@ pub fn masquerade(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Resu
     )
 }
 
-/// Translates a reply back and delivers it to its pod; `None` if it is no reply to a
-/// masqueraded flow.
+/// Translates a reply (or an ICMP error about a masqueraded flow) back and delivers it
+/// to its pod; `None` if it belongs to no masqueraded flow.
 #[inline(always)]
 pub fn unmasquerade(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Option<i32> {
     const PROGRAM: Program = Program::FromNetdev;
-    let (key, closing) = conntrack::reply_flow(ctx, frame, node)?;
-    let nat = maps::NAT.get_ptr_mut(key)?;
-    // SAFETY: a live map value; concurrent writers only race on timestamps/flags.
-    let nat = unsafe { &mut *nat };
-    let now = now();
-    if now.saturating_sub(nat.last_seen) > REFRESH || nat.flags & flags::REPLIED == 0 {
-        nat.last_seen = now;
-        nat.flags |= flags::REPLIED;
-    }
-    if closing && nat.flags & flags::CLOSING == 0 {
-        nat.flags |= flags::CLOSING;
-    }
-    let (pod_addr, pod_port) = (nat.pod_addr, nat.pod_port);
-    // The destination port of TCP/UDP, the identifier of ICMP echo.
-    let port_at = if key.proto == IPPROTO_ICMP {
-        L4 + 4
-    } else {
-        L4 + 2
+    let (pod_addr, translated) = match conntrack::reply_flow(ctx, frame, node)? {
+        conntrack::Reply::Flow(key, closing) => {
+            let nat = maps::NAT.get_ptr_mut(key)?;
+            // SAFETY: a live map value; concurrent writers only race on timestamps/flags.
+            let nat = unsafe { &mut *nat };
+            let now = now();
+            if now.saturating_sub(nat.last_seen) > REFRESH || nat.flags & flags::REPLIED == 0 {
+                nat.last_seen = now;
+                nat.flags |= flags::REPLIED;
+            }
+            if closing && nat.flags & flags::CLOSING == 0 {
+                nat.flags |= flags::CLOSING;
+            }
+            let (pod_addr, pod_port) = (nat.pod_addr, nat.pod_port);
+            // The destination port of TCP/UDP, the identifier of ICMP echo.
+            let port_at = if key.proto == IPPROTO_ICMP {
+                L4 + 4
+            } else {
+                L4 + 2
+            };
+            let r = rewrite(
+                ctx,
+                key.proto,
+                IP_DADDR,
+                key.nat_addr,
+                pod_addr,
+                port_at,
+                key.nat_port,
+                pod_port,
+            );
+            (pod_addr, r)
+        }
+        conntrack::Reply::Error(key) => {
+            // An error is no sign of life: timestamps stay.
+            // SAFETY: read only, copied out at once.
+            let nat = unsafe { maps::NAT.get(key) }.copied()?;
+            (nat.pod_addr, rewrite_error(ctx, &key, &nat))
+        }
     };
-    if let Err(reason) = rewrite(
-        ctx,
-        key.proto,
-        IP_DADDR,
-        key.nat_addr,
-        pod_addr,
-        port_at,
-        key.nat_port,
-        pod_port,
-    ) {
+    if let Err(reason) = translated {
         return Some(drop(ctx, PROGRAM, reason));
     }
     // SAFETY: copied out at once.
@@ -119,6 +130,42 @@ pub fn unmasquerade(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Op
         Parsed::Ipv4(frame) => endpoint::deliver(ctx, PROGRAM, &frame, &ep, Reason::Unmasquerade),
         _ => drop(ctx, PROGRAM, Reason::Malformed),
     })
+}
+
+/// Points an ICMP error about a masqueraded flow at the pod: the outer destination, and
+/// the quoted packet's source address and port (or echo identifier), with the outer,
+/// quoted and ICMP checksums kept right. (The quoted L4 checksum is left alone: a quote
+/// is cut short and nobody verifies it.)
+#[inline(always)]
+fn rewrite_error(ctx: &TcContext, key: &NatKey, nat: &NatEntry) -> Result<(), Reason> {
+    const ICMP_CHECK: usize = L4 + 2;
+    const QUOTE_CHECK: usize = QUOTE + 10;
+    const QUOTE_SADDR: usize = QUOTE + 12;
+    let failed = |_| Reason::AdjustFailed;
+    let (old_a, new_a) = (
+        u32::from_ne_bytes(key.nat_addr) as u64,
+        u32::from_ne_bytes(nat.pod_addr) as u64,
+    );
+    let port_at = QUOTE + IP_HLEN + if key.proto == IPPROTO_ICMP { 4 } else { 0 };
+    // The outer header: the error goes to the pod.
+    ctx.l3_csum_replace(IP_CHECK, old_a, new_a, 4)
+        .map_err(failed)?;
+    ctx.store(IP_DADDR, &nat.pod_addr, 0).map_err(failed)?;
+    // The quote: as the pod sent it. Every change inside the ICMP message is also
+    // folded into the ICMP checksum.
+    let old_check: u16 = ctx.load(QUOTE_CHECK).map_err(failed)?;
+    ctx.l3_csum_replace(QUOTE_CHECK, old_a, new_a, 4)
+        .map_err(failed)?;
+    let new_check: u16 = ctx.load(QUOTE_CHECK).map_err(failed)?;
+    ctx.store(QUOTE_SADDR, &nat.pod_addr, 0).map_err(failed)?;
+    ctx.store(port_at, &nat.pod_port, 0).map_err(failed)?;
+    ctx.l4_csum_replace(ICMP_CHECK, old_a, new_a, 4)
+        .map_err(failed)?;
+    ctx.l4_csum_replace(ICMP_CHECK, old_check as u64, new_check as u64, 2)
+        .map_err(failed)?;
+    ctx.l4_csum_replace(ICMP_CHECK, key.nat_port as u64, nat.pod_port as u64, 2)
+        .map_err(failed)?;
+    Ok(())
 }
 
 /// Whether the NAT entry for `ct`'s port still leads back to the flow `key`; re-creates

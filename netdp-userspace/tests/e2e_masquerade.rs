@@ -34,6 +34,27 @@ fn masquerading_shows_the_outside_the_node_address_and_only_when_asked() -> Resu
     assert_eq!(*seen.ip(), n1, "outside host saw {seen}");
     assert!((PORT_MIN..=PORT_MAX).contains(&seen.port()));
     traffic::ping(&a.ns, OUTSIDE_IP, 3)?;
+    // ICMP errors about masqueraded packets find the pod too: with TTL 2 the router
+    // (the second hop) answers "time exceeded" to the node's address.
+    let out = netns::run(
+        &a.ns,
+        &[
+            "ping",
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-t",
+            "2",
+            &OUTSIDE_IP.to_string(),
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("From 192.168.10.1 icmp_seq=1 Time to live exceeded"),
+        "{text}"
+    );
     // Two pods using the same source port towards the same server get different ports,
     // and each gets its own answer back.
     let from_a = traffic::whoami_udp(&a.ns, OUTSIDE_IP, WHOAMI, 5353)?;

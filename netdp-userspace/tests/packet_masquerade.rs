@@ -334,3 +334,63 @@ fn ports_are_unique_per_destination_and_reclaimed_from_forgotten_flows() {
         "the port is B's now"
     );
 }
+
+/// An ICMP error from outside about a masqueraded packet (here: a router on the way
+/// needs smaller packets) reaches the pod, quoting what the pod itself sent, so its TCP
+/// path MTU discovery works through masquerading too.
+#[test]
+fn icmp_errors_about_masqueraded_flows_reach_the_pod() {
+    let mut f = masq();
+    let sent = out_of(POD_A, packet::IPPROTO_TCP, 5555, OUTSIDE, 9999).build();
+    let (_, out) = run(&mut f, FROM_POD, &sent);
+    let port = translated(&sent, &out);
+    let router = Ipv4Addr::new(192, 168, 10, 1);
+    // Type 3 code 4, next-hop MTU 1400, quoting the translated packet's header and
+    // first 8 bytes.
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+    icmp.extend_from_slice(&out[14..14 + 28]);
+    let c = packet::checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut err = Vec::new();
+    err.extend_from_slice(&UNDERLAY_MAC);
+    err.extend_from_slice(&ROUTER_MAC);
+    err.extend_from_slice(&packet::ETH_P_IP.to_be_bytes());
+    let total = 20 + icmp.len();
+    let mut ip = vec![0x45, 0, 0, total as u8, 0, 0, 0, 0, 64, 1, 0, 0];
+    ip.extend_from_slice(&router.octets());
+    ip.extend_from_slice(&NODE_IP.octets());
+    let c = packet::checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    err.extend_from_slice(&ip);
+    err.extend_from_slice(&icmp);
+
+    let (verdict, back) = run(&mut f, FROM_NETDEV, &err);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let v = Ipv4View::parse(&back).unwrap();
+    assert_eq!((v.src, v.dst), (router, POD_A));
+    assert!(packet::ipv4_checksum_ok(&back, 14), "outer IPv4 checksum");
+    assert!(packet::l4_checksum_ok(&back, 14), "ICMP checksum");
+    // The quote is the pod's own packet again: its address and port, valid header.
+    let quote = 14 + 20 + 8;
+    assert_eq!(back[quote + 12..quote + 16], POD_A.octets());
+    assert_eq!(back[quote + 16..quote + 20], OUTSIDE.octets());
+    assert_eq!(back[quote + 20..quote + 24], sent[34..38], "pod's ports");
+    assert!(
+        packet::ipv4_checksum_ok(&back, quote),
+        "quoted IPv4 checksum"
+    );
+    assert_eq!(back[40..42], [0x05, 0x78], "the MTU is passed on");
+    assert_ne!(port, 5555);
+    assert_eq!(count(&f, Program::FromNetdev, Reason::Unmasquerade), 1);
+
+    // An error quoting a packet the node sent for itself is the node's business.
+    let mut own = err.clone();
+    own[quote + 20..quote + 22].copy_from_slice(&40000u16.to_be_bytes());
+    let c = {
+        own[36] = 0;
+        own[37] = 0;
+        packet::checksum(&own[34..], 0)
+    };
+    own[36..38].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(run(&mut f, FROM_NETDEV, &own), (TC_ACT_OK, own));
+}

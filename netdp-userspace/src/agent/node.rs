@@ -62,9 +62,10 @@ fn check_port_range() {
     };
     let mut it = text
         .split_whitespace()
-        .filter_map(|s| s.parse::<u16>().ok());
+        .filter_map(|s| s.parse::<u32>().ok());
     if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
-        if hi >= nat::PORT_MIN && lo <= nat::PORT_MAX {
+        let (min, max) = (u32::from(nat::PORT_MIN), u32::from(nat::PORT_MAX));
+        if hi >= min && lo <= max {
             warn!(
                 "net.ipv4.ip_local_port_range {lo}-{hi} overlaps the masquerade ports {}-{}: \
                  replies to the node's own connections on those ports could be taken for pods'",
