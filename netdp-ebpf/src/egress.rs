@@ -32,16 +32,17 @@ pub fn outside(ctx: &TcContext, frame: &Ipv4Frame) -> i32 {
     if ttl <= 1 {
         return pass(ctx, PROGRAM, Reason::TtlExceeded);
     }
-    let mut reason = Reason::Egress;
-    if node.flags & flags::MASQUERADE != 0 {
+    let (frame, reason) = if node.flags & flags::MASQUERADE != 0 {
         if let Err(r) = nat::masquerade(ctx, frame, &node) {
             return drop(ctx, PROGRAM, r);
         }
-        reason = Reason::Masquerade;
-    }
-    // The checksum helpers moved the packet data: parse again.
-    let Parsed::Ipv4(frame) = parse::ipv4(ctx) else {
-        return drop(ctx, PROGRAM, Reason::Malformed);
+        // The checksum helpers moved the packet data: parse again.
+        let Parsed::Ipv4(frame) = parse::ipv4(ctx) else {
+            return drop(ctx, PROGRAM, Reason::Malformed);
+        };
+        (frame, Reason::Masquerade)
+    } else {
+        (*frame, Reason::Egress)
     };
     // SAFETY: bounds checked by the parser.
     unsafe { csum::decrease_ttl(frame.ip) };

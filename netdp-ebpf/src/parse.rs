@@ -62,6 +62,7 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
 }
 
 /// The Ethernet and IPv4 headers of an IPv4 frame.
+#[derive(Clone, Copy)]
 pub struct Ipv4Frame {
     pub eth: *mut EthHdr,
     pub ip: *mut Ipv4Hdr,

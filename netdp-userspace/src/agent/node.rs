@@ -75,3 +75,35 @@ fn check_port_range() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vtep_mac_is_a_stable_local_unicast_mac() {
+        assert_eq!(
+            vtep_mac([0x52, 0x54, 0, 1, 2, 3]),
+            [0x52 | 0x02, 0x54, 0, 1, 2, 3]
+        );
+        // Multicast bit cleared, locally administered set; already local stays as is.
+        assert_eq!(vtep_mac([0x01, 0, 0, 0, 0, 9])[0], 0x02);
+        assert_eq!(vtep_mac([0x0e, 1, 2, 3, 4, 5]), [0x0e, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn backend_data_is_flannels() {
+        let vxlan = Backend::Vxlan {
+            vni: 1,
+            port: 8472,
+            direct_routing: false,
+        };
+        let data = backend_data(&vxlan, [0x0e, 0xaa, 0xbb, 0xcc, 0xdd, 0x01]).unwrap();
+        assert_eq!(
+            serde_json::to_string(&data).unwrap(),
+            r#"{"VNI":1,"VtepMAC":"0e:aa:bb:cc:dd:01"}"#
+        );
+        assert_eq!(backend_data(&Backend::HostGw, [0; 6]), None);
+        assert_eq!(backend_data(&Backend::Udp { port: 8285 }, [0; 6]), None);
+    }
+}
