@@ -83,6 +83,7 @@ impl Dataplane {
         loader.override_global(netdp_common::node::GLOBAL, node, true);
         if let Some(pins) = pins {
             pins.create_dirs()?;
+            drop_incompatible_pins(pins);
             for name in map_names::ALL {
                 loader.map_pin_path(name, pins.map(name));
             }
@@ -223,6 +224,50 @@ fn check_pinned_sizes(ebpf: &Ebpf, pins: &Pins, sizes: &MapSizes) {
                     info.max_entries()
                 );
             }
+        }
+    }
+}
+
+/// Key and value sizes of each map as this build's programs define them.
+fn layout(name: &str) -> Option<(usize, usize)> {
+    use core::mem::size_of;
+    use netdp_common::{counters, endpoint, nat, peer, route};
+    Some(match name {
+        map_names::ENDPOINTS => (
+            size_of::<endpoint::EndpointKey>(),
+            size_of::<endpoint::Endpoint>(),
+        ),
+        // LPM keys: a 32-bit prefix length, then the address.
+        map_names::ROUTES => (
+            4 + size_of::<netdp_common::Ipv4>(),
+            size_of::<route::Route>(),
+        ),
+        map_names::COUNTERS => (4, size_of::<counters::CounterValue>()),
+        map_names::PEERS => (size_of::<peer::PeerKey>(), size_of::<peer::Peer>()),
+        map_names::CONNTRACK => (size_of::<nat::CtKey>(), size_of::<nat::CtEntry>()),
+        map_names::NAT => (size_of::<nat::NatKey>(), size_of::<nat::NatEntry>()),
+        _ => return None,
+    })
+}
+
+/// Removes pinned maps an older build left with another layout (a grown route entry,
+/// say): the programs could not use them, and the agent refills what it owns.
+fn drop_incompatible_pins(pins: &Pins) {
+    for name in map_names::ALL {
+        let path = pins.map(name);
+        let (Some((key, value)), Ok(info)) = (layout(name), aya::maps::MapInfo::from_pin(&path))
+        else {
+            continue;
+        };
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            warn!(
+                "map {name} at {} has {}-byte keys and {}-byte values, this build uses {key} \
+                 and {value}: replacing it (its entries are rebuilt or lost)",
+                path.display(),
+                info.key_size(),
+                info.value_size()
+            );
+            let _ = std::fs::remove_file(&path);
         }
     }
 }
