@@ -53,6 +53,26 @@ pub enum Reason {
     Direct = 1,
     /// Sent to a peer node by direct routing, neighbour resolved by the kernel.
     DirectNeigh = 2,
+    /// Encapsulated in VXLAN and sent to the peer node.
+    EncapVxlan = 3,
+    /// Encapsulated in IPv4 (IPIP) and sent to the peer node.
+    EncapIpip = 4,
+    /// Encapsulated in UDP (Flannel's udp format) and sent to the peer node.
+    EncapUdp = 5,
+    /// A VXLAN packet from a peer, decapsulated and delivered to a local pod.
+    DecapVxlan = 6,
+    /// An IPIP packet from a peer, decapsulated and delivered to a local pod.
+    DecapIpip = 7,
+    /// A udp-backend packet from a peer, decapsulated and delivered to a local pod.
+    DecapUdp = 8,
+    /// Pod traffic to outside the cluster, sent out of the underlay unchanged.
+    Egress = 9,
+    /// Pod traffic to outside the cluster, sent out with the node's address (--ip-masq).
+    Masquerade = 10,
+    /// A reply to masqueraded traffic, translated back and delivered to the pod.
+    Unmasquerade = 11,
+    /// Too big for the path with DF set: answered with ICMP "fragmentation needed".
+    FragNeeded = 12,
     /// Not IPv4 (ARP, IPv6, ...): the kernel handles it.
     NonIpv4 = 40,
     /// Destination is not a pod we know: the kernel routes it.
@@ -63,24 +83,64 @@ pub enum Reason {
     PeerUnreachable = 43,
     /// IPv4 with options or fragments: the kernel handles it.
     Ipv4Options = 44,
+    /// Addressed to the node itself (and not a tunnel or a masquerade reply).
+    ToHost = 45,
+    /// A fragment of a tunnel packet: only the kernel can reassemble it.
+    DecapFragment = 46,
     /// Frame shorter than its headers claim.
     Malformed = 80,
     /// A redirect helper failed.
     RedirectFailed = 81,
+    /// A tunnel packet whose outer source is not a known peer node.
+    DecapUnknownPeer = 82,
+    /// A tunnel packet with the wrong VNI, flags or inner protocol.
+    DecapBadHeader = 83,
+    /// A VXLAN packet whose inner frame is not addressed to this node's VTEP MAC.
+    DecapWrongVtep = 84,
+    /// A tunnel packet for an address that is no pod on this node.
+    DecapNoEndpoint = 85,
+    /// Too big for the path and fragmenting allowed: netdp does not fragment.
+    TooBig = 86,
+    /// Pushing or popping headers failed (bpf_skb_adjust_room and friends).
+    AdjustFailed = 87,
+    /// Masquerading cannot translate this protocol or fragment.
+    NatUnsupported = 88,
+    /// Every candidate masquerade port for this destination is in use.
+    NatNoPort = 89,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 30] = [
         Reason::LocalDelivery,
         Reason::Direct,
         Reason::DirectNeigh,
+        Reason::EncapVxlan,
+        Reason::EncapIpip,
+        Reason::EncapUdp,
+        Reason::DecapVxlan,
+        Reason::DecapIpip,
+        Reason::DecapUdp,
+        Reason::Egress,
+        Reason::Masquerade,
+        Reason::Unmasquerade,
+        Reason::FragNeeded,
         Reason::NonIpv4,
         Reason::UnknownDestination,
         Reason::TtlExceeded,
         Reason::PeerUnreachable,
         Reason::Ipv4Options,
+        Reason::ToHost,
+        Reason::DecapFragment,
         Reason::Malformed,
         Reason::RedirectFailed,
+        Reason::DecapUnknownPeer,
+        Reason::DecapBadHeader,
+        Reason::DecapWrongVtep,
+        Reason::DecapNoEndpoint,
+        Reason::TooBig,
+        Reason::AdjustFailed,
+        Reason::NatUnsupported,
+        Reason::NatNoPort,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -96,13 +156,33 @@ impl Reason {
             Reason::LocalDelivery => "local_delivery",
             Reason::Direct => "direct",
             Reason::DirectNeigh => "direct_neigh",
+            Reason::EncapVxlan => "encap_vxlan",
+            Reason::EncapIpip => "encap_ipip",
+            Reason::EncapUdp => "encap_udp",
+            Reason::DecapVxlan => "decap_vxlan",
+            Reason::DecapIpip => "decap_ipip",
+            Reason::DecapUdp => "decap_udp",
+            Reason::Egress => "egress",
+            Reason::Masquerade => "masquerade",
+            Reason::Unmasquerade => "unmasquerade",
+            Reason::FragNeeded => "frag_needed",
             Reason::NonIpv4 => "non_ipv4",
             Reason::UnknownDestination => "unknown_destination",
             Reason::TtlExceeded => "ttl_exceeded",
             Reason::PeerUnreachable => "peer_unreachable",
             Reason::Ipv4Options => "ipv4_options",
+            Reason::ToHost => "to_host",
+            Reason::DecapFragment => "decap_fragment",
             Reason::Malformed => "malformed",
             Reason::RedirectFailed => "redirect_failed",
+            Reason::DecapUnknownPeer => "decap_unknown_peer",
+            Reason::DecapBadHeader => "decap_bad_header",
+            Reason::DecapWrongVtep => "decap_wrong_vtep",
+            Reason::DecapNoEndpoint => "decap_no_endpoint",
+            Reason::TooBig => "too_big",
+            Reason::AdjustFailed => "adjust_failed",
+            Reason::NatUnsupported => "nat_unsupported",
+            Reason::NatNoPort => "nat_no_port",
         }
     }
 }

@@ -7,7 +7,11 @@
 #![no_std]
 
 pub mod counters;
+pub mod encap;
 pub mod endpoint;
+pub mod nat;
+pub mod node;
+pub mod peer;
 pub mod route;
 
 /// An IPv4 address in network byte order, as it appears in a packet header.
@@ -20,7 +24,10 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const ROUTES: &str = "ROUTES";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const ALL: &[&str] = &[ENDPOINTS, ROUTES, COUNTERS];
+    pub const PEERS: &str = "PEERS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const NAT: &str = "NAT";
+    pub const ALL: &[&str] = &[ENDPOINTS, ROUTES, COUNTERS, PEERS, CONNTRACK, NAT];
 }
 
 /// Names of the programs in the eBPF object.
@@ -38,6 +45,9 @@ pub mod program_names {
 pub mod capacity {
     pub const ENDPOINTS: u32 = 16_384;
     pub const ROUTES: u32 = 16_384;
+    pub const PEERS: u32 = 16_384;
+    /// Masqueraded flows (each has a conntrack and a NAT entry).
+    pub const NAT: u32 = 65_536;
 }
 
 #[cfg(feature = "user")]
@@ -49,4 +59,11 @@ mod pod_impls {
     unsafe impl aya::Pod for endpoint::Endpoint {}
     unsafe impl aya::Pod for route::Route {}
     unsafe impl aya::Pod for counters::CounterValue {}
+    unsafe impl aya::Pod for node::NodeConfig {}
+    unsafe impl aya::Pod for peer::PeerKey {}
+    unsafe impl aya::Pod for peer::Peer {}
+    unsafe impl aya::Pod for nat::CtKey {}
+    unsafe impl aya::Pod for nat::CtEntry {}
+    unsafe impl aya::Pod for nat::NatKey {}
+    unsafe impl aya::Pod for nat::NatEntry {}
 }

@@ -12,8 +12,16 @@ use crate::{
     parse::Ipv4Frame,
 };
 
+/// Hands the frame to the pod, counting it under `reason` (plain delivery, or delivery
+/// after decapsulation or reverse translation).
 #[inline(always)]
-pub fn deliver(ctx: &TcContext, program: Program, frame: &Ipv4Frame, ep: &Endpoint) -> i32 {
+pub fn deliver(
+    ctx: &TcContext,
+    program: Program,
+    frame: &Ipv4Frame,
+    ep: &Endpoint,
+    reason: Reason,
+) -> i32 {
     // SAFETY: headers were bounds checked by the parser and nothing has moved the packet.
     unsafe {
         if (*frame.ip).ttl <= 1 {
@@ -27,6 +35,6 @@ pub fn deliver(ctx: &TcContext, program: Program, frame: &Ipv4Frame, ep: &Endpoi
     if ret != TC_ACT_REDIRECT as i32 {
         return drop(ctx, program, Reason::RedirectFailed);
     }
-    count(ctx, program, Reason::LocalDelivery);
+    count(ctx, program, reason);
     ret
 }

@@ -8,25 +8,31 @@
 #![no_main]
 
 mod bench;
+mod conntrack;
 mod counters;
 mod csum;
+mod decap;
+mod egress;
+mod encap;
 mod endpoint;
 mod forward;
+mod icmp;
 mod maps;
+mod mtu;
+mod nat;
 mod parse;
 mod route;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use netdp_common::counters::Program;
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    forward::ipv4(&ctx, Program::FromPod)
+    forward::from_pod(&ctx)
 }
 
 #[classifier]
 pub fn from_netdev(ctx: TcContext) -> i32 {
-    forward::ipv4(&ctx, Program::FromNetdev)
+    forward::from_netdev(&ctx)
 }
 
 #[cfg(not(test))]

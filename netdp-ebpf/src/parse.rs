@@ -2,7 +2,15 @@
 use aya_ebpf::programs::TcContext;
 
 pub const ETH_HLEN: usize = 14;
+pub const IP_HLEN: usize = 20;
 pub const ETH_P_IP: u16 = 0x0800;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+/// More-fragments flag and fragment offset of `frag_off` (host order).
+pub const IP_MF_OFFSET: u16 = 0x3fff;
+pub const IP_OFFSET: u16 = 0x1fff;
+pub const IP_DF: u16 = 0x4000;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -26,6 +34,22 @@ pub struct Ipv4Hdr {
     pub daddr: [u8; 4],
 }
 
+#[repr(C)]
+pub struct UdpHdr {
+    pub source: u16,
+    pub dest: u16,
+    pub len: u16,
+    pub check: u16,
+}
+
+impl Ipv4Hdr {
+    /// Header without options, and not a fragment: L4 starts right after 20 bytes.
+    #[inline(always)]
+    pub fn is_plain(&self) -> bool {
+        self.version_ihl == 0x45 && u16::from_be(self.frag_off) & IP_MF_OFFSET == 0
+    }
+}
+
 /// A pointer to a `T` at `offset` in the packet, if the packet is long enough.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
@@ -38,6 +62,7 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
 }
 
 /// The Ethernet and IPv4 headers of an IPv4 frame.
+#[derive(Clone, Copy)]
 pub struct Ipv4Frame {
     pub eth: *mut EthHdr,
     pub ip: *mut Ipv4Hdr,

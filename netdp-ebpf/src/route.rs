@@ -1,4 +1,5 @@
-//! Forwarding to the node that leases the destination's subnet.
+//! Forwarding to the node that leases the destination's subnet: routed directly or
+//! encapsulated, as the route entry says.
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, bpf_redir_neigh},
     helpers::{bpf_redirect, bpf_redirect_neigh},
@@ -11,30 +12,53 @@ use netdp_common::{
 
 use crate::{
     counters::{count, drop, pass},
-    csum,
-    parse::Ipv4Frame,
+    csum, encap, icmp, mtu,
+    parse::{EthHdr, Ipv4Frame, ptr_at},
 };
 
 const AF_INET: u32 = 2;
+const PROGRAM: Program = Program::FromPod;
 
 #[inline(always)]
-pub fn forward(ctx: &TcContext, program: Program, frame: &Ipv4Frame, rt: &Route) -> i32 {
+pub fn forward(ctx: &TcContext, frame: &Ipv4Frame, rt: &Route) -> i32 {
     if rt.mode == mode::UNREACHABLE {
-        return pass(ctx, program, Reason::PeerUnreachable);
+        return pass(ctx, PROGRAM, Reason::PeerUnreachable);
     }
     // SAFETY: headers were bounds checked by the parser and nothing has moved the packet.
-    unsafe {
-        if (*frame.ip).ttl <= 1 {
-            return pass(ctx, program, Reason::TtlExceeded);
-        }
-        csum::decrease_ttl(frame.ip);
+    if unsafe { (*frame.ip).ttl } <= 1 {
+        return pass(ctx, PROGRAM, Reason::TtlExceeded);
     }
+    if !mtu::fits(ctx, frame, rt.mtu) {
+        return icmp::frag_needed(ctx, PROGRAM, frame, rt.mtu);
+    }
+    // SAFETY: as above.
+    unsafe { csum::decrease_ttl(frame.ip) };
+    let encapsulated = match rt.mode {
+        mode::VXLAN => encap::vxlan(ctx, frame, rt).map(|()| Reason::EncapVxlan),
+        mode::IPIP => encap::ipip(ctx, frame, rt).map(|()| Reason::EncapIpip),
+        mode::UDP => encap::udp(ctx, frame, rt).map(|()| Reason::EncapUdp),
+        _ => return transmit(ctx, rt, Reason::Direct, Reason::DirectNeigh),
+    };
+    match encapsulated {
+        Ok(reason) => transmit(ctx, rt, reason, reason),
+        Err(reason) => drop(ctx, PROGRAM, reason),
+    }
+}
+
+/// Sends the frame out of the underlay to the route's next hop: with the MACs the agent
+/// resolved, or through the kernel's neighbour table while it has not.
+#[inline(always)]
+fn transmit(ctx: &TcContext, rt: &Route, with_mac: Reason, with_neigh: Reason) -> i32 {
     let (ret, reason) = if rt.flags & flags::HAS_MAC != 0 {
+        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+            return drop(ctx, PROGRAM, Reason::Malformed);
+        };
+        // SAFETY: bounds checked by ptr_at.
         unsafe {
-            (*frame.eth).dst = rt.dmac;
-            (*frame.eth).src = rt.smac;
+            (*eth).dst = rt.dmac;
+            (*eth).src = rt.smac;
         }
-        (unsafe { bpf_redirect(rt.ifindex, 0) }, Reason::Direct)
+        (unsafe { bpf_redirect(rt.ifindex, 0) }, with_mac)
     } else {
         // The agent has not resolved the next hop yet: let the kernel's neighbour
         // subsystem fill in the MACs (and resolve it, so the agent can pick it up).
@@ -51,11 +75,11 @@ pub fn forward(ctx: &TcContext, program: Program, frame: &Ipv4Frame, rt: &Route)
                 0,
             )
         };
-        (ret, Reason::DirectNeigh)
+        (ret, with_neigh)
     };
     if ret as i32 != TC_ACT_REDIRECT as i32 {
-        return drop(ctx, program, Reason::RedirectFailed);
+        return drop(ctx, PROGRAM, Reason::RedirectFailed);
     }
-    count(ctx, program, reason);
+    count(ctx, PROGRAM, reason);
     ret as i32
 }

@@ -3,6 +3,7 @@
 //! tests, the demo and the benchmarks.
 pub mod cleanup;
 pub mod etcd;
+pub mod flannel;
 pub mod netns;
 pub mod packet;
 pub mod process;

@@ -6,6 +6,7 @@ pub const ETH_P_ARP: u16 = 0x0806;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_IPIP: u8 = 4;
 
 /// Internet checksum of `data` (RFC 1071), starting from `initial`.
 pub fn checksum(data: &[u8], initial: u32) -> u16 {
@@ -132,6 +133,105 @@ impl PacketSpec {
         frame.extend_from_slice(&l4);
         frame
     }
+}
+
+/// The outer Ethernet and IPv4 addresses of a tunnel packet.
+#[derive(Debug, Clone, Copy)]
+pub struct Outer {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+}
+
+/// An outer IPv4 header as netdp and Linux tunnels write it: DF, ID 0, TTL 64.
+fn outer_ipv4(outer: &Outer, proto: u8, payload_len: usize) -> Vec<u8> {
+    let total = 20 + payload_len;
+    let mut ip = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        proto,
+        0,
+        0,
+    ];
+    ip.extend_from_slice(&outer.src.octets());
+    ip.extend_from_slice(&outer.dst.octets());
+    let c = checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip
+}
+
+fn outer_frame(outer: &Outer, ip_payload_proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(34 + payload.len());
+    f.extend_from_slice(&outer.dst_mac);
+    f.extend_from_slice(&outer.src_mac);
+    f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    f.extend_from_slice(&outer_ipv4(outer, ip_payload_proto, payload.len()));
+    f.extend_from_slice(payload);
+    f
+}
+
+fn udp_header(sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
+    let mut u = Vec::with_capacity(8);
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]); // no checksum, as Linux tunnels send over IPv4
+    u
+}
+
+/// `inner` (an Ethernet frame) in VXLAN: outer Ethernet/IPv4/UDP, VXLAN header with
+/// `vni`, then the inner frame with its MACs replaced by `inner_dst`/`inner_src`.
+pub fn vxlan(
+    outer: &Outer,
+    sport: u16,
+    dport: u16,
+    vni: u32,
+    inner_dst: [u8; 6],
+    inner_src: [u8; 6],
+    inner: &[u8],
+) -> Vec<u8> {
+    let mut payload = udp_header(sport, dport, 8 + inner.len());
+    payload.extend_from_slice(&[0x08, 0, 0, 0]);
+    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    payload.extend_from_slice(&inner_dst);
+    payload.extend_from_slice(&inner_src);
+    payload.extend_from_slice(&inner[12..]);
+    outer_frame(outer, IPPROTO_UDP, &payload)
+}
+
+/// The IPv4 packet of `inner` (an Ethernet frame) in another IPv4 header (protocol 4).
+pub fn ipip(outer: &Outer, inner: &[u8]) -> Vec<u8> {
+    outer_frame(outer, IPPROTO_IPIP, &inner[14..])
+}
+
+/// The IPv4 packet of `inner` (an Ethernet frame) as the payload of a UDP datagram,
+/// Flannel's udp backend format.
+pub fn udp_encap(outer: &Outer, sport: u16, dport: u16, inner: &[u8]) -> Vec<u8> {
+    let mut payload = udp_header(sport, dport, inner.len() - 14);
+    payload.extend_from_slice(&inner[14..]);
+    outer_frame(outer, IPPROTO_UDP, &payload)
+}
+
+/// What a router does to a frame it forwards: new MACs, TTL minus one, checksum fixed.
+pub fn routed(frame: &[u8], dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[22] -= 1;
+    f[24] = 0;
+    f[25] = 0;
+    let ihl = ((f[14] & 0x0f) as usize) * 4;
+    let c = checksum(&f[14..14 + ihl], 0);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
 }
 
 /// A parsed view of an Ethernet + IPv4 frame, for assertions.

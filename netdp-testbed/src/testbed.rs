@@ -167,6 +167,23 @@ impl Node {
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref().map(Child::id)
     }
+
+    /// The subnet this node leased (network address and prefix), from its subnet file.
+    pub fn subnet(&self) -> Result<(Ipv4Addr, u8)> {
+        let text = std::fs::read_to_string(self.subnet_file())
+            .with_context(|| format!("reading {}", self.subnet_file().display()))?;
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+            .ok_or_else(|| anyhow!("no FLANNEL_SUBNET in {}", self.subnet_file().display()))?;
+        let (ip, len) = v
+            .split_once('/')
+            .ok_or_else(|| anyhow!("FLANNEL_SUBNET={v} is not a CIDR"))?;
+        let len: u8 = len.parse()?;
+        let ip: Ipv4Addr = ip.parse()?;
+        let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
+        Ok((Ipv4Addr::from(u32::from(ip) & mask), len))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -284,7 +301,7 @@ impl Testbed {
         format!("nd{}-{role}", self.id)
     }
 
-    fn add_ns(&self, name: &str) -> Result<()> {
+    pub(crate) fn add_ns(&self, name: &str) -> Result<()> {
         netns::create(name)?;
         cleanup::record(&self.id, |r| r.namespaces.push(name.to_string()));
         Ok(())
@@ -502,7 +519,7 @@ impl Testbed {
             .unwrap_or_else(|| panic!("no node {name} in this testbed"))
     }
 
-    fn node_mut(&mut self, name: &str) -> &mut Node {
+    pub(crate) fn node_mut(&mut self, name: &str) -> &mut Node {
         self.nodes
             .iter_mut()
             .find(|n| n.name == name)
@@ -674,6 +691,18 @@ impl Testbed {
 
     /// Like [`add_pod`](Self::add_pod), asking for a specific address (CNI_ARGS IP=).
     pub fn add_pod_with(&mut self, node: &str, name: &str, ip: Option<Ipv4Addr>) -> Result<Pod> {
+        self.add_pod_with_conf(node, name, ip, json!({}))
+    }
+
+    /// Like [`add_pod_with`](Self::add_pod_with), with `extra` merged into the CNI network
+    /// config (e.g. `{"mtu": 1500}`).
+    pub fn add_pod_with_conf(
+        &mut self,
+        node: &str,
+        name: &str,
+        ip: Option<Ipv4Addr>,
+        extra: Value,
+    ) -> Result<Pod> {
         let ns = format!("{}-{name}", self.node(node).ns);
         if !netns::exists(&ns) {
             self.add_ns(&ns)?;
@@ -689,7 +718,10 @@ impl Testbed {
         if let Some(a) = &args {
             env.push(("CNI_ARGS", a.as_str()));
         }
-        let conf = self.cni_config(node);
+        let mut conf = self.cni_config(node);
+        if let (Some(c), Some(e)) = (conf.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
         let (ok, result) = self.cni(node, "ADD", &env, &conf)?;
         if !ok {
             bail!("CNI ADD for {name} on {node} failed: {result}");
@@ -770,20 +802,10 @@ impl Testbed {
         Ok(out)
     }
 
-    /// This node's subnet, from its subnet file.
+    /// This node's subnet as `a.b.c.d/len`, from its subnet file.
     pub fn subnet_of(&self, node: &str) -> Result<String> {
-        let text = std::fs::read_to_string(self.node(node).subnet_file())?;
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
-            .ok_or_else(|| anyhow!("no FLANNEL_SUBNET in {node}'s subnet file"))?;
-        let (ip, len) = line
-            .split_once('/')
-            .ok_or_else(|| anyhow!("bad FLANNEL_SUBNET {line}"))?;
-        let ip: Ipv4Addr = ip.parse()?;
-        let len: u32 = len.parse()?;
-        let net = u32::from(ip) & (u32::MAX << (32 - len));
-        Ok(format!("{}/{len}", Ipv4Addr::from(net)))
+        let (net, len) = self.node(node).subnet()?;
+        Ok(format!("{net}/{len}"))
     }
 
     /// Polls `f` every 200 ms until it returns true or `timeout` passes.
@@ -806,6 +828,17 @@ impl Testbed {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Adds a route on the router (e.g. a pod subnet via the node that leases it, as an
+    /// operator would for pods to be reachable without masquerading).
+    pub fn router_route(&self, dst: &str, via: Ipv4Addr) -> Result<()> {
+        let rt = self
+            .router_ns
+            .as_ref()
+            .ok_or_else(|| anyhow!("this testbed has no router"))?;
+        netns::ip(&["-n", rt, "route", "replace", dst, "via", &via.to_string()])?;
+        Ok(())
     }
 
     /// Counters of a node's programs: (program, reason) -> packets.

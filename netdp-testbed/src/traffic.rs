@@ -46,21 +46,46 @@ pub fn reachable(ns: &str, dst: Ipv4Addr) -> bool {
     .unwrap_or(false)
 }
 
-/// A deterministic byte stream (xorshift), so the receiver can check every byte.
-pub struct Pattern(u64);
+/// A deterministic byte stream (xorshift), so the receiver can check every byte however
+/// the stream is cut into reads.
+pub struct Pattern {
+    state: u64,
+    /// Bytes of the current word not handed out yet.
+    word: [u8; 8],
+    used: usize,
+}
 
 impl Pattern {
     pub fn new(seed: u64) -> Self {
-        Pattern(seed | 1)
+        Pattern {
+            state: seed | 1,
+            word: [0; 8],
+            used: 8,
+        }
+    }
+
+    fn next_word(&mut self) -> [u8; 8] {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state.to_le_bytes()
     }
 
     pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            let b = self.0.to_le_bytes();
-            chunk.copy_from_slice(&b[..chunk.len()]);
+        // What is left of the current word, then whole words, then the start of the next.
+        let head = (8 - self.used).min(buf.len());
+        buf[..head].copy_from_slice(&self.word[self.used..self.used + head]);
+        self.used += head;
+        let mut chunks = buf[head..].chunks_exact_mut(8);
+        for chunk in &mut chunks {
+            chunk.copy_from_slice(&self.next_word());
+        }
+        let tail = chunks.into_remainder();
+        if !tail.is_empty() {
+            self.word = self.next_word();
+            let n = tail.len();
+            tail.copy_from_slice(&self.word[..n]);
+            self.used = n;
         }
     }
 }
@@ -170,8 +195,17 @@ pub fn tcp_transfer_paced(
             elapsed: start.elapsed(),
         })
     })?;
-    let t = netns::join(client).with_context(|| format!("TCP {from_ns} -> {to}:{port}"))?;
-    let received = netns::join(server).with_context(|| format!("TCP receiver at {to}:{port}"))?;
+    let sent = netns::join(client);
+    let received = netns::join(server);
+    let t = match (sent, &received) {
+        (Ok(t), _) => t,
+        // The receiver's reason (corruption, timeout) explains the sender's broken pipe.
+        (Err(e), Err(r)) => {
+            return Err(e.context(format!("TCP {from_ns} -> {to}:{port}; receiver: {r:#}")));
+        }
+        (Err(e), Ok(_)) => return Err(e.context(format!("TCP {from_ns} -> {to}:{port}"))),
+    };
+    let received = received.with_context(|| format!("TCP receiver at {to}:{port}"))?;
     if received != bytes {
         bail!("receiver counted {received} bytes of {bytes}");
     }
@@ -214,4 +248,130 @@ pub fn udp_echo(from_ns: &str, to_ns: &str, to: Ipv4Addr, port: u16, count: u32)
     let ok = netns::join(client)?;
     let _ = netns::join(server);
     Ok(ok)
+}
+
+/// A server that answers every TCP connection and UDP datagram with the address it came
+/// from (`a.b.c.d:port`): what a host sees of its clients, e.g. through masquerading.
+pub struct Whoami {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Whoami {
+    /// Serves TCP and UDP on `port` in namespace `ns` until dropped.
+    pub fn start(ns: &str, port: u16) -> Result<Self> {
+        use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (s, tx) = (stop.clone(), ready_tx.clone());
+        let tcp = netns::in_netns(ns, move || -> Result<()> {
+            let listener = TcpListener::bind(("0.0.0.0", port)).context("bind TCP")?;
+            listener.set_nonblocking(true)?;
+            let _ = tx.send(());
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, peer)) => {
+                        conn.set_nonblocking(false)?;
+                        let _ = conn.write_all(peer.to_string().as_bytes());
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        })?;
+        let s = stop.clone();
+        let udp = netns::in_netns(ns, move || -> Result<()> {
+            let sock = UdpSocket::bind(("0.0.0.0", port)).context("bind UDP")?;
+            sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let _ = ready_tx.send(());
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                    sock.send_to(peer.to_string().as_bytes(), peer)?;
+                }
+            }
+            Ok(())
+        })?;
+        for _ in 0..2 {
+            ready_rx
+                .recv_timeout(Duration::from_secs(10))
+                .context("whoami server did not start")?;
+        }
+        Ok(Whoami {
+            stop,
+            threads: vec![tcp, udp],
+        })
+    }
+}
+
+impl Drop for Whoami {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn parse_peer(text: &str) -> Result<std::net::SocketAddrV4> {
+    text.trim()
+        .parse()
+        .with_context(|| format!("whoami answered {text:?}"))
+}
+
+/// Connects from namespace `from_ns` to a [`Whoami`] server: the address it saw us at.
+pub fn whoami_tcp(from_ns: &str, to: Ipv4Addr, port: u16) -> Result<std::net::SocketAddrV4> {
+    netns::join(netns::in_netns(from_ns, move || {
+        let mut conn =
+            TcpStream::connect_timeout(&SocketAddr::from((to, port)), Duration::from_secs(5))
+                .with_context(|| format!("connecting to {to}:{port}"))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text)?;
+        parse_peer(&text)
+    })?)
+}
+
+/// Sends a datagram from `from_ns` (source port `src_port`, 0 for any) to a [`Whoami`]
+/// server: the address it saw us at.
+pub fn whoami_udp(
+    from_ns: &str,
+    to: Ipv4Addr,
+    port: u16,
+    src_port: u16,
+) -> Result<std::net::SocketAddrV4> {
+    netns::join(netns::in_netns(from_ns, move || {
+        let sock = UdpSocket::bind(("0.0.0.0", src_port))?;
+        sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut buf = [0u8; 128];
+        for _ in 0..6 {
+            sock.send_to(b"who am i", (to, port))?;
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                return parse_peer(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+        bail!("no answer from {to}:{port} over UDP")
+    })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pattern;
+
+    #[test]
+    fn pattern_is_one_stream_however_it_is_cut() {
+        let mut whole = vec![0u8; 1000];
+        Pattern::new(7).fill(&mut whole);
+        let mut cut = vec![0u8; 1000];
+        let mut p = Pattern::new(7);
+        let mut at = 0;
+        for n in [3usize, 1, 8, 13, 500, 475] {
+            p.fill(&mut cut[at..at + n]);
+            at += n;
+        }
+        assert_eq!(whole, cut);
+    }
 }

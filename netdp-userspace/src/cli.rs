@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::{
     agent::AgentArgs,
-    dataplane::{Pins, counters::CounterMap, endpoint::EndpointMap, route::RouteMap},
+    dataplane::{Pins, counters::CounterMap, endpoint::EndpointMap, nat::NatMaps, route::RouteMap},
     etcd::EtcdArgs,
     lease::Registry,
     subnet_file::SubnetFile,
@@ -37,6 +37,9 @@ pub enum Command {
     /// Remote subnets, as the dataplane routes them.
     #[command(subcommand)]
     Route(RouteCmd),
+    /// Pod flows masqueraded to the outside (--ip-masq).
+    #[command(subcommand)]
+    Nat(NatCmd),
     /// Subnet leases in etcd.
     #[command(subcommand)]
     Lease(LeaseCmd),
@@ -81,6 +84,11 @@ pub enum EndpointCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum RouteCmd {
+    List(NodeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NatCmd {
     List(NodeArgs),
 }
 
@@ -193,10 +201,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Route(RouteCmd::List(args)) => {
             let routes = RouteMap::open(&args.pins()?)?.list();
-            let mode = |m: u32| match m {
-                netdp_common::route::mode::DIRECT => "direct",
-                netdp_common::route::mode::UNREACHABLE => "unreachable",
-                _ => "?",
+            let mode = netdp_common::route::mode::name;
+            let vtep = |r: &netdp_common::route::Route| {
+                if r.mode == netdp_common::route::mode::VXLAN {
+                    mac_string(&r.vtep_mac)
+                } else {
+                    "-".to_string()
+                }
             };
             let mac = |r: &netdp_common::route::Route| {
                 if r.flags & netdp_common::route::flags::HAS_MAC != 0 {
@@ -211,7 +222,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                     json!(routes.iter().map(|(n, r)| json!({
                         "subnet": n.to_string(), "node": Ipv4Addr::from(r.node_ip).to_string(),
                         "nexthop": Ipv4Addr::from(r.nexthop).to_string(), "ifindex": r.ifindex,
-                        "mode": mode(r.mode), "nexthopMac": mac(r),
+                        "mode": mode(r.mode), "nexthopMac": mac(r), "vtepMac": vtep(r),
+                        "mtu": r.mtu,
                     })).collect::<Vec<_>>())
                 ),
                 Output::Table => print_table(
@@ -222,6 +234,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                         "IFINDEX",
                         "MODE",
                         "NEXTHOP MAC",
+                        "VTEP MAC",
+                        "MTU",
                     ],
                     &routes
                         .iter()
@@ -233,6 +247,46 @@ pub async fn run(cli: Cli) -> Result<()> {
                                 r.ifindex.to_string(),
                                 mode(r.mode).into(),
                                 mac(r),
+                                vtep(r),
+                                r.mtu.to_string(),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+            Ok(())
+        }
+        Command::Nat(NatCmd::List(args)) => {
+            let flows = NatMaps::open(&args.pins()?)?.conntrack();
+            let proto = |p: u8| match p {
+                1 => "icmp",
+                6 => "tcp",
+                17 => "udp",
+                _ => "?",
+            };
+            match args.output {
+                Output::Json => println!(
+                    "{}",
+                    json!(
+                        flows
+                            .iter()
+                            .map(|t| json!({
+                                "proto": proto(t.proto), "pod": t.pod.to_string(),
+                                "remote": t.remote.to_string(), "nat": t.nat.to_string(),
+                            }))
+                            .collect::<Vec<_>>()
+                    )
+                ),
+                Output::Table => print_table(
+                    &["PROTO", "POD", "REMOTE", "AS"],
+                    &flows
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                proto(t.proto).into(),
+                                t.pod.to_string(),
+                                t.remote.to_string(),
+                                t.nat.to_string(),
                             ]
                         })
                         .collect::<Vec<_>>(),

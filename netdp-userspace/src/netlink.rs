@@ -1,5 +1,8 @@
 //! The few rtnetlink operations the agent and the CNI plugin need.
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::TryStreamExt;
@@ -175,6 +178,12 @@ impl Netlink {
 
     /// The resolved MAC of `addr` on `ifindex`, if the neighbour table has a usable one.
     pub async fn neighbour(&self, ifindex: u32, addr: Ipv4Addr) -> Result<Option<[u8; 6]>> {
+        Ok(self.neighbours(ifindex).await?.get(&addr).copied())
+    }
+
+    /// Every usable (resolved, possibly stale) IPv4 neighbour on `ifindex`, in one dump.
+    pub async fn neighbours(&self, ifindex: u32) -> Result<HashMap<Ipv4Addr, [u8; 6]>> {
+        let mut out = HashMap::new();
         let mut stream = self.handle.neighbours().get().execute();
         while let Some(msg) = stream.try_next().await.context("listing neighbours")? {
             if msg.header.ifindex != ifindex
@@ -198,11 +207,11 @@ impl Netlink {
                     _ => {}
                 }
             }
-            if dst == Some(addr) {
-                return Ok(lladdr);
+            if let (Some(dst), Some(mac)) = (dst, lladdr) {
+                out.insert(dst, mac);
             }
         }
-        Ok(None)
+        Ok(out)
     }
 
     /// Adds (or replaces) a permanent neighbour entry.

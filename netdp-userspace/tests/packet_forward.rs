@@ -56,6 +56,8 @@ fn fixture() -> Fixture {
         flags: flags::HAS_MAC,
         dmac: PEER_MAC,
         smac: UNDERLAY_MAC,
+        mtu: 1500,
+        ..Default::default()
     };
     let mut desired = std::collections::HashMap::new();
     desired.insert("10.1.2.0/24".parse().unwrap(), route);

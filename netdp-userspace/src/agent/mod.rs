@@ -5,7 +5,7 @@
 //! the next agent adopts them.
 use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf, time::Duration};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use ipnetwork::Ipv4Network;
 use log::{error, info, warn};
 use tokio::{
@@ -15,9 +15,10 @@ use tokio::{
 };
 
 use crate::{
-    config::{Backend, NetworkConfig},
+    config::NetworkConfig,
     dataplane::{
         Dataplane, MapSizes, Pins,
+        peer::PeerMap,
         route::{RouteMap, Underlay},
     },
     etcd::EtcdArgs,
@@ -29,6 +30,7 @@ use crate::{
 
 mod gateway;
 mod leases;
+mod node;
 mod routes;
 
 pub use gateway::GATEWAY_DEV;
@@ -100,6 +102,7 @@ struct State {
     lease: Lease,
     peers: HashMap<Ipv4Network, PeerLease>,
     routes: RouteMap,
+    peer_map: PeerMap,
     nl: Netlink,
     /// Peers already reported as unreachable by the backend.
     reported_unreachable: std::collections::HashSet<Ipv4Addr>,
@@ -121,20 +124,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("no --iface given and no default route to pick one from"))?,
     };
     let addrs = nl.ipv4_addrs(link.index).await?;
-    let addr = match args.public_ip {
-        Some(ip) => addrs
-            .iter()
-            .find(|a| a.ip() == ip)
-            .copied()
-            .unwrap_or_else(|| Ipv4Network::new(ip, 32).expect("/32 is valid")),
-        None => *addrs.first().ok_or_else(|| {
-            anyhow!(
-                "interface {} has no IPv4 address; give --public-ip",
-                link.name
-            )
-        })?,
-    };
-    let public_ip = addr.ip();
+    // Tunnels start at (and masquerading uses) an address of the interface itself; the
+    // public IP may be another node's view of it (a NAT gateway's address).
+    let addr = args
+        .public_ip
+        .and_then(|ip| addrs.iter().find(|a| a.ip() == ip))
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| anyhow!("interface {} has no IPv4 address", link.name))?;
+    let public_ip = args.public_ip.unwrap_or(addr.ip());
     let underlay = Underlay {
         link: link.clone(),
         addr,
@@ -143,25 +141,31 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let client = args.etcd.connect().await?;
     let mut registry = Registry::new(client, args.etcd.prefix());
     let (config, config_rev) = registry.config().await?;
-    if !matches!(config.backend, Backend::HostGw) {
-        bail!(
-            "backend {} is not supported yet (this build forwards with host-gw only)",
-            config.backend.type_name()
-        );
-    }
     let opts = args.lease_options();
-    let attrs = LeaseAttrs::new(public_ip, config.backend.type_name(), None);
+    let vtep = node::vtep_mac(link.mac);
+    let attrs = LeaseAttrs::new(
+        public_ip,
+        config.backend.type_name(),
+        node::backend_data(&config.backend, vtep),
+    );
     let hint = SubnetFile::read_subnet(&args.subnet_file);
     let lease = registry
         .acquire(&config, &attrs, hint, &opts)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     info!(
-        "node {node}: leased {} for {public_ip} ({} backend, underlay {} {})",
+        "node {node}: leased {} for {public_ip} ({} backend, underlay {} {}, pod MTU {}{}{})",
         lease.subnet,
         config.backend.type_name(),
         link.name,
-        addr
+        addr,
+        config.pod_mtu(link.mtu),
+        match config.backend {
+            crate::config::Backend::Vxlan { .. } =>
+                format!(", VTEP MAC {}", crate::util::mac_string(&vtep)),
+            _ => String::new(),
+        },
+        if args.ip_masq { ", masquerading" } else { "" },
     );
     write_subnet_file(&args, &config, &lease, link.mtu)?;
 
@@ -169,7 +173,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         endpoints: args.endpoint_map_size,
         routes: args.route_map_size,
     };
-    let mut dp = Dataplane::load(Some(&pins), &sizes)?;
+    let node_config = node::node_config(&config, &underlay, vtep, args.ip_masq);
+    let mut dp = Dataplane::load_for(Some(&pins), &sizes, &node_config)?;
     let installed = dp.install(&pins, &link.name)?;
     info!(
         "dataplane at {}: underlay {} {}, {} pod links adopted, {} stale removed",
@@ -184,6 +189,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         installed.pod_links_removed
     );
     let routes = RouteMap::from_map(dp.take_map(netdp_common::map_names::ROUTES)?)?;
+    let peer_map = PeerMap::from_map(dp.take_map(netdp_common::map_names::PEERS)?)?;
     ensure_gateway(&nl, &lease).await?;
 
     let (leases, revision) = registry.leases().await?;
@@ -194,6 +200,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         lease,
         peers: leases.into_iter().map(|l| (l.subnet, l)).collect(),
         routes,
+        peer_map,
         nl,
         reported_unreachable: Default::default(),
     };

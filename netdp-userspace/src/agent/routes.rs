@@ -1,4 +1,4 @@
-//! Turning the set of leases into the ROUTES map.
+//! Turning the set of leases into the ROUTES and PEERS maps.
 use std::collections::HashMap;
 
 use anyhow::Result;
@@ -6,12 +6,21 @@ use log::{info, warn};
 use netdp_common::route::{flags, mode};
 
 use super::State;
-use crate::dataplane::route::plan;
+use crate::dataplane::route::{mode_for, plan};
 
 impl State {
-    /// Recomputes every route from the leases and writes the difference to the map.
+    /// Recomputes every route from the leases and writes the difference to the maps.
     pub(super) async fn sync_routes(&mut self) -> Result<()> {
+        let link = self.underlay.link.index;
+        let neighbours = match self.nl.neighbours(link).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!("reading the neighbour table: {e:#}; next hops are left to the kernel");
+                HashMap::new()
+            }
+        };
         let mut desired = HashMap::new();
+        let mut peers = HashMap::new();
         for peer in self.peers.values() {
             if peer.subnet == self.lease.subnet
                 || peer.attrs.public_ip == self.lease.attrs.public_ip
@@ -19,39 +28,83 @@ impl State {
                 continue;
             }
             let ip = peer.attrs.public_ip;
-            let mac = self
-                .nl
-                .neighbour(self.underlay.link.index, ip)
-                .await
-                .unwrap_or(None);
-            let route = plan(&self.underlay, &self.config.backend, ip, mac);
-            if route.mode == mode::UNREACHABLE {
-                if self.reported_unreachable.insert(ip) {
-                    warn!(
-                        "peer {} ({}) is not on this node's underlay subnet {}: the {} backend cannot reach it",
-                        ip,
-                        peer.subnet,
-                        self.underlay.addr,
-                        self.config.backend.type_name()
-                    );
+            peers.insert(ip, peer.subnet);
+            let route = match mode_for(&self.underlay, &self.config.backend, &peer.attrs) {
+                Ok(m) => {
+                    self.reported_unreachable.remove(&ip);
+                    // Direct routes and adjacent peers: the peer is its own next hop.
+                    // Tunnels to other subnets go through whatever router the kernel's
+                    // table names.
+                    let nexthop = if m == mode::DIRECT || self.underlay.is_adjacent(ip) {
+                        ip
+                    } else {
+                        match self.nl.route_get(ip).await {
+                            Ok(nh) => nh.addr,
+                            Err(e) => {
+                                warn!("peer {ip}: {e:#}; sending to it as if on-link");
+                                ip
+                            }
+                        }
+                    };
+                    let mac = neighbours.get(&nexthop).copied();
+                    plan(
+                        &self.underlay,
+                        &self.config.backend,
+                        &peer.attrs,
+                        m,
+                        nexthop,
+                        mac,
+                    )
                 }
-            } else {
-                self.reported_unreachable.remove(&ip);
-            }
+                Err(why) => {
+                    if self.reported_unreachable.insert(ip) {
+                        warn!(
+                            "peer {ip} ({}) is unreachable with the {} backend: {why}",
+                            peer.subnet,
+                            self.config.backend.type_name(),
+                        );
+                    }
+                    plan(
+                        &self.underlay,
+                        &self.config.backend,
+                        &peer.attrs,
+                        mode::UNREACHABLE,
+                        ip,
+                        None,
+                    )
+                }
+            };
             desired.insert(peer.subnet, route);
         }
         let stats = self.routes.sync(&desired)?;
-        if !stats.is_empty() {
+        let peer_stats = self.peer_map.sync(&peers)?;
+        if !stats.is_empty() || !peer_stats.is_empty() {
             let unresolved = desired
                 .values()
-                .filter(|r| r.flags & flags::HAS_MAC == 0)
+                .filter(|r| r.mode != mode::UNREACHABLE && r.flags & flags::HAS_MAC == 0)
                 .count();
+            let mut by_mode: Vec<String> = [
+                mode::DIRECT,
+                mode::VXLAN,
+                mode::IPIP,
+                mode::UDP,
+                mode::UNREACHABLE,
+            ]
+            .iter()
+            .filter_map(|&m| {
+                let n = desired.values().filter(|r| r.mode == m).count();
+                (n > 0).then(|| format!("{n} {}", mode::name(m)))
+            })
+            .collect();
+            if by_mode.is_empty() {
+                by_mode.push("none".into());
+            }
             info!(
-                "routes: {} added, {} updated, {} removed; {} peers, {} awaiting neighbour resolution",
+                "routes: {} added, {} updated, {} removed; peers: {}; {} awaiting neighbour resolution",
                 stats.added,
                 stats.updated,
                 stats.removed,
-                desired.len(),
+                by_mode.join(", "),
                 unresolved
             );
         }

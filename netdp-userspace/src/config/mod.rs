@@ -182,6 +182,13 @@ fn parse_subnet_bound(field: &str, v: &Value, subnet_len: u8) -> Result<Ipv4Addr
     Ok(addr)
 }
 
+fn parse_mtu(field: &str, v: &Value) -> Result<u32, ConfigError> {
+    match as_uint(field, v, 65535)? {
+        m if m < 576 => Err(err(field, format!("{m} is below IPv4's minimum of 576"))),
+        m => Ok(m as u32),
+    }
+}
+
 fn parse_backend(v: Option<&Value>) -> Result<Backend, ConfigError> {
     let empty = serde_json::Map::new();
     let obj = match v {
@@ -343,21 +350,23 @@ impl NetworkConfig {
                 ),
             ));
         }
+        let backend = parse_backend(raw.backend.as_ref())?;
+        // The vxlan backend's own `MTU` (Flannel's option) counts when there is no
+        // network-wide one.
+        let backend_mtu = match (&backend, raw.backend.as_ref().and_then(|b| b.get("MTU"))) {
+            (Backend::Vxlan { .. }, Some(v)) => Some(parse_mtu("Backend.MTU", v)?),
+            _ => None,
+        };
         let mtu = match &raw.mtu {
-            None => None,
-            Some(v) => match as_uint("MTU", v, 65535)? {
-                m if m < 576 => {
-                    return Err(err("MTU", format!("{m} is below IPv4's minimum of 576")));
-                }
-                m => Some(m as u32),
-            },
+            None => backend_mtu,
+            Some(v) => Some(parse_mtu("MTU", v)?),
         };
         Ok(NetworkConfig {
             network,
             subnet_len,
             subnet_min: subnet_min.into(),
             subnet_max: subnet_max.into(),
-            backend: parse_backend(raw.backend.as_ref())?,
+            backend,
             mtu,
         })
     }

@@ -180,4 +180,18 @@ fn mtu_follows_backend_overhead() {
     }
     let c = parse(r#"{"Network": "10.1.0.0/16", "MTU": 1400}"#).unwrap();
     assert_eq!(c.pod_mtu(9000), 1400);
+    // Flannel's vxlan option, unless the network-wide one says otherwise.
+    let vxlan = |extra: &str| {
+        parse(&format!(
+            r#"{{"Network": "10.1.0.0/16", {extra} "Backend": {{"Type": "vxlan", "MTU": 1300}}}}"#
+        ))
+    };
+    assert_eq!(vxlan("").unwrap().pod_mtu(1500), 1300);
+    assert_eq!(vxlan(r#""MTU": 1350,"#).unwrap().pod_mtu(1500), 1350);
+    let e = parse(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan", "MTU": 99}}"#)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Backend.MTU: 99 is below IPv4's minimum of 576"
+    );
 }

@@ -1,9 +1,11 @@
 //! Loading, pinning and attaching netdp's programs, and typed access to their maps.
 //!
 //! Module names follow the eBPF side: `endpoint` programs ENDPOINTS, `route` programs
-//! ROUTES, `counters` reads COUNTERS.
+//! ROUTES, `peer` programs PEERS, `nat` reads CONNTRACK and NAT, `counters` reads COUNTERS.
 pub mod counters;
 pub mod endpoint;
+pub mod nat;
+pub mod peer;
 pub mod pins;
 pub mod route;
 
@@ -18,7 +20,7 @@ use aya::{
     },
 };
 use log::{info, warn};
-use netdp_common::{capacity, map_names, program_names};
+use netdp_common::{capacity, map_names, node::NodeConfig, program_names};
 
 pub use pins::{Hook, Pins};
 
@@ -67,12 +69,21 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
 }
 
 impl Dataplane {
-    /// Loads the programs. With `pins`, maps are reused from (or pinned to) the node's bpffs
-    /// directory so their contents survive agent restarts.
+    /// Loads the programs with no node settings: local delivery and direct routes only
+    /// (no tunnels, no egress, no masquerading).
     pub fn load(pins: Option<&Pins>, sizes: &MapSizes) -> Result<Self> {
+        Self::load_for(pins, sizes, &NodeConfig::default())
+    }
+
+    /// Loads the programs for a node. With `pins`, maps are reused from (or pinned to) the
+    /// node's bpffs directory so their contents survive agent restarts. `node` is baked
+    /// into the programs as a constant.
+    pub fn load_for(pins: Option<&Pins>, sizes: &MapSizes, node: &NodeConfig) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        loader.override_global(netdp_common::node::GLOBAL, node, true);
         if let Some(pins) = pins {
             pins.create_dirs()?;
+            drop_incompatible_pins(pins);
             for name in map_names::ALL {
                 loader.map_pin_path(name, pins.map(name));
             }
@@ -213,6 +224,50 @@ fn check_pinned_sizes(ebpf: &Ebpf, pins: &Pins, sizes: &MapSizes) {
                     info.max_entries()
                 );
             }
+        }
+    }
+}
+
+/// Key and value sizes of each map as this build's programs define them.
+fn layout(name: &str) -> Option<(usize, usize)> {
+    use core::mem::size_of;
+    use netdp_common::{counters, endpoint, nat, peer, route};
+    Some(match name {
+        map_names::ENDPOINTS => (
+            size_of::<endpoint::EndpointKey>(),
+            size_of::<endpoint::Endpoint>(),
+        ),
+        // LPM keys: a 32-bit prefix length, then the address.
+        map_names::ROUTES => (
+            4 + size_of::<netdp_common::Ipv4>(),
+            size_of::<route::Route>(),
+        ),
+        map_names::COUNTERS => (4, size_of::<counters::CounterValue>()),
+        map_names::PEERS => (size_of::<peer::PeerKey>(), size_of::<peer::Peer>()),
+        map_names::CONNTRACK => (size_of::<nat::CtKey>(), size_of::<nat::CtEntry>()),
+        map_names::NAT => (size_of::<nat::NatKey>(), size_of::<nat::NatEntry>()),
+        _ => return None,
+    })
+}
+
+/// Removes pinned maps an older build left with another layout (a grown route entry,
+/// say): the programs could not use them, and the agent refills what it owns.
+fn drop_incompatible_pins(pins: &Pins) {
+    for name in map_names::ALL {
+        let path = pins.map(name);
+        let (Some((key, value)), Ok(info)) = (layout(name), aya::maps::MapInfo::from_pin(&path))
+        else {
+            continue;
+        };
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            warn!(
+                "map {name} at {} has {}-byte keys and {}-byte values, this build uses {key} \
+                 and {value}: replacing it (its entries are rebuilt or lost)",
+                path.display(),
+                info.key_size(),
+                info.value_size()
+            );
+            let _ = std::fs::remove_file(&path);
         }
     }
 }

@@ -5,12 +5,12 @@ use anyhow::{Context, Result};
 use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
 use ipnetwork::Ipv4Network;
 use netdp_common::{
-    Ipv4, map_names,
+    Ipv4, encap, map_names,
     route::{Route, flags, mode},
 };
 
 use super::{Pins, open_pinned};
-use crate::{config::Backend, netlink::Link};
+use crate::{config::Backend, lease::LeaseAttrs, netlink::Link};
 
 pub struct RouteMap(LpmTrie<MapData, Ipv4, Route>);
 
@@ -93,7 +93,7 @@ impl SyncStats {
 #[derive(Debug, Clone)]
 pub struct Underlay {
     pub link: Link,
-    /// Our address on it, with the prefix of the underlay subnet.
+    /// Our address on it, with the prefix of the underlay subnet: tunnels start here.
     pub addr: Ipv4Network,
 }
 
@@ -104,25 +104,90 @@ impl Underlay {
     }
 }
 
-/// The route to a peer node with the given backend. `nexthop_mac` is the resolved MAC of
-/// the next hop, if the neighbour table has it.
+/// How this node reaches `peer` (its lease) with `backend`, or why it cannot.
+pub fn mode_for(underlay: &Underlay, backend: &Backend, peer: &LeaseAttrs) -> Result<u32, String> {
+    if peer.backend_type != backend.type_name() {
+        return Err(format!(
+            "it uses the {:?} backend and this node {}",
+            peer.backend_type,
+            backend.type_name()
+        ));
+    }
+    let adjacent = underlay.is_adjacent(peer.public_ip);
+    Ok(match backend {
+        Backend::HostGw if adjacent => mode::DIRECT,
+        Backend::HostGw => {
+            return Err(format!(
+                "it is not on this node's underlay subnet {}: host-gw needs L2 adjacency",
+                underlay.addr.network()
+            ));
+        }
+        Backend::Vxlan { direct_routing, .. } | Backend::Ipip { direct_routing }
+            if *direct_routing && adjacent =>
+        {
+            mode::DIRECT
+        }
+        Backend::Vxlan { .. } => {
+            if peer.vtep_mac().is_none() {
+                return Err("its lease has no BackendData.VtepMAC".into());
+            }
+            mode::VXLAN
+        }
+        Backend::Ipip { .. } => mode::IPIP,
+        Backend::Udp { .. } => mode::UDP,
+    })
+}
+
+/// Bytes a route mode adds to each packet.
+pub fn overhead(mode: u32) -> u32 {
+    match mode {
+        mode::VXLAN => encap::VXLAN_OVERHEAD,
+        mode::IPIP => encap::IPIP_OVERHEAD,
+        mode::UDP => encap::UDP_OVERHEAD,
+        _ => 0,
+    }
+}
+
+/// The route entry for a peer reached in `mode` (from [`mode_for`]) through `nexthop`,
+/// whose MAC is `nexthop_mac` if the neighbour table has it. Every header field the
+/// program writes is filled in here.
 pub fn plan(
     underlay: &Underlay,
     backend: &Backend,
-    peer: Ipv4Addr,
+    peer: &LeaseAttrs,
+    mode: u32,
+    nexthop: Ipv4Addr,
     nexthop_mac: Option<[u8; 6]>,
 ) -> Route {
+    let src = underlay.addr.ip().octets();
+    let dst = peer.public_ip.octets();
     let mut route = Route {
-        node_ip: peer.octets(),
-        nexthop: peer.octets(),
+        node_ip: dst,
+        nexthop: nexthop.octets(),
         ifindex: underlay.link.index,
-        mode: mode::DIRECT,
+        mode,
         flags: 0,
         dmac: [0; 6],
         smac: underlay.link.mac,
+        src_ip: src,
+        vtep_mac: [0; 6],
+        port: 0,
+        vni: 0,
+        ip_sum: 0,
+        mtu: underlay.link.mtu.saturating_sub(overhead(mode)),
     };
-    match backend {
-        Backend::HostGw if !underlay.is_adjacent(peer) => route.mode = mode::UNREACHABLE,
+    match (mode, backend) {
+        (mode::VXLAN, Backend::Vxlan { vni, port, .. }) => {
+            route.vtep_mac = peer.vtep_mac().unwrap_or_default();
+            route.vni = *vni;
+            route.port = *port;
+            route.ip_sum = encap::outer_ip_sum(src, dst, encap::IPPROTO_UDP);
+        }
+        (mode::UDP, Backend::Udp { port }) => {
+            route.port = *port;
+            route.ip_sum = encap::outer_ip_sum(src, dst, encap::IPPROTO_UDP);
+        }
+        (mode::IPIP, _) => route.ip_sum = encap::outer_ip_sum(src, dst, encap::IPPROTO_IPIP),
         _ => {}
     }
     if let Some(mac) = nexthop_mac {

@@ -151,6 +151,9 @@ fn load(object: &Path) -> Result<Ebpf> {
             flags: flags::HAS_MAC,
             dmac: [0x52, 0x54, 0, 0, 0, 0x12],
             smac: [0x52, 0x54, 0, 0, 0, 0x11],
+            // 0 would mean every packet is too big for the route.
+            mtu: 1500,
+            ..Default::default()
         },
         0,
     )?;

@@ -1,0 +1,49 @@
+//! Node-wide settings the programs read as a load-time constant (a `.rodata` global set
+//! by the agent with `EbpfLoader::override_global`). The verifier sees the values, so
+//! code for backends and features this node does not use is pruned.
+use crate::{Ipv4, Mac};
+
+/// Name of the global in the eBPF object.
+pub const GLOBAL: &str = "NODE";
+
+/// Which encapsulation `from_netdev` strips (the route modes say what `from_pod` adds).
+pub mod decap {
+    pub const NONE: u32 = 0;
+    pub const VXLAN: u32 = 1;
+    pub const IPIP: u32 = 2;
+    pub const UDP: u32 = 3;
+}
+
+/// Node flags.
+pub mod flags {
+    /// `--ip-masq`: pod traffic leaving the cluster Network gets the node's address.
+    pub const MASQUERADE: u32 = 1;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's address on the underlay: tunnels end here, masquerading uses it.
+    pub node_ip: Ipv4,
+    /// The cluster Network, and its netmask (both network order).
+    pub cluster: Ipv4,
+    pub cluster_mask: Ipv4,
+    /// Underlay interface: traffic leaving the cluster goes out here.
+    pub underlay_ifindex: u32,
+    /// One of [`decap`].
+    pub decap: u32,
+    /// Bit set of [`flags`].
+    pub flags: u32,
+    /// VXLAN network identifier accepted (host order).
+    pub vni: u32,
+    /// UDP port tunnels arrive on (vxlan, udp), host order.
+    pub port: u16,
+    /// First and last source port masquerading hands out (host order), kept out of the
+    /// kernel's ephemeral range so replies to the node's own sockets are never taken.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    /// This node's VTEP MAC (published in its lease): inner frames must be sent to it.
+    pub vtep_mac: Mac,
+}
+
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 40);

@@ -1,0 +1,143 @@
+//! Decapsulation of tunnel packets addressed to this node: only from known peer nodes,
+//! only for the configured backend, port and VNI, and only for pods on this node.
+//! Everything else that looks like a tunnel packet is dropped with a counted reason;
+//! what does not look like one is left to the caller.
+use aya_ebpf::{
+    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    programs::TcContext,
+};
+use netdp_common::{
+    counters::{Program, Reason},
+    encap::{IPIP_OVERHEAD, IPPROTO_IPIP, UDP_OVERHEAD, VXLAN_FLAGS, VXLAN_OVERHEAD},
+    endpoint::EndpointKey,
+    node::{NodeConfig, decap},
+    peer::PeerKey,
+};
+
+use crate::{
+    counters::{drop, pass},
+    endpoint, maps,
+    parse::{
+        self, ETH_HLEN, ETH_P_IP, EthHdr, IP_HLEN, IP_OFFSET, IPPROTO_UDP, Ipv4Frame, Ipv4Hdr,
+        Parsed, UdpHdr, ptr_at,
+    },
+};
+
+const PROGRAM: Program = Program::FromNetdev;
+
+/// Offset of the outer L4 header (tunnel packets never carry IP options).
+const L4: usize = ETH_HLEN + IP_HLEN;
+
+/// Decapsulates `frame` if it is a tunnel packet for this node's backend; `None` if it is
+/// not one at all.
+#[inline(always)]
+pub fn receive(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Option<i32> {
+    // SAFETY: bounds checked by the parser.
+    let ip = unsafe { &*frame.ip };
+    let (overhead, reason) = match node.decap {
+        decap::VXLAN | decap::UDP => {
+            if ip.protocol != IPPROTO_UDP || ip.version_ihl != 0x45 {
+                return None;
+            }
+            if u16::from_be(ip.frag_off) & IP_OFFSET != 0 {
+                // A later fragment has no UDP header to look at.
+                return None;
+            }
+            let udp = ptr_at::<UdpHdr>(ctx, L4)?;
+            // SAFETY: bounds checked by ptr_at.
+            if u16::from_be(unsafe { (*udp).dest }) != node.port {
+                return None;
+            }
+            if node.decap == decap::VXLAN {
+                (VXLAN_OVERHEAD, Reason::DecapVxlan)
+            } else {
+                (UDP_OVERHEAD, Reason::DecapUdp)
+            }
+        }
+        decap::IPIP => {
+            if ip.protocol != IPPROTO_IPIP || ip.version_ihl != 0x45 {
+                return None;
+            }
+            (IPIP_OVERHEAD, Reason::DecapIpip)
+        }
+        _ => return None,
+    };
+    Some(strip(ctx, ip, node, overhead as usize, reason))
+}
+
+#[inline(always)]
+fn strip(ctx: &TcContext, outer: &Ipv4Hdr, node: &NodeConfig, overhead: usize, ok: Reason) -> i32 {
+    if !outer.is_plain() {
+        return pass(ctx, PROGRAM, Reason::DecapFragment);
+    }
+    // SAFETY: the value is only tested for presence.
+    if unsafe { maps::PEERS.get(PeerKey { addr: outer.saddr }) }.is_none() {
+        return drop(ctx, PROGRAM, Reason::DecapUnknownPeer);
+    }
+    if node.decap == decap::VXLAN {
+        if let Err(reason) = check_vxlan(ctx, node) {
+            return drop(ctx, PROGRAM, reason);
+        }
+    }
+    // The inner IPv4 header must be in the linear part to be read; GRO'd packets from a
+    // NIC may have only the outer headers there.
+    let inner_at = ETH_HLEN + overhead;
+    if ptr_at::<Ipv4Hdr>(ctx, inner_at).is_none()
+        && (ctx.pull_data((inner_at + IP_HLEN) as u32).is_err()
+            || ptr_at::<Ipv4Hdr>(ctx, inner_at).is_none())
+    {
+        return drop(ctx, PROGRAM, Reason::Malformed);
+    }
+    let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, inner_at) else {
+        return drop(ctx, PROGRAM, Reason::Malformed);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (vihl, daddr) = unsafe { ((*inner).version_ihl, (*inner).daddr) };
+    if vihl >> 4 != 4 {
+        return drop(ctx, PROGRAM, Reason::DecapBadHeader);
+    }
+    // SAFETY: the value is copied out of the map before anything could reuse its slot.
+    let Some(ep) = (unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) }).copied() else {
+        return drop(ctx, PROGRAM, Reason::DecapNoEndpoint);
+    };
+    // Fixed GSO: the segment size of an aggregated packet is the inner payload's, which
+    // stripping the outer headers does not change.
+    if ctx
+        .adjust_room(
+            -(overhead as i32),
+            BPF_ADJ_ROOM_MAC,
+            BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+        )
+        .is_err()
+    {
+        return drop(ctx, PROGRAM, Reason::AdjustFailed);
+    }
+    match parse::ipv4(ctx) {
+        Parsed::Ipv4(frame) => endpoint::deliver(ctx, PROGRAM, &frame, &ep, ok),
+        _ => drop(ctx, PROGRAM, Reason::Malformed),
+    }
+}
+
+#[repr(C)]
+struct VxlanTail {
+    flags: [u8; 4],
+    vni: [u8; 4],
+    inner: EthHdr,
+}
+
+/// VXLAN header: I flag set, our VNI; inner frame: IPv4 to our VTEP MAC.
+#[inline(always)]
+fn check_vxlan(ctx: &TcContext, node: &NodeConfig) -> Result<(), Reason> {
+    let v = ptr_at::<VxlanTail>(ctx, L4 + 8).ok_or(Reason::Malformed)?;
+    // SAFETY: bounds checked by ptr_at.
+    let v = unsafe { &*v };
+    let flags = u32::from_be_bytes(v.flags);
+    let vni = u32::from_be_bytes(v.vni) >> 8;
+    if flags & VXLAN_FLAGS == 0 || vni != node.vni || v.inner.proto != ETH_P_IP.to_be() {
+        return Err(Reason::DecapBadHeader);
+    }
+    if v.inner.dst != node.vtep_mac {
+        return Err(Reason::DecapWrongVtep);
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! This node's settings as the programs see them (baked in at load time), and the VTEP
+//! MAC it publishes for the vxlan backend.
+use log::warn;
+use netdp_common::{
+    nat,
+    node::{NodeConfig, decap, flags},
+};
+use serde_json::{Value, json};
+
+use crate::{config::Backend, config::NetworkConfig, dataplane::route::Underlay, util::mac_string};
+
+/// The VTEP MAC: the underlay MAC with the locally administered bit set. Stable across
+/// restarts without any state, and unique as long as underlay MACs are.
+pub fn vtep_mac(underlay_mac: [u8; 6]) -> [u8; 6] {
+    let mut mac = underlay_mac;
+    mac[0] = (mac[0] | 0x02) & !0x01;
+    mac
+}
+
+/// The lease's BackendData, exactly as Flannel writes it.
+pub fn backend_data(backend: &Backend, vtep: [u8; 6]) -> Option<Value> {
+    match backend {
+        Backend::Vxlan { vni, .. } => Some(json!({"VNI": vni, "VtepMAC": mac_string(&vtep)})),
+        _ => None,
+    }
+}
+
+pub fn node_config(
+    config: &NetworkConfig,
+    underlay: &Underlay,
+    vtep: [u8; 6],
+    ip_masq: bool,
+) -> NodeConfig {
+    let (decap, port, vni) = match &config.backend {
+        Backend::HostGw => (decap::NONE, 0, 0),
+        Backend::Vxlan { vni, port, .. } => (decap::VXLAN, *port, *vni),
+        Backend::Ipip { .. } => (decap::IPIP, 0, 0),
+        Backend::Udp { port } => (decap::UDP, *port, 0),
+    };
+    if ip_masq {
+        check_port_range();
+    }
+    NodeConfig {
+        node_ip: underlay.addr.ip().octets(),
+        cluster: config.network.network().octets(),
+        cluster_mask: config.network.mask().octets(),
+        underlay_ifindex: underlay.link.index,
+        decap,
+        flags: if ip_masq { flags::MASQUERADE } else { 0 },
+        vni,
+        port,
+        nat_port_min: nat::PORT_MIN,
+        nat_port_max: nat::PORT_MAX,
+        vtep_mac: vtep,
+    }
+}
+
+/// Masquerade ports must not be ones the kernel hands to the node's own sockets.
+fn check_port_range() {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|s| s.parse::<u32>().ok());
+    if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
+        let (min, max) = (u32::from(nat::PORT_MIN), u32::from(nat::PORT_MAX));
+        if hi >= min && lo <= max {
+            warn!(
+                "net.ipv4.ip_local_port_range {lo}-{hi} overlaps the masquerade ports {}-{}: \
+                 replies to the node's own connections on those ports could be taken for pods'",
+                nat::PORT_MIN,
+                nat::PORT_MAX
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vtep_mac_is_a_stable_local_unicast_mac() {
+        assert_eq!(
+            vtep_mac([0x52, 0x54, 0, 1, 2, 3]),
+            [0x52 | 0x02, 0x54, 0, 1, 2, 3]
+        );
+        // Multicast bit cleared, locally administered set; already local stays as is.
+        assert_eq!(vtep_mac([0x01, 0, 0, 0, 0, 9])[0], 0x02);
+        assert_eq!(vtep_mac([0x0e, 1, 2, 3, 4, 5]), [0x0e, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn backend_data_is_flannels() {
+        let vxlan = Backend::Vxlan {
+            vni: 1,
+            port: 8472,
+            direct_routing: false,
+        };
+        let data = backend_data(&vxlan, [0x0e, 0xaa, 0xbb, 0xcc, 0xdd, 0x01]).unwrap();
+        assert_eq!(
+            serde_json::to_string(&data).unwrap(),
+            r#"{"VNI":1,"VtepMAC":"0e:aa:bb:cc:dd:01"}"#
+        );
+        assert_eq!(backend_data(&Backend::HostGw, [0; 6]), None);
+        assert_eq!(backend_data(&Backend::Udp { port: 8285 }, [0; 6]), None);
+    }
+}

@@ -1,0 +1,122 @@
+//! Interoperability with Flannel on the same etcd: a node set up exactly as flanneld
+//! sets one up (kernel VXLAN device flannel.1, VNI 1, port 8472, no learning, per-peer
+//! onlink route, neighbour and FDB entries; or host-gw routes) and netdp nodes exchange
+//! pod traffic in both directions, each side using the other's lease.
+use anyhow::{Context, Result, ensure};
+use netdp_testbed::{
+    Spec, Testbed,
+    flannel::{FlannelBackend, FlannelNode, VXLAN_DEV},
+    netns, traffic,
+};
+
+const MIB: u64 = 1 << 20;
+
+fn mixed_cluster(backend: &str, flannel: FlannelBackend) -> Result<(Testbed, FlannelNode)> {
+    let spec = Spec::flat(2).node("f1", 0).network(&format!(
+        r#"{{"Network": "10.244.0.0/16", "Backend": {backend}}}"#
+    ));
+    let mut tb = Testbed::new(spec)?;
+    tb.start_agent("n1", &[])?;
+    tb.start_agent("n2", &[])?;
+    let mut f = FlannelNode::start(&tb, "f1", flannel)?;
+    ensure!(
+        f.sync_peers(&tb)? == 2,
+        "the Flannel node sees both netdp leases"
+    );
+    f.add_pod(&mut tb, "p1")?;
+    tb.add_pod("n1", "p1")?;
+    tb.add_pod("n2", "p1")?;
+    // The netdp agents pick up the Flannel lease from their watch.
+    let (subnet, _) = f.subnet;
+    let ns = tb.node("n1").ns.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = tb.netdp("n1", &["route", "list", &format!("--node-name={ns}")])?;
+        if String::from_utf8_lossy(&out.stdout).contains(&subnet.to_string()) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "n1 has no route to the Flannel node's {subnet}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok((tb, f))
+}
+
+fn both_ways(tb: &Testbed, netdp: &str, port: u16) -> Result<()> {
+    let (f, n) = (tb.pod("f1", "p1"), tb.pod(netdp, "p1"));
+    traffic::ping(&f.ns, n.ip, 3).with_context(|| format!("Flannel pod -> {netdp}"))?;
+    traffic::ping(&n.ns, f.ip, 3).with_context(|| format!("{netdp} -> Flannel pod"))?;
+    traffic::tcp_transfer(&f.ns, &n.ns, n.ip, port, 20 * MIB)
+        .with_context(|| format!("TCP Flannel pod -> {netdp}"))?;
+    traffic::tcp_transfer(&n.ns, &f.ns, f.ip, port + 1, 20 * MIB)
+        .with_context(|| format!("TCP {netdp} -> Flannel pod"))?;
+    let echoed = traffic::udp_echo(&n.ns, &f.ns, f.ip, port + 2, 30)?;
+    ensure!(echoed == 30, "UDP {netdp} -> Flannel pod: {echoed} of 30");
+    let echoed = traffic::udp_echo(&f.ns, &n.ns, n.ip, port + 3, 30)?;
+    ensure!(echoed == 30, "UDP Flannel pod -> {netdp}: {echoed} of 30");
+    Ok(())
+}
+
+/// RX and TX packets of an interface in a namespace.
+fn link_packets(ns: &str, dev: &str) -> Result<(u64, u64)> {
+    let out = netns::exec(ns, &["ip", "-s", "-o", "link", "show", dev])?;
+    // `... RX: bytes packets ... \    <bytes> <packets> ... TX: ... \    <bytes> <packets>`
+    let nums: Vec<&str> = out.split('\\').map(str::trim).collect();
+    let packets = |i: usize| -> Result<u64> {
+        nums.get(i)
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no counters in {out}"))
+    };
+    Ok((packets(3)?, packets(5)?))
+}
+
+#[test]
+fn flannel_vxlan_node_and_netdp_nodes_reach_each_others_pods() -> Result<()> {
+    let (tb, f) = mixed_cluster(r#"{"Type": "vxlan"}"#, FlannelBackend::Vxlan)?;
+    let lease = tb
+        .etcd()
+        .get(&format!(
+            "{}/subnets/{}-{}",
+            tb.prefix, f.subnet.0, f.subnet.1
+        ))?
+        .context("the Flannel lease")?;
+    assert!(
+        lease.contains(r#""BackendData":{"VNI":1,"VtepMAC":"#),
+        "{lease}"
+    );
+    let f1 = tb.node("f1").ns.clone();
+    let (rx0, tx0) = link_packets(&f1, VXLAN_DEV)?;
+    let before = tb.counters("n1")?;
+    both_ways(&tb, "n1", 7000)?;
+    both_ways(&tb, "n2", 7010)?;
+    let after = tb.counters("n1")?;
+    let d = |prog: &str, reason: &str| {
+        let k = (prog.to_string(), reason.to_string());
+        after.get(&k).copied().unwrap_or(0) - before.get(&k).copied().unwrap_or(0)
+    };
+    // netdp's programs did netdp's half; the kernel's VXLAN device did Flannel's.
+    assert!(d("from_pod", "encap_vxlan") > 100, "{after:?}");
+    assert!(d("from_netdev", "decap_vxlan") > 100, "{after:?}");
+    assert_eq!(d("from_netdev", "decap_wrong_vtep"), 0);
+    let (rx, tx) = link_packets(&f1, VXLAN_DEV)?;
+    assert!(
+        rx - rx0 > 100 && tx - tx0 > 100,
+        "flannel.1 rx {rx} tx {tx}"
+    );
+    Ok(())
+}
+
+#[test]
+fn flannel_host_gw_node_and_netdp_nodes_reach_each_others_pods() -> Result<()> {
+    let (tb, _f) = mixed_cluster(r#"{"Type": "host-gw"}"#, FlannelBackend::HostGw)?;
+    let before =
+        tb.counter("n1", "from_pod", "direct")? + tb.counter("n1", "from_pod", "direct_neigh")?;
+    both_ways(&tb, "n1", 7100)?;
+    let after =
+        tb.counter("n1", "from_pod", "direct")? + tb.counter("n1", "from_pod", "direct_neigh")?;
+    assert!(after - before > 100);
+    Ok(())
+}
