@@ -53,6 +53,11 @@ pub enum Reason {
     Direct = 1,
     /// Sent to a peer node by direct routing, neighbour resolved by the kernel.
     DirectNeigh = 2,
+    /// A reverse-translated service reply sent to a client outside the cluster (the kernel
+    /// resolves the next hop).
+    ServiceReply = 20,
+    /// The service has no ready endpoints: an ICMP port unreachable went back to the client.
+    ServiceReject = 21,
     /// Not IPv4 (ARP, IPv6, ...): the kernel handles it.
     NonIpv4 = 40,
     /// Destination is not a pod we know: the kernel routes it.
@@ -63,24 +68,44 @@ pub enum Reason {
     PeerUnreachable = 43,
     /// IPv4 with options or fragments: the kernel handles it.
     Ipv4Options = 44,
+    /// Translated, but the new destination is no pod we can reach: the kernel decides.
+    ServiceToHost = 60,
     /// Frame shorter than its headers claim.
     Malformed = 80,
     /// A redirect helper failed.
     RedirectFailed = 81,
+    /// externalTrafficPolicy Local and no endpoint on this node.
+    ServiceNoLocalBackend = 104,
+    /// Source NAT found no free port towards the chosen backend.
+    ServiceSnatExhausted = 105,
+    /// A conntrack entry could not be written.
+    ServiceConntrackFull = 106,
+    /// A frontend points at a backend slot that is not there (maps being rewritten).
+    ServiceBadBackend = 107,
+    /// The ICMP error for a rejected connection could not be built.
+    ServiceRejectFailed = 108,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 18] = [
         Reason::LocalDelivery,
         Reason::Direct,
         Reason::DirectNeigh,
+        Reason::ServiceReply,
+        Reason::ServiceReject,
         Reason::NonIpv4,
         Reason::UnknownDestination,
         Reason::TtlExceeded,
         Reason::PeerUnreachable,
         Reason::Ipv4Options,
+        Reason::ServiceToHost,
         Reason::Malformed,
         Reason::RedirectFailed,
+        Reason::ServiceNoLocalBackend,
+        Reason::ServiceSnatExhausted,
+        Reason::ServiceConntrackFull,
+        Reason::ServiceBadBackend,
+        Reason::ServiceRejectFailed,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -103,6 +128,14 @@ impl Reason {
             Reason::Ipv4Options => "ipv4_options",
             Reason::Malformed => "malformed",
             Reason::RedirectFailed => "redirect_failed",
+            Reason::ServiceReply => "service_reply",
+            Reason::ServiceReject => "service_reject",
+            Reason::ServiceToHost => "service_to_host",
+            Reason::ServiceNoLocalBackend => "service_no_local_backend",
+            Reason::ServiceSnatExhausted => "service_snat_exhausted",
+            Reason::ServiceConntrackFull => "service_conntrack_full",
+            Reason::ServiceBadBackend => "service_bad_backend",
+            Reason::ServiceRejectFailed => "service_reject_failed",
         }
     }
 }

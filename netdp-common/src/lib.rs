@@ -6,8 +6,10 @@
 //! sit in packet headers, and bpftool prints them as readable `[10,1,15,2]` lists.
 #![no_std]
 
+pub mod conntrack;
 pub mod counters;
 pub mod endpoint;
+pub mod lb;
 pub mod route;
 
 /// An IPv4 address in network byte order, as it appears in a packet header.
@@ -20,7 +22,25 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const ROUTES: &str = "ROUTES";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const ALL: &[&str] = &[ENDPOINTS, ROUTES, COUNTERS];
+    pub const FRONTENDS: &str = "FRONTENDS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const AFFINITY: &str = "AFFINITY";
+    pub const AFFINITY_BACKENDS: &str = "AFFINITY_BACKENDS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const LB_CONFIG: &str = "LB_CONFIG";
+    pub const ALL: &[&str] = &[
+        ENDPOINTS,
+        ROUTES,
+        COUNTERS,
+        FRONTENDS,
+        BACKENDS,
+        MAGLEV,
+        AFFINITY,
+        AFFINITY_BACKENDS,
+        CONNTRACK,
+        LB_CONFIG,
+    ];
 }
 
 /// Names of the programs in the eBPF object.
@@ -35,6 +55,24 @@ pub mod program_names {
 pub mod capacity {
     pub const ENDPOINTS: u32 = 16_384;
     pub const ROUTES: u32 = 16_384;
+    /// Service frontends (address, port, protocol).
+    pub const FRONTENDS: u32 = 65_536;
+    /// Backend slots of all services together.
+    pub const BACKENDS: u32 = 1 << 20;
+    /// Maglev tables (services asking for Maglev; each change needs a spare while it swaps).
+    pub const MAGLEV_TABLES: u32 = 256;
+    /// Session affinity entries (clients of services with sessionAffinity ClientIP).
+    pub const AFFINITY: u32 = 65_536;
+    /// Backends of services with session affinity.
+    pub const AFFINITY_BACKENDS: u32 = 65_536;
+    /// Conntrack entries (two per translated flow).
+    pub const CONNTRACK: u32 = 262_144;
+}
+
+/// Names of the globals the agent sets when it loads the programs.
+pub mod global_names {
+    /// Entries per Maglev table (u32).
+    pub const MAGLEV_TABLE_SIZE: &str = "MAGLEV_TABLE_SIZE";
 }
 
 #[cfg(feature = "user")]
@@ -46,4 +84,14 @@ mod pod_impls {
     unsafe impl aya::Pod for endpoint::Endpoint {}
     unsafe impl aya::Pod for route::Route {}
     unsafe impl aya::Pod for counters::CounterValue {}
+    unsafe impl aya::Pod for lb::FrontendKey {}
+    unsafe impl aya::Pod for lb::Frontend {}
+    unsafe impl aya::Pod for lb::Backend {}
+    unsafe impl aya::Pod for lb::MaglevRow {}
+    unsafe impl aya::Pod for lb::AffinityKey {}
+    unsafe impl aya::Pod for lb::Affinity {}
+    unsafe impl aya::Pod for lb::AffinityBackendKey {}
+    unsafe impl aya::Pod for lb::LbConfig {}
+    unsafe impl aya::Pod for conntrack::CtKey {}
+    unsafe impl aya::Pod for conntrack::CtEntry {}
 }

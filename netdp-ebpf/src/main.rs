@@ -7,13 +7,18 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod counters;
 mod csum;
 mod endpoint;
 mod forward;
+mod icmp;
+mod lb;
 mod maps;
+mod nat;
 mod parse;
 mod route;
+mod service;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use netdp_common::counters::Program;

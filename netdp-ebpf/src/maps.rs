@@ -1,12 +1,18 @@
 //! The maps, sized by the defaults in netdp-common; the agent can resize them at load time.
 use aya_ebpf::{
-    btf_maps::{HashMap, LpmTrie, PerCpuArray},
+    Global,
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use netdp_common::{
     Ipv4,
+    conntrack::{CtEntry, CtKey},
     counters::{CounterValue, SLOTS},
     endpoint::{Endpoint, EndpointKey},
+    lb::{
+        Affinity, AffinityBackendKey, AffinityKey, Backend, Frontend, FrontendKey, LbConfig,
+        MAGLEV_TABLE_SIZE as DEFAULT_MAGLEV_TABLE_SIZE, MaglevRow, maglev_rows,
+    },
     route::Route,
 };
 
@@ -18,3 +24,30 @@ pub static ROUTES: LpmTrie<Ipv4, Route, 16384> = LpmTrie::new();
 
 #[btf_map]
 pub static COUNTERS: PerCpuArray<CounterValue, { SLOTS as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static FRONTENDS: HashMap<FrontendKey, Frontend, 65536> = HashMap::new();
+
+#[btf_map]
+pub static BACKENDS: Array<Backend, { 1 << 20 }> = Array::new();
+
+#[btf_map]
+pub static MAGLEV: Array<MaglevRow, { 256 * maglev_rows(DEFAULT_MAGLEV_TABLE_SIZE) as usize }> =
+    Array::new();
+
+#[btf_map]
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity, 65536> = LruHashMap::new();
+
+/// Value: the backend's flags.
+#[btf_map]
+pub static AFFINITY_BACKENDS: HashMap<AffinityBackendKey, u32, 65536> = HashMap::new();
+
+#[btf_map]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
+
+#[btf_map]
+pub static LB_CONFIG: Array<LbConfig, 1> = Array::new();
+
+/// Entries per Maglev table; the agent sets it at load time.
+#[unsafe(no_mangle)]
+pub static MAGLEV_TABLE_SIZE: Global<u32> = Global::new(DEFAULT_MAGLEV_TABLE_SIZE);

@@ -3,6 +3,20 @@ use aya_ebpf::programs::TcContext;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Offsets of IPv4 header fields from the start of the frame.
+pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+pub const IP_SADDR_OFF: usize = ETH_HLEN + 12;
+pub const IP_DADDR_OFF: usize = ETH_HLEN + 16;
+
+/// TCP flags (byte 13 of the header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -26,6 +40,33 @@ pub struct Ipv4Hdr {
     pub daddr: [u8; 4],
 }
 
+/// The first 14 bytes of a TCP header: ports, sequence numbers, offset and flags.
+#[repr(C)]
+pub struct TcpHdr {
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub doff: u8,
+    pub flags: u8,
+}
+
+#[repr(C)]
+pub struct UdpHdr {
+    pub sport: u16,
+    pub dport: u16,
+    pub len: u16,
+    pub check: u16,
+}
+
+#[repr(C)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: u16,
+    pub rest: u32,
+}
+
 /// A pointer to a `T` at `offset` in the packet, if the packet is long enough.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
@@ -35,6 +76,37 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
         return None;
     }
     Some((start + offset) as *mut T)
+}
+
+/// `N` bytes of the packet from `offset`, wherever they sit (bpf_skb_load_bytes with a
+/// constant length, which the verifier wants).
+#[inline(always)]
+pub fn load<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u8; N]> {
+    let mut buf = [0u8; N];
+    // SAFETY: the helper writes at most N bytes into buf.
+    let ret = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            offset as u32,
+            buf.as_mut_ptr() as *mut _,
+            N as u32,
+        )
+    };
+    (ret == 0).then_some(buf)
+}
+
+/// Headers up to the transport ports, with IP options: what has to be in the linear part
+/// of the packet for the programs to read it directly.
+const HEADERS_MAX: usize = ETH_HLEN + 60 + 20;
+
+/// Makes sure the headers are in the packet's linear data (a no-op for nearly every packet).
+#[inline(always)]
+pub fn pull_headers(ctx: &TcContext) {
+    let linear = ctx.data_end() - ctx.data();
+    let len = ctx.len() as usize;
+    if linear < HEADERS_MAX && linear < len {
+        let _ = ctx.pull_data(len.min(HEADERS_MAX) as u32);
+    }
 }
 
 /// The Ethernet and IPv4 headers of an IPv4 frame.
@@ -82,4 +154,88 @@ pub fn ipv4(ctx: &TcContext) -> Parsed {
         return Parsed::Malformed;
     }
     Parsed::Ipv4(Ipv4Frame { eth, ip })
+}
+
+/// The transport header, as far as services need it.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    pub proto: u8,
+    /// Offset of the transport header in the frame.
+    pub off: usize,
+    /// Network byte order (TCP and UDP).
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+pub enum Transport {
+    /// TCP or UDP, unfragmented.
+    Ports(L4),
+    /// An ICMP error (destination unreachable, time exceeded, parameter problem); `off` is
+    /// where the ICMP header starts.
+    IcmpError(L4),
+    /// Anything else: other protocols, ICMP queries, fragments, short headers.
+    Other,
+}
+
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+
+/// Reads the transport header of a parsed IPv4 frame.
+#[inline(always)]
+pub fn transport(ctx: &TcContext, frame: &Ipv4Frame) -> Transport {
+    // SAFETY: the IP header was bounds checked by the parser.
+    let (vihl, frag, proto) = unsafe {
+        (
+            (*frame.ip).version_ihl,
+            u16::from_be((*frame.ip).frag_off),
+            (*frame.ip).protocol,
+        )
+    };
+    // Fragments carry no ports past the first one; services leave them to the kernel.
+    if frag & (IP_MF | IP_OFFSET) != 0 {
+        return Transport::Other;
+    }
+    let off = ETH_HLEN + ((vihl & 0x0f) as usize) * 4;
+    match proto {
+        IPPROTO_TCP => match ptr_at::<TcpHdr>(ctx, off) {
+            // SAFETY: bounds checked by ptr_at.
+            Some(t) => unsafe {
+                Transport::Ports(L4 {
+                    proto,
+                    off,
+                    sport: (*t).sport,
+                    dport: (*t).dport,
+                    tcp_flags: (*t).flags,
+                })
+            },
+            None => Transport::Other,
+        },
+        IPPROTO_UDP => match ptr_at::<UdpHdr>(ctx, off) {
+            // SAFETY: bounds checked by ptr_at.
+            Some(u) => unsafe {
+                Transport::Ports(L4 {
+                    proto,
+                    off,
+                    sport: (*u).sport,
+                    dport: (*u).dport,
+                    tcp_flags: 0,
+                })
+            },
+            None => Transport::Other,
+        },
+        IPPROTO_ICMP => match ptr_at::<IcmpHdr>(ctx, off) {
+            // SAFETY: bounds checked by ptr_at.
+            Some(i) if matches!(unsafe { (*i).kind }, 3 | 11 | 12) => Transport::IcmpError(L4 {
+                proto,
+                off,
+                sport: 0,
+                dport: 0,
+                tcp_flags: 0,
+            }),
+            _ => Transport::Other,
+        },
+        _ => Transport::Other,
+    }
 }

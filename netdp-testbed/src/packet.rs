@@ -46,6 +46,8 @@ pub struct PacketSpec {
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
+    /// TCP flags (SYN by default).
+    pub tcp_flags: u8,
     pub payload: Vec<u8>,
 }
 
@@ -60,6 +62,7 @@ impl Default for PacketSpec {
             proto: IPPROTO_UDP,
             sport: 40000,
             dport: 8080,
+            tcp_flags: 0x02,
             payload: b"hello netdp".to_vec(),
         }
     }
@@ -87,7 +90,7 @@ impl PacketSpec {
                 t.extend_from_slice(&self.dport.to_be_bytes());
                 t.extend_from_slice(&1000u32.to_be_bytes()); // seq
                 t.extend_from_slice(&0u32.to_be_bytes()); // ack
-                t.extend_from_slice(&[0x50, 0x02]); // data offset 5, SYN
+                t.extend_from_slice(&[0x50, self.tcp_flags]); // data offset 5
                 t.extend_from_slice(&65535u16.to_be_bytes());
                 t.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
                 t.extend_from_slice(&self.payload);
@@ -132,6 +135,60 @@ impl PacketSpec {
         frame.extend_from_slice(&l4);
         frame
     }
+}
+
+/// An ICMP error (`kind`, `code`) from `src` to `dst` quoting the IP header and first 8
+/// payload bytes of `quoted` (an Ethernet frame), with valid checksums.
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: u8,
+    code: u8,
+    rest: u32,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let ihl = ((quoted[14] & 0x0f) as usize) * 4;
+    let quote = &quoted[14..(14 + ihl + 8).min(quoted.len())];
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    let c = checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let total = 20 + icmp.len();
+    let mut ip = vec![
+        0x45,
+        0xc0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0,
+        0,
+        64,
+        IPPROTO_ICMP,
+        0,
+        0,
+    ];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut frame = Vec::with_capacity(14 + total);
+    frame.extend_from_slice(&quoted[6..12]);
+    frame.extend_from_slice(&quoted[0..6]);
+    frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&icmp);
+    frame
+}
+
+/// Source and destination port of the TCP/UDP packet in `frame` (no IP options).
+pub fn ports(frame: &[u8]) -> (u16, u16) {
+    let off = 14 + ((frame[14] & 0x0f) as usize) * 4;
+    (
+        u16::from_be_bytes([frame[off], frame[off + 1]]),
+        u16::from_be_bytes([frame[off + 2], frame[off + 3]]),
+    )
 }
 
 /// A parsed view of an Ethernet + IPv4 frame, for assertions.

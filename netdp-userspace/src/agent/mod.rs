@@ -168,6 +168,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let sizes = MapSizes {
         endpoints: args.endpoint_map_size,
         routes: args.route_map_size,
+        ..Default::default()
     };
     let mut dp = Dataplane::load(Some(&pins), &sizes)?;
     let installed = dp.install(&pins, &link.name)?;

@@ -1,9 +1,14 @@
 //! Loading, pinning and attaching netdp's programs, and typed access to their maps.
 //!
 //! Module names follow the eBPF side: `endpoint` programs ENDPOINTS, `route` programs
-//! ROUTES, `counters` reads COUNTERS.
+//! ROUTES, `counters` reads COUNTERS, `lb` programs the service maps (FRONTENDS, BACKENDS,
+//! MAGLEV, AFFINITY_BACKENDS, LB_CONFIG) with `maglev` computing the tables, and
+//! `conntrack` reads and garbage-collects CONNTRACK.
+pub mod conntrack;
 pub mod counters;
 pub mod endpoint;
+pub mod lb;
+pub mod maglev;
 pub mod pins;
 pub mod route;
 
@@ -18,7 +23,7 @@ use aya::{
     },
 };
 use log::{info, warn};
-use netdp_common::{capacity, map_names, program_names};
+use netdp_common::{capacity, global_names, lb::maglev_rows, map_names, program_names};
 
 pub use pins::{Hook, Pins};
 
@@ -32,6 +37,15 @@ pub fn object() -> &'static [u8] {
 pub struct MapSizes {
     pub endpoints: u32,
     pub routes: u32,
+    pub frontends: u32,
+    pub backends: u32,
+    /// Number of Maglev tables.
+    pub maglev_tables: u32,
+    /// Entries per Maglev table (a prime).
+    pub maglev_table_size: u32,
+    pub affinity: u32,
+    pub affinity_backends: u32,
+    pub conntrack: u32,
 }
 
 impl Default for MapSizes {
@@ -39,7 +53,37 @@ impl Default for MapSizes {
         MapSizes {
             endpoints: capacity::ENDPOINTS,
             routes: capacity::ROUTES,
+            frontends: capacity::FRONTENDS,
+            backends: capacity::BACKENDS,
+            maglev_tables: capacity::MAGLEV_TABLES,
+            maglev_table_size: netdp_common::lb::MAGLEV_TABLE_SIZE,
+            affinity: capacity::AFFINITY,
+            affinity_backends: capacity::AFFINITY_BACKENDS,
+            conntrack: capacity::CONNTRACK,
         }
+    }
+}
+
+impl MapSizes {
+    /// MAGLEV array elements: every table, each rounded up to whole rows.
+    pub fn maglev_rows(&self) -> u32 {
+        self.maglev_tables
+            .saturating_mul(maglev_rows(self.maglev_table_size))
+            .max(1)
+    }
+
+    fn by_map(&self) -> [(&'static str, u32); 9] {
+        [
+            (map_names::ENDPOINTS, self.endpoints),
+            (map_names::ROUTES, self.routes),
+            (map_names::FRONTENDS, self.frontends),
+            (map_names::BACKENDS, self.backends),
+            (map_names::MAGLEV, self.maglev_rows()),
+            (map_names::AFFINITY, self.affinity),
+            (map_names::AFFINITY_BACKENDS, self.affinity_backends),
+            (map_names::CONNTRACK, self.conntrack),
+            (map_names::LB_CONFIG, 1),
+        ]
     }
 }
 
@@ -77,9 +121,14 @@ impl Dataplane {
                 loader.map_pin_path(name, pins.map(name));
             }
         }
-        loader
-            .map_max_entries(map_names::ENDPOINTS, sizes.endpoints)
-            .map_max_entries(map_names::ROUTES, sizes.routes);
+        for (name, size) in sizes.by_map() {
+            loader.map_max_entries(name, size);
+        }
+        loader.override_global(
+            global_names::MAGLEV_TABLE_SIZE,
+            &sizes.maglev_table_size,
+            true,
+        );
         let mut ebpf = loader
             .load(object())
             .context("loading netdp's eBPF object")?;
@@ -195,13 +244,10 @@ pub fn attach_and_pin(
 }
 
 fn check_pinned_sizes(ebpf: &Ebpf, pins: &Pins, sizes: &MapSizes) {
-    for (name, want) in [
-        (map_names::ENDPOINTS, sizes.endpoints),
-        (map_names::ROUTES, sizes.routes),
-    ] {
+    for (name, want) in sizes.by_map() {
         let Some(map) = ebpf.map(name) else { continue };
         let data: &MapData = match map {
-            Map::HashMap(d) | Map::LpmTrie(d) => d,
+            Map::HashMap(d) | Map::LruHashMap(d) | Map::LpmTrie(d) | Map::Array(d) => d,
             _ => continue,
         };
         if let Ok(info) = data.info() {
