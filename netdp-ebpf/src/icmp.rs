@@ -20,6 +20,9 @@ use crate::{
 
 /// Original IP header plus the first 8 bytes of its payload, quoted in the error.
 const QUOTE: usize = 28;
+/// A TCP segment whose checksum the kernel is still to fill in (CHECKSUM_PARTIAL, as pods
+/// send them) cannot be cut before that checksum: its quote goes 10 bytes further.
+const QUOTE_PARTIAL: usize = 38;
 
 /// The RFC 1071 sum of `words`, folded and complemented.
 #[inline(always)]
@@ -65,15 +68,22 @@ fn build_reject(ctx: &TcContext, l4: &L4) -> Result<(), ()> {
     }
     let head = load::<{ ETH_HLEN + QUOTE }>(ctx, 0).ok_or(())?;
     let len = ctx.len() as usize;
-    if len < ETH_HLEN + QUOTE {
-        return Err(());
-    }
+    let mut quote = QUOTE;
     if len > ETH_HLEN + QUOTE {
-        // SAFETY: plain helper call on our skb.
-        if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + QUOTE) as u32, 0) } != 0 {
-            return Err(());
+        // SAFETY: plain helper calls on our skb.
+        let cut = |to: usize| unsafe { bpf_skb_change_tail(ctx.skb.skb, to as u32, 0) } == 0;
+        if !cut(ETH_HLEN + QUOTE) {
+            if len < ETH_HLEN + QUOTE_PARTIAL || !cut(ETH_HLEN + QUOTE_PARTIAL) {
+                return Err(());
+            }
+            quote = QUOTE_PARTIAL;
         }
     }
+    let extra = if quote == QUOTE_PARTIAL {
+        load::<{ QUOTE_PARTIAL - QUOTE }>(ctx, ETH_HLEN + QUOTE).ok_or(())?
+    } else {
+        [0; QUOTE_PARTIAL - QUOTE]
+    };
     ctx.adjust_room(28, BPF_ADJ_ROOM_NET, 0).map_err(|_| ())?;
 
     let mut out = Reject {
@@ -87,7 +97,7 @@ fn build_reject(ctx: &TcContext, l4: &L4) -> Result<(), ()> {
     out.eth[12..14].copy_from_slice(&head[12..14]);
     let q = &head[ETH_HLEN..];
     let word = |i: usize| u16::from_ne_bytes([q[i], q[i + 1]]);
-    let total = (20 + 8 + QUOTE) as u16;
+    let total = (20 + 8 + quote) as u16;
     out.ip[0] = u16::from_ne_bytes([0x45, 0xc0]);
     out.ip[1] = total.to_be();
     out.ip[4] = u16::from_ne_bytes([64, IPPROTO_ICMP]);
@@ -102,9 +112,27 @@ fn build_reject(ctx: &TcContext, l4: &L4) -> Result<(), ()> {
     for i in 0..QUOTE / 2 {
         out.icmp_quote[4 + i] = word(2 * i);
     }
-    out.icmp_quote[1] = checksum(&out.icmp_quote);
+    let mut extra_words = [0u16; (QUOTE_PARTIAL - QUOTE) / 2];
+    for (i, w) in extra_words.iter_mut().enumerate() {
+        *w = u16::from_ne_bytes([extra[2 * i], extra[2 * i + 1]]);
+    }
+    // The checksum over both parts: complement of the sum of the complements' sum.
+    let a = !checksum(&out.icmp_quote) as u32;
+    let b = if quote == QUOTE_PARTIAL {
+        !checksum(&extra_words) as u32
+    } else {
+        0
+    };
+    let mut sum = a + b;
+    sum = (sum & 0xffff) + (sum >> 16);
+    out.icmp_quote[1] = !(sum as u16);
     ctx.store(0, &out, 0).map_err(|_| ())?;
-    // A fresh packet with full checksums: whatever offload state the original had is void.
+    if quote == QUOTE_PARTIAL {
+        ctx.store(core::mem::size_of::<Reject>(), &extra, 0)
+            .map_err(|_| ())?;
+    }
+    // A fresh packet with full checksums: a "checksum verified" mark the original had is
+    // void.
     // SAFETY: plain helper call on our skb.
     unsafe { bpf_csum_level(ctx.skb.skb, BPF_CSUM_LEVEL_RESET as u64) };
     Ok(())

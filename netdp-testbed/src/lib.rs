@@ -6,6 +6,7 @@ pub mod etcd;
 pub mod netns;
 pub mod packet;
 pub mod process;
+pub mod services;
 pub mod testbed;
 pub mod traffic;
 

@@ -1,4 +1,7 @@
-//! The `netdp` command line: the agent plus read-only views of etcd and the maps.
+//! The `netdp` command line: the agent plus read-only views of etcd and the maps, and
+//! the services in etcd.
+mod services;
+
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Result, anyhow};
@@ -43,6 +46,15 @@ pub enum Command {
     /// The network config in etcd.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Kubernetes services in etcd: apply, list, get, delete.
+    #[command(subcommand)]
+    Service(services::ServiceCmd),
+    /// Service frontends and backends, as the dataplane balances them.
+    #[command(subcommand)]
+    Lb(services::LbCmd),
+    /// Translated flows, as the dataplane tracks them.
+    #[command(subcommand)]
+    Conntrack(services::ConntrackCmd),
     /// Remove a node's dataplane: detach its programs and delete its pinned maps.
     Teardown(NodeArgs),
 }
@@ -105,7 +117,7 @@ pub enum NetworkCmd {
     },
 }
 
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -302,11 +314,23 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Service(cmd) => services::service(cmd).await,
+        Command::Lb(cmd) => services::lb(cmd),
+        Command::Conntrack(cmd) => services::conntrack(cmd),
         Command::Teardown(args) => {
             let pins = args.pins()?;
             pins.remove_all()?;
             println!("removed {}", pins.dir().display());
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn flags_are_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

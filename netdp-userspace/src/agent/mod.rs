@@ -18,8 +18,11 @@ use crate::{
     config::{Backend, NetworkConfig},
     dataplane::{
         Dataplane, MapSizes, Pins,
+        conntrack::ConntrackMap,
+        lb::{Lb, LbMaps},
         route::{RouteMap, Underlay},
     },
+    service::{NodeInfo, ServiceStore},
     etcd::EtcdArgs,
     lease::{self, Lease, LeaseAttrs, LeaseOptions, PeerLease, Registry},
     netlink::Netlink,
@@ -30,6 +33,7 @@ use crate::{
 mod gateway;
 mod leases;
 mod routes;
+pub mod services;
 
 pub use gateway::GATEWAY_DEV;
 use gateway::ensure_gateway;
@@ -75,6 +79,8 @@ pub struct AgentArgs {
     /// How often to re-check next-hop MACs and the network config.
     #[arg(long = "resync-interval", value_parser = parse_duration, default_value = "5s")]
     pub resync_interval: Duration,
+    #[command(flatten)]
+    pub services: services::ServiceArgs,
 }
 
 impl AgentArgs {
@@ -84,6 +90,34 @@ impl AgentArgs {
             renew_margin: self.renew_margin,
             retry_interval: self.retry_interval,
         }
+    }
+}
+
+/// The node's address in its own pod subnet (the pods' gateway).
+fn gateway_ip(lease: &Lease) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(lease.subnet.network()) + 1)
+}
+
+/// Who this node is for services: its name, the addresses node ports listen on (its
+/// underlay addresses and its gateway address), its pod subnet.
+async fn node_info(nl: &Netlink, node: &str, underlay: &Underlay, lease: &Lease) -> NodeInfo {
+    let mut addresses: Vec<Ipv4Addr> = nl
+        .ipv4_addrs(underlay.link.index)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|a| a.ip())
+        .collect();
+    if !addresses.contains(&underlay.addr.ip()) {
+        addresses.push(underlay.addr.ip());
+    }
+    addresses.push(gateway_ip(lease));
+    addresses.sort();
+    addresses.dedup();
+    NodeInfo {
+        name: node.to_string(),
+        addresses,
+        subnet: lease.subnet,
     }
 }
 
@@ -165,11 +199,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     );
     write_subnet_file(&args, &config, &lease, link.mtu)?;
 
-    let sizes = MapSizes {
+    let mut sizes = MapSizes {
         endpoints: args.endpoint_map_size,
         routes: args.route_map_size,
         ..Default::default()
     };
+    args.services.map_sizes(&mut sizes);
     let mut dp = Dataplane::load(Some(&pins), &sizes)?;
     let installed = dp.install(&pins, &link.name)?;
     info!(
@@ -186,6 +221,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     );
     let routes = RouteMap::from_map(dp.take_map(netdp_common::map_names::ROUTES)?)?;
     ensure_gateway(&nl, &lease).await?;
+
+    let mut lb = Lb::new(LbMaps::take(&mut dp)?, sizes.maglev_table_size)?;
+    lb.set_config(gateway_ip(&lease), services::netns_cookie())?;
+    let conntrack = ConntrackMap::from_map(dp.take_map(netdp_common::map_names::CONNTRACK)?)?;
+    let mut store = ServiceStore::new(registry.client.clone(), &args.services.service_prefix);
+    let this_node = node_info(&nl, &node, &underlay, &lease).await;
+    let (mut services, service_rev) =
+        services::Services::start(&mut store, lb, conntrack, this_node).await?;
 
     let (leases, revision) = registry.leases().await?;
     let mut state = State {
@@ -210,6 +253,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         revision,
         tx,
     ));
+    let (tx, mut service_updates) = mpsc::channel(256);
+    tokio::spawn(services::watch_services(
+        registry.client.clone(),
+        store.prefix().to_string(),
+        service_rev,
+        tx,
+    ));
+    let mut gc = tokio::time::interval(args.services.gc_interval);
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut next_renew = Instant::now() + opts.renew_every();
@@ -238,12 +289,25 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                     }
                 };
             }
+            Some(update) = service_updates.recv() => {
+                // Whatever else has arrived goes in the same batch.
+                let mut batch = vec![update];
+                while let Ok(u) = service_updates.try_recv() {
+                    batch.push(u);
+                }
+                services.apply(batch);
+            }
             _ = resync.tick() => {
                 check_config(&mut registry, &mut state).await;
                 if let Err(e) = state.sync_routes().await {
                     error!("programming routes: {e:#}");
                 }
+                services.set_node(node_info(&state.nl, &node, &state.underlay, &state.lease).await);
+                if let Err(e) = services.lb_mut().set_config(gateway_ip(&state.lease), services::netns_cookie()) {
+                    error!("{e:#}");
+                }
             }
+            _ = gc.tick() => services.gc(),
         }
     }
     info!("stopping; the dataplane stays in place for the next agent");

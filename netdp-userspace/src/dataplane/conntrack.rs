@@ -101,7 +101,11 @@ impl ConntrackMap {
 
     /// Removes the UDP flows to backends that are gone (a datagram flow has no end of its
     /// own; kube-proxy clears them the same way). TCP flows are left to finish.
-    pub fn purge_udp_backends(&mut self, gone: &std::collections::HashSet<[u8; 4]>) -> usize {
+    pub fn purge_udp_backends(
+        &mut self,
+        service_id: u32,
+        gone: &std::collections::HashSet<[u8; 4]>,
+    ) -> usize {
         if gone.is_empty() {
             return 0;
         }
@@ -111,6 +115,7 @@ impl ConntrackMap {
             .filter_map(|r| r.ok())
             .filter(|(k, e)| {
                 k.proto == 17
+                    && e.service_id == service_id
                     && ((e.flags & flags::REPLY == 0 && gone.contains(&e.nat_daddr))
                         || (e.flags & flags::REPLY != 0 && gone.contains(&k.saddr)))
             })

@@ -146,6 +146,11 @@ impl Lb {
         self.services.is_empty()
     }
 
+    /// The number a programmed service goes by in the maps.
+    pub fn service_id(&self, name: &str) -> Option<u32> {
+        self.services.get(name).map(|p| p.id)
+    }
+
     /// BACKENDS slots in use and available.
     pub fn backend_slots(&self) -> (u64, u32) {
         (self.ranges.in_use(), self.ranges.capacity())

@@ -1,0 +1,343 @@
+//! The agent's service loop: services in etcd become this node's load-balancing maps.
+//!
+//! At start the whole prefix is read at one revision (page by page) and programmed, taking
+//! over whatever a previous agent left in the maps; then a watch streams changes from that
+//! revision on, resuming after breaks and re-listing after compaction, exactly as the lease
+//! watch does. Changes that arrive together are programmed together. A service that does
+//! not parse is skipped with one log line; the others are unaffected.
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use etcd_client::Client;
+use log::{info, warn};
+use netdp_common::capacity;
+use tokio::sync::mpsc;
+
+use crate::{
+    dataplane::{
+        MapSizes,
+        conntrack::ConntrackMap,
+        lb::{Lb, ServicePlan},
+        maglev::is_prime,
+    },
+    etcd::watch::{Change, Kv, PrefixWatch, Update},
+    service::{self, NodeInfo, ServiceDef, ServiceStore, store::parse_key},
+    util::parse_duration,
+};
+
+fn parse_prime(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !is_prime(n) || n < 1021 {
+        return Err(format!(
+            "{n} is not a prime of at least 1021 (Maglev needs a prime table size, e.g. 16381 or 65537)"
+        ));
+    }
+    Ok(n)
+}
+
+/// The agent's service flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServiceArgs {
+    /// etcd prefix of the services (one key per service, `<prefix><namespace>/<name>`).
+    #[arg(
+        long = "service-prefix",
+        default_value = service::DEFAULT_PREFIX,
+        env = "NETDP_SERVICE_PREFIX"
+    )]
+    pub service_prefix: String,
+    /// Capacity of the frontend map (service address, port, protocol combinations).
+    #[arg(long = "lb-frontend-map-size", default_value_t = capacity::FRONTENDS)]
+    pub frontends: u32,
+    /// Capacity of the backend map (endpoint slots of all services together).
+    #[arg(long = "lb-backend-map-size", default_value_t = capacity::BACKENDS)]
+    pub backends: u32,
+    /// Number of Maglev tables (services using Maglev, plus spares for updates).
+    #[arg(long = "maglev-tables", default_value_t = capacity::MAGLEV_TABLES)]
+    pub maglev_tables: u32,
+    /// Entries per Maglev table (a prime).
+    #[arg(long = "maglev-table-size", default_value_t = netdp_common::lb::MAGLEV_TABLE_SIZE, value_parser = parse_prime)]
+    pub maglev_table_size: u32,
+    /// Capacity of the session affinity map.
+    #[arg(long = "affinity-map-size", default_value_t = capacity::AFFINITY)]
+    pub affinity: u32,
+    /// Capacity of the conntrack map (two entries per translated flow).
+    #[arg(long = "conntrack-map-size", default_value_t = capacity::CONNTRACK)]
+    pub conntrack: u32,
+    /// How often expired conntrack entries are reclaimed.
+    #[arg(long = "conntrack-gc-interval", value_parser = parse_duration, default_value = "30s")]
+    pub gc_interval: Duration,
+}
+
+impl ServiceArgs {
+    pub fn map_sizes(&self, sizes: &mut MapSizes) {
+        sizes.frontends = self.frontends;
+        sizes.backends = self.backends;
+        sizes.maglev_tables = self.maglev_tables;
+        sizes.maglev_table_size = self.maglev_table_size;
+        sizes.affinity = self.affinity;
+        sizes.affinity_backends = self.affinity;
+        sizes.conntrack = self.conntrack;
+    }
+}
+
+/// The services of the cluster as this node programs them.
+pub struct Services {
+    lb: Lb,
+    conntrack: ConntrackMap,
+    node: NodeInfo,
+    prefix: String,
+    defs: HashMap<String, ServiceDef>,
+    /// Invalid values already reported: (key, mod revision).
+    reported: HashSet<(String, i64)>,
+}
+
+impl Services {
+    /// Reads every service and programs them, adopting what is already in the maps.
+    /// Returns the revision to watch from.
+    pub async fn start(
+        store: &mut ServiceStore,
+        lb: Lb,
+        conntrack: ConntrackMap,
+        node: NodeInfo,
+    ) -> Result<(Self, i64)> {
+        let started = Instant::now();
+        let (kvs, revision) = service::store::ServiceStore::list(store).await?;
+        let listed = started.elapsed();
+        let mut s = Services {
+            lb,
+            conntrack,
+            node,
+            prefix: store.prefix().to_string(),
+            defs: HashMap::new(),
+            reported: HashSet::new(),
+        };
+        for (key, value) in kvs {
+            if let Some((id, def)) = s.decode(&key, &value, 0) {
+                s.defs.insert(id, def);
+            }
+        }
+        let plans: Vec<(String, ServicePlan)> = s
+            .defs
+            .iter()
+            .filter_map(|(id, d)| service::plan(d, &s.node).map(|p| (id.clone(), p)))
+            .collect();
+        let stats = s.lb.adopt(plans);
+        info!("read {} services from etcd in {listed:.1?}", s.defs.len());
+        s.lb.log_stats("programmed", &stats, started.elapsed());
+        Ok((s, revision))
+    }
+
+    pub fn lb_mut(&mut self) -> &mut Lb {
+        &mut self.lb
+    }
+
+    /// The valid service at `key`, or `None` (reported once per revision) if it is not one.
+    fn decode(&mut self, key: &str, value: &[u8], rev: i64) -> Option<(String, ServiceDef)> {
+        let Some(id) = parse_key(&self.prefix, key) else {
+            if self.reported.insert((key.to_string(), rev)) {
+                warn!("skipping {key}: not a <namespace>/<name> key under {}", self.prefix);
+            }
+            return None;
+        };
+        let result = service::decode(value).and_then(|def| {
+            if def.id() == id {
+                Ok(def)
+            } else {
+                Err(format!(
+                    "metadata says {} but the key says {id}",
+                    def.id()
+                ))
+            }
+        });
+        match result {
+            Ok(def) => Some((id.to_string(), def)),
+            Err(e) => {
+                if self.reported.insert((key.to_string(), rev)) {
+                    warn!("skipping invalid service {key} (revision {rev}): {e}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Applies watch output, all of it in one batch.
+    pub fn apply(&mut self, updates: Vec<Update>) {
+        let started = Instant::now();
+        let mut changed: HashMap<String, Option<ServiceDef>> = HashMap::new();
+        for update in updates {
+            match update {
+                Update::Changes(changes) => {
+                    for c in changes {
+                        match c {
+                            Change::Put(Kv {
+                                key,
+                                value,
+                                mod_revision,
+                                ..
+                            }) => {
+                                let key = String::from_utf8_lossy(&key).into_owned();
+                                match self.decode(&key, &value, mod_revision) {
+                                    Some((id, def)) => {
+                                        changed.insert(id, Some(def));
+                                    }
+                                    None => {
+                                        // Overwritten with something invalid: no longer served.
+                                        if let Some(id) = parse_key(&self.prefix, &key) {
+                                            changed.insert(id.to_string(), None);
+                                        }
+                                    }
+                                }
+                            }
+                            Change::Delete(key) => {
+                                let key = String::from_utf8_lossy(&key).into_owned();
+                                if let Some(id) = parse_key(&self.prefix, &key) {
+                                    changed.insert(id.to_string(), None);
+                                }
+                            }
+                        }
+                    }
+                }
+                Update::Resync(kvs) => {
+                    changed = self.defs.keys().map(|id| (id.clone(), None)).collect();
+                    for kv in kvs {
+                        let key = String::from_utf8_lossy(&kv.key).into_owned();
+                        if let Some((id, def)) = self.decode(&key, &kv.value, kv.mod_revision) {
+                            changed.insert(id, Some(def));
+                        }
+                    }
+                }
+            }
+        }
+        let mut gone_udp: HashMap<String, HashSet<[u8; 4]>> = HashMap::new();
+        let mut batch = Vec::with_capacity(changed.len());
+        for (id, def) in changed {
+            let old = match &def {
+                Some(d) => self.defs.insert(id.clone(), d.clone()),
+                None => self.defs.remove(&id),
+            };
+            if old.is_none() && def.is_none() {
+                continue;
+            }
+            if let Some(o) = &old {
+                if o.ports.iter().any(|p| p.proto == service::validate::IPPROTO_UDP) {
+                    let keep: HashSet<Ipv4Addr> = def
+                        .iter()
+                        .flat_map(|d| d.ready_endpoints().map(|e| e.ip))
+                        .collect();
+                    let gone: HashSet<[u8; 4]> = o
+                        .ready_endpoints()
+                        .map(|e| e.ip)
+                        .filter(|ip| !keep.contains(ip))
+                        .map(|ip| ip.octets())
+                        .collect();
+                    if !gone.is_empty() {
+                        gone_udp.insert(id.clone(), gone);
+                    }
+                }
+            }
+            let plan = def.as_ref().and_then(|d| service::plan(d, &self.node));
+            batch.push((id, plan));
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let ids: HashMap<String, u32> = gone_udp
+            .keys()
+            .filter_map(|id| self.lb.service_id(id).map(|n| (id.clone(), n)))
+            .collect();
+        let stats = self.lb.apply(batch);
+        self.lb.log_stats("updated", &stats, started.elapsed());
+        for (id, gone) in gone_udp {
+            if let Some(sid) = ids.get(&id) {
+                let n = self.conntrack.purge_udp_backends(*sid, &gone);
+                if n > 0 {
+                    info!("service {id}: dropped {n} UDP conntrack entries of removed endpoints");
+                }
+            }
+        }
+    }
+
+    /// Reprograms every service if the node's addresses or subnet changed.
+    pub fn set_node(&mut self, node: NodeInfo) {
+        if node == self.node {
+            return;
+        }
+        info!(
+            "node addresses now {:?} (subnet {}): reprogramming services",
+            node.addresses, node.subnet
+        );
+        self.node = node;
+        let started = Instant::now();
+        let batch = self
+            .defs
+            .iter()
+            .map(|(id, d)| (id.clone(), service::plan(d, &self.node)))
+            .collect();
+        let stats = self.lb.apply(batch);
+        self.lb.log_stats("reprogrammed", &stats, started.elapsed());
+    }
+
+    /// Reclaims expired conntrack entries.
+    pub fn gc(&mut self) {
+        let n = self.conntrack.gc();
+        if n > 0 {
+            log::debug!("conntrack: reclaimed {n} expired entries");
+        }
+    }
+}
+
+/// Streams service changes to the agent; a broken watch resumes where it left off.
+pub async fn watch_services(
+    mut client: Client,
+    prefix: String,
+    revision: i64,
+    tx: mpsc::Sender<Update>,
+) {
+    let mut watch = PrefixWatch::new("service", revision);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match watch.next(&mut client, &prefix).await {
+            Ok(update) => {
+                backoff = Duration::from_millis(200);
+                if tx.send(update).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(
+                    "{e:#}; resuming after revision {} in {backoff:?}",
+                    watch.revision()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The cookie of the network namespace the agent runs in (SO_NETNS_COOKIE).
+pub fn netns_cookie() -> u64 {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a plain socket we close below; getsockopt writes at most `len` bytes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return 0;
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let ret = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            &mut cookie as *mut u64 as *mut libc::c_void,
+            &mut len,
+        );
+        libc::close(fd);
+        if ret == 0 { cookie } else { 0 }
+    }
+}
