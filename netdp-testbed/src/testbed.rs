@@ -538,14 +538,18 @@ impl Testbed {
     pub fn start_agent(&mut self, node: &str, extra: &[&str]) -> Result<()> {
         let mut args = self.agent_args(node);
         args.extend(extra.iter().map(|s| s.to_string()));
+        // Only this run's part of the (appended) log counts.
+        let log = self.node(node).agent_log();
+        let skip = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
         let child = self.spawn_agent(node, &args)?;
         let n = self.node_mut(node);
         n.agent = Some(child);
-        let log = n.agent_log();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("netdp agent ready") {
+            let text = std::fs::read(&log).unwrap_or_default();
+            if String::from_utf8_lossy(text.get(skip..).unwrap_or_default())
+                .contains("netdp agent ready")
+            {
                 return Ok(());
             }
             let n = self.node_mut(node);
