@@ -10,15 +10,17 @@
 pub enum Program {
     FromPod = 0,
     FromNetdev = 1,
+    FromHost = 2,
 }
 
 impl Program {
-    pub const ALL: [Program; 2] = [Program::FromPod, Program::FromNetdev];
+    pub const ALL: [Program; 3] = [Program::FromPod, Program::FromNetdev, Program::FromHost];
 
     pub const fn name(self) -> &'static str {
         match self {
             Program::FromPod => "from_pod",
             Program::FromNetdev => "from_netdev",
+            Program::FromHost => "from_host",
         }
     }
 }

@@ -131,6 +131,28 @@ pub struct AffinityBackendKey {
     pub backend: Ipv4,
 }
 
+/// A socket of the node and the backend it was sent to by the socket programs (cookie,
+/// backend address and port): replies it receives are shown as coming from the service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockNatKey {
+    pub cookie: u64,
+    pub addr: Ipv4,
+    /// Network byte order.
+    pub port: u16,
+    pub pad: u16,
+}
+
+/// The service address and port a socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockNat {
+    pub addr: Ipv4,
+    /// Network byte order.
+    pub port: u16,
+    pub pad: u16,
+}
+
 /// Per-node settings of the service dataplane (LB_CONFIG, one entry).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -185,3 +207,5 @@ const _: () = assert!(core::mem::size_of::<AffinityKey>() == 12);
 const _: () = assert!(core::mem::size_of::<Affinity>() == 8);
 const _: () = assert!(core::mem::size_of::<AffinityBackendKey>() == 8);
 const _: () = assert!(core::mem::size_of::<LbConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<SockNatKey>() == 16);
+const _: () = assert!(core::mem::size_of::<SockNat>() == 8);

@@ -29,6 +29,7 @@ pub mod map_names {
     pub const AFFINITY_BACKENDS: &str = "AFFINITY_BACKENDS";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const LB_CONFIG: &str = "LB_CONFIG";
+    pub const SOCK_NAT: &str = "SOCK_NAT";
     pub const ALL: &[&str] = &[
         ENDPOINTS,
         ROUTES,
@@ -40,6 +41,7 @@ pub mod map_names {
         AFFINITY_BACKENDS,
         CONNTRACK,
         LB_CONFIG,
+        SOCK_NAT,
     ];
 }
 
@@ -49,6 +51,21 @@ pub mod program_names {
     pub const FROM_POD: &str = "from_pod";
     /// tc ingress of the node's underlay interface: everything the node receives.
     pub const FROM_NETDEV: &str = "from_netdev";
+    /// tc ingress of the gateway device's peer: what the node itself sends to pods.
+    pub const FROM_HOST: &str = "from_host";
+    /// cgroup socket programs: the node's own connections to services, translated when
+    /// the socket connects or sends (and replies shown as coming from the service).
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+    pub const CLASSIFIERS: &[&str] = &[FROM_POD, FROM_NETDEV, FROM_HOST];
+    pub const SOCKETS: &[&str] = &[
+        SOCK_CONNECT4,
+        SOCK_SENDMSG4,
+        SOCK_RECVMSG4,
+        SOCK_GETPEERNAME4,
+    ];
 }
 
 /// Default capacities; the agent can override each with a flag at load time.
@@ -67,6 +84,8 @@ pub mod capacity {
     pub const AFFINITY_BACKENDS: u32 = 65_536;
     /// Conntrack entries (two per translated flow).
     pub const CONNTRACK: u32 = 262_144;
+    /// Node sockets sent to a backend by the socket programs.
+    pub const SOCK_NAT: u32 = 65_536;
 }
 
 /// Names of the globals the agent sets when it loads the programs.
@@ -92,6 +111,8 @@ mod pod_impls {
     unsafe impl aya::Pod for lb::Affinity {}
     unsafe impl aya::Pod for lb::AffinityBackendKey {}
     unsafe impl aya::Pod for lb::LbConfig {}
+    unsafe impl aya::Pod for lb::SockNatKey {}
+    unsafe impl aya::Pod for lb::SockNat {}
     unsafe impl aya::Pod for conntrack::CtKey {}
     unsafe impl aya::Pod for conntrack::CtEntry {}
 }

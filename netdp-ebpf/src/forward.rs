@@ -39,9 +39,9 @@ pub fn ipv4(ctx: &TcContext, program: Program) -> i32 {
     if let Some(ep) = unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) } {
         return endpoint::deliver(ctx, program, &frame, ep);
     }
-    // Only pod traffic is routed to peers; the node's own interface never forwards transit
-    // traffic for someone else's subnet.
-    if program == Program::FromPod {
+    // Only pod (and the node's own) traffic is routed to peers; the node's underlay
+    // interface never forwards transit traffic for someone else's subnet.
+    if program != Program::FromNetdev {
         if let Some(rt) = maps::ROUTES.get(&Key::new(32, daddr)) {
             return route::forward(ctx, program, &frame, rt);
         }

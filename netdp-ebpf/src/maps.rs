@@ -11,7 +11,7 @@ use netdp_common::{
     endpoint::{Endpoint, EndpointKey},
     lb::{
         Affinity, AffinityBackendKey, AffinityKey, Backend, Frontend, FrontendKey, LbConfig,
-        MAGLEV_TABLE_SIZE as DEFAULT_MAGLEV_TABLE_SIZE, MaglevRow, maglev_rows,
+        MAGLEV_TABLE_SIZE as DEFAULT_MAGLEV_TABLE_SIZE, MaglevRow, SockNat, SockNatKey, maglev_rows,
     },
     route::Route,
 };
@@ -51,3 +51,6 @@ pub static LB_CONFIG: Array<LbConfig, 1> = Array::new();
 /// Entries per Maglev table; the agent sets it at load time.
 #[unsafe(no_mangle)]
 pub static MAGLEV_TABLE_SIZE: Global<u32> = Global::new(DEFAULT_MAGLEV_TABLE_SIZE);
+
+#[btf_map]
+pub static SOCK_NAT: LruHashMap<SockNatKey, SockNat, 65536> = LruHashMap::new();

@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
+use netdp::dataplane::{Pins, lb::LbMaps};
 use netdp_testbed::{
     Spec, Testbed,
     services::{Connect, EchoServer, connect_error, echo_many, udp_many},
@@ -74,6 +75,12 @@ fn backends(tb: &Testbed, nodes: &[&str]) -> Vec<(Ipv4Addr, String)> {
 
 fn eps(b: &[(Ipv4Addr, String)]) -> Vec<(Ipv4Addr, &str)> {
     b.iter().map(|(ip, n)| (*ip, n.as_str())).collect()
+}
+
+/// Sockets of `node` its socket programs sent to a backend.
+fn sock_nat_entries(tb: &Testbed, node: &str) -> Result<usize> {
+    let pins = Pins::new(std::path::Path::new("/sys/fs/bpf/netdp"), &tb.node(node).ns)?;
+    Ok(LbMaps::open(&pins)?.sock_nat.keys().filter(|k| k.is_ok()).count())
 }
 
 fn tally(who: &[String]) -> BTreeMap<String, usize> {
@@ -145,6 +152,22 @@ fn cluster_ip_balances_translates_and_keeps_flows() -> Result<()> {
     );
     ensure!(t.elapsed() < Duration::from_secs(2));
     ensure!(tb.counter("n1", "from_pod", "service_reject")? >= 1);
+
+    // The node itself reaches services too (socket programs; two of the backends are on
+    // other nodes), replies to its datagrams come from the service address, and only its
+    // own sockets were touched: the other nodes' programs, attached to the same cgroup,
+    // left them alone.
+    let node2 = tb.node("n2").ns.clone();
+    let who = echo_many(&node2, Connect::new(web, 80), 30)?;
+    ensure!(tally(&who).len() == 3, "from the node: {:?}", tally(&who));
+    let answers = udp_many(&node2, web, 53, 10)?;
+    ensure!(answers.iter().all(Option::is_some), "UDP from the node: {answers:?}");
+    let err = connect_error(&node2, Connect::new(empty, 80))?;
+    ensure!(err == Some(std::io::ErrorKind::ConnectionRefused), "{err:?}");
+    ensure!(sock_nat_entries(&tb, "n2")? >= 40);
+    for n in ["n1", "n3"] {
+        ensure!(sock_nat_entries(&tb, n)? == 0, "{n}'s socket programs touched another namespace");
+    }
 
     // Without the programs nothing answers at these addresses: the conntrack table shows
     // the flows it translated.

@@ -35,8 +35,8 @@ mod leases;
 mod routes;
 pub mod services;
 
-pub use gateway::GATEWAY_DEV;
-use gateway::ensure_gateway;
+pub use gateway::{GATEWAY_DEV, GATEWAY_PEER};
+use gateway::{ensure_gateway, ensure_host_route};
 use leases::{check_config, renew, watch_leases, write_subnet_file};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -79,6 +79,11 @@ pub struct AgentArgs {
     /// How often to re-check next-hop MACs and the network config.
     #[arg(long = "resync-interval", value_parser = parse_duration, default_value = "5s")]
     pub resync_interval: Duration,
+    /// cgroup (v2) whose sockets get services translated at connect time; only sockets in
+    /// the agent's network namespace are touched (default: the cgroup2 root, found at
+    /// /sys/fs/cgroup or /sys/fs/cgroup/unified; "none" turns it off).
+    #[arg(long = "cgroup-root")]
+    pub cgroup_root: Option<PathBuf>,
     #[command(flatten)]
     pub services: services::ServiceArgs,
 }
@@ -90,6 +95,29 @@ impl AgentArgs {
             renew_margin: self.renew_margin,
             retry_interval: self.retry_interval,
         }
+    }
+}
+
+/// The cgroup2 directory the socket programs attach to.
+fn cgroup_root(args: &AgentArgs) -> Result<Option<PathBuf>> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let is_cgroup2 = |p: &std::path::Path| {
+        nix::sys::statfs::statfs(p)
+            .map(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+            .unwrap_or(false)
+    };
+    match &args.cgroup_root {
+        Some(p) if p.as_os_str() == "none" => Ok(None),
+        Some(p) => {
+            if !is_cgroup2(p) {
+                bail!("--cgroup-root {} is not a cgroup2 directory", p.display());
+            }
+            Ok(Some(p.clone()))
+        }
+        None => Ok(["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| is_cgroup2(p))),
     }
 }
 
@@ -222,8 +250,18 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let routes = RouteMap::from_map(dp.take_map(netdp_common::map_names::ROUTES)?)?;
     ensure_gateway(&nl, &lease).await?;
 
+    ensure_host_route(&nl, config.network, &lease).await?;
+    dp.attach_host(&pins, GATEWAY_PEER)?;
+
     let mut lb = Lb::new(LbMaps::take(&mut dp)?, sizes.maglev_table_size)?;
     lb.set_config(gateway_ip(&lease), services::netns_cookie())?;
+    match cgroup_root(&args)? {
+        Some(cg) => {
+            dp.attach_sockets(&pins, &cg)?;
+            info!("node sockets reach services directly (socket programs on cgroup {})", cg.display());
+        }
+        None => warn!("no cgroup2 hierarchy for the socket programs: the node itself cannot reach services"),
+    }
     let conntrack = ConntrackMap::from_map(dp.take_map(netdp_common::map_names::CONNTRACK)?)?;
     let mut store = ServiceStore::new(registry.client.clone(), &args.services.service_prefix);
     let this_node = node_info(&nl, &node, &underlay, &lease).await;
@@ -301,6 +339,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 check_config(&mut registry, &mut state).await;
                 if let Err(e) = state.sync_routes().await {
                     error!("programming routes: {e:#}");
+                }
+                if let Err(e) = ensure_host_route(&state.nl, state.config.network, &state.lease).await {
+                    error!("{e:#}");
                 }
                 services.set_node(node_info(&state.nl, &node, &state.underlay, &state.lease).await);
                 if let Err(e) = services.lb_mut().set_config(gateway_ip(&state.lease), services::netns_cookie()) {

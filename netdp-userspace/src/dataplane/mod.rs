@@ -17,7 +17,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
     },
@@ -46,6 +46,7 @@ pub struct MapSizes {
     pub affinity: u32,
     pub affinity_backends: u32,
     pub conntrack: u32,
+    pub sock_nat: u32,
 }
 
 impl Default for MapSizes {
@@ -60,6 +61,7 @@ impl Default for MapSizes {
             affinity: capacity::AFFINITY,
             affinity_backends: capacity::AFFINITY_BACKENDS,
             conntrack: capacity::CONNTRACK,
+            sock_nat: capacity::SOCK_NAT,
         }
     }
 }
@@ -72,7 +74,7 @@ impl MapSizes {
             .max(1)
     }
 
-    fn by_map(&self) -> [(&'static str, u32); 9] {
+    fn by_map(&self) -> [(&'static str, u32); 10] {
         [
             (map_names::ENDPOINTS, self.endpoints),
             (map_names::ROUTES, self.routes),
@@ -83,6 +85,7 @@ impl MapSizes {
             (map_names::AFFINITY_BACKENDS, self.affinity_backends),
             (map_names::CONNTRACK, self.conntrack),
             (map_names::LB_CONFIG, 1),
+            (map_names::SOCK_NAT, self.sock_nat),
         ]
     }
 }
@@ -101,6 +104,13 @@ pub struct Installed {
     pub pod_links_adopted: usize,
     /// Pinned pod links whose interface is gone, removed.
     pub pod_links_removed: usize,
+}
+
+fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a cgroup socket program"))
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
@@ -132,8 +142,13 @@ impl Dataplane {
         let mut ebpf = loader
             .load(object())
             .context("loading netdp's eBPF object")?;
-        for name in [program_names::FROM_POD, program_names::FROM_NETDEV] {
+        for name in program_names::CLASSIFIERS {
             classifier(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("loading program {name} into the kernel"))?;
+        }
+        for name in program_names::SOCKETS {
+            socket_program(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("loading program {name} into the kernel"))?;
         }
@@ -159,7 +174,7 @@ impl Dataplane {
     /// replaced atomically, so traffic never sees a moment without a program.
     pub fn install(&mut self, pins: &Pins, netdev: &str) -> Result<Installed> {
         let mut done = Installed::default();
-        for name in [program_names::FROM_POD, program_names::FROM_NETDEV] {
+        for name in program_names::CLASSIFIERS {
             let path = pins.program(name);
             let tmp = pins.program(&format!("{name}_new"));
             let _ = std::fs::remove_file(&tmp);
@@ -198,6 +213,49 @@ impl Dataplane {
             }
         }
         Ok(done)
+    }
+
+    /// Runs `from_host` on tc ingress of `ifname` (the gateway device's peer, where the
+    /// node's own traffic to pods arrives), taking over a pinned link if there is one.
+    pub fn attach_host(&mut self, pins: &Pins, ifname: &str) -> Result<()> {
+        for (old, path) in pins.links(Hook::Host)? {
+            if old != ifname {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let pin = pins.link(Hook::Host, ifname);
+        if !self.adopt(program_names::FROM_HOST, &pin)? {
+            attach_and_pin(self.program(program_names::FROM_HOST)?, ifname, &pin)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the socket programs to the cgroup at `cgroup` (links pinned, so they stay
+    /// while the agent is away). A previous agent's links are replaced: the new ones are
+    /// attached first, so no connect goes untranslated in between.
+    pub fn attach_sockets(&mut self, pins: &Pins, cgroup: &std::path::Path) -> Result<()> {
+        let dir = std::fs::File::open(cgroup)
+            .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for name in program_names::SOCKETS {
+            let prog = socket_program(&mut self.ebpf, name)?;
+            let id = prog
+                // Links always coexist with others; link_create takes no attach flags.
+                .attach(&dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .context("taking the new link")?
+                .try_into()
+                .context("the cgroup link is not fd based (needs kernel 5.7+)")?;
+            let path = pins.link(Hook::Cgroup, name);
+            let tmp = pins.link(Hook::Cgroup, &format!("{name}_new"));
+            let _ = std::fs::remove_file(&tmp);
+            link.pin(&tmp)
+                .with_context(|| format!("pinning link at {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("pinning link at {}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// Points the pinned link at `path` to our program `name`. `false` if there is none.

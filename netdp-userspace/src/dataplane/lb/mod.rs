@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use netdp_common::{
     lb::{
-        AffinityBackendKey, Backend, Frontend, FrontendKey, LbConfig, MaglevRow, frontend_flags,
+        AffinityBackendKey, Backend, Frontend, FrontendKey, LbConfig, MaglevRow, SockNat,
+        SockNatKey, frontend_flags,
     },
     map_names,
 };
@@ -25,6 +26,8 @@ pub struct LbMaps {
     pub maglev: Array<MapData, MaglevRow>,
     pub affinity_backends: HashMap<MapData, AffinityBackendKey, u32>,
     pub config: Array<MapData, LbConfig>,
+    /// Node sockets the socket programs sent to a backend.
+    pub sock_nat: HashMap<MapData, SockNatKey, SockNat>,
 }
 
 fn typed<T: TryFrom<Map>>(map: Map, name: &str) -> Result<T>
@@ -45,6 +48,7 @@ impl LbMaps {
                 map_names::AFFINITY_BACKENDS,
             )?,
             config: typed(get(map_names::LB_CONFIG)?, map_names::LB_CONFIG)?,
+            sock_nat: typed(get(map_names::SOCK_NAT)?, map_names::SOCK_NAT)?,
         })
     }
 
