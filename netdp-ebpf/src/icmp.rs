@@ -180,7 +180,10 @@ pub fn translate_error(ctx: &TcContext, l4: &L4, now: u32) -> Option<u32> {
         (inner + 16, quoted.daddr, orig.daddr),
     ] {
         if old != new {
-            let (o, n) = (u32::from_ne_bytes(old) as u64, u32::from_ne_bytes(new) as u64);
+            let (o, n) = (
+                u32::from_ne_bytes(old) as u64,
+                u32::from_ne_bytes(new) as u64,
+            );
             ctx.l3_csum_replace(inner_csum, o, n, 4).ok()?;
             ctx.l4_csum_replace(icmp_csum, o, n, 4).ok()?;
             ctx.store(off, &new, 0).ok()?;
@@ -208,12 +211,11 @@ pub fn translate_error(ctx: &TcContext, l4: &L4, now: u32) -> Option<u32> {
         let old: u16 = ctx.load(l4_csum).ok()?;
         if !(quoted.proto != IPPROTO_TCP && old == 0) {
             let mut sum = !old as u32;
-            for (o, n) in [
-                (quoted.saddr, orig.saddr),
-                (quoted.daddr, orig.daddr),
-            ] {
-                sum += !u16::from_ne_bytes([o[0], o[1]]) as u32 + !u16::from_ne_bytes([o[2], o[3]]) as u32;
-                sum += u16::from_ne_bytes([n[0], n[1]]) as u32 + u16::from_ne_bytes([n[2], n[3]]) as u32;
+            for (o, n) in [(quoted.saddr, orig.saddr), (quoted.daddr, orig.daddr)] {
+                sum += !u16::from_ne_bytes([o[0], o[1]]) as u32
+                    + !u16::from_ne_bytes([o[2], o[3]]) as u32;
+                sum += u16::from_ne_bytes([n[0], n[1]]) as u32
+                    + u16::from_ne_bytes([n[2], n[3]]) as u32;
             }
             sum += !quoted.sport as u32 + orig.sport as u32;
             sum += !quoted.dport as u32 + orig.dport as u32;

@@ -4,8 +4,8 @@ use aya_ebpf::helpers::bpf_get_prandom_u32;
 use netdp_common::{
     conntrack::CtKey,
     lb::{
-        Affinity, AffinityBackendKey, AffinityKey, Backend, Frontend, FrontendKey,
-        MAGLEV_LANES, frontend_flags, scope,
+        Affinity, AffinityBackendKey, AffinityKey, Backend, Frontend, FrontendKey, MAGLEV_LANES,
+        frontend_flags, scope,
     },
 };
 

@@ -11,7 +11,8 @@ use netdp_common::{
     endpoint::{Endpoint, EndpointKey},
     lb::{
         Affinity, AffinityBackendKey, AffinityKey, Backend, Frontend, FrontendKey, LbConfig,
-        MAGLEV_TABLE_SIZE as DEFAULT_MAGLEV_TABLE_SIZE, MaglevRow, SockNat, SockNatKey, maglev_rows,
+        MAGLEV_TABLE_SIZE as DEFAULT_MAGLEV_TABLE_SIZE, MaglevRow, SockNat, SockNatKey,
+        maglev_rows,
     },
     route::Route,
 };

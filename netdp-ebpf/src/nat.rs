@@ -52,7 +52,10 @@ pub fn addr(
     new: Ipv4,
     l4_flags: u64,
 ) -> Result<(), ()> {
-    let (o, n) = (u32::from_ne_bytes(old) as u64, u32::from_ne_bytes(new) as u64);
+    let (o, n) = (
+        u32::from_ne_bytes(old) as u64,
+        u32::from_ne_bytes(new) as u64,
+    );
     if let Some(c) = l4_csum {
         ctx.l4_csum_replace(c, o, n, BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags)
             .map_err(|_| ())?;

@@ -45,13 +45,8 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     }
     let sa = ctx.sock_addr;
     // SAFETY: the context is valid for the program's run.
-    let (ip, port, proto) = unsafe {
-        (
-            (*sa).user_ip4,
-            (*sa).user_port as u16,
-            (*sa).protocol as u8,
-        )
-    };
+    let (ip, port, proto) =
+        unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return PROCEED;
     }

@@ -87,14 +87,14 @@ impl Testbed {
         Ok(v.as_array().cloned().unwrap_or_default())
     }
 
-    /// Waits until every node with an agent has programmed every service as stored.
+    /// Waits until every node with an agent has programmed every (valid) service as stored.
     pub fn wait_services_programmed(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let mut pending = Vec::new();
             for n in self.nodes.iter().filter(|n| n.agent_running()) {
                 for s in self.service_status(&n.name)? {
-                    if s["programmed"] != Value::Bool(true) {
+                    if s.get("error").is_none() && s["programmed"] != Value::Bool(true) {
                         pending.push(format!("{} on {}", s["name"], n.name));
                     }
                 }
@@ -139,8 +139,12 @@ impl EchoServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
         {
-            let (stop, peers, who, ready) =
-                (stop.clone(), peers.clone(), who.to_string(), ready_tx.clone());
+            let (stop, peers, who, ready) = (
+                stop.clone(),
+                peers.clone(),
+                who.to_string(),
+                ready_tx.clone(),
+            );
             threads.push(netns::in_netns(ns, move || {
                 let listener = TcpListener::bind(("0.0.0.0", port)).context("bind TCP")?;
                 listener.set_nonblocking(true)?;

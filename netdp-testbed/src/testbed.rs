@@ -540,7 +540,9 @@ impl Testbed {
         args.extend(extra.iter().map(|s| s.to_string()));
         // Only this run's part of the (appended) log counts.
         let log = self.node(node).agent_log();
-        let skip = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+        let skip = std::fs::metadata(&log)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
         let child = self.spawn_agent(node, &args)?;
         let n = self.node_mut(node);
         n.agent = Some(child);

@@ -527,10 +527,9 @@ impl LeaseWatch {
                             registry.parse_kv(&kv.key, &kv.value, kv.lease, kv.mod_revision)
                         {
                             events.push(LeaseEvent::Upsert(l));
-                        } else if let Some(subnet) = parse_subnet_key(
-                            registry.prefix(),
-                            &String::from_utf8_lossy(&kv.key),
-                        ) {
+                        } else if let Some(subnet) =
+                            parse_subnet_key(registry.prefix(), &String::from_utf8_lossy(&kv.key))
+                        {
                             // A lease overwritten with garbage is no longer a usable route.
                             events.push(LeaseEvent::Removed(subnet));
                         }

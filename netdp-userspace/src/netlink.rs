@@ -324,7 +324,12 @@ impl Netlink {
 
     /// Adds or replaces an on-link route to `dst` out of `index` with preferred source
     /// address `src`.
-    pub async fn replace_route_src(&self, dst: Ipv4Network, index: u32, src: Ipv4Addr) -> Result<()> {
+    pub async fn replace_route_src(
+        &self,
+        dst: Ipv4Network,
+        index: u32,
+        src: Ipv4Addr,
+    ) -> Result<()> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix())
             .output_interface(index)

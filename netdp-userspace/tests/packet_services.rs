@@ -147,16 +147,15 @@ fn apply(f: &mut Fixture, name: &str, p: ServicePlan) {
 
 fn run(f: &mut Fixture, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; input.len() + 256];
-    let res = f
-        .dp
-        .program(prog)
-        .unwrap()
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
+    let res =
+        f.dp.program(prog)
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
     out.truncate(res.data_size_out as usize);
     (res.return_value, out)
 }
@@ -191,7 +190,11 @@ fn assert_only_tuple_changed(input: &[u8], out: &[u8]) -> Ipv4View {
     assert_eq!(out[14..22], input[14..22]);
     assert_eq!(out[23], input[23]);
     // Transport header after the ports and checksum, and the payload.
-    let (csum_at, l4) = if proto == IPPROTO_TCP { (16, 34) } else { (6, 34) };
+    let (csum_at, l4) = if proto == IPPROTO_TCP {
+        (16, 34)
+    } else {
+        (6, 34)
+    };
     assert_eq!(out[l4 + 4..l4 + csum_at], input[l4 + 4..l4 + csum_at]);
     assert_eq!(out[l4 + csum_at + 2..], input[l4 + csum_at + 2..]);
     v
@@ -239,7 +242,10 @@ fn cluster_ip_dnat_rewrites_tcp_and_udp_with_valid_checksums() {
     let (verdict, out) = run(&mut f, FROM_POD, &input);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let v = assert_only_tuple_changed(&input, &out);
-    assert_eq!((v.dst, v.dst_mac, v.src_mac), (REMOTE_BACKEND, PEER_MAC, UNDERLAY_MAC));
+    assert_eq!(
+        (v.dst, v.dst_mac, v.src_mac),
+        (REMOTE_BACKEND, PEER_MAC, UNDERLAY_MAC)
+    );
     assert_eq!(packet::ports(&out), (40001, 9090));
     assert_eq!(count(&f, Program::FromPod, Reason::Direct), 1);
 }
@@ -299,16 +305,18 @@ fn replies_are_translated_back_and_flows_keep_their_backend() {
     assert_eq!((v.dst_mac, v.src_mac), (CLIENT_MAC, CLIENT_VETH_MAC));
     let flows = f.conntrack.list();
     assert!(
-        flows
-            .iter()
-            .all(|fl| fl.state_name() == "established"),
+        flows.iter().all(|fl| fl.state_name() == "established"),
         "the reply established the flow: {flows:?}"
     );
 
     // Many flows spread over both backends.
     let mut seen = std::collections::HashSet::new();
     for sport in 42000..42064 {
-        let (_, out) = run(&mut f, FROM_POD, &from_client(IPPROTO_TCP, VIP, 80, sport).build());
+        let (_, out) = run(
+            &mut f,
+            FROM_POD,
+            &from_client(IPPROTO_TCP, VIP, 80, sport).build(),
+        );
         seen.insert(Ipv4View::parse(&out).unwrap().dst);
     }
     assert_eq!(seen.len(), 2, "random selection used one backend only");
@@ -328,13 +336,17 @@ fn packets_for_no_service_are_untouched() {
         ),
     );
     for (proto, dst, dport) in [
-        (IPPROTO_TCP, VIP, 81),                       // another port of the VIP
-        (IPPROTO_UDP, VIP, 80),                       // another protocol
+        (IPPROTO_TCP, VIP, 81),                          // another port of the VIP
+        (IPPROTO_UDP, VIP, 80),                          // another protocol
         (IPPROTO_TCP, Ipv4Addr::new(10, 96, 0, 11), 80), // another address
     ] {
         let input = from_client(proto, dst, dport, 40000).build();
         let (verdict, out) = run(&mut f, FROM_POD, &input);
-        assert_eq!((verdict, &out), (TC_ACT_OK, &input), "{dst}:{dport}/{proto}");
+        assert_eq!(
+            (verdict, &out),
+            (TC_ACT_OK, &input),
+            "{dst}:{dport}/{proto}"
+        );
     }
     // ICMP echo to the VIP, and fragments, are not load balanced either.
     let ping = from_client(packet::IPPROTO_ICMP, VIP, 0, 0).build();
@@ -368,8 +380,16 @@ fn service_without_endpoints_rejects_with_port_unreachable() {
         assert_eq!(v.total_len, 20 + 8 + 28);
         assert!(packet::ipv4_checksum_ok(&out, 14));
         assert!(packet::l4_checksum_ok(&out, 14), "ICMP checksum");
-        assert_eq!(out[34..36], [3, 3], "destination unreachable, port unreachable");
-        assert_eq!(out[42..70], input[14..42], "quotes the IP header and 8 bytes");
+        assert_eq!(
+            out[34..36],
+            [3, 3],
+            "destination unreachable, port unreachable"
+        );
+        assert_eq!(
+            out[42..70],
+            input[14..42],
+            "quotes the IP header and 8 bytes"
+        );
     }
     assert_eq!(count(&f, Program::FromPod, Reason::ServiceReject), 2);
     assert!(f.conntrack.list().is_empty());
@@ -419,7 +439,10 @@ fn node_port_to_a_remote_backend_is_source_natted_and_replies_go_back_out() {
     }
     .build();
     let (verdict, out) = run(&mut f, FROM_NETDEV, &reply);
-    assert_eq!(verdict, TC_ACT_REDIRECT, "out to the client via the kernel's neighbours");
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "out to the client via the kernel's neighbours"
+    );
     let v = assert_only_tuple_changed(&reply, &out);
     assert_eq!((v.src, v.dst), (NODE_IP, OUTSIDE));
     assert_eq!(packet::ports(&out), (30080, 50000));
@@ -445,7 +468,10 @@ fn node_port_to_a_remote_backend_is_source_natted_and_replies_go_back_out() {
     let v = assert_only_tuple_changed(&input2, &out);
     let (sport, _) = packet::ports(&out);
     assert_eq!(v.src, GATEWAY);
-    assert!(sport >= 61000, "collision resolved with a port from the SNAT range: {sport}");
+    assert!(
+        sport >= 61000,
+        "collision resolved with a port from the SNAT range: {sport}"
+    );
 }
 
 #[test]
@@ -482,7 +508,11 @@ fn external_traffic_policy_local_keeps_the_client_or_drops() {
         let (verdict, out) = run(&mut f, FROM_NETDEV, &input);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let v = assert_only_tuple_changed(&input, &out);
-        assert_eq!((v.src, v.dst), (OUTSIDE, LOCAL_BACKEND), "client kept, local only");
+        assert_eq!(
+            (v.src, v.dst),
+            (OUTSIDE, LOCAL_BACKEND),
+            "client kept, local only"
+        );
     }
     // Without a local endpoint the node drops, and says so.
     apply(
@@ -501,7 +531,10 @@ fn external_traffic_policy_local_keeps_the_client_or_drops() {
     }
     .build();
     assert_eq!(run(&mut f, FROM_NETDEV, &input).0, TC_ACT_SHOT);
-    assert_eq!(count(&f, Program::FromNetdev, Reason::ServiceNoLocalBackend), 1);
+    assert_eq!(
+        count(&f, Program::FromNetdev, Reason::ServiceNoLocalBackend),
+        1
+    );
 }
 
 #[test]
@@ -594,7 +627,10 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
     assert_eq!(verdict, TC_ACT_REDIRECT, "delivered to the client");
     assert!(packet::ipv4_checksum_ok(&out, 14));
     assert!(packet::l4_checksum_ok(&out, 14), "ICMP checksum");
-    assert!(packet::ipv4_checksum_ok(&out, 42), "quoted IP header checksum");
+    assert!(
+        packet::ipv4_checksum_ok(&out, 42),
+        "quoted IP header checksum"
+    );
     let v = Ipv4View::parse(&out).unwrap();
     assert_eq!((v.src, v.dst), (router, CLIENT));
     // The quote is what the client sent, to the service, as the router saw it (one hop

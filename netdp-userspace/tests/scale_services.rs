@@ -23,7 +23,11 @@ fn cluster_ip(i: u32) -> Ipv4Addr {
 
 /// Frontends programmed on the node, counted from its pinned map.
 fn frontends(pins: &Pins) -> Result<usize> {
-    Ok(LbMaps::open(pins)?.frontends.keys().filter(|k| k.is_ok()).count())
+    Ok(LbMaps::open(pins)?
+        .frontends
+        .keys()
+        .filter(|k| k.is_ok())
+        .count())
 }
 
 /// Milliseconds in a Debug-formatted duration ("12.3ms", "1.2s", "850.0µs").
@@ -61,7 +65,8 @@ fn a_hundred_thousand_services() -> Result<()> {
             } else {
                 (0..1 + i % 10)
                     .map(|j| {
-                        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i * 10 + j);
+                        let ip =
+                            Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i * 10 + j);
                         json!({"ip": ip.to_string()})
                     })
                     .collect()
@@ -84,7 +89,10 @@ fn a_hundred_thousand_services() -> Result<()> {
     let start = Instant::now();
     let out = tb.apply_services(&text)?;
     let applied = start.elapsed();
-    ensure!(out.contains(&format!("{SERVICES} services configured")), "{out}");
+    ensure!(
+        out.contains(&format!("{SERVICES} services configured")),
+        "{out}"
+    );
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let n = frontends(&pins)?;
@@ -102,7 +110,13 @@ fn a_hundred_thousand_services() -> Result<()> {
     let agent_ms: f64 = log
         .lines()
         .filter(|l| l.contains("services updated"))
-        .filter_map(|l| l.split(" in ").nth(1)?.split(';').next().map(str::to_string))
+        .filter_map(|l| {
+            l.split(" in ")
+                .nth(1)?
+                .split(';')
+                .next()
+                .map(str::to_string)
+        })
         .filter_map(|d| duration_ms(&d))
         .sum();
     println!(

@@ -22,10 +22,10 @@ use crate::{
         lb::{Lb, LbMaps},
         route::{RouteMap, Underlay},
     },
-    service::{NodeInfo, ServiceStore},
     etcd::EtcdArgs,
     lease::{self, Lease, LeaseAttrs, LeaseOptions, PeerLease, Registry},
     netlink::Netlink,
+    service::{NodeInfo, ServiceStore},
     subnet_file::SubnetFile,
     util::parse_duration,
 };
@@ -103,7 +103,7 @@ fn cgroup_root(args: &AgentArgs) -> Result<Option<PathBuf>> {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
     let is_cgroup2 = |p: &std::path::Path| {
         nix::sys::statfs::statfs(p)
-            .map(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+            .map(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
             .unwrap_or(false)
     };
     match &args.cgroup_root {
@@ -258,9 +258,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     match cgroup_root(&args)? {
         Some(cg) => {
             dp.attach_sockets(&pins, &cg)?;
-            info!("node sockets reach services directly (socket programs on cgroup {})", cg.display());
+            info!(
+                "node sockets reach services directly (socket programs on cgroup {})",
+                cg.display()
+            );
         }
-        None => warn!("no cgroup2 hierarchy for the socket programs: the node itself cannot reach services"),
+        None => warn!(
+            "no cgroup2 hierarchy for the socket programs: the node itself cannot reach services"
+        ),
     }
     let conntrack = ConntrackMap::from_map(dp.take_map(netdp_common::map_names::CONNTRACK)?)?;
     let mut store = ServiceStore::new(registry.client.clone(), &args.services.service_prefix);

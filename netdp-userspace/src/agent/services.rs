@@ -139,7 +139,10 @@ impl Services {
     fn decode(&mut self, key: &str, value: &[u8], rev: i64) -> Option<(String, ServiceDef)> {
         let Some(id) = parse_key(&self.prefix, key) else {
             if self.reported.insert((key.to_string(), rev)) {
-                warn!("skipping {key}: not a <namespace>/<name> key under {}", self.prefix);
+                warn!(
+                    "skipping {key}: not a <namespace>/<name> key under {}",
+                    self.prefix
+                );
             }
             return None;
         };
@@ -147,10 +150,7 @@ impl Services {
             if def.id() == id {
                 Ok(def)
             } else {
-                Err(format!(
-                    "metadata says {} but the key says {id}",
-                    def.id()
-                ))
+                Err(format!("metadata says {} but the key says {id}", def.id()))
             }
         });
         match result {
@@ -223,7 +223,10 @@ impl Services {
                 continue;
             }
             if let Some(o) = &old {
-                if o.ports.iter().any(|p| p.proto == service::validate::IPPROTO_UDP) {
+                if o.ports
+                    .iter()
+                    .any(|p| p.proto == service::validate::IPPROTO_UDP)
+                {
                     let keep: HashSet<Ipv4Addr> = def
                         .iter()
                         .flat_map(|d| d.ready_endpoints().map(|e| e.ip))

@@ -40,7 +40,10 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     async fn store(&self) -> Result<ServiceStore> {
-        Ok(ServiceStore::new(self.etcd.connect().await?, &self.service_prefix))
+        Ok(ServiceStore::new(
+            self.etcd.connect().await?,
+            &self.service_prefix,
+        ))
     }
 }
 
@@ -165,7 +168,11 @@ async fn apply(store: StoreArgs, file: PathBuf) -> Result<()> {
             )
         })?;
         if !ids.insert(def.id()) {
-            bail!("{}: service {} is in the file twice", file.display(), def.id());
+            bail!(
+                "{}: service {} is in the file twice",
+                file.display(),
+                def.id()
+            );
         }
         defs.push((doc, def));
     }
@@ -174,7 +181,9 @@ async fn apply(store: StoreArgs, file: PathBuf) -> Result<()> {
     let (existing, _) = s.list().await?;
     let mut owner: HashMap<(Option<Ipv4Addr>, u16, u8), String> = HashMap::new();
     for (k, v) in &existing {
-        let Some(id) = parse_key(s.prefix(), k) else { continue };
+        let Some(id) = parse_key(s.prefix(), k) else {
+            continue;
+        };
         if ids.contains(id) {
             continue;
         }
@@ -192,7 +201,10 @@ async fn apply(store: StoreArgs, file: PathBuf) -> Result<()> {
                         Some(a) => format!("{a}:{port}/{}", proto(p)),
                         None => format!("node port {port}/{}", proto(p)),
                     };
-                    bail!("service {}: {field}: {what} is already used by {other}", def.id());
+                    bail!(
+                        "service {}: {field}: {what} is already used by {other}",
+                        def.id()
+                    );
                 }
             }
         }
@@ -232,7 +244,9 @@ async fn list(
     let mut rows = Vec::new();
     let mut json_rows = Vec::new();
     for (k, v) in kvs {
-        let Some(id) = parse_key(s.prefix(), &k) else { continue };
+        let Some(id) = parse_key(s.prefix(), &k) else {
+            continue;
+        };
         let def = match service::decode(&v) {
             Ok(d) => d,
             Err(e) => {
@@ -271,7 +285,11 @@ async fn list(
             def.name.clone(),
             kind,
             cip,
-            if ext.is_empty() { "<none>".into() } else { ext.join(",") },
+            if ext.is_empty() {
+                "<none>".into()
+            } else {
+                ext.join(",")
+            },
             ports.join(","),
             format!("{ready}/{}", def.endpoints.len()),
             format!("{:?}", def.algorithm).to_lowercase(),
@@ -350,7 +368,12 @@ pub fn lb(cmd: LbCmd) -> Result<()> {
         ),
         Output::Table => print_table(
             &[
-                "FRONTEND", "SERVICE", "TARGET", "ALGORITHM", "FLAGS", "BACKENDS",
+                "FRONTEND",
+                "SERVICE",
+                "TARGET",
+                "ALGORITHM",
+                "FLAGS",
+                "BACKENDS",
             ],
             &list
                 .iter()
@@ -411,7 +434,15 @@ pub fn conntrack(cmd: ConntrackCmd) -> Result<()> {
                     }).collect::<Vec<_>>())
                 ),
                 Output::Table => print_table(
-                    &["PROTO", "PACKET", "REWRITTEN TO", "DIR", "STATE", "EXPIRES", "SERVICE"],
+                    &[
+                        "PROTO",
+                        "PACKET",
+                        "REWRITTEN TO",
+                        "DIR",
+                        "STATE",
+                        "EXPIRES",
+                        "SERVICE",
+                    ],
                     &flows
                         .iter()
                         .map(|f| {

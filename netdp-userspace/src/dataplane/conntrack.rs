@@ -93,10 +93,7 @@ impl ConntrackMap {
             .filter(|(_, e)| e.expires < now)
             .map(|(k, _)| k)
             .collect();
-        expired
-            .iter()
-            .filter(|k| self.0.remove(k).is_ok())
-            .count()
+        expired.iter().filter(|k| self.0.remove(k).is_ok()).count()
     }
 
     /// Removes the UDP flows to backends that are gone (a datagram flow has no end of its
@@ -121,9 +118,6 @@ impl ConntrackMap {
             })
             .map(|(k, _)| k)
             .collect();
-        doomed
-            .iter()
-            .filter(|k| self.0.remove(k).is_ok())
-            .count()
+        doomed.iter().filter(|k| self.0.remove(k).is_ok()).count()
     }
 }

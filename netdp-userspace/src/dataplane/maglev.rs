@@ -15,7 +15,7 @@ pub fn is_prime(n: u32) -> bool {
     }
     let mut d = 2u32;
     while d.saturating_mul(d) <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -90,10 +90,8 @@ pub fn stabilize(
         .collect();
     let mut kept = 0;
     for (e, o) in new.iter_mut().zip(old) {
-        let (Some(now_b), Some(was_b)) = (
-            backends.get(*e as usize),
-            old_backends.get(*o as usize),
-        ) else {
+        let (Some(now_b), Some(was_b)) = (backends.get(*e as usize), old_backends.get(*o as usize))
+        else {
             continue;
         };
         if now_b == was_b || !before.contains(now_b) {
@@ -113,7 +111,9 @@ mod tests {
     use super::*;
 
     fn addrs(n: u8) -> Vec<Ipv4Addr> {
-        (0..n).map(|i| Ipv4Addr::new(10, 244, i % 5, 10 + i)).collect()
+        (0..n)
+            .map(|i| Ipv4Addr::new(10, 244, i % 5, 10 + i))
+            .collect()
     }
 
     #[test]
@@ -149,7 +149,9 @@ mod tests {
             let plain_moves = old
                 .iter()
                 .zip(&new)
-                .filter(|(o, e)| all[**o as usize] != gone && all[**o as usize] != rest[**e as usize])
+                .filter(|(o, e)| {
+                    all[**o as usize] != gone && all[**o as usize] != rest[**e as usize]
+                })
                 .count();
             stabilize(&mut new, &rest, &old, &all);
             let mut moved = 0usize;
@@ -162,8 +164,13 @@ mod tests {
                 }
             }
             let share = 16381 / n as usize;
-            assert!(moved.abs_diff(share) <= 1 + share / 50, "n={n}: moved {moved}");
-            println!("n={n}: removal moved {moved} entries; plain Maglev would also have moved {plain_moves} others");
+            assert!(
+                moved.abs_diff(share) <= 1 + share / 50,
+                "n={n}: moved {moved}"
+            );
+            println!(
+                "n={n}: removal moved {moved} entries; plain Maglev would also have moved {plain_moves} others"
+            );
 
             // And back: adding it again takes entries only for itself.
             let mut again = table(&all, 16381);

@@ -45,7 +45,11 @@ pub struct Spec {
     pub cluster_ip: Option<String>,
     #[serde(rename = "externalIPs", default, skip_serializing_if = "Vec::is_empty")]
     pub external_ips: Vec<String>,
-    #[serde(rename = "loadBalancerIP", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "loadBalancerIP",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub load_balancer_ip: Option<String>,
     #[serde(default)]
     pub ports: Vec<PortDoc>,
@@ -142,8 +146,7 @@ pub fn from_value(v: Value) -> Result<ServiceDoc> {
 
 /// Parses one stored service (JSON).
 pub fn from_json(bytes: &[u8]) -> Result<ServiceDoc> {
-    let v: Value =
-        serde_json::from_slice(bytes).map_err(|e| anyhow!("not valid JSON: {e}"))?;
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| anyhow!("not valid JSON: {e}"))?;
     from_value(v)
 }
 

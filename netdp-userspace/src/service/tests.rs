@@ -118,7 +118,10 @@ fn plans_put_local_endpoints_first_and_node_ports_on_node_addresses() {
     let def = validate(&parse_file(WEB).unwrap()[0]).unwrap();
     let node = NodeInfo {
         name: "n2".into(),
-        addresses: vec![Ipv4Addr::new(192, 168, 10, 12), Ipv4Addr::new(10, 244, 2, 1)],
+        addresses: vec![
+            Ipv4Addr::new(192, 168, 10, 12),
+            Ipv4Addr::new(10, 244, 2, 1),
+        ],
         subnet: "10.244.2.0/24".parse().unwrap(),
     };
     let p = plan(&def, &node).unwrap();

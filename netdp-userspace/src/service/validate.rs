@@ -151,7 +151,10 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
         (ServiceType::ExternalName, _) => None,
         (_, Some("None")) => {
             if kind != ServiceType::ClusterIp {
-                err("spec.clusterIP: a headless service (\"None\") must be of type ClusterIP".into());
+                err(
+                    "spec.clusterIP: a headless service (\"None\") must be of type ClusterIP"
+                        .into(),
+                );
             }
             None
         }
@@ -214,7 +217,9 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
         let f = format!("spec.ports[{i}]");
         let pname = p.name.clone().unwrap_or_default();
         if spec.ports.len() > 1 && pname.is_empty() {
-            err(format!("{f}.name: required when a service has several ports"));
+            err(format!(
+                "{f}.name: required when a service has several ports"
+            ));
         }
         if !pname.is_empty() && !names.insert(pname.clone()) {
             err(format!("{f}.name: {pname:?} is used twice"));
@@ -223,7 +228,9 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
             "TCP" => IPPROTO_TCP,
             "UDP" => IPPROTO_UDP,
             other => {
-                err(format!("{f}.protocol: {other:?} is not supported (TCP or UDP)"));
+                err(format!(
+                    "{f}.protocol: {other:?} is not supported (TCP or UDP)"
+                ));
                 continue;
             }
         };

@@ -42,7 +42,11 @@ impl RangeAllocator {
         let c = class(len);
         let base = if let Some(b) = self.free.get_mut(&c).and_then(|v| v.pop()) {
             b
-        } else if self.next.checked_add(c).is_some_and(|end| end <= self.capacity) {
+        } else if self
+            .next
+            .checked_add(c)
+            .is_some_and(|end| end <= self.capacity)
+        {
             let b = self.next;
             self.next += c;
             b
@@ -92,7 +96,7 @@ impl RangeAllocator {
         while from < to {
             let mut size = 1u32 << (31 - (to - from).leading_zeros());
             // Keep blocks aligned to their size so they split cleanly.
-            while from % size != 0 {
+            while !from.is_multiple_of(size) {
                 size /= 2;
             }
             self.free.entry(size).or_default().push(from);
@@ -202,7 +206,10 @@ mod tests {
             }
         }
         for b in &got {
-            assert!(!(8..16).contains(b) && !(64..96).contains(b), "{b} overlaps: {got:?}");
+            assert!(
+                !(8..16).contains(b) && !(64..96).contains(b),
+                "{b} overlaps: {got:?}"
+            );
         }
     }
 

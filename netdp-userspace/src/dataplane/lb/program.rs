@@ -166,21 +166,14 @@ impl Lb {
             maglev_table_size: self.table_size,
             pad: 0,
         };
-        self.maps
-            .config
-            .set(0, cfg, 0)
-            .context("writing LB_CONFIG")
+        self.maps.config.set(0, cfg, 0).context("writing LB_CONFIG")
     }
 
     /// Takes over what a previous agent programmed: services whose maps already match
     /// their plan are adopted untouched, the others programmed, leftovers removed.
     pub fn adopt(&mut self, plans: Vec<(String, ServicePlan)>) -> Stats {
-        let existing: HashMap<FrontendKey, Frontend> = self
-            .maps
-            .frontends
-            .iter()
-            .filter_map(|r| r.ok())
-            .collect();
+        let existing: HashMap<FrontendKey, Frontend> =
+            self.maps.frontends.iter().filter_map(|r| r.ok()).collect();
         let tables_valid = self.maps.config().maglev_table_size == self.table_size;
         for fe in existing.values() {
             if fe.count > 0 {
@@ -298,9 +291,8 @@ impl Lb {
         if uses_maglev && !tables_valid {
             return None;
         }
-        let local_table = uses_maglev
-            && plan.local_count > 0
-            && plan.frontends.values().any(|f| f.local_only);
+        let local_table =
+            uses_maglev && plan.local_count > 0 && plan.frontends.values().any(|f| f.local_only);
         for (key, fp) in &plan.frontends {
             let fe = existing.get(key)?;
             let want = frontend_value(
@@ -316,7 +308,13 @@ impl Lb {
             }
         }
         for (i, b) in plan.backends.iter().enumerate() {
-            if self.maps.backends.get(&(first.backends + i as u32), 0).ok()? != *b {
+            if self
+                .maps
+                .backends
+                .get(&(first.backends + i as u32), 0)
+                .ok()?
+                != *b
+            {
                 return None;
             }
         }
@@ -386,7 +384,8 @@ impl Lb {
         let old = self.services.remove(name);
         if let Some(o) = &old {
             if o.plan == plan && o.written.len() == plan.frontends.len() {
-                self.services.insert(name.to_string(), old.expect("checked"));
+                self.services
+                    .insert(name.to_string(), old.expect("checked"));
                 stats.unchanged += 1;
                 return;
             }
@@ -437,7 +436,10 @@ impl Lb {
         for (key, fp) in &plan.frontends {
             match self.owners.get(key) {
                 Some(owner) if owner != name => {
-                    self.waiting.entry(*key).or_default().insert(name.to_string());
+                    self.waiting
+                        .entry(*key)
+                        .or_default()
+                        .insert(name.to_string());
                     let msg = format!(
                         "{}:{}/{} is already served by {owner}; not programming it",
                         Ipv4Addr::from(key.addr),
@@ -491,8 +493,10 @@ impl Lb {
                 }
             }
             if o.range.is_some() && o.range != range {
-                self.deferred
-                    .push(Release::Range(o.range.unwrap_or(0), o.plan.backends.len() as u32));
+                self.deferred.push(Release::Range(
+                    o.range.unwrap_or(0),
+                    o.plan.backends.len() as u32,
+                ));
             }
             for (was, now) in [(&o.maglev, &maglev), (&o.maglev_local, &maglev_local)] {
                 if let Some(t) = was {
@@ -584,9 +588,8 @@ impl Lb {
         };
         let all = addrs(&plan.backends);
         let want_all = plan.maglev && n > 0;
-        let want_local = want_all
-            && plan.local_count > 0
-            && plan.frontends.values().any(|f| f.local_only);
+        let want_local =
+            want_all && plan.local_count > 0 && plan.frontends.values().any(|f| f.local_only);
         let maglev = self.table(want_all, &all, old_all, fresh)?;
         let local = all[..plan.local_count as usize].to_vec();
         let maglev_local = match maglev {
