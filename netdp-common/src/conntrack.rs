@@ -47,12 +47,23 @@ pub mod state {
     pub const OTHER: u8 = 4;
 }
 
-/// Lifetimes in seconds after the last packet, per state (Cilium's defaults).
+/// Lifetimes in seconds after the last packet, per state (Cilium's defaults). The agent
+/// can change them at load time (global `CT_TIMEOUTS`, indexed by [`timeout::index`]).
 pub mod timeout {
     pub const TCP_SYN: u32 = 60;
     pub const TCP_ESTABLISHED: u32 = 6 * 3600;
     pub const TCP_CLOSING: u32 = 10;
     pub const OTHER: u32 = 60;
+    /// The defaults, in `CT_TIMEOUTS` order.
+    pub const DEFAULTS: [u32; 4] = [TCP_SYN, TCP_ESTABLISHED, TCP_CLOSING, OTHER];
+
+    /// Positions in `CT_TIMEOUTS`.
+    pub mod index {
+        pub const TCP_SYN: usize = 0;
+        pub const TCP_ESTABLISHED: usize = 1;
+        pub const TCP_CLOSING: usize = 2;
+        pub const OTHER: usize = 3;
+    }
 }
 
 /// Entry flags.

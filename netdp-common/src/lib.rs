@@ -92,6 +92,8 @@ pub mod capacity {
 pub mod global_names {
     /// Entries per Maglev table (u32).
     pub const MAGLEV_TABLE_SIZE: &str = "MAGLEV_TABLE_SIZE";
+    /// Conntrack lifetimes per state ([u32; 4], see `conntrack::timeout`).
+    pub const CT_TIMEOUTS: &str = "CT_TIMEOUTS";
 }
 
 #[cfg(feature = "user")]

@@ -4,7 +4,7 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use netdp_common::conntrack::{CtEntry, CtKey, state, timeout};
 
 use crate::{
-    maps::CONNTRACK,
+    maps::{CONNTRACK, CT_TIMEOUTS},
     parse::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -17,11 +17,12 @@ pub fn now() -> u32 {
 
 #[inline(always)]
 pub fn lifetime(st: u8) -> u32 {
+    let t = CT_TIMEOUTS.load();
     match st {
-        state::SYN_SENT => timeout::TCP_SYN,
-        state::ESTABLISHED => timeout::TCP_ESTABLISHED,
-        state::CLOSING => timeout::TCP_CLOSING,
-        _ => timeout::OTHER,
+        state::SYN_SENT => t[timeout::index::TCP_SYN],
+        state::ESTABLISHED => t[timeout::index::TCP_ESTABLISHED],
+        state::CLOSING => t[timeout::index::TCP_CLOSING],
+        _ => t[timeout::index::OTHER],
     }
 }
 

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use netdp_common::{
     Ipv4,
-    conntrack::{CtEntry, CtKey},
+    conntrack::{CtEntry, CtKey, timeout},
     counters::{CounterValue, SLOTS},
     endpoint::{Endpoint, EndpointKey},
     lb::{
@@ -48,6 +48,10 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
 
 #[btf_map]
 pub static LB_CONFIG: Array<LbConfig, 1> = Array::new();
+
+/// Conntrack lifetimes per state; the agent sets them at load time.
+#[unsafe(no_mangle)]
+pub static CT_TIMEOUTS: Global<[u32; 4]> = Global::new(timeout::DEFAULTS);
 
 /// Entries per Maglev table; the agent sets it at load time.
 #[unsafe(no_mangle)]

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
-use netdp::dataplane::{Pins, lb::LbMaps};
+use netdp::dataplane::{Pins, conntrack::ConntrackMap, lb::LbMaps};
 use netdp_testbed::{
     Spec, Testbed,
     services::{Connect, EchoServer, connect_error, echo_many, udp_many},
@@ -55,12 +55,16 @@ fn service(
 /// A cluster of `nodes` nodes with one backend pod on each (serving TCP and UDP on 8080,
 /// introducing itself by its node name) and a client pod on n1.
 fn cluster(nodes: usize, outside: bool) -> Result<(Testbed, Vec<EchoServer>)> {
+    cluster_with(nodes, outside, &[])
+}
+
+fn cluster_with(nodes: usize, outside: bool, agent: &[&str]) -> Result<(Testbed, Vec<EchoServer>)> {
     let mut spec = Spec::flat(nodes).network(HOST_GW);
     if outside {
         spec = spec.outside();
     }
     let mut tb = Testbed::new(spec)?;
-    tb.start_all_agents(&[])?;
+    tb.start_all_agents(agent)?;
     let mut servers = Vec::new();
     for n in 1..=nodes {
         let node = format!("n{n}");
@@ -389,7 +393,16 @@ fn node_ports_and_external_ips_from_outside() -> Result<()> {
 
 #[test]
 fn bad_services_are_refused_or_skipped_and_the_rest_keep_working() -> Result<()> {
-    let (mut tb, _servers) = cluster(1, false)?;
+    // Short conntrack lifetimes, to see expired entries reclaimed.
+    let (mut tb, _servers) = cluster_with(
+        1,
+        false,
+        &[
+            "--conntrack-timeout-udp=2s",
+            "--conntrack-timeout-tcp-closing=2s",
+            "--conntrack-gc-interval=1s",
+        ],
+    )?;
     let client = tb.pod("n1", "client").clone();
     let node = tb.node("n1").ns.clone();
     let be = backends(&tb, &["n1"]);
@@ -484,6 +497,20 @@ fn bad_services_are_refused_or_skipped_and_the_rest_keep_working() -> Result<()>
         dump.contains("\"nat_daddr\"") && dump.contains("\"expires\""),
         "{dump}"
     );
+
+    // Flows are over: their entries expire and the agent reclaims them.
+    let pins = Pins::new(std::path::Path::new("/sys/fs/bpf/netdp"), &node)?;
+    let ct = ConntrackMap::open(&pins)?;
+    ensure!(!ct.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ct.is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "{} expired conntrack entries were not reclaimed",
+            ct.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // Deleting a service removes its frontends.
     tb.delete_service("default", "good")?;

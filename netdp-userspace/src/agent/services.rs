@@ -70,6 +70,18 @@ pub struct ServiceArgs {
     /// How often expired conntrack entries are reclaimed.
     #[arg(long = "conntrack-gc-interval", value_parser = parse_duration, default_value = "30s")]
     pub gc_interval: Duration,
+    /// Conntrack lifetime of a TCP connection until the other side answers.
+    #[arg(long = "conntrack-timeout-tcp-syn", value_parser = parse_duration, default_value = "60s")]
+    pub timeout_tcp_syn: Duration,
+    /// Conntrack lifetime of an established TCP connection after its last packet.
+    #[arg(long = "conntrack-timeout-tcp-established", value_parser = parse_duration, default_value = "6h")]
+    pub timeout_tcp_established: Duration,
+    /// Conntrack lifetime of a closing TCP connection (FIN or RST seen).
+    #[arg(long = "conntrack-timeout-tcp-closing", value_parser = parse_duration, default_value = "10s")]
+    pub timeout_tcp_closing: Duration,
+    /// Conntrack lifetime of a UDP flow after its last packet.
+    #[arg(long = "conntrack-timeout-udp", value_parser = parse_duration, default_value = "60s")]
+    pub timeout_udp: Duration,
 }
 
 impl ServiceArgs {
@@ -81,6 +93,13 @@ impl ServiceArgs {
         sizes.affinity = self.affinity;
         sizes.affinity_backends = self.affinity;
         sizes.conntrack = self.conntrack;
+        let secs = |d: Duration| d.as_secs().clamp(1, u32::MAX as u64) as u32;
+        sizes.conntrack_timeouts = [
+            secs(self.timeout_tcp_syn),
+            secs(self.timeout_tcp_established),
+            secs(self.timeout_tcp_closing),
+            secs(self.timeout_udp),
+        ];
     }
 }
 

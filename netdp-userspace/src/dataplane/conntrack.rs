@@ -83,6 +83,15 @@ impl ConntrackMap {
         v
     }
 
+    /// Every entry, expired or not.
+    pub fn len(&self) -> usize {
+        self.0.keys().filter(|k| k.is_ok()).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Removes expired entries; returns how many.
     pub fn gc(&mut self) -> usize {
         let now = now();

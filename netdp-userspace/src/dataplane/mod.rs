@@ -47,6 +47,8 @@ pub struct MapSizes {
     pub affinity_backends: u32,
     pub conntrack: u32,
     pub sock_nat: u32,
+    /// Conntrack lifetimes per state, seconds (see `conntrack::timeout`).
+    pub conntrack_timeouts: [u32; 4],
 }
 
 impl Default for MapSizes {
@@ -62,6 +64,7 @@ impl Default for MapSizes {
             affinity_backends: capacity::AFFINITY_BACKENDS,
             conntrack: capacity::CONNTRACK,
             sock_nat: capacity::SOCK_NAT,
+            conntrack_timeouts: netdp_common::conntrack::timeout::DEFAULTS,
         }
     }
 }
@@ -134,11 +137,13 @@ impl Dataplane {
         for (name, size) in sizes.by_map() {
             loader.map_max_entries(name, size);
         }
-        loader.override_global(
-            global_names::MAGLEV_TABLE_SIZE,
-            &sizes.maglev_table_size,
-            true,
-        );
+        loader
+            .override_global(
+                global_names::MAGLEV_TABLE_SIZE,
+                &sizes.maglev_table_size,
+                true,
+            )
+            .override_global(global_names::CT_TIMEOUTS, &sizes.conntrack_timeouts, true);
         let mut ebpf = loader
             .load(object())
             .context("loading netdp's eBPF object")?;
