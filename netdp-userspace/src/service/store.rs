@@ -2,6 +2,7 @@
 //! service's JSON ([`super::schema::ServiceDoc`]).
 use anyhow::{Result, anyhow};
 use etcd_client::{Client, GetOptions, Txn, TxnOp};
+use futures::StreamExt;
 
 use super::schema::ServiceDoc;
 use crate::{etcd::watch::list_prefix, util::one_line};
@@ -12,6 +13,8 @@ pub const DEFAULT_PREFIX: &str = "/netdp/services/";
 const TXN_OPS: usize = 128;
 /// Bytes per transaction, under etcd's default 1.5 MiB request limit.
 const TXN_BYTES: usize = 1 << 20;
+/// Transactions in flight at once.
+const IN_FLIGHT: usize = 16;
 
 /// The prefix with exactly one trailing slash.
 pub fn normalize_prefix(prefix: &str) -> String {
@@ -67,33 +70,41 @@ impl ServiceStore {
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
-    /// Writes services, many per transaction. Returns how many were written.
+    /// Writes services, many per transaction and several transactions in flight (etcd
+    /// commits concurrent requests together). Returns how many were written.
     pub async fn put_all(&mut self, docs: &[(String, ServiceDoc)]) -> Result<usize> {
+        let mut batches: Vec<Vec<TxnOp>> = Vec::new();
         let mut ops = Vec::new();
         let mut bytes = 0;
-        let mut done = 0;
         for (k, doc) in docs {
             let v = serde_json::to_string(doc)?;
             if !ops.is_empty() && (ops.len() >= TXN_OPS || bytes + v.len() > TXN_BYTES) {
-                done += self.commit(std::mem::take(&mut ops)).await?;
+                batches.push(std::mem::take(&mut ops));
                 bytes = 0;
             }
             bytes += k.len() + v.len();
             ops.push(TxnOp::put(k.as_str(), v, None));
         }
         if !ops.is_empty() {
-            done += self.commit(ops).await?;
+            batches.push(ops);
+        }
+        let client = self.client.clone();
+        let mut commits = futures::stream::iter(batches.into_iter().map(|ops| {
+            let mut c = client.clone();
+            async move {
+                let n = ops.len();
+                c.txn(Txn::new().and_then(ops))
+                    .await
+                    .map_err(|e| anyhow!("writing services to etcd: {}", one_line(&e)))?;
+                Ok::<usize, anyhow::Error>(n)
+            }
+        }))
+        .buffer_unordered(IN_FLIGHT);
+        let mut done = 0;
+        while let Some(n) = commits.next().await {
+            done += n?;
         }
         Ok(done)
-    }
-
-    async fn commit(&mut self, ops: Vec<TxnOp>) -> Result<usize> {
-        let n = ops.len();
-        self.client
-            .txn(Txn::new().and_then(ops))
-            .await
-            .map_err(|e| anyhow!("writing services to etcd: {}", one_line(&e)))?;
-        Ok(n)
     }
 
     /// Deletes a service; `false` if there was none.
