@@ -133,6 +133,10 @@ pub struct EndpointDoc {
 
 /// Parses one service from a JSON value, naming the field on error.
 pub fn from_value(v: Value) -> Result<ServiceDoc> {
+    // Fast path first; the path-tracking parse only runs to explain an error.
+    if let Ok(doc) = ServiceDoc::deserialize(&v) {
+        return Ok(doc);
+    }
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -144,10 +148,26 @@ pub fn from_value(v: Value) -> Result<ServiceDoc> {
     })
 }
 
-/// Parses one stored service (JSON).
+/// Parses one stored service (JSON). The fast parser goes first; only a value it refuses
+/// is parsed again while tracking the path, so the error can name the field.
 pub fn from_json(bytes: &[u8]) -> Result<ServiceDoc> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| anyhow!("not valid JSON: {e}"))?;
-    from_value(v)
+    if let Ok(doc) = serde_json::from_slice(bytes) {
+        return Ok(doc);
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let doc = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            anyhow!("not valid JSON: {inner}")
+        } else if path == "." {
+            anyhow!("{inner}")
+        } else {
+            anyhow!("{path}: {inner}")
+        }
+    })?;
+    de.end().map_err(|e| anyhow!("not valid JSON: {e}"))?;
+    Ok(doc)
 }
 
 /// Splits a file's text into service objects: JSON (one object, an array, or a
