@@ -8,7 +8,7 @@
 //! traffic, and the agent reclaims expired ones.
 use crate::Ipv4;
 
-/// A packet's tuple. Ports in network byte order.
+/// A packet's tuple. Ports in host byte order, so map dumps read naturally.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
@@ -78,7 +78,7 @@ pub mod flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
-    /// The tuple the packet is rewritten to (ports in network byte order).
+    /// The tuple the packet is rewritten to (ports in host byte order).
     pub nat_saddr: Ipv4,
     pub nat_daddr: Ipv4,
     pub nat_sport: u16,

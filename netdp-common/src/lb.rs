@@ -12,7 +12,7 @@ use crate::Ipv4;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FrontendKey {
     pub addr: Ipv4,
-    /// Network byte order, as in the packet.
+    /// Host byte order (so map dumps read naturally).
     pub port: u16,
     /// IPPROTO_TCP or IPPROTO_UDP.
     pub proto: u8,
@@ -46,7 +46,7 @@ pub struct Frontend {
     pub count: u16,
     /// How many of them (the first ones) run on this node.
     pub local_count: u16,
-    /// Backend port, network byte order.
+    /// Backend port, host byte order.
     pub target_port: u16,
     /// Bit set of [`frontend_flags`].
     pub flags: u16,
@@ -106,7 +106,7 @@ pub mod scope {
 pub struct AffinityKey {
     pub service_id: u32,
     pub client: Ipv4,
-    /// The frontend's target port, network byte order: one affinity per service port.
+    /// The frontend's target port: one affinity per service port.
     pub target_port: u16,
     pub proto: u8,
     /// One of [`scope`].
@@ -138,7 +138,7 @@ pub struct AffinityBackendKey {
 pub struct SockNatKey {
     pub cookie: u64,
     pub addr: Ipv4,
-    /// Network byte order.
+    /// Host byte order.
     pub port: u16,
     pub pad: u16,
 }
@@ -148,7 +148,7 @@ pub struct SockNatKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockNat {
     pub addr: Ipv4,
-    /// Network byte order.
+    /// Host byte order.
     pub port: u16,
     pub pad: u16,
 }
@@ -172,7 +172,7 @@ pub struct LbConfig {
     pub pad: u32,
 }
 
-/// Hash of a flow's tuple (addresses as in the packet, ports in network byte order) that
+/// Hash of a flow's tuple (addresses as in the packet, ports in host byte order) that
 /// picks its Maglev entry: Bob Jenkins' final mix of three words. Shared so tools can tell
 /// which entry a flow uses.
 #[inline(always)]

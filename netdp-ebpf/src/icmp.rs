@@ -154,8 +154,8 @@ pub fn translate_error(ctx: &TcContext, l4: &L4, now: u32) -> Option<u32> {
     let quoted = CtKey {
         saddr: [q[12], q[13], q[14], q[15]],
         daddr: [q[16], q[17], q[18], q[19]],
-        sport: u16::from_ne_bytes([q[20], q[21]]),
-        dport: u16::from_ne_bytes([q[22], q[23]]),
+        sport: u16::from_be_bytes([q[20], q[21]]),
+        dport: u16::from_be_bytes([q[22], q[23]]),
         proto: q[9],
         pad: [0; 3],
     };
@@ -199,6 +199,7 @@ pub fn translate_error(ctx: &TcContext, l4: &L4, now: u32) -> Option<u32> {
         (inner + 22, quoted.dport, orig.dport),
     ] {
         if old != new {
+            let (old, new) = (old.to_be(), new.to_be());
             ctx.l4_csum_replace(icmp_csum, old as u64, new as u64, 2)
                 .ok()?;
             ctx.store(off, &new, 0).ok()?;
@@ -217,8 +218,8 @@ pub fn translate_error(ctx: &TcContext, l4: &L4, now: u32) -> Option<u32> {
                 sum += u16::from_ne_bytes([n[0], n[1]]) as u32
                     + u16::from_ne_bytes([n[2], n[3]]) as u32;
             }
-            sum += !quoted.sport as u32 + orig.sport as u32;
-            sum += !quoted.dport as u32 + orig.dport as u32;
+            sum += !quoted.sport.to_be() as u32 + orig.sport.to_be() as u32;
+            sum += !quoted.dport.to_be() as u32 + orig.dport.to_be() as u32;
             sum = (sum & 0xffff) + (sum >> 16);
             sum = (sum & 0xffff) + (sum >> 16);
             let mut new = !(sum as u16);

@@ -16,7 +16,7 @@ fn l4_csum_off(proto: u8) -> usize {
 }
 
 /// Rewrites the tuple of the TCP/UDP packet whose transport header is at `l4_off` from
-/// `from` to `to`. Packet pointers are invalid afterwards.
+/// `from` to `to` (ports in host byte order). Packet pointers are invalid afterwards.
 #[inline(always)]
 pub fn rewrite(ctx: &TcContext, l4_off: usize, from: &CtKey, to: &CtKey) -> Result<(), ()> {
     let csum = l4_off + l4_csum_off(from.proto);
@@ -64,7 +64,7 @@ pub fn addr(
     ctx.store(off, &new, 0).map_err(|_| ())
 }
 
-/// Replaces a 16-bit port at `off`, fixing the L4 checksum at `csum`.
+/// Replaces a port (host byte order values) at `off`, fixing the L4 checksum at `csum`.
 #[inline(always)]
 pub fn port(
     ctx: &TcContext,
@@ -74,6 +74,7 @@ pub fn port(
     new: u16,
     l4_flags: u64,
 ) -> Result<(), ()> {
+    let (old, new) = (old.to_be(), new.to_be());
     ctx.l4_csum_replace(csum, old as u64, new as u64, 2 | l4_flags)
         .map_err(|_| ())?;
     ctx.store(off, &new, 0).map_err(|_| ())

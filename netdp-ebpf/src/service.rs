@@ -51,8 +51,8 @@ pub fn handle(ctx: &TcContext, program: Program, frame: &Ipv4Frame) -> Outcome {
         CtKey {
             saddr: (*frame.ip).saddr,
             daddr: (*frame.ip).daddr,
-            sport: l4.sport,
-            dport: l4.dport,
+            sport: u16::from_be(l4.sport),
+            dport: u16::from_be(l4.dport),
             proto: l4.proto,
             pad: [0; 3],
         }
@@ -148,7 +148,7 @@ fn new_flow(
                 let span = (cfg.snat_port_max as u32).saturating_sub(cfg.snat_port_min as u32) + 1;
                 // SAFETY: no preconditions.
                 let p = cfg.snat_port_min as u32 + unsafe { bpf_get_prandom_u32() } % span;
-                to.sport = (p as u16).to_be();
+                to.sport = p as u16;
             }
             reply.flags = flags::REPLY | flags::SNAT;
         }

@@ -45,8 +45,13 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     }
     let sa = ctx.sock_addr;
     // SAFETY: the context is valid for the program's run.
-    let (ip, port, proto) =
-        unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
+    let (ip, port, proto) = unsafe {
+        (
+            (*sa).user_ip4,
+            u16::from_be((*sa).user_port as u16),
+            (*sa).protocol as u8,
+        )
+    };
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return PROCEED;
     }
@@ -90,7 +95,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     // SAFETY: as above; these fields are writable for connect4 and sendmsg4.
     unsafe {
         (*sa).user_ip4 = u32::from_ne_bytes(be.addr);
-        (*sa).user_port = fe.target_port as u32;
+        (*sa).user_port = fe.target_port.to_be() as u32;
     }
     PROCEED
 }
@@ -107,7 +112,7 @@ pub fn to_service(ctx: &SockAddrContext) -> i32 {
         SockNatKey {
             cookie: bpf_get_socket_cookie(ctx.as_ptr()),
             addr: (*sa).user_ip4.to_ne_bytes(),
-            port: (*sa).user_port as u16,
+            port: u16::from_be((*sa).user_port as u16),
             pad: 0,
         }
     };
@@ -116,7 +121,7 @@ pub fn to_service(ctx: &SockAddrContext) -> i32 {
         // SAFETY: writable for recvmsg4 and getpeername4.
         unsafe {
             (*sa).user_ip4 = u32::from_ne_bytes(nat.addr);
-            (*sa).user_port = nat.port as u32;
+            (*sa).user_port = nat.port.to_be() as u32;
         }
     }
     PROCEED

@@ -478,8 +478,9 @@ fn bad_services_are_refused_or_skipped_and_the_rest_keep_working() -> Result<()>
     ]))?;
     for field in [
         "\"service_id\"",
-        "\"target_port\"",
         "\"addr\": [10,96,3,2",
+        "\"port\": 80,",
+        "\"target_port\": 8080,",
         "\"local_count\": 1",
     ] {
         ensure!(

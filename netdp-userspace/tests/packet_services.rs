@@ -593,13 +593,7 @@ fn maglev_picks_the_backend_its_table_says() {
     for sport in 30000..30100u16 {
         let input = from_client(IPPROTO_TCP, VIP, 80, sport).build();
         let (_, out) = run(&mut f, FROM_POD, &input);
-        let h = flow_hash(
-            CLIENT.octets(),
-            VIP.octets(),
-            sport.to_be(),
-            80u16.to_be(),
-            IPPROTO_TCP,
-        );
+        let h = flow_hash(CLIENT.octets(), VIP.octets(), sport, 80, IPPROTO_TCP);
         let want = backends[table[(h % 16381) as usize] as usize];
         assert_eq!(Ipv4View::parse(&out).unwrap().dst, want, "sport {sport}");
     }

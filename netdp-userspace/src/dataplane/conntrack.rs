@@ -51,9 +51,9 @@ impl Flow {
         format!(
             "{}:{} -> {}:{}",
             Ipv4Addr::from(addr),
-            u16::from_be(port),
+            port,
             Ipv4Addr::from(to),
-            u16::from_be(to_port)
+            to_port
         )
     }
 }

@@ -79,7 +79,7 @@ impl LbMaps {
                 ProgrammedFrontend { key, fe, backends }
             })
             .collect();
-        out.sort_by_key(|f| (f.key.addr, u16::from_be(f.key.port), f.key.proto));
+        out.sort_by_key(|f| (f.key.addr, f.key.port, f.key.proto));
         out
     }
 
@@ -94,11 +94,11 @@ impl LbMaps {
     }
 }
 
-/// The map key of a frontend (port in host byte order here).
+/// The map key of a frontend.
 pub fn frontend_key(addr: Ipv4Addr, port: u16, proto: u8) -> FrontendKey {
     FrontendKey {
         addr: addr.octets(),
-        port: port.to_be(),
+        port,
         proto,
         pad: 0,
     }
@@ -118,11 +118,11 @@ impl ProgrammedFrontend {
     }
 
     pub fn port(&self) -> u16 {
-        u16::from_be(self.key.port)
+        self.key.port
     }
 
     pub fn target_port(&self) -> u16 {
-        u16::from_be(self.fe.target_port)
+        self.fe.target_port
     }
 
     pub fn proto_name(&self) -> &'static str {

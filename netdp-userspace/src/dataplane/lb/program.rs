@@ -443,7 +443,7 @@ impl Lb {
                     let msg = format!(
                         "{}:{}/{} is already served by {owner}; not programming it",
                         Ipv4Addr::from(key.addr),
-                        u16::from_be(key.port),
+                        key.port,
                         super::proto_name(key.proto)
                     );
                     self.report(name, msg);
@@ -472,7 +472,7 @@ impl Lb {
                     format!(
                         "writing frontend {}:{}: {e} (is FRONTENDS full? raise --lb-frontend-map-size)",
                         Ipv4Addr::from(key.addr),
-                        u16::from_be(key.port)
+                        key.port
                     ),
                 ),
             }
@@ -783,7 +783,7 @@ fn frontend_value(
         backends: base,
         count: plan.backends.len() as u16,
         local_count: plan.local_count,
-        target_port: fp.target_port.to_be(),
+        target_port: fp.target_port,
         flags,
         maglev: if maglev { maglev_row.unwrap_or(0) } else { 0 },
         maglev_local: if maglev && fp.local_only {
