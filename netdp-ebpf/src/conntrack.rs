@@ -32,11 +32,13 @@ pub fn peer_key(e: &CtEntry, proto: u8) -> CtKey {
     e.nat_tuple(proto).reversed()
 }
 
-/// The live entry for a packet. An expired entry, or a closing TCP entry hit by a fresh SYN
-/// (the tuple is being reused), is removed with its peer and reported as absent.
+/// The live entry for a packet, and the time. An expired entry, or a closing TCP entry hit
+/// by a fresh SYN (the tuple is being reused), is removed with its peer and reported as
+/// absent. The clock is only read when there is an entry (most packets have none).
 #[inline(always)]
-pub fn lookup(key: &CtKey, tcp_flags: u8, now: u32) -> Option<*mut CtEntry> {
+pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<(*mut CtEntry, u32)> {
     let e = CONNTRACK.get_ptr_mut(key)?;
+    let now = now();
     // SAFETY: a valid map value; read before any update of the map.
     let entry = unsafe { *e };
     let reopened = key.proto == IPPROTO_TCP
@@ -47,7 +49,7 @@ pub fn lookup(key: &CtKey, tcp_flags: u8, now: u32) -> Option<*mut CtEntry> {
         let _ = CONNTRACK.remove(key);
         return None;
     }
-    Some(e)
+    Some((e, now))
 }
 
 /// Advances the flow's state for a packet that matched `e` and pushes out its expiry. The

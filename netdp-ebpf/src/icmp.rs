@@ -143,7 +143,7 @@ fn build_reject(ctx: &TcContext, l4: &L4) -> Result<(), ()> {
 /// errors going to clients outside the cluster (like the flow's replies), or `None` if the
 /// error is not about a flow we translate.
 #[inline(always)]
-pub fn translate_error(ctx: &TcContext, l4: &L4, now: u32) -> Option<u32> {
+pub fn translate_error(ctx: &TcContext, l4: &L4) -> Option<u32> {
     let icmp = l4.off;
     let inner = icmp + 8;
     let q = load::<24>(ctx, inner)?;
@@ -161,7 +161,7 @@ pub fn translate_error(ctx: &TcContext, l4: &L4, now: u32) -> Option<u32> {
     };
     // The quoted packet went one way; the entry for the other way says how the sender of
     // the quoted packet sees the flow.
-    let e = conntrack::lookup(&quoted.reversed(), 0, now)?;
+    let (e, _) = conntrack::lookup(&quoted.reversed(), 0)?;
     // SAFETY: a valid map value, copied out.
     let e = unsafe { *e };
     let orig = e.nat_tuple(quoted.proto).reversed();

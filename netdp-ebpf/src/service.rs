@@ -39,7 +39,7 @@ pub fn handle(ctx: &TcContext, program: Program, frame: &Ipv4Frame) -> Outcome {
     let l4 = match crate::parse::transport(ctx, frame) {
         Transport::Ports(l4) => l4,
         Transport::IcmpError(l4) => {
-            return match icmp::translate_error(ctx, &l4, conntrack::now()) {
+            return match icmp::translate_error(ctx, &l4) {
                 Some(out_ifindex) => Outcome::Translated { out_ifindex },
                 None => Outcome::Untouched,
             };
@@ -57,8 +57,7 @@ pub fn handle(ctx: &TcContext, program: Program, frame: &Ipv4Frame) -> Outcome {
             pad: [0; 3],
         }
     };
-    let now = conntrack::now();
-    if let Some(e) = conntrack::lookup(&key, l4.tcp_flags, now) {
+    if let Some((e, now)) = conntrack::lookup(&key, l4.tcp_flags) {
         conntrack::track(e, &key, l4.tcp_flags, now);
         // SAFETY: a valid map value, copied out.
         let e = unsafe { *e };
@@ -70,7 +69,7 @@ pub fn handle(ctx: &TcContext, program: Program, frame: &Ipv4Frame) -> Outcome {
         };
     }
     match lb::frontend(&key) {
-        Some(fe) => new_flow(ctx, program, &l4, &key, &fe, now),
+        Some(fe) => new_flow(ctx, program, &l4, &key, &fe, conntrack::now()),
         None => Outcome::Untouched,
     }
 }
