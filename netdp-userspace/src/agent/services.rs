@@ -124,7 +124,7 @@ impl Services {
         node: NodeInfo,
     ) -> Result<(Self, i64)> {
         let started = Instant::now();
-        let (kvs, revision) = service::store::ServiceStore::list(store).await?;
+        let (kvs, revision) = store.list().await?;
         let listed = started.elapsed();
         let mut s = Services {
             lb,
@@ -173,7 +173,12 @@ impl Services {
             }
         });
         match result {
-            Ok(def) => Some((id.to_string(), def)),
+            Ok(def) => {
+                if !self.reported.is_empty() {
+                    self.reported.retain(|(k, _)| k != key);
+                }
+                Some((id.to_string(), def))
+            }
             Err(e) => {
                 if self.reported.insert((key.to_string(), rev)) {
                     warn!("skipping invalid service {key} (revision {rev}): {e}");
