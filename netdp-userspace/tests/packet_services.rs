@@ -651,3 +651,50 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
     let (_, out) = run(&mut f, FROM_NETDEV, &err);
     assert_eq!(out[42..70], other[14..42]);
 }
+
+#[test]
+fn affinity_holds_until_its_timeout_and_never_outlives_the_backend() {
+    let mut f = fixture();
+    let backends: Vec<Ipv4Addr> = (1..=5).map(|i| Ipv4Addr::new(10, 1, 2, 10 + i)).collect();
+    let with = |bs: &[Ipv4Addr]| ServicePlan {
+        affinity_timeout: Some(1),
+        ..plan(
+            &[(VIP, 80, IPPROTO_TCP, false, false)],
+            8080,
+            bs.iter().map(|b| backend(*b, false)).collect(),
+            true,
+        )
+    };
+    apply(&mut f, "sticky", with(&backends));
+    // Maglev alone would send each source port to its own table entry's backend.
+    let table = maglev::table(&backends, 16381);
+    let maglev_pick = |sport: u16| {
+        let h = flow_hash(CLIENT.octets(), VIP.octets(), sport, 80, IPPROTO_TCP);
+        backends[table[(h % 16381) as usize] as usize]
+    };
+    let mut go = |f: &mut Fixture, sport: u16| {
+        let (_, out) = run(
+            f,
+            FROM_POD,
+            &from_client(IPPROTO_TCP, VIP, 80, sport).build(),
+        );
+        Ipv4View::parse(&out).unwrap().dst
+    };
+    let first = go(&mut f, 30000);
+    assert_eq!(first, maglev_pick(30000));
+    let other = (30001..31000).find(|p| maglev_pick(*p) != first).unwrap();
+    assert_eq!(go(&mut f, other), first, "affinity overrides the hash");
+
+    // After the timeout the client is balanced again.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let later = (31000..32000).find(|p| maglev_pick(*p) != first).unwrap();
+    let next = go(&mut f, later);
+    assert_eq!(next, maglev_pick(later), "affinity outlived its timeout");
+
+    // Removing the backend a client is stuck to ends the affinity at once.
+    let rest: Vec<_> = backends.iter().copied().filter(|b| *b != next).collect();
+    apply(&mut f, "sticky", with(&rest));
+    let again = go(&mut f, 32500);
+    assert_ne!(again, next);
+    assert!(rest.contains(&again));
+}
