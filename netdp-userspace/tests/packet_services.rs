@@ -672,7 +672,7 @@ fn affinity_holds_until_its_timeout_and_never_outlives_the_backend() {
         let h = flow_hash(CLIENT.octets(), VIP.octets(), sport, 80, IPPROTO_TCP);
         backends[table[(h % 16381) as usize] as usize]
     };
-    let mut go = |f: &mut Fixture, sport: u16| {
+    let go = |f: &mut Fixture, sport: u16| {
         let (_, out) = run(
             f,
             FROM_POD,

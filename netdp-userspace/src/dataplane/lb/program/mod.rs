@@ -12,11 +12,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::IterableMap;
 use log::{info, warn};
 use netdp_common::lb::{
-    AffinityBackendKey, Backend, Frontend, FrontendKey, LbConfig, MAGLEV_LANES, MaglevRow,
-    frontend_flags, maglev_rows,
+    AffinityBackendKey, Backend, Frontend, FrontendKey, LbConfig, frontend_flags, maglev_rows,
 };
 
 mod adopt;
+mod tables;
 
 use super::{
     LbMaps,
@@ -443,77 +443,6 @@ impl Lb {
             };
             let _ = self.maps.affinity_backends.insert(key, b.flags, 0);
         }
-    }
-
-    /// The Maglev table over `backends`, kept if `old` already is one, else computed (and
-    /// stabilized against `old`) into a fresh slot. `None` when not wanted, or when every
-    /// table is taken (the service then falls back to random selection).
-    fn table(
-        &mut self,
-        want: bool,
-        backends: &[Ipv4Addr],
-        old: Option<Table>,
-        fresh: &mut Vec<Release>,
-    ) -> Result<Option<Table>> {
-        if !want {
-            if let Some(t) = old {
-                self.deferred.push(Release::Table(t.index));
-            }
-            return Ok(None);
-        }
-        if let Some(t) = &old {
-            if t.backends == backends {
-                return Ok(old);
-            }
-        }
-        let mut entries = maglev::table(backends, self.table_size);
-        if let Some(o) = &old {
-            let before = match &o.entries {
-                Some(e) => e.clone(),
-                None => self.read_table(o.index),
-            };
-            maglev::stabilize(&mut entries, backends, &before, &o.backends);
-        }
-        let Some(index) = self.tables.alloc() else {
-            warn!(
-                "all {} Maglev tables are in use; a service falls back to random selection \
-                 (raise --maglev-tables)",
-                self.tables.capacity()
-            );
-            if let Some(t) = old {
-                self.deferred.push(Release::Table(t.index));
-            }
-            return Ok(None);
-        };
-        fresh.push(Release::Table(index));
-        let base = index * self.rows;
-        for (r, chunk) in entries.chunks(MAGLEV_LANES as usize).enumerate() {
-            let mut row = MaglevRow::default();
-            row.slots[..chunk.len()].copy_from_slice(chunk);
-            self.maps
-                .maglev
-                .set(base + r as u32, row, 0)
-                .context("writing MAGLEV")?;
-        }
-        if let Some(t) = old {
-            self.deferred.push(Release::Table(t.index));
-        }
-        Ok(Some(Table {
-            index,
-            backends: backends.to_vec(),
-            entries: Some(entries),
-        }))
-    }
-
-    fn read_table(&self, index: u32) -> Vec<u16> {
-        let base = index * self.rows;
-        let mut out = Vec::with_capacity(self.table_size as usize);
-        for r in 0..self.rows {
-            let row = self.maps.maglev.get(&(base + r), 0).unwrap_or_default();
-            out.extend_from_slice(&row.slots);
-        }
-        out.truncate(self.table_size as usize);
-        out
     }
 
     fn remove(&mut self, name: &str, stats: &mut Stats, released: &mut Vec<FrontendKey>) {
