@@ -217,15 +217,14 @@ impl Lb {
         stats: &mut Stats,
         released: &mut Vec<FrontendKey>,
     ) {
-        let old = self.services.remove(name);
-        if let Some(o) = &old {
-            if o.plan == plan && o.written.len() == plan.frontends.len() {
-                self.services
-                    .insert(name.to_string(), old.expect("checked"));
+        let old = match self.services.remove(name) {
+            Some(o) if o.plan == plan && o.written.len() == plan.frontends.len() => {
+                self.services.insert(name.to_string(), o);
                 stats.unchanged += 1;
                 return;
             }
-        }
+            other => other,
+        };
         let existed = old.is_some();
         match self.program(name, plan, old, released) {
             Ok(p) => {
