@@ -106,7 +106,8 @@ fn tally(who: &[String]) -> BTreeMap<String, usize> {
 
 #[test]
 fn cluster_ip_balances_translates_and_keeps_flows() -> Result<()> {
-    let (tb, _servers) = cluster(3, false)?;
+    // Closed flows stay listed for the whole test, however slow the machine.
+    let (tb, _servers) = cluster_with(3, false, &["--conntrack-timeout-tcp-closing=300s"])?;
     let all = backends(&tb, &["n1", "n2", "n3"]);
     let client = tb.pod("n1", "client").clone();
     let me = tb.pod("n1", "backend").clone();
