@@ -18,14 +18,11 @@ use crate::{
     config::{Backend, NetworkConfig},
     dataplane::{
         Dataplane, MapSizes, Pins,
-        conntrack::ConntrackMap,
-        lb::{Lb, LbMaps},
         route::{RouteMap, Underlay},
     },
     etcd::EtcdArgs,
     lease::{self, Lease, LeaseAttrs, LeaseOptions, PeerLease, Registry},
     netlink::Netlink,
-    service::{NodeInfo, ServiceStore},
     subnet_file::SubnetFile,
     util::parse_duration,
 };
@@ -35,8 +32,8 @@ mod leases;
 mod routes;
 pub mod services;
 
+use gateway::ensure_gateway;
 pub use gateway::{GATEWAY_DEV, GATEWAY_PEER};
-use gateway::{ensure_gateway, ensure_host_route};
 use leases::{check_config, renew, watch_leases, write_subnet_file};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -79,11 +76,6 @@ pub struct AgentArgs {
     /// How often to re-check next-hop MACs and the network config.
     #[arg(long = "resync-interval", value_parser = parse_duration, default_value = "5s")]
     pub resync_interval: Duration,
-    /// cgroup (v2) whose sockets get services translated at connect time; only sockets in
-    /// the agent's network namespace are touched (default: the cgroup2 root, found at
-    /// /sys/fs/cgroup or /sys/fs/cgroup/unified; "none" turns it off).
-    #[arg(long = "cgroup-root")]
-    pub cgroup_root: Option<PathBuf>,
     #[command(flatten)]
     pub services: services::ServiceArgs,
 }
@@ -95,57 +87,6 @@ impl AgentArgs {
             renew_margin: self.renew_margin,
             retry_interval: self.retry_interval,
         }
-    }
-}
-
-/// The cgroup2 directory the socket programs attach to.
-fn cgroup_root(args: &AgentArgs) -> Result<Option<PathBuf>> {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    let is_cgroup2 = |p: &std::path::Path| {
-        nix::sys::statfs::statfs(p)
-            .map(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
-            .unwrap_or(false)
-    };
-    match &args.cgroup_root {
-        Some(p) if p.as_os_str() == "none" => Ok(None),
-        Some(p) => {
-            if !is_cgroup2(p) {
-                bail!("--cgroup-root {} is not a cgroup2 directory", p.display());
-            }
-            Ok(Some(p.clone()))
-        }
-        None => Ok(["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| is_cgroup2(p))),
-    }
-}
-
-/// The node's address in its own pod subnet (the pods' gateway).
-fn gateway_ip(lease: &Lease) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(lease.subnet.network()) + 1)
-}
-
-/// Who this node is for services: its name, the addresses node ports listen on (its
-/// underlay addresses and its gateway address), its pod subnet.
-async fn node_info(nl: &Netlink, node: &str, underlay: &Underlay, lease: &Lease) -> NodeInfo {
-    let mut addresses: Vec<Ipv4Addr> = nl
-        .ipv4_addrs(underlay.link.index)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|a| a.ip())
-        .collect();
-    if !addresses.contains(&underlay.addr.ip()) {
-        addresses.push(underlay.addr.ip());
-    }
-    addresses.push(gateway_ip(lease));
-    addresses.sort();
-    addresses.dedup();
-    NodeInfo {
-        name: node.to_string(),
-        addresses,
-        subnet: lease.subnet,
     }
 }
 
@@ -250,28 +191,21 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let routes = RouteMap::from_map(dp.take_map(netdp_common::map_names::ROUTES)?)?;
     ensure_gateway(&nl, &lease).await?;
 
-    ensure_host_route(&nl, config.network, &lease).await?;
-    dp.attach_host(&pins, GATEWAY_PEER)?;
-
-    let mut lb = Lb::new(LbMaps::take(&mut dp)?, sizes.maglev_table_size)?;
-    lb.set_config(gateway_ip(&lease), services::netns_cookie())?;
-    match cgroup_root(&args)? {
-        Some(cg) => {
-            dp.attach_sockets(&pins, &cg)?;
-            info!(
-                "node sockets reach services directly (socket programs on cgroup {})",
-                cg.display()
-            );
-        }
-        None => warn!(
-            "no cgroup2 hierarchy for the socket programs: the node itself cannot reach services"
-        ),
-    }
-    let conntrack = ConntrackMap::from_map(dp.take_map(netdp_common::map_names::CONNTRACK)?)?;
-    let mut store = ServiceStore::new(registry.client.clone(), &args.services.service_prefix);
-    let this_node = node_info(&nl, &node, &underlay, &lease).await;
-    let (mut services, service_rev) =
-        services::Services::start(&mut store, lb, conntrack, this_node).await?;
+    let host = services::Host {
+        nl: &nl,
+        node: &node,
+        underlay: &underlay,
+        lease: &lease,
+        network: config.network,
+    };
+    let (mut services, service_rev) = services::Services::start(
+        &args.services,
+        &mut dp,
+        &pins,
+        registry.client.clone(),
+        host,
+    )
+    .await?;
 
     let (leases, revision) = registry.leases().await?;
     let mut state = State {
@@ -299,7 +233,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let (tx, mut service_updates) = mpsc::channel(256);
     tokio::spawn(services::watch_services(
         registry.client.clone(),
-        store.prefix().to_string(),
+        args.services.service_prefix.clone(),
         service_rev,
         tx,
     ));
@@ -345,13 +279,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 if let Err(e) = state.sync_routes().await {
                     error!("programming routes: {e:#}");
                 }
-                if let Err(e) = ensure_host_route(&state.nl, state.config.network, &state.lease).await {
-                    error!("{e:#}");
-                }
-                services.set_node(node_info(&state.nl, &node, &state.underlay, &state.lease).await);
-                if let Err(e) = services.lb_mut().set_config(gateway_ip(&state.lease), services::netns_cookie()) {
-                    error!("{e:#}");
-                }
+                services.resync(services::Host {
+                    nl: &state.nl,
+                    node: &node,
+                    underlay: &state.underlay,
+                    lease: &state.lease,
+                    network: state.config.network,
+                }).await;
             }
             _ = gc.tick() => services.gc(),
         }

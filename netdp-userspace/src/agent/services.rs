@@ -11,20 +11,27 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
 use etcd_client::Client;
-use log::{info, warn};
-use netdp_common::capacity;
+use ipnetwork::Ipv4Network;
+use log::{error, info, warn};
+use netdp_common::{capacity, map_names};
 use tokio::sync::mpsc;
 
+use super::{GATEWAY_PEER, gateway::ensure_host_route};
 use crate::{
     dataplane::{
-        MapSizes,
+        Dataplane, MapSizes, Pins,
         conntrack::ConntrackMap,
-        lb::{Lb, ServicePlan},
+        lb::{Lb, LbMaps, ServicePlan},
         maglev::is_prime,
+        route::Underlay,
     },
     etcd::watch::{Change, Kv, PrefixWatch, Update},
+    lease::Lease,
+    netlink::Netlink,
     service::{self, NodeInfo, ServiceDef, ServiceStore, store::parse_key},
     util::parse_duration,
 };
@@ -82,6 +89,11 @@ pub struct ServiceArgs {
     /// Conntrack lifetime of a UDP flow after its last packet.
     #[arg(long = "conntrack-timeout-udp", value_parser = parse_duration, default_value = "60s")]
     pub timeout_udp: Duration,
+    /// cgroup (v2) whose sockets get services translated at connect time; only sockets in
+    /// the agent's network namespace are touched (default: the cgroup2 root, found at
+    /// /sys/fs/cgroup or /sys/fs/cgroup/unified; "none" turns it off).
+    #[arg(long = "cgroup-root")]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl ServiceArgs {
@@ -103,6 +115,70 @@ impl ServiceArgs {
     }
 }
 
+/// What the service loop needs to know about the node.
+pub struct Host<'a> {
+    pub nl: &'a Netlink,
+    /// The node's name (as endpoints name it).
+    pub node: &'a str,
+    pub underlay: &'a Underlay,
+    pub lease: &'a Lease,
+    /// The cluster's pod network.
+    pub network: Ipv4Network,
+}
+
+impl Host<'_> {
+    /// The node's address in its own pod subnet (the pods' gateway): where flows that must
+    /// return through this node are source-NATed to.
+    fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.lease.subnet.network()) + 1)
+    }
+
+    /// Who this node is for services: its name, the addresses node ports listen on (its
+    /// underlay addresses and its gateway address), its pod subnet.
+    async fn info(&self) -> NodeInfo {
+        let mut addresses: Vec<Ipv4Addr> = self
+            .nl
+            .ipv4_addrs(self.underlay.link.index)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.ip())
+            .collect();
+        addresses.push(self.underlay.addr.ip());
+        addresses.push(self.gateway());
+        addresses.sort();
+        addresses.dedup();
+        NodeInfo {
+            name: self.node.to_string(),
+            addresses,
+            subnet: self.lease.subnet,
+        }
+    }
+}
+
+/// The cgroup2 directory the socket programs attach to.
+fn cgroup_root(args: &ServiceArgs) -> Result<Option<PathBuf>> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let is_cgroup2 = |p: &std::path::Path| {
+        nix::sys::statfs::statfs(p)
+            .map(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
+            .unwrap_or(false)
+    };
+    match &args.cgroup_root {
+        Some(p) if p.as_os_str() == "none" => Ok(None),
+        Some(p) => {
+            if !is_cgroup2(p) {
+                bail!("--cgroup-root {} is not a cgroup2 directory", p.display());
+            }
+            Ok(Some(p.clone()))
+        }
+        None => Ok(["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| is_cgroup2(p))),
+    }
+}
+
 /// The services of the cluster as this node programs them.
 pub struct Services {
     lb: Lb,
@@ -115,14 +191,37 @@ pub struct Services {
 }
 
 impl Services {
-    /// Reads every service and programs them, adopting what is already in the maps.
-    /// Returns the revision to watch from.
+    /// Sets up the node's side (the path from the node into the pod network, the socket
+    /// programs), reads every service and programs them, adopting what is already in the
+    /// maps. Returns the revision to watch from.
     pub async fn start(
-        store: &mut ServiceStore,
-        lb: Lb,
-        conntrack: ConntrackMap,
-        node: NodeInfo,
+        args: &ServiceArgs,
+        dp: &mut Dataplane,
+        pins: &Pins,
+        client: Client,
+        host: Host<'_>,
     ) -> Result<(Self, i64)> {
+        ensure_host_route(host.nl, host.network, host.lease).await?;
+        dp.attach_host(pins, GATEWAY_PEER)?;
+        let mut lb = Lb::new(LbMaps::take(dp)?, args.maglev_table_size)?;
+        lb.set_config(host.gateway(), netns_cookie())?;
+        match cgroup_root(args)? {
+            Some(cg) => {
+                dp.attach_sockets(pins, &cg)?;
+                info!(
+                    "node sockets reach services directly (socket programs on cgroup {})",
+                    cg.display()
+                );
+            }
+            None => warn!(
+                "no cgroup2 hierarchy for the socket programs: the node itself cannot reach services"
+            ),
+        }
+        let conntrack = ConntrackMap::from_map(dp.take_map(map_names::CONNTRACK)?)?;
+        let node = host.info().await;
+        let mut store = ServiceStore::new(client, &args.service_prefix);
+        let store = &mut store;
+
         let started = Instant::now();
         let (kvs, revision) = store.list().await?;
         let listed = started.elapsed();
@@ -150,8 +249,16 @@ impl Services {
         Ok((s, revision))
     }
 
-    pub fn lb_mut(&mut self) -> &mut Lb {
-        &mut self.lb
+    /// Keeps up with the node: the host route, its addresses and subnet (reprogramming
+    /// node ports if they changed), and the source-NAT address.
+    pub async fn resync(&mut self, host: Host<'_>) {
+        if let Err(e) = ensure_host_route(host.nl, host.network, host.lease).await {
+            error!("{e:#}");
+        }
+        self.set_node(host.info().await);
+        if let Err(e) = self.lb.set_config(host.gateway(), netns_cookie()) {
+            error!("{e:#}");
+        }
     }
 
     /// The valid service at `key`, or `None` (reported once per revision) if it is not one.
@@ -289,7 +396,7 @@ impl Services {
     }
 
     /// Reprograms every service if the node's addresses or subnet changed.
-    pub fn set_node(&mut self, node: NodeInfo) {
+    fn set_node(&mut self, node: NodeInfo) {
         if node == self.node {
             return;
         }
