@@ -1,7 +1,7 @@
 //! Per-program counters: what each program did with the packets it saw, and why.
 //!
-//! The COUNTERS map is a per-CPU array indexed by `program * REASONS + reason`; the agent
-//! and the CLI sum the per-CPU slots.
+//! The COUNTERS map is a per-CPU array indexed by `program * REASONS + reason`, followed by
+//! the per-program [`Event`] slots; the agent and the CLI sum the per-CPU slots.
 
 /// Which program bumped a counter. Values are stable: they index the map (up to
 /// [`PROGRAMS`] programs).
@@ -10,15 +10,17 @@
 pub enum Program {
     FromPod = 0,
     FromNetdev = 1,
+    FromHost = 2,
 }
 
 impl Program {
-    pub const ALL: [Program; 2] = [Program::FromPod, Program::FromNetdev];
+    pub const ALL: [Program; 3] = [Program::FromPod, Program::FromNetdev, Program::FromHost];
 
     pub const fn name(self) -> &'static str {
         match self {
             Program::FromPod => "from_pod",
             Program::FromNetdev => "from_netdev",
+            Program::FromHost => "from_host",
         }
     }
 }
@@ -73,6 +75,11 @@ pub enum Reason {
     Unmasquerade = 11,
     /// Too big for the path with DF set: answered with ICMP "fragmentation needed".
     FragNeeded = 12,
+    /// A reverse-translated service reply sent to a client outside the cluster (the kernel
+    /// resolves the next hop).
+    ServiceReply = 20,
+    /// The service has no ready endpoints: an ICMP port unreachable went back to the client.
+    ServiceReject = 21,
     /// Not IPv4 (ARP, IPv6, ...): the kernel handles it.
     NonIpv4 = 40,
     /// Destination is not a pod we know: the kernel routes it.
@@ -87,6 +94,8 @@ pub enum Reason {
     ToHost = 45,
     /// A fragment of a tunnel packet: only the kernel can reassemble it.
     DecapFragment = 46,
+    /// Translated, but the new destination is no pod we can reach: the kernel decides.
+    ServiceToHost = 60,
     /// Frame shorter than its headers claim.
     Malformed = 80,
     /// A redirect helper failed.
@@ -107,10 +116,20 @@ pub enum Reason {
     NatUnsupported = 88,
     /// Every candidate masquerade port for this destination is in use.
     NatNoPort = 89,
+    /// externalTrafficPolicy Local and no endpoint on this node.
+    ServiceNoLocalBackend = 104,
+    /// Source NAT found no free port towards the chosen backend.
+    ServiceSnatExhausted = 105,
+    /// A conntrack entry could not be written.
+    ServiceConntrackFull = 106,
+    /// A frontend points at a backend slot that is not there (maps being rewritten).
+    ServiceBadBackend = 107,
+    /// The ICMP error for a rejected connection could not be built.
+    ServiceRejectFailed = 108,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 38] = [
         Reason::LocalDelivery,
         Reason::Direct,
         Reason::DirectNeigh,
@@ -124,6 +143,8 @@ impl Reason {
         Reason::Masquerade,
         Reason::Unmasquerade,
         Reason::FragNeeded,
+        Reason::ServiceReply,
+        Reason::ServiceReject,
         Reason::NonIpv4,
         Reason::UnknownDestination,
         Reason::TtlExceeded,
@@ -131,6 +152,7 @@ impl Reason {
         Reason::Ipv4Options,
         Reason::ToHost,
         Reason::DecapFragment,
+        Reason::ServiceToHost,
         Reason::Malformed,
         Reason::RedirectFailed,
         Reason::DecapUnknownPeer,
@@ -141,6 +163,11 @@ impl Reason {
         Reason::AdjustFailed,
         Reason::NatUnsupported,
         Reason::NatNoPort,
+        Reason::ServiceNoLocalBackend,
+        Reason::ServiceSnatExhausted,
+        Reason::ServiceConntrackFull,
+        Reason::ServiceBadBackend,
+        Reason::ServiceRejectFailed,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -166,6 +193,8 @@ impl Reason {
             Reason::Masquerade => "masquerade",
             Reason::Unmasquerade => "unmasquerade",
             Reason::FragNeeded => "frag_needed",
+            Reason::ServiceReply => "service_reply",
+            Reason::ServiceReject => "service_reject",
             Reason::NonIpv4 => "non_ipv4",
             Reason::UnknownDestination => "unknown_destination",
             Reason::TtlExceeded => "ttl_exceeded",
@@ -173,6 +202,7 @@ impl Reason {
             Reason::Ipv4Options => "ipv4_options",
             Reason::ToHost => "to_host",
             Reason::DecapFragment => "decap_fragment",
+            Reason::ServiceToHost => "service_to_host",
             Reason::Malformed => "malformed",
             Reason::RedirectFailed => "redirect_failed",
             Reason::DecapUnknownPeer => "decap_unknown_peer",
@@ -183,25 +213,111 @@ impl Reason {
             Reason::AdjustFailed => "adjust_failed",
             Reason::NatUnsupported => "nat_unsupported",
             Reason::NatNoPort => "nat_no_port",
+            Reason::ServiceNoLocalBackend => "service_no_local_backend",
+            Reason::ServiceSnatExhausted => "service_snat_exhausted",
+            Reason::ServiceConntrackFull => "service_conntrack_full",
+            Reason::ServiceBadBackend => "service_bad_backend",
+            Reason::ServiceRejectFailed => "service_reject_failed",
+        }
+    }
+}
+
+/// What a program set up besides deciding the packet's fate, counted once per occurrence
+/// (the packet that caused it is counted under its own [`Reason`] as well). A packet has
+/// one reason, so these are where translations show: a service flow sent to a remote
+/// backend is counted as encapsulated, and here as load balanced. Values are stable.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A new flow to a service got a backend and its two conntrack entries.
+    ServiceFlow = 0,
+    /// ... and was source-NATed to the node (node port to a remote backend, hairpin).
+    ServiceSnat = 1,
+    /// A new pod flow to the outside got a masquerade port and its two conntrack entries.
+    MasqueradeFlow = 2,
+    /// A translation's port was taken over from a flow that had expired or lost its other
+    /// direction.
+    PortReclaimed = 3,
+}
+
+impl Event {
+    pub const ALL: [Event; 4] = [
+        Event::ServiceFlow,
+        Event::ServiceSnat,
+        Event::MasqueradeFlow,
+        Event::PortReclaimed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Event::ServiceFlow => "service_flow",
+            Event::ServiceSnat => "service_snat",
+            Event::MasqueradeFlow => "masquerade_flow",
+            Event::PortReclaimed => "port_reclaimed",
         }
     }
 }
 
 /// Slots reserved per program.
 pub const REASONS: u32 = 128;
+/// Event slots reserved per program.
+pub const EVENTS: u32 = 16;
 /// Programs the map has room for.
 pub const PROGRAMS: u32 = 8;
-/// Size of the COUNTERS map.
-pub const SLOTS: u32 = REASONS * PROGRAMS;
+/// Size of the COUNTERS map: every program's reasons, then every program's events.
+pub const SLOTS: u32 = (REASONS + EVENTS) * PROGRAMS;
 
 #[inline(always)]
 pub const fn index(program: Program, reason: Reason) -> u32 {
     program as u32 * REASONS + reason as u32
 }
 
+#[inline(always)]
+pub const fn event_index(program: Program, event: Event) -> u32 {
+    REASONS * PROGRAMS + program as u32 * EVENTS + event as u32
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CounterValue {
+    /// Packets, or occurrences of an event.
     pub packets: u64,
+    /// Bytes of those packets (of the packet that caused an event).
     pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_keep_their_ranges_and_never_collide() {
+        let mut seen = [false; REASONS as usize];
+        for r in Reason::ALL {
+            let v = r as u32;
+            assert!(v < REASONS, "{r:?}");
+            assert!(!seen[v as usize], "{r:?} reuses {v}");
+            seen[v as usize] = true;
+            // Services take the second half of each range.
+            let (start, end) = match r.verdict() {
+                Verdict::Forwarded => (0, 40),
+                Verdict::Passed => (40, 80),
+                Verdict::Dropped => (80, 128),
+            };
+            let service = r.name().starts_with("service_");
+            let half = start + (end - start) / 2;
+            assert_eq!(
+                service,
+                v >= half,
+                "{r:?} in the wrong half of {start}-{end}"
+            );
+        }
+        let names: std::collections::HashSet<_> = Reason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), Reason::ALL.len());
+        for e in Event::ALL {
+            assert!((e as u32) < EVENTS);
+        }
+        let last = event_index(Program::FromHost, Event::PortReclaimed);
+        assert!((REASONS * PROGRAMS..SLOTS).contains(&last));
+    }
 }

@@ -1,10 +1,8 @@
-//! Node-wide settings the programs read as a load-time constant (a `.rodata` global set
-//! by the agent with `EbpfLoader::override_global`). The verifier sees the values, so
-//! code for backends and features this node does not use is pruned.
+//! Node-wide settings the programs read as a load-time constant (the `.rodata` global
+//! [`crate::global_names::NODE`], set by the agent with `EbpfLoader::override_global`).
+//! The verifier sees the values, so code for backends and features this node does not use
+//! is pruned.
 use crate::{Ipv4, Mac};
-
-/// Name of the global in the eBPF object.
-pub const GLOBAL: &str = "NODE";
 
 /// Which encapsulation `from_netdev` strips (the route modes say what `from_pod` adds).
 pub mod decap {

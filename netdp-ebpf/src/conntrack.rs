@@ -1,213 +1,227 @@
-//! Flows as masquerading tracks them: the tuple of a pod's packet (original direction)
-//! or of a reply from outside, and how long a flow may sit idle before its port can be
-//! given to another.
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+//! Conntrack of translated flows, load balanced and masqueraded alike (see
+//! netdp_common::conntrack): lookups that ignore expired entries, per-state lifetimes,
+//! keeping the two directions of a flow in step, and claiming the reply tuple of a new flow.
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use netdp_common::{
-    counters::Reason,
-    nat::{CtKey, NatEntry, NatKey, flags, timeout},
-    node::NodeConfig,
+    conntrack::{CtEntry, CtKey, flags, state, timeout},
+    counters::{Event, Program},
 };
 
 use crate::{
-    maps::CONNTRACK,
-    parse::{
-        ETH_HLEN, IP_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Frame, Ipv4Hdr, ptr_at,
-    },
+    counters,
+    maps::{CONNTRACK, CT_TIMEOUTS},
+    parse::{IPPROTO_TCP, Ipv4Frame, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
-/// Where the L4 header starts: masquerading only handles headers without options.
-pub const L4: usize = ETH_HLEN + IP_HLEN;
+const EEXIST: i32 = -17;
 
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_ECHO: u8 = 8;
-
-/// Timestamps are refreshed at most this often (ns), so busy flows do not dirty their
-/// entries' cache lines on every packet.
-pub const REFRESH: u64 = 1_000_000_000;
-
+/// Seconds of CLOCK_MONOTONIC, the clock entries expire by (the agent's GC reads the same).
 #[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: no arguments, no side effects.
-    unsafe { bpf_ktime_get_coarse_ns() }
+pub fn now() -> u32 {
+    // SAFETY: no preconditions.
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
-/// The first 14 bytes of a TCP header, 8 of UDP or ICMP echo, as far as they exist.
-#[repr(C)]
-struct L4Words {
-    w: [u16; 4],
-}
-
-/// A pod's packet to the outside: its flow, and whether it closes a TCP connection.
 #[inline(always)]
-pub fn pod_flow(ctx: &TcContext, frame: &Ipv4Frame) -> Result<(CtKey, bool), Reason> {
-    // SAFETY: bounds checked by the parser.
-    let ip = unsafe { &*frame.ip };
-    if !ip.is_plain() {
-        return Err(Reason::NatUnsupported);
+pub fn lifetime(st: u8) -> u32 {
+    let t = CT_TIMEOUTS.load();
+    match st {
+        state::SYN_SENT => t[timeout::index::TCP_SYN],
+        state::ESTABLISHED => t[timeout::index::TCP_ESTABLISHED],
+        state::CLOSING => t[timeout::index::TCP_CLOSING],
+        _ => t[timeout::index::OTHER],
     }
-    let l4 = ptr_at::<L4Words>(ctx, L4).ok_or(Reason::NatUnsupported)?;
-    // SAFETY: bounds checked by ptr_at.
-    let w = unsafe { (*l4).w };
-    let mut key = CtKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        sport: w[0],
-        dport: w[1],
-        proto: ip.protocol,
-        _pad: [0; 3],
-    };
-    let closing = match ip.protocol {
-        IPPROTO_TCP => tcp_closing(ctx)?,
-        IPPROTO_UDP => false,
-        IPPROTO_ICMP => {
-            // Echo requests only: the identifier plays the source port.
-            if w[0] != ((ICMP_ECHO as u16) << 8).to_be() {
-                return Err(Reason::NatUnsupported);
+}
+
+/// The state a new flow starts in.
+#[inline(always)]
+pub fn first_state(proto: u8) -> u8 {
+    if proto == IPPROTO_TCP {
+        state::SYN_SENT
+    } else {
+        state::OTHER
+    }
+}
+
+/// A packet's tuple as conntrack keys it (ports in host byte order).
+#[inline(always)]
+pub fn key(frame: &Ipv4Frame, l4: &L4) -> CtKey {
+    // SAFETY: the IP header was bounds checked by the parser.
+    let (saddr, daddr) = unsafe { ((*frame.ip).saddr, (*frame.ip).daddr) };
+    CtKey {
+        saddr,
+        daddr,
+        sport: u16::from_be(l4.sport),
+        dport: u16::from_be(l4.dport),
+        proto: l4.proto,
+        pad: [0; 3],
+    }
+}
+
+/// The tuple packets of the other direction arrive with.
+#[inline(always)]
+pub fn peer_key(e: &CtEntry, proto: u8) -> CtKey {
+    e.nat_tuple(proto).reversed()
+}
+
+/// The other direction's entry as `e` (at `key`) implies it: exactly what was written for
+/// it when the flow started, but for the state and expiry, which follow `e`.
+#[inline(always)]
+fn peer_entry(key: &CtKey, e: &CtEntry) -> CtEntry {
+    let back = key.reversed();
+    CtEntry {
+        nat_saddr: back.saddr,
+        nat_daddr: back.daddr,
+        nat_sport: back.sport,
+        nat_dport: back.dport,
+        flags: e.flags ^ flags::REPLY,
+        ..*e
+    }
+}
+
+/// Whether the entry at `pk` is the other direction of the flow whose entry is at `key`.
+#[inline(always)]
+fn pairs_with(p: &CtEntry, pk: &CtKey, key: &CtKey) -> bool {
+    peer_key(p, pk.proto) == *key
+}
+
+/// The live entry for a packet, and the time. An expired entry, or a closing TCP entry hit
+/// by a fresh SYN (the tuple is being reused), is removed with its peer and reported as
+/// absent. The clock is only read when there is an entry (most packets have none).
+#[inline(always)]
+pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<(*mut CtEntry, u32)> {
+    let e = CONNTRACK.get_ptr_mut(key)?;
+    let now = now();
+    // SAFETY: a valid map value; read before any update of the map.
+    let entry = unsafe { *e };
+    let reopened = key.proto == IPPROTO_TCP
+        && entry.state == state::CLOSING
+        && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if entry.expires < now || reopened {
+        let pk = peer_key(&entry, key.proto);
+        // The other direction's tuple may have gone to another flow since (a reclaimed
+        // port): only ours is removed.
+        // SAFETY: copied out at once.
+        if let Some(p) = unsafe { CONNTRACK.get(pk) }.copied() {
+            if pairs_with(&p, &pk, key) {
+                let _ = CONNTRACK.remove(&pk);
             }
-            key.sport = w[2];
-            key.dport = 0;
-            false
         }
-        _ => return Err(Reason::NatUnsupported),
-    };
-    Ok((key, closing))
-}
-
-/// What a packet from outside to the node is to masquerading.
-pub enum Reply {
-    /// A reply in a masqueraded flow (and whether it closes a TCP connection).
-    Flow(NatKey, bool),
-    /// An ICMP error about a masqueraded flow, which it quotes.
-    Error(NatKey),
-}
-
-/// An ICMP error and the start of the packet it is about.
-#[repr(C)]
-struct IcmpQuote {
-    icmp: [u8; 8],
-    ip: Ipv4Hdr,
-    l4: [u16; 4],
-}
-
-/// Where the quoted packet's header starts in an ICMP error.
-pub const QUOTE: usize = L4 + 8;
-
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAMETERPROB: u8 = 12;
-
-/// A packet from outside to the node that may belong to a masqueraded flow: the key to
-/// look the flow up by. `None` if it cannot belong to one.
-#[inline(always)]
-pub fn reply_flow(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Option<Reply> {
-    // SAFETY: bounds checked by the parser.
-    let ip = unsafe { &*frame.ip };
-    if !ip.is_plain() {
+        let _ = CONNTRACK.remove(key);
         return None;
     }
-    let l4 = ptr_at::<L4Words>(ctx, L4)?;
-    // SAFETY: bounds checked by ptr_at.
-    let w = unsafe { (*l4).w };
-    let (remote_port, nat_port) = match ip.protocol {
-        IPPROTO_TCP | IPPROTO_UDP => (w[0], w[1]),
-        IPPROTO_ICMP if w[0] == ((ICMP_ECHO_REPLY as u16) << 8).to_be() => (0, w[2]),
-        IPPROTO_ICMP => return quoted_flow(ctx, ip.daddr, node).map(Reply::Error),
-        _ => return None,
-    };
-    in_range(nat_port, node)?;
-    let closing = ip.protocol == IPPROTO_TCP && tcp_closing(ctx).unwrap_or(false);
-    Some(Reply::Flow(
-        NatKey {
-            remote_addr: ip.saddr,
-            nat_addr: ip.daddr,
-            remote_port,
-            nat_port,
-            proto: ip.protocol,
-            _pad: [0; 3],
+    Some((e, now))
+}
+
+/// Advances the flow's state for a packet that matched `e` and pushes out its expiry. The
+/// other direction's entry is only looked up when something changes for both: a state
+/// transition, or the expiry moving on (at most once a second). That is also when a lost
+/// other direction (evicted by the LRU) is written again; if its tuple went to another
+/// flow meanwhile, this direction is dropped too, so the next packet starts the flow anew
+/// (a new masquerade port, a backend chosen again) instead of sharing it.
+#[inline(always)]
+pub fn track(e: *mut CtEntry, key: &CtKey, tcp_flags: u8, now: u32) {
+    // SAFETY: a valid map value.
+    let entry = unsafe { *e };
+    let mut st = entry.state;
+    if key.proto == IPPROTO_TCP {
+        if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            st = state::CLOSING;
+        } else if st == state::SYN_SENT && entry.flags & flags::REPLY != 0 {
+            // The other side answered.
+            st = state::ESTABLISHED;
+        }
+    }
+    let expires = now + lifetime(st);
+    if st == entry.state && expires == entry.expires {
+        return;
+    }
+    // SAFETY: a valid map value; concurrent writers store the same kind of values.
+    unsafe {
+        (*e).state = st;
+        (*e).expires = expires;
+    }
+    let pk = peer_key(&entry, key.proto);
+    match CONNTRACK.get_ptr_mut(pk) {
+        // SAFETY: as above.
+        Some(p) if pairs_with(unsafe { &*p }, &pk, key) => unsafe {
+            (*p).state = st;
+            (*p).expires = expires;
         },
-        closing,
-    ))
-}
-
-#[inline(always)]
-fn in_range(port_be: u16, node: &NodeConfig) -> Option<()> {
-    let port = u16::from_be(port_be);
-    (port >= node.nat_port_min && port <= node.nat_port_max).then_some(())
-}
-
-/// The masqueraded flow an ICMP error quotes: a packet the node sent (as translated).
-#[inline(always)]
-fn quoted_flow(ctx: &TcContext, node_addr: [u8; 4], node: &NodeConfig) -> Option<NatKey> {
-    let q = ptr_at::<IcmpQuote>(ctx, L4)?;
-    // SAFETY: bounds checked by ptr_at.
-    let q = unsafe { &*q };
-    if !matches!(
-        q.icmp[0],
-        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
-    ) || q.ip.version_ihl != 0x45
-        || q.ip.saddr != node_addr
-    {
-        return None;
-    }
-    let (remote_port, nat_port) = match q.ip.protocol {
-        IPPROTO_TCP | IPPROTO_UDP => (q.l4[1], q.l4[0]),
-        IPPROTO_ICMP if q.l4[0] == ((ICMP_ECHO as u16) << 8).to_be() => (0, q.l4[2]),
-        _ => return None,
-    };
-    in_range(nat_port, node)?;
-    Some(NatKey {
-        remote_addr: q.ip.daddr,
-        nat_addr: q.ip.saddr,
-        remote_port,
-        nat_port,
-        proto: q.ip.protocol,
-        _pad: [0; 3],
-    })
-}
-
-#[inline(always)]
-fn tcp_closing(ctx: &TcContext) -> Result<bool, Reason> {
-    let flags = ptr_at::<[u8; 14]>(ctx, L4).ok_or(Reason::NatUnsupported)?;
-    // SAFETY: bounds checked by ptr_at.
-    Ok(unsafe { (*flags)[13] } & (TCP_FIN | TCP_RST) != 0)
-}
-
-/// Whether the translation `key` -> `nat` has been idle long enough (in both directions)
-/// that its port may go to another flow, or its pod side is forgotten already.
-#[inline(always)]
-pub fn reclaimable(key: &NatKey, nat: &NatEntry, now: u64) -> bool {
-    let owner = CtKey {
-        saddr: nat.pod_addr,
-        daddr: key.remote_addr,
-        sport: nat.pod_port,
-        dport: key.remote_port,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
-    // SAFETY: read only, copied out at once.
-    let Some(ct) = (unsafe { CONNTRACK.get(owner) }).copied() else {
-        return true;
-    };
-    if ct.nat_addr != key.nat_addr || ct.nat_port != key.nat_port {
-        return true;
-    }
-    let last = if ct.last_seen > nat.last_seen {
-        ct.last_seen
-    } else {
-        nat.last_seen
-    };
-    let closing = (ct.flags | nat.flags) & flags::CLOSING != 0;
-    let idle = if nat.flags & flags::REPLIED == 0 {
-        timeout::UNREPLIED
-    } else {
-        match key.proto {
-            IPPROTO_TCP if closing => timeout::TCP_CLOSING,
-            IPPROTO_TCP => timeout::TCP_ESTABLISHED,
-            IPPROTO_UDP => timeout::UDP,
-            _ => timeout::ICMP,
+        Some(_) => {
+            let _ = CONNTRACK.remove(key);
         }
+        None => {
+            // SAFETY: a valid map value, copied out after the update above.
+            let restored = peer_entry(key, &unsafe { *e });
+            if CONNTRACK.insert(pk, restored, BPF_NOEXIST as u64).is_err() {
+                let _ = CONNTRACK.remove(key);
+            }
+        }
+    }
+}
+
+/// What claiming a reply tuple came to.
+pub enum Claim {
+    Claimed,
+    /// A live flow has it.
+    Taken,
+    /// The table refused the write.
+    Failed,
+}
+
+/// Writes `e` at `key`, the reply tuple of a new flow, unless a live flow has it. A flow
+/// that expired, or whose original direction is gone (evicted) or leads elsewhere, gives it
+/// up: that is how ports of forgotten flows are reused before the agent's GC comes by.
+#[inline(always)]
+pub fn claim(ctx: &TcContext, program: Program, key: &CtKey, e: &CtEntry, now: u32) -> Claim {
+    match CONNTRACK.insert(key, e, BPF_NOEXIST as u64) {
+        Ok(()) => return Claim::Claimed,
+        Err(EEXIST) => {}
+        Err(_) => return Claim::Failed,
+    }
+    let Some(old) = CONNTRACK.get_ptr_mut(key) else {
+        return Claim::Taken;
     };
-    now.saturating_sub(last) > idle
+    // SAFETY: a valid map value, copied out.
+    let current = unsafe { *old };
+    let pk = peer_key(&current, key.proto);
+    let live = current.expires >= now
+        // SAFETY: copied out at once.
+        && match unsafe { CONNTRACK.get(pk) }.copied() {
+            Some(p) => pairs_with(&p, &pk, key),
+            None => false,
+        };
+    if live {
+        return Claim::Taken;
+    }
+    // SAFETY: a valid map value; losing a race with another claimer only costs that one a
+    // probe (its own original entry then finds the tuple taken and starts over).
+    unsafe { *old = *e };
+    counters::event(ctx, program, Event::PortReclaimed);
+    Claim::Claimed
+}
+
+/// Writes a new flow's original-direction entry, its reply tuple `reply_key` claimed
+/// already, and returns the tuple its packets are rewritten to. If another CPU started the
+/// same flow first, the claim is given back and that flow's translation is followed.
+#[inline(always)]
+pub fn open(key: &CtKey, e: &CtEntry, reply_key: &CtKey) -> Result<CtKey, ()> {
+    match CONNTRACK.insert(key, e, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(e.nat_tuple(key.proto)),
+        Err(EEXIST) => {
+            // SAFETY: copied out at once.
+            let won = unsafe { CONNTRACK.get(key) }.map(|w| w.nat_tuple(key.proto));
+            // Both may have picked the same tuple (the same flow hashes alike): then the
+            // reply entry is the winner's as much as ours.
+            if won != Some(e.nat_tuple(key.proto)) {
+                let _ = CONNTRACK.remove(reply_key);
+            }
+            won.ok_or(())
+        }
+        Err(_) => {
+            let _ = CONNTRACK.remove(reply_key);
+            Err(())
+        }
+    }
 }

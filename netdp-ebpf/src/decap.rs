@@ -1,7 +1,8 @@
 //! Decapsulation of tunnel packets addressed to this node: only from known peer nodes,
-//! only for the configured backend, port and VNI, and only for pods on this node.
-//! Everything else that looks like a tunnel packet is dropped with a counted reason;
-//! what does not look like one is left to the caller.
+//! and only for the configured backend, port and VNI. Everything else that looks like a
+//! tunnel packet is dropped with a counted reason; what does not look like one is left to
+//! the caller, and so is the inner packet (for a pod here, or a reply of a flow this node
+//! translated).
 use aya_ebpf::{
     bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
     programs::TcContext,
@@ -9,17 +10,16 @@ use aya_ebpf::{
 use netdp_common::{
     counters::{Program, Reason},
     encap::{IPIP_OVERHEAD, IPPROTO_IPIP, UDP_OVERHEAD, VXLAN_FLAGS, VXLAN_OVERHEAD},
-    endpoint::EndpointKey,
     node::{NodeConfig, decap},
     peer::PeerKey,
 };
 
 use crate::{
     counters::{drop, pass},
-    endpoint, maps,
+    maps,
     parse::{
-        self, ETH_HLEN, ETH_P_IP, EthHdr, IP_HLEN, IP_OFFSET, IPPROTO_UDP, Ipv4Frame, Ipv4Hdr,
-        Parsed, UdpHdr, ptr_at,
+        ETH_HLEN, ETH_P_IP, EthHdr, IP_HLEN, IP_OFFSET, IPPROTO_UDP, Ipv4Frame, Ipv4Hdr, UdpHdr,
+        ptr_at,
     },
 };
 
@@ -28,10 +28,15 @@ const PROGRAM: Program = Program::FromNetdev;
 /// Offset of the outer L4 header (tunnel packets never carry IP options).
 const L4: usize = ETH_HLEN + IP_HLEN;
 
-/// Decapsulates `frame` if it is a tunnel packet for this node's backend; `None` if it is
-/// not one at all.
+/// Decapsulates `frame` if it is a tunnel packet for this node's backend: `Ok` with the
+/// reason to count the inner packet's delivery under, or the verdict for a packet it
+/// refused. `None` if it is no tunnel packet at all.
 #[inline(always)]
-pub fn receive(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Option<i32> {
+pub fn receive(
+    ctx: &TcContext,
+    frame: &Ipv4Frame,
+    node: &NodeConfig,
+) -> Option<Result<Reason, i32>> {
     // SAFETY: bounds checked by the parser.
     let ip = unsafe { &*frame.ip };
     let (overhead, reason) = match node.decap {
@@ -45,7 +50,7 @@ pub fn receive(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Option<
             }
             let udp = ptr_at::<UdpHdr>(ctx, L4)?;
             // SAFETY: bounds checked by ptr_at.
-            if u16::from_be(unsafe { (*udp).dest }) != node.port {
+            if u16::from_be(unsafe { (*udp).dport }) != node.port {
                 return None;
             }
             if node.decap == decap::VXLAN {
@@ -66,18 +71,22 @@ pub fn receive(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Option<
 }
 
 #[inline(always)]
-fn strip(ctx: &TcContext, outer: &Ipv4Hdr, node: &NodeConfig, overhead: usize, ok: Reason) -> i32 {
+fn strip(
+    ctx: &TcContext,
+    outer: &Ipv4Hdr,
+    node: &NodeConfig,
+    overhead: usize,
+    ok: Reason,
+) -> Result<Reason, i32> {
     if !outer.is_plain() {
-        return pass(ctx, PROGRAM, Reason::DecapFragment);
+        return Err(pass(ctx, PROGRAM, Reason::DecapFragment));
     }
     // SAFETY: the value is only tested for presence.
     if unsafe { maps::PEERS.get(PeerKey { addr: outer.saddr }) }.is_none() {
-        return drop(ctx, PROGRAM, Reason::DecapUnknownPeer);
+        return Err(drop(ctx, PROGRAM, Reason::DecapUnknownPeer));
     }
     if node.decap == decap::VXLAN {
-        if let Err(reason) = check_vxlan(ctx, node) {
-            return drop(ctx, PROGRAM, reason);
-        }
+        check_vxlan(ctx, node).map_err(|reason| drop(ctx, PROGRAM, reason))?;
     }
     // The inner IPv4 header must be in the linear part to be read; GRO'd packets from a
     // NIC may have only the outer headers there.
@@ -86,20 +95,15 @@ fn strip(ctx: &TcContext, outer: &Ipv4Hdr, node: &NodeConfig, overhead: usize, o
         && (ctx.pull_data((inner_at + IP_HLEN) as u32).is_err()
             || ptr_at::<Ipv4Hdr>(ctx, inner_at).is_none())
     {
-        return drop(ctx, PROGRAM, Reason::Malformed);
+        return Err(drop(ctx, PROGRAM, Reason::Malformed));
     }
     let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, inner_at) else {
-        return drop(ctx, PROGRAM, Reason::Malformed);
+        return Err(drop(ctx, PROGRAM, Reason::Malformed));
     };
     // SAFETY: bounds checked by ptr_at.
-    let (vihl, daddr) = unsafe { ((*inner).version_ihl, (*inner).daddr) };
-    if vihl >> 4 != 4 {
-        return drop(ctx, PROGRAM, Reason::DecapBadHeader);
+    if unsafe { (*inner).version_ihl } >> 4 != 4 {
+        return Err(drop(ctx, PROGRAM, Reason::DecapBadHeader));
     }
-    // SAFETY: the value is copied out of the map before anything could reuse its slot.
-    let Some(ep) = (unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) }).copied() else {
-        return drop(ctx, PROGRAM, Reason::DecapNoEndpoint);
-    };
     // Fixed GSO: the segment size of an aggregated packet is the inner payload's, which
     // stripping the outer headers does not change.
     if ctx
@@ -110,12 +114,9 @@ fn strip(ctx: &TcContext, outer: &Ipv4Hdr, node: &NodeConfig, overhead: usize, o
         )
         .is_err()
     {
-        return drop(ctx, PROGRAM, Reason::AdjustFailed);
+        return Err(drop(ctx, PROGRAM, Reason::AdjustFailed));
     }
-    match parse::ipv4(ctx) {
-        Parsed::Ipv4(frame) => endpoint::deliver(ctx, PROGRAM, &frame, &ep, ok),
-        _ => drop(ctx, PROGRAM, Reason::Malformed),
-    }
+    Ok(ok)
 }
 
 #[repr(C)]

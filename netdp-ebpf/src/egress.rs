@@ -1,6 +1,7 @@
-//! Pod traffic leaving the cluster Network: out of the underlay through the kernel's
-//! routing and neighbour tables (bpf_redirect_neigh does the FIB lookup), with the
-//! node's address as source when masquerading. Nodes need no IP forwarding for it.
+//! Traffic leaving the cluster: pod traffic to outside the cluster Network, masqueraded to
+//! the node's address with `--ip-masq`, and service replies to clients outside. Both go out
+//! through the kernel's routing and neighbour tables (bpf_redirect_neigh does the FIB
+//! lookup); nodes need no IP forwarding for it.
 use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_neigh, programs::TcContext};
 use netdp_common::{
     counters::{Program, Reason},
@@ -8,15 +9,19 @@ use netdp_common::{
 };
 
 use crate::{
+    conntrack,
     counters::{count, drop, pass},
-    csum, maps, nat,
-    parse::{self, Ipv4Frame, Parsed},
+    csum, maps,
+    nat::{self, Outcome},
+    parse::{self, Ipv4Frame, Parsed, Transport},
 };
 
 const PROGRAM: Program = Program::FromPod;
 
+/// A pod's packet for an address that is no pod of the cluster. `t` is its transport
+/// header; the translation stage has looked its flow up already (but for ICMP echo).
 #[inline(always)]
-pub fn outside(ctx: &TcContext, frame: &Ipv4Frame) -> i32 {
+pub fn outside(ctx: &TcContext, frame: &Ipv4Frame, t: &Transport) -> i32 {
     let node = maps::node();
     // SAFETY: bounds checked by the parser.
     let (daddr, ttl) = unsafe { ((*frame.ip).daddr, (*frame.ip).ttl) };
@@ -32,25 +37,62 @@ pub fn outside(ctx: &TcContext, frame: &Ipv4Frame) -> i32 {
     if ttl <= 1 {
         return pass(ctx, PROGRAM, Reason::TtlExceeded);
     }
-    let (frame, reason) = if node.flags & flags::MASQUERADE != 0 {
-        if let Err(r) = nat::masquerade(ctx, frame, &node) {
-            return drop(ctx, PROGRAM, r);
-        }
-        // The checksum helpers moved the packet data: parse again.
-        let Parsed::Ipv4(frame) = parse::ipv4(ctx) else {
-            return drop(ctx, PROGRAM, Reason::Malformed);
-        };
-        (frame, Reason::Masquerade)
-    } else {
-        (*frame, Reason::Egress)
-    };
-    // SAFETY: bounds checked by the parser.
-    unsafe { csum::decrease_ttl(frame.ip) };
-    // SAFETY: no neighbour parameters: the kernel routes by the packet's destination.
-    let ret = unsafe { bpf_redirect_neigh(node.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
-    if ret as i32 != TC_ACT_REDIRECT as i32 {
-        return drop(ctx, PROGRAM, Reason::RedirectFailed);
+    if node.flags & flags::MASQUERADE == 0 {
+        return send(ctx, PROGRAM, frame, node.underlay_ifindex, Reason::Egress);
     }
-    count(ctx, PROGRAM, reason);
-    ret as i32
+    let masqueraded = match *t {
+        Transport::Ports(l4) => {
+            nat::masquerade(ctx, PROGRAM, &conntrack::key(frame, &l4), &l4, &node)
+        }
+        // Echo requests only: the pod's identifier is translated like a source port.
+        Transport::Echo(l4) if l4.sport != 0 => {
+            let key = conntrack::key(frame, &l4);
+            match nat::follow(ctx, PROGRAM, &key, &l4) {
+                Some(Outcome::Done(verdict)) => return verdict,
+                Some(_) => Ok(()),
+                None => nat::masquerade(ctx, PROGRAM, &key, &l4, &node),
+            }
+        }
+        _ => Err(Reason::NatUnsupported),
+    };
+    if let Err(reason) = masqueraded {
+        return drop(ctx, PROGRAM, reason);
+    }
+    // The checksum helpers moved the packet data: parse again.
+    match parse::ipv4(ctx) {
+        Parsed::Ipv4(frame) => send(
+            ctx,
+            PROGRAM,
+            &frame,
+            node.underlay_ifindex,
+            Reason::Masquerade,
+        ),
+        _ => drop(ctx, PROGRAM, Reason::Malformed),
+    }
+}
+
+/// Sends the frame out of `ifindex` to wherever the kernel routes its destination,
+/// counting it under `reason`.
+#[inline(always)]
+pub fn send(
+    ctx: &TcContext,
+    program: Program,
+    frame: &Ipv4Frame,
+    ifindex: u32,
+    reason: Reason,
+) -> i32 {
+    // SAFETY: headers were bounds checked by the parser and nothing has moved the packet.
+    unsafe {
+        if (*frame.ip).ttl <= 1 {
+            return pass(ctx, program, Reason::TtlExceeded);
+        }
+        csum::decrease_ttl(frame.ip);
+    }
+    // SAFETY: no neighbour parameters: the kernel routes by the packet's destination.
+    let ret = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+    if ret != TC_ACT_REDIRECT as i32 {
+        return drop(ctx, program, Reason::RedirectFailed);
+    }
+    count(ctx, program, reason);
+    ret
 }

@@ -134,8 +134,8 @@ pub fn vxlan(ctx: &TcContext, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reaso
     unsafe {
         (*h).ip = outer_ip(rt, tot_len, IPPROTO_UDP);
         (*h).udp = UdpHdr {
-            source: sport.to_be(),
-            dest: rt.port.to_be(),
+            sport: sport.to_be(),
+            dport: rt.port.to_be(),
             len: (tot_len - IP_HLEN as u16).to_be(),
             // Zero: no UDP checksum, as Linux's vxlan sends over IPv4 by default.
             check: 0,
@@ -165,8 +165,8 @@ pub fn udp(ctx: &TcContext, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason>
     unsafe {
         (*h).ip = outer_ip(rt, tot_len, IPPROTO_UDP);
         (*h).udp = UdpHdr {
-            source: rt.port.to_be(),
-            dest: rt.port.to_be(),
+            sport: rt.port.to_be(),
+            dport: rt.port.to_be(),
             len: (tot_len - IP_HLEN as u16).to_be(),
             check: 0,
         };

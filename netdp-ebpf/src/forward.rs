@@ -1,15 +1,22 @@
-//! The forwarding decision of each program.
+//! The forwarding decision of each program. Every packet first meets translation: a packet
+//! of a tracked flow (service or masquerade, either direction) or an ICMP error about one
+//! is rewritten as conntrack says, and the first packet to a service frontend starts a
+//! flow. Then it goes to a pod here, to the node leasing its destination's subnet, out of
+//! the cluster, or to the kernel.
 use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use netdp_common::{
+    conntrack::flags,
     counters::{Program, Reason},
     endpoint::EndpointKey,
 };
 
 use crate::{
+    conntrack,
     counters::{drop, pass},
-    decap, egress, endpoint, maps, nat,
-    parse::{self, Ipv4Frame, Parsed},
-    route,
+    decap, egress, endpoint, icmp, maps,
+    nat::{self, Outcome, Translated},
+    parse::{self, Ipv4Frame, Parsed, Transport},
+    route, service,
 };
 
 #[inline(always)]
@@ -21,12 +28,78 @@ fn parse(ctx: &TcContext, program: Program) -> Result<Ipv4Frame, i32> {
     }
 }
 
+/// The translation stage. `services`: the first packet to a frontend starts a service
+/// flow. `echo`: ICMP echo is looked up too; only where masqueraded pings are answered, so
+/// other pings cost no lookup.
+#[inline(always)]
+fn translate(
+    ctx: &TcContext,
+    program: Program,
+    frame: &Ipv4Frame,
+    t: &Transport,
+    services: bool,
+    echo: bool,
+) -> Outcome {
+    match *t {
+        Transport::Ports(l4) => {
+            let key = conntrack::key(frame, &l4);
+            if let Some(outcome) = nat::follow(ctx, program, &key, &l4) {
+                return outcome;
+            }
+            if services {
+                service::new_flow(ctx, program, &l4, &key)
+            } else {
+                Outcome::Untouched
+            }
+        }
+        Transport::Echo(l4) if echo => nat::follow(ctx, program, &conntrack::key(frame, &l4), &l4)
+            .unwrap_or(Outcome::Untouched),
+        Transport::IcmpError(l4) => match icmp::translate_error(ctx, &l4) {
+            Some(t) => Outcome::Translated(t),
+            None => Outcome::Untouched,
+        },
+        _ => Outcome::Untouched,
+    }
+}
+
+/// Runs the translation stage; `Ok` with the frame (parsed again: the stage may have called
+/// helpers that invalidate packet pointers) if nothing applied, `Err` with the verdict if
+/// the packet was translated and sent on, or handled.
+#[inline(always)]
+fn translated_or(
+    ctx: &TcContext,
+    program: Program,
+    frame: &Ipv4Frame,
+    t: &Transport,
+    (services, echo): (bool, bool),
+    delivered: Reason,
+) -> Result<Ipv4Frame, i32> {
+    match translate(ctx, program, frame, t, services, echo) {
+        Outcome::Untouched => parse(ctx, program),
+        Outcome::Translated(tr) => Err(translated(ctx, program, &tr, delivered)),
+        Outcome::Done(verdict) => Err(verdict),
+    }
+}
+
 /// What a pod sends: to a pod here, to the node leasing the destination's subnet, or out
 /// of the cluster.
 #[inline(always)]
 pub fn from_pod(ctx: &TcContext) -> i32 {
     let program = Program::FromPod;
+    parse::pull_headers(ctx);
     let frame = match parse(ctx, program) {
+        Ok(f) => f,
+        Err(verdict) => return verdict,
+    };
+    let t = parse::transport(ctx, &frame);
+    let frame = match translated_or(
+        ctx,
+        program,
+        &frame,
+        &t,
+        (true, false),
+        Reason::LocalDelivery,
+    ) {
         Ok(f) => f,
         Err(verdict) => return verdict,
     };
@@ -37,17 +110,18 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
         return endpoint::deliver(ctx, program, &frame, ep, Reason::LocalDelivery);
     }
     if let Some(rt) = maps::ROUTES.get(&Key::new(32, daddr)) {
-        return route::forward(ctx, &frame, rt);
+        return route::forward(ctx, program, &frame, rt);
     }
-    egress::outside(ctx, &frame)
+    egress::outside(ctx, &frame, &t)
 }
 
-/// What the node receives: tunnel packets and masquerade replies addressed to the node,
-/// and packets routed straight to its pods. The node's interface never forwards transit
-/// traffic for someone else's subnet.
+/// What the node receives: tunnel packets, replies of flows it translated and new flows to
+/// its node ports and external IPs, and packets routed straight to its pods. The node's
+/// interface never forwards transit traffic for someone else's subnet.
 #[inline(always)]
 pub fn from_netdev(ctx: &TcContext) -> i32 {
     let program = Program::FromNetdev;
+    parse::pull_headers(ctx);
     let frame = match parse(ctx, program) {
         Ok(f) => f,
         Err(verdict) => return verdict,
@@ -55,13 +129,27 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     // SAFETY: the header was bounds checked by the parser.
     let daddr = unsafe { (*frame.ip).daddr };
     let node = maps::node();
-    if daddr == node.node_ip {
-        if let Some(verdict) = decap::receive(ctx, &frame, &node) {
-            return verdict;
+    let to_node = daddr == node.node_ip;
+    if to_node {
+        match decap::receive(ctx, &frame, &node) {
+            Some(Ok(reason)) => return inner(ctx, reason),
+            Some(Err(verdict)) => return verdict,
+            None => {}
         }
-        if let Some(verdict) = nat::unmasquerade(ctx, &frame, &node) {
-            return verdict;
-        }
+    }
+    let t = parse::transport(ctx, &frame);
+    let frame = match translated_or(
+        ctx,
+        program,
+        &frame,
+        &t,
+        (true, to_node),
+        Reason::LocalDelivery,
+    ) {
+        Ok(f) => f,
+        Err(verdict) => return verdict,
+    };
+    if to_node {
         return pass(ctx, program, Reason::ToHost);
     }
     // SAFETY: as above.
@@ -69,4 +157,105 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
         return endpoint::deliver(ctx, program, &frame, ep, Reason::LocalDelivery);
     }
     pass(ctx, program, Reason::UnknownDestination)
+}
+
+/// A decapsulated packet: for a pod here, or a reply of a flow this node translated (a
+/// service's remote backend answering). Delivery is counted under the tunnel's `reason`.
+#[inline(always)]
+fn inner(ctx: &TcContext, reason: Reason) -> i32 {
+    let program = Program::FromNetdev;
+    parse::pull_headers(ctx);
+    let frame = match parse(ctx, program) {
+        Ok(f) => f,
+        Err(verdict) => return verdict,
+    };
+    let t = parse::transport(ctx, &frame);
+    let frame = match translated_or(ctx, program, &frame, &t, (false, false), reason) {
+        Ok(f) => f,
+        Err(verdict) => return verdict,
+    };
+    // SAFETY: the header was bounds checked by the parser.
+    let daddr = unsafe { (*frame.ip).daddr };
+    // SAFETY: copied out before anything could reuse the slot.
+    match unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) } {
+        Some(ep) => endpoint::deliver(ctx, program, &frame, ep, reason),
+        None => drop(ctx, program, Reason::DecapNoEndpoint),
+    }
+}
+
+/// What the node itself sends into the pod network (routed into the gateway device): to
+/// services, to pods here, to pods on other nodes.
+#[inline(always)]
+pub fn from_host(ctx: &TcContext) -> i32 {
+    let program = Program::FromHost;
+    parse::pull_headers(ctx);
+    let frame = match parse(ctx, program) {
+        Ok(f) => f,
+        Err(verdict) => return verdict,
+    };
+    let t = parse::transport(ctx, &frame);
+    let frame = match translated_or(
+        ctx,
+        program,
+        &frame,
+        &t,
+        (true, false),
+        Reason::LocalDelivery,
+    ) {
+        Ok(f) => f,
+        Err(verdict) => return verdict,
+    };
+    // SAFETY: the header was bounds checked by the parser.
+    let daddr = unsafe { (*frame.ip).daddr };
+    // SAFETY: as above.
+    if let Some(ep) = unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) } {
+        return endpoint::deliver(ctx, program, &frame, ep, Reason::LocalDelivery);
+    }
+    if let Some(rt) = maps::ROUTES.get(&Key::new(32, daddr)) {
+        return route::forward(ctx, program, &frame, rt);
+    }
+    pass(ctx, program, Reason::UnknownDestination)
+}
+
+/// Forwards a translated packet as its flow says: masqueraded packets out of the underlay
+/// and their replies to the pod; service packets to a pod here, to the node of a remote
+/// pod (also from the underlay: node port traffic), or to a client outside the cluster.
+/// `delivered` is what local delivery counts as (after decapsulation: the tunnel's reason).
+#[inline(always)]
+fn translated(ctx: &TcContext, program: Program, t: &Translated, delivered: Reason) -> i32 {
+    let frame = match parse(ctx, program) {
+        Ok(f) => f,
+        Err(_) => return drop(ctx, program, Reason::Malformed),
+    };
+    let reply = t.flags & flags::REPLY != 0;
+    if t.flags & flags::MASQ != 0 && !reply {
+        return egress::send(
+            ctx,
+            program,
+            &frame,
+            maps::node().underlay_ifindex,
+            Reason::Masquerade,
+        );
+    }
+    let delivered = if t.flags & flags::MASQ != 0 {
+        Reason::Unmasquerade
+    } else {
+        delivered
+    };
+    // SAFETY: the header was bounds checked by the parser.
+    let daddr = unsafe { (*frame.ip).daddr };
+    // SAFETY: as above.
+    if let Some(ep) = unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) } {
+        return endpoint::deliver(ctx, program, &frame, ep, delivered);
+    }
+    if t.flags & flags::MASQ != 0 {
+        return pass(ctx, program, Reason::UnknownDestination);
+    }
+    if let Some(rt) = maps::ROUTES.get(&Key::new(32, daddr)) {
+        return route::forward(ctx, program, &frame, rt);
+    }
+    if reply && t.ifindex != 0 {
+        return egress::send(ctx, program, &frame, t.ifindex, Reason::ServiceReply);
+    }
+    pass(ctx, program, Reason::ServiceToHost)
 }

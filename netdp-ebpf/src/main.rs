@@ -2,8 +2,11 @@
 //!
 //! `from_pod` runs on tc ingress of every pod's host-side veth and sees everything a pod
 //! sends; `from_netdev` runs on tc ingress of the node's underlay interface and sees
-//! everything the node receives. Both forward by redirect when the maps say where a packet
-//! goes, and hand it to the kernel unchanged otherwise.
+//! everything the node receives; `from_host` runs on the peer of the node's gateway device
+//! and sees what the node itself sends into the pod network. They forward by redirect when
+//! the maps say where a packet goes, and hand it to the kernel unchanged otherwise. The
+//! `sock_*` cgroup programs send the node's own connections to services straight to a
+//! backend.
 #![no_std]
 #![no_main]
 
@@ -17,13 +20,19 @@ mod encap;
 mod endpoint;
 mod forward;
 mod icmp;
+mod lb;
 mod maps;
 mod mtu;
 mod nat;
 mod parse;
 mod route;
+mod service;
+mod sock;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
@@ -33,6 +42,31 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_netdev(ctx: TcContext) -> i32 {
     forward::from_netdev(&ctx)
+}
+
+#[classifier]
+pub fn from_host(ctx: TcContext) -> i32 {
+    forward::from_host(&ctx)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_service(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::to_service(&ctx)
 }
 
 #[cfg(not(test))]

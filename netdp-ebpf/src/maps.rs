@@ -2,14 +2,19 @@
 //! time. Also the node's load-time settings.
 use aya_ebpf::{
     Global,
-    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use netdp_common::{
     Ipv4,
+    conntrack::{CtEntry, CtKey, timeout},
     counters::{CounterValue, SLOTS},
     endpoint::{Endpoint, EndpointKey},
-    nat::{CtEntry, CtKey, NatEntry, NatKey},
+    lb::{
+        Affinity, AffinityBackendKey, AffinityKey, Backend, Frontend, FrontendKey, LbConfig,
+        MAGLEV_TABLE_SIZE as DEFAULT_MAGLEV_TABLE_SIZE, MaglevRow, SockNat, SockNatKey,
+        maglev_rows,
+    },
     node::NodeConfig,
     peer::{Peer, PeerKey},
     route::Route,
@@ -28,12 +33,41 @@ pub static COUNTERS: PerCpuArray<CounterValue, { SLOTS as usize }> = PerCpuArray
 pub static PEERS: HashMap<PeerKey, Peer, 16384> = HashMap::new();
 
 #[btf_map]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry, 65536> = LruHashMap::new();
+pub static FRONTENDS: HashMap<FrontendKey, Frontend, 65536> = HashMap::new();
 
 #[btf_map]
-pub static NAT: LruHashMap<NatKey, NatEntry, 65536> = LruHashMap::new();
+pub static BACKENDS: Array<Backend, { 1 << 20 }> = Array::new();
 
-/// Set by the agent at load time (`netdp_common::node::GLOBAL`); all zero means no
+#[btf_map]
+pub static MAGLEV: Array<MaglevRow, { 256 * maglev_rows(DEFAULT_MAGLEV_TABLE_SIZE) as usize }> =
+    Array::new();
+
+#[btf_map]
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity, 65536> = LruHashMap::new();
+
+/// Value: the backend's flags.
+#[btf_map]
+pub static AFFINITY_BACKENDS: HashMap<AffinityBackendKey, u32, 65536> = HashMap::new();
+
+/// Translated flows of both kinds, services and masquerading (see netdp_common::conntrack).
+#[btf_map]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
+
+#[btf_map]
+pub static LB_CONFIG: Array<LbConfig, 1> = Array::new();
+
+#[btf_map]
+pub static SOCK_NAT: LruHashMap<SockNatKey, SockNat, 65536> = LruHashMap::new();
+
+/// Conntrack lifetimes per state; the agent sets them at load time.
+#[unsafe(no_mangle)]
+pub static CT_TIMEOUTS: Global<[u32; 4]> = Global::new(timeout::DEFAULTS);
+
+/// Entries per Maglev table; the agent sets it at load time.
+#[unsafe(no_mangle)]
+pub static MAGLEV_TABLE_SIZE: Global<u32> = Global::new(DEFAULT_MAGLEV_TABLE_SIZE);
+
+/// Set by the agent at load time (`netdp_common::global_names::NODE`); all zero means no
 /// tunnels, no masquerading and no egress.
 #[unsafe(no_mangle)]
 static NODE: Global<NodeConfig> = Global::new(NodeConfig {

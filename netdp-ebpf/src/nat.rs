@@ -1,285 +1,230 @@
-//! Masquerading (`--ip-masq`): pod flows to the outside leave with the node's address and
-//! a port of their own; replies are translated back. Ports are unique per (remote
-//! address, remote port, protocol), claimed atomically in the NAT map (BPF_NOEXIST), so
-//! two pods never share one, and taken over from flows idle past their timeout when the
-//! range runs short.
+//! Address and port translation, for services and masquerading alike: rewriting a packet's
+//! tuple with incremental checksum updates, translating packets of tracked flows (either
+//! direction) as their conntrack entry says, choosing source ports for new translations,
+//! and masquerading (`--ip-masq`) pod flows to the outside.
+//!
+//! The kernel's csum helpers are used because they also keep the skb's own checksum state
+//! right (CHECKSUM_PARTIAL from pods, CHECKSUM_COMPLETE from NICs).
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
 use netdp_common::{
-    counters::{Program, Reason},
-    encap::flow_hash,
-    endpoint::EndpointKey,
-    nat::{CtEntry, CtKey, NatEntry, NatKey, PORT_PROBES, flags},
+    Ipv4,
+    conntrack::{CtEntry, CtKey, flags},
+    counters::{Event, Program, Reason},
+    nat::PORT_PROBES,
     node::NodeConfig,
 };
 
 use crate::{
-    conntrack::{self, L4, QUOTE, REFRESH, now},
-    counters::{drop, pass},
-    endpoint, maps,
-    parse::{self, ETH_HLEN, IP_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Frame, Parsed},
+    conntrack::{self, Claim},
+    counters::{self, drop},
+    parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP, IPPROTO_TCP, L4},
 };
 
-const IP_CHECK: usize = ETH_HLEN + 10;
-const IP_SADDR: usize = ETH_HLEN + 12;
-const IP_DADDR: usize = ETH_HLEN + 16;
-const EEXIST: i32 = 17;
-
-/// Translates a pod's packet to the outside in place. The caller re-parses the frame.
-#[inline(always)]
-pub fn masquerade(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Result<(), Reason> {
-    let (key, closing) = conntrack::pod_flow(ctx, frame)?;
-    let now = now();
-    let (nat_addr, nat_port) = match maps::CONNTRACK.get_ptr_mut(key) {
-        Some(ct) => {
-            // SAFETY: a live map value; concurrent writers only race on timestamps/flags.
-            let ct = unsafe { &mut *ct };
-            if now.saturating_sub(ct.last_seen) > REFRESH {
-                // Once a second per flow: is the port still ours (the NAT entry may have
-                // been evicted, or taken over after a long silence)?
-                if !owns(&key, ct) {
-                    ct.nat_port = allocate(&key, node, now)?;
-                    ct.nat_addr = node.node_ip;
-                }
-                ct.last_seen = now;
-            }
-            if closing && ct.flags & flags::CLOSING == 0 {
-                ct.flags |= flags::CLOSING;
-            }
-            (ct.nat_addr, ct.nat_port)
-        }
-        None => {
-            let port = allocate(&key, node, now)?;
-            let ct = CtEntry {
-                nat_addr: node.node_ip,
-                nat_port: port,
-                flags: if closing { flags::CLOSING } else { 0 },
-                last_seen: now,
-            };
-            maps::CONNTRACK
-                .insert(key, ct, BPF_ANY as u64)
-                .map_err(|_| Reason::NatNoPort)?;
-            (node.node_ip, port)
-        }
-    };
-    // The source port of TCP/UDP, the identifier of ICMP echo.
-    let port_at = if key.proto == IPPROTO_ICMP {
-        L4 + 4
-    } else {
-        L4
-    };
-    rewrite(
-        ctx, key.proto, IP_SADDR, key.saddr, nat_addr, port_at, key.sport, nat_port,
-    )
+/// How a translated packet goes on: what its conntrack entry says about the flow.
+#[derive(Clone, Copy)]
+pub struct Translated {
+    /// The entry's `conntrack::flags` (direction, kind).
+    pub flags: u8,
+    /// Where replies to a client outside the cluster leave (0: nowhere but pods).
+    pub ifindex: u32,
 }
 
-/// Translates a reply (or an ICMP error about a masqueraded flow) back and delivers it
-/// to its pod; `None` if it belongs to no masqueraded flow.
-#[inline(always)]
-pub fn unmasquerade(ctx: &TcContext, frame: &Ipv4Frame, node: &NodeConfig) -> Option<i32> {
-    const PROGRAM: Program = Program::FromNetdev;
-    let (pod_addr, translated) = match conntrack::reply_flow(ctx, frame, node)? {
-        conntrack::Reply::Flow(key, closing) => {
-            let nat = maps::NAT.get_ptr_mut(key)?;
-            // SAFETY: a live map value; concurrent writers only race on timestamps/flags.
-            let nat = unsafe { &mut *nat };
-            let now = now();
-            if now.saturating_sub(nat.last_seen) > REFRESH || nat.flags & flags::REPLIED == 0 {
-                nat.last_seen = now;
-                nat.flags |= flags::REPLIED;
-            }
-            if closing && nat.flags & flags::CLOSING == 0 {
-                nat.flags |= flags::CLOSING;
-            }
-            let (pod_addr, pod_port) = (nat.pod_addr, nat.pod_port);
-            // The destination port of TCP/UDP, the identifier of ICMP echo.
-            let port_at = if key.proto == IPPROTO_ICMP {
-                L4 + 4
-            } else {
-                L4 + 2
-            };
-            let r = rewrite(
-                ctx,
-                key.proto,
-                IP_DADDR,
-                key.nat_addr,
-                pod_addr,
-                port_at,
-                key.nat_port,
-                pod_port,
-            );
-            (pod_addr, r)
+impl Translated {
+    #[inline(always)]
+    pub fn of(e: &CtEntry) -> Self {
+        Translated {
+            flags: e.flags,
+            ifindex: e.ifindex,
         }
-        conntrack::Reply::Error(key) => {
-            // An error is no sign of life: timestamps stay.
-            // SAFETY: read only, copied out at once.
-            let nat = unsafe { maps::NAT.get(key) }.copied()?;
-            (nat.pod_addr, rewrite_error(ctx, &key, &nat))
-        }
-    };
-    if let Err(reason) = translated {
-        return Some(drop(ctx, PROGRAM, reason));
     }
-    // SAFETY: copied out at once.
-    let Some(ep) = (unsafe { maps::ENDPOINTS.get(EndpointKey { addr: pod_addr }) }).copied() else {
-        return Some(pass(ctx, PROGRAM, Reason::UnknownDestination));
-    };
-    Some(match parse::ipv4(ctx) {
-        Parsed::Ipv4(frame) => endpoint::deliver(ctx, PROGRAM, &frame, &ep, Reason::Unmasquerade),
-        _ => drop(ctx, PROGRAM, Reason::Malformed),
-    })
 }
 
-/// Points an ICMP error about a masqueraded flow at the pod: the outer destination, and
-/// the quoted packet's source address and port (or echo identifier), with the outer,
-/// quoted and ICMP checksums kept right. (The quoted L4 checksum is left alone: a quote
-/// is cut short and nobody verifies it.)
+pub enum Outcome {
+    /// No translation applies: forward the packet as it is.
+    Untouched,
+    /// Rewritten: forward it by its new destination.
+    Translated(Translated),
+    /// Handled; the verdict.
+    Done(i32),
+}
+
+/// Where the L4 checksum sits, the flags its helper needs, and whether the IPv4
+/// pseudo-header is in it.
 #[inline(always)]
-fn rewrite_error(ctx: &TcContext, key: &NatKey, nat: &NatEntry) -> Result<(), Reason> {
-    const ICMP_CHECK: usize = L4 + 2;
-    const QUOTE_CHECK: usize = QUOTE + 10;
-    const QUOTE_SADDR: usize = QUOTE + 12;
-    let failed = |_| Reason::AdjustFailed;
-    let (old_a, new_a) = (
-        u32::from_ne_bytes(key.nat_addr) as u64,
-        u32::from_ne_bytes(nat.pod_addr) as u64,
-    );
-    let port_at = QUOTE + IP_HLEN + if key.proto == IPPROTO_ICMP { 4 } else { 0 };
-    // The outer header: the error goes to the pod.
-    ctx.l3_csum_replace(IP_CHECK, old_a, new_a, 4)
-        .map_err(failed)?;
-    ctx.store(IP_DADDR, &nat.pod_addr, 0).map_err(failed)?;
-    // The quote: as the pod sent it. Every change inside the ICMP message is also
-    // folded into the ICMP checksum.
-    let old_check: u16 = ctx.load(QUOTE_CHECK).map_err(failed)?;
-    ctx.l3_csum_replace(QUOTE_CHECK, old_a, new_a, 4)
-        .map_err(failed)?;
-    let new_check: u16 = ctx.load(QUOTE_CHECK).map_err(failed)?;
-    ctx.store(QUOTE_SADDR, &nat.pod_addr, 0).map_err(failed)?;
-    ctx.store(port_at, &nat.pod_port, 0).map_err(failed)?;
-    ctx.l4_csum_replace(ICMP_CHECK, old_a, new_a, 4)
-        .map_err(failed)?;
-    ctx.l4_csum_replace(ICMP_CHECK, old_check as u64, new_check as u64, 2)
-        .map_err(failed)?;
-    ctx.l4_csum_replace(ICMP_CHECK, key.nat_port as u64, nat.pod_port as u64, 2)
-        .map_err(failed)?;
+fn l4_csum(l4: &L4) -> (usize, u64, bool) {
+    match l4.proto {
+        IPPROTO_TCP => (l4.off + 16, 0, true),
+        IPPROTO_ICMP => (l4.off + 2, 0, false),
+        // A UDP checksum of 0 means "none" and must stay 0.
+        _ => (l4.off + 6, BPF_F_MARK_MANGLED_0 as u64, true),
+    }
+}
+
+/// Rewrites the tuple of the packet whose transport header `l4` describes from `from` to
+/// `to` (ports in host byte order; for ICMP echo the identifier). Packet pointers are
+/// invalid afterwards.
+#[inline(always)]
+pub fn rewrite(ctx: &TcContext, l4: &L4, from: &CtKey, to: &CtKey) -> Result<(), ()> {
+    let (csum, l4_flags, pseudo) = l4_csum(l4);
+    let pseudo = pseudo.then_some(csum);
+    // The echo identifier stands in for whichever port is not 0.
+    let (sport_at, dport_at) = if l4.proto == IPPROTO_ICMP {
+        (l4.off + 4, l4.off + 4)
+    } else {
+        (l4.off, l4.off + 2)
+    };
+    if from.saddr != to.saddr {
+        addr(ctx, IP_SADDR_OFF, pseudo, from.saddr, to.saddr, l4_flags)?;
+    }
+    if from.daddr != to.daddr {
+        addr(ctx, IP_DADDR_OFF, pseudo, from.daddr, to.daddr, l4_flags)?;
+    }
+    if from.sport != to.sport {
+        port(ctx, sport_at, csum, from.sport, to.sport, l4_flags)?;
+    }
+    if from.dport != to.dport {
+        port(ctx, dport_at, csum, from.dport, to.dport, l4_flags)?;
+    }
     Ok(())
 }
 
-/// Whether the NAT entry for `ct`'s port still leads back to the flow `key`; re-creates
-/// it if it was evicted and the port is still free.
+/// Replaces an IPv4 address of the outer header at `off`, fixing the IP checksum and, when
+/// given, the L4 checksum at `l4_csum` (whose pseudo-header covers the address).
 #[inline(always)]
-fn owns(key: &CtKey, ct: &CtEntry) -> bool {
-    let nat_key = reply_key(key, ct.nat_addr, ct.nat_port);
-    // SAFETY: read only, copied out at once.
-    match unsafe { maps::NAT.get(nat_key) }.copied() {
-        Some(n) => n.pod_addr == key.saddr && n.pod_port == key.sport,
-        None => maps::NAT
-            .insert(nat_key, entry_for(key, ct.last_seen), BPF_NOEXIST as u64)
-            .is_ok(),
-    }
-}
-
-#[inline(always)]
-fn reply_key(key: &CtKey, nat_addr: [u8; 4], nat_port: u16) -> NatKey {
-    NatKey {
-        remote_addr: key.daddr,
-        nat_addr,
-        remote_port: key.dport,
-        nat_port,
-        proto: key.proto,
-        _pad: [0; 3],
-    }
-}
-
-#[inline(always)]
-fn entry_for(key: &CtKey, now: u64) -> NatEntry {
-    NatEntry {
-        pod_addr: key.saddr,
-        pod_port: key.sport,
-        flags: 0,
-        last_seen: now,
-    }
-}
-
-/// Claims a port (network order) for a new flow. The first candidate depends only on the
-/// flow, so a flow whose entries were evicted gets its old port back.
-#[inline(always)]
-fn allocate(key: &CtKey, node: &NodeConfig, now: u64) -> Result<u16, Reason> {
-    if node.nat_port_min == 0 {
-        return Err(Reason::NatNoPort);
-    }
-    let min = node.nat_port_min as u32;
-    let range = (node.nat_port_max as u32).saturating_sub(min) + 1;
-    let start = flow_hash(
-        u32::from_ne_bytes(key.saddr),
-        u32::from_ne_bytes(key.daddr),
-        (key.sport as u32) << 16 | key.dport as u32,
-        key.proto,
+pub fn addr(
+    ctx: &TcContext,
+    off: usize,
+    l4_csum: Option<usize>,
+    old: Ipv4,
+    new: Ipv4,
+    l4_flags: u64,
+) -> Result<(), ()> {
+    let (o, n) = (
+        u32::from_ne_bytes(old) as u64,
+        u32::from_ne_bytes(new) as u64,
     );
-    let value = entry_for(key, now);
-    for i in 0..PORT_PROBES {
-        let port = (min + start.wrapping_add(i) % range) as u16;
-        let nat_key = reply_key(key, node.node_ip, port.to_be());
-        match maps::NAT.insert(nat_key, value, BPF_NOEXIST as u64) {
-            Ok(()) => return Ok(port.to_be()),
-            Err(e) if e == -EEXIST => {
-                if let Some(old) = maps::NAT.get_ptr_mut(nat_key) {
-                    // SAFETY: a live map value; losing a race here only costs a probe.
-                    let old = unsafe { &mut *old };
-                    if conntrack::reclaimable(&nat_key, old, now) {
-                        *old = value;
-                        return Ok(port.to_be());
-                    }
-                }
-            }
-            Err(_) => return Err(Reason::NatNoPort),
-        }
+    if let Some(c) = l4_csum {
+        ctx.l4_csum_replace(c, o, n, BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags)
+            .map_err(|_| ())?;
     }
-    Err(Reason::NatNoPort)
+    ctx.l3_csum_replace(IP_CSUM_OFF, o, n, 4).map_err(|_| ())?;
+    ctx.store(off, &new, 0).map_err(|_| ())
 }
 
-/// Replaces an address (at `addr_at`) and a port or ICMP identifier (at `port_at`),
-/// fixing the IPv4 and L4 checksums with the kernel's helpers, which also handle
-/// packets whose L4 checksum is still to be computed by offload (CHECKSUM_PARTIAL).
+/// Replaces a port (host byte order values) at `off`, fixing the L4 checksum at `csum`.
+#[inline(always)]
+pub fn port(
+    ctx: &TcContext,
+    off: usize,
+    csum: usize,
+    old: u16,
+    new: u16,
+    l4_flags: u64,
+) -> Result<(), ()> {
+    let (old, new) = (old.to_be(), new.to_be());
+    ctx.l4_csum_replace(csum, old as u64, new as u64, 2 | l4_flags)
+        .map_err(|_| ())?;
+    ctx.store(off, &new, 0).map_err(|_| ())
+}
+
+/// Translates a packet of a flow conntrack tracks (either direction, either kind) as its
+/// entry says; `None` if there is no such flow.
+#[inline(always)]
+pub fn follow(ctx: &TcContext, program: Program, key: &CtKey, l4: &L4) -> Option<Outcome> {
+    let (e, now) = conntrack::lookup(key, l4.tcp_flags)?;
+    conntrack::track(e, key, l4.tcp_flags, now);
+    // SAFETY: a valid map value, copied out.
+    let e = unsafe { *e };
+    Some(match rewrite(ctx, l4, key, &e.nat_tuple(key.proto)) {
+        Ok(()) => Outcome::Translated(Translated::of(&e)),
+        Err(()) => Outcome::Done(drop(ctx, program, Reason::AdjustFailed)),
+    })
+}
+
+/// Gives `to` (the new flow `key` translated, its source address set) a source port of
+/// `min..=max` whose reply tuple it can claim, writing `reply` there. Candidates start
+/// where the flow's hash points, so a flow whose entries were lost gets its old port back;
+/// `None` when `PORT_PROBES` candidates are all taken.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn rewrite(
+pub fn allocate(
     ctx: &TcContext,
-    proto: u8,
-    addr_at: usize,
-    old_addr: [u8; 4],
-    new_addr: [u8; 4],
-    port_at: usize,
-    old_port: u16,
-    new_port: u16,
-) -> Result<(), Reason> {
-    let (old_a, new_a) = (
-        u32::from_ne_bytes(old_addr) as u64,
-        u32::from_ne_bytes(new_addr) as u64,
-    );
-    let (check_at, l4_flags) = match proto {
-        IPPROTO_TCP => (L4 + 16, 0),
-        IPPROTO_UDP => (L4 + 6, BPF_F_MARK_MANGLED_0 as u64),
-        _ => (L4 + 2, 0),
-    };
-    let failed = |_| Reason::AdjustFailed;
-    if proto != IPPROTO_ICMP {
-        ctx.l4_csum_replace(
-            check_at,
-            old_a,
-            new_a,
-            l4_flags | BPF_F_PSEUDO_HDR as u64 | 4,
-        )
-        .map_err(failed)?;
+    program: Program,
+    key: &CtKey,
+    mut to: CtKey,
+    (min, max): (u16, u16),
+    reply: &CtEntry,
+    now: u32,
+) -> Option<CtKey> {
+    if min == 0 || max < min {
+        return None;
     }
-    ctx.l4_csum_replace(check_at, old_port as u64, new_port as u64, l4_flags | 2)
-        .map_err(failed)?;
-    ctx.l3_csum_replace(IP_CHECK, old_a, new_a, 4)
-        .map_err(failed)?;
-    ctx.store(addr_at, &new_addr, 0).map_err(failed)?;
-    ctx.store(port_at, &new_port, 0).map_err(failed)?;
+    let range = (max - min) as u32 + 1;
+    let start = key.hash();
+    for i in 0..PORT_PROBES {
+        to.sport = (min as u32 + start.wrapping_add(i) % range) as u16;
+        match conntrack::claim(ctx, program, &to.reversed(), reply, now) {
+            Claim::Claimed => return Some(to),
+            Claim::Taken => {}
+            Claim::Failed => return None,
+        }
+    }
+    None
+}
+
+/// Masquerades the first packet of a pod's flow to the outside: the node's address and a
+/// port of its range no other flow uses towards the same remote address and port, with the
+/// flow's two conntrack entries. The caller has looked the flow up already.
+#[inline(always)]
+pub fn masquerade(
+    ctx: &TcContext,
+    program: Program,
+    key: &CtKey,
+    l4: &L4,
+    node: &NodeConfig,
+) -> Result<(), Reason> {
+    let now = conntrack::now();
+    let st = conntrack::first_state(key.proto);
+    let back = key.reversed();
+    let reply = CtEntry {
+        nat_saddr: back.saddr,
+        nat_daddr: back.daddr,
+        nat_sport: back.sport,
+        nat_dport: back.dport,
+        expires: now + conntrack::lifetime(st),
+        ifindex: 0,
+        service_id: 0,
+        state: st,
+        flags: flags::REPLY | flags::MASQ,
+        pad: 0,
+    };
+    let to = CtKey {
+        saddr: node.node_ip,
+        ..*key
+    };
+    let to = allocate(
+        ctx,
+        program,
+        key,
+        to,
+        (node.nat_port_min, node.nat_port_max),
+        &reply,
+        now,
+    )
+    .ok_or(Reason::NatNoPort)?;
+    let forward = CtEntry {
+        nat_saddr: to.saddr,
+        nat_daddr: to.daddr,
+        nat_sport: to.sport,
+        nat_dport: to.dport,
+        flags: flags::MASQ,
+        ..reply
+    };
+    let to = conntrack::open(key, &forward, &to.reversed()).map_err(|()| Reason::NatNoPort)?;
+    rewrite(ctx, l4, key, &to).map_err(|()| Reason::AdjustFailed)?;
+    counters::event(ctx, program, Event::MasqueradeFlow);
     Ok(())
 }

@@ -12,6 +12,24 @@ pub const IP_MF_OFFSET: u16 = 0x3fff;
 pub const IP_OFFSET: u16 = 0x1fff;
 pub const IP_DF: u16 = 0x4000;
 
+/// Offsets of IPv4 header fields from the start of the frame.
+pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+pub const IP_SADDR_OFF: usize = ETH_HLEN + 12;
+pub const IP_DADDR_OFF: usize = ETH_HLEN + 16;
+
+/// TCP flags (byte 13 of the header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// ICMP types.
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETERPROB: u8 = 12;
+
 #[repr(C)]
 pub struct EthHdr {
     pub dst: [u8; 6],
@@ -34,20 +52,41 @@ pub struct Ipv4Hdr {
     pub daddr: [u8; 4],
 }
 
-#[repr(C)]
-pub struct UdpHdr {
-    pub source: u16,
-    pub dest: u16,
-    pub len: u16,
-    pub check: u16,
-}
-
 impl Ipv4Hdr {
     /// Header without options, and not a fragment: L4 starts right after 20 bytes.
     #[inline(always)]
     pub fn is_plain(&self) -> bool {
         self.version_ihl == 0x45 && u16::from_be(self.frag_off) & IP_MF_OFFSET == 0
     }
+}
+
+/// The first 14 bytes of a TCP header: ports, sequence numbers, offset and flags.
+#[repr(C)]
+pub struct TcpHdr {
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub doff: u8,
+    pub flags: u8,
+}
+
+#[repr(C)]
+pub struct UdpHdr {
+    pub sport: u16,
+    pub dport: u16,
+    pub len: u16,
+    pub check: u16,
+}
+
+#[repr(C)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: u16,
+    /// Echo identifier (network order); the first half of "rest of header" otherwise.
+    pub id: u16,
+    pub seq: u16,
 }
 
 /// A pointer to a `T` at `offset` in the packet, if the packet is long enough.
@@ -59,6 +98,37 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
         return None;
     }
     Some((start + offset) as *mut T)
+}
+
+/// `N` bytes of the packet from `offset`, wherever they sit (bpf_skb_load_bytes with a
+/// constant length, which the verifier wants).
+#[inline(always)]
+pub fn load<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u8; N]> {
+    let mut buf = [0u8; N];
+    // SAFETY: the helper writes at most N bytes into buf.
+    let ret = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            offset as u32,
+            buf.as_mut_ptr() as *mut _,
+            N as u32,
+        )
+    };
+    (ret == 0).then_some(buf)
+}
+
+/// Headers up to the transport ports, with IP options: what has to be in the linear part
+/// of the packet for the programs to read it directly.
+const HEADERS_MAX: usize = ETH_HLEN + 60 + 20;
+
+/// Makes sure the headers are in the packet's linear data (a no-op for nearly every packet).
+#[inline(always)]
+pub fn pull_headers(ctx: &TcContext) {
+    let linear = ctx.data_end() - ctx.data();
+    let len = ctx.len() as usize;
+    if linear < HEADERS_MAX && linear < len {
+        let _ = ctx.pull_data(len.min(HEADERS_MAX) as u32);
+    }
 }
 
 /// The Ethernet and IPv4 headers of an IPv4 frame.
@@ -107,4 +177,84 @@ pub fn ipv4(ctx: &TcContext) -> Parsed {
         return Parsed::Malformed;
     }
     Parsed::Ipv4(Ipv4Frame { eth, ip })
+}
+
+/// The transport header, as far as translation needs it.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    pub proto: u8,
+    /// Offset of the transport header in the frame.
+    pub off: usize,
+    /// Network byte order. For ICMP echo the identifier stands in the port of the side that
+    /// chose it (see `netdp_common::conntrack`); the other one is 0.
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags (0 for UDP and ICMP).
+    pub tcp_flags: u8,
+}
+
+#[derive(Clone, Copy)]
+pub enum Transport {
+    /// TCP or UDP, unfragmented.
+    Ports(L4),
+    /// ICMP echo request or reply, unfragmented (only masquerading translates these).
+    Echo(L4),
+    /// An ICMP error (destination unreachable, time exceeded, parameter problem); `off` is
+    /// where the ICMP header starts.
+    IcmpError(L4),
+    /// Anything else: other protocols and ICMP messages, fragments, short headers.
+    Other,
+}
+
+/// Reads the transport header of a parsed IPv4 frame.
+#[inline(always)]
+pub fn transport(ctx: &TcContext, frame: &Ipv4Frame) -> Transport {
+    // SAFETY: the IP header was bounds checked by the parser.
+    let (vihl, frag, proto) = unsafe {
+        (
+            (*frame.ip).version_ihl,
+            u16::from_be((*frame.ip).frag_off),
+            (*frame.ip).protocol,
+        )
+    };
+    // Fragments carry no ports past the first one; translation leaves them alone.
+    if frag & IP_MF_OFFSET != 0 {
+        return Transport::Other;
+    }
+    let off = ETH_HLEN + ((vihl & 0x0f) as usize) * 4;
+    let l4 = |sport, dport, tcp_flags| L4 {
+        proto,
+        off,
+        sport,
+        dport,
+        tcp_flags,
+    };
+    match proto {
+        IPPROTO_TCP => match ptr_at::<TcpHdr>(ctx, off) {
+            // SAFETY: bounds checked by ptr_at.
+            Some(t) => unsafe { Transport::Ports(l4((*t).sport, (*t).dport, (*t).flags)) },
+            None => Transport::Other,
+        },
+        IPPROTO_UDP => match ptr_at::<UdpHdr>(ctx, off) {
+            // SAFETY: bounds checked by ptr_at.
+            Some(u) => unsafe { Transport::Ports(l4((*u).sport, (*u).dport, 0)) },
+            None => Transport::Other,
+        },
+        IPPROTO_ICMP => {
+            let Some(i) = ptr_at::<IcmpHdr>(ctx, off) else {
+                return Transport::Other;
+            };
+            // SAFETY: bounds checked by ptr_at.
+            let (kind, code, id) = unsafe { ((*i).kind, (*i).code, (*i).id) };
+            match kind {
+                ICMP_ECHO if code == 0 => Transport::Echo(l4(id, 0, 0)),
+                ICMP_ECHO_REPLY if code == 0 => Transport::Echo(l4(0, id, 0)),
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB => {
+                    Transport::IcmpError(l4(0, 0, 0))
+                }
+                _ => Transport::Other,
+            }
+        }
+        _ => Transport::Other,
+    }
 }

@@ -1,5 +1,6 @@
 //! Forwarding to the node that leases the destination's subnet: routed directly or
-//! encapsulated, as the route entry says.
+//! encapsulated, as the route entry says. Pods' packets, the node's own (`from_host`), and
+//! translated service packets from anywhere (a node port's remote backend) take this path.
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, bpf_redir_neigh},
     helpers::{bpf_redirect, bpf_redirect_neigh},
@@ -17,19 +18,18 @@ use crate::{
 };
 
 const AF_INET: u32 = 2;
-const PROGRAM: Program = Program::FromPod;
 
 #[inline(always)]
-pub fn forward(ctx: &TcContext, frame: &Ipv4Frame, rt: &Route) -> i32 {
+pub fn forward(ctx: &TcContext, program: Program, frame: &Ipv4Frame, rt: &Route) -> i32 {
     if rt.mode == mode::UNREACHABLE {
-        return pass(ctx, PROGRAM, Reason::PeerUnreachable);
+        return pass(ctx, program, Reason::PeerUnreachable);
     }
     // SAFETY: headers were bounds checked by the parser and nothing has moved the packet.
     if unsafe { (*frame.ip).ttl } <= 1 {
-        return pass(ctx, PROGRAM, Reason::TtlExceeded);
+        return pass(ctx, program, Reason::TtlExceeded);
     }
     if !mtu::fits(ctx, frame, rt.mtu) {
-        return icmp::frag_needed(ctx, PROGRAM, frame, rt.mtu);
+        return icmp::frag_needed(ctx, program, frame, rt.mtu);
     }
     // SAFETY: as above.
     unsafe { csum::decrease_ttl(frame.ip) };
@@ -37,21 +37,27 @@ pub fn forward(ctx: &TcContext, frame: &Ipv4Frame, rt: &Route) -> i32 {
         mode::VXLAN => encap::vxlan(ctx, frame, rt).map(|()| Reason::EncapVxlan),
         mode::IPIP => encap::ipip(ctx, frame, rt).map(|()| Reason::EncapIpip),
         mode::UDP => encap::udp(ctx, frame, rt).map(|()| Reason::EncapUdp),
-        _ => return transmit(ctx, rt, Reason::Direct, Reason::DirectNeigh),
+        _ => return transmit(ctx, program, rt, Reason::Direct, Reason::DirectNeigh),
     };
     match encapsulated {
-        Ok(reason) => transmit(ctx, rt, reason, reason),
-        Err(reason) => drop(ctx, PROGRAM, reason),
+        Ok(reason) => transmit(ctx, program, rt, reason, reason),
+        Err(reason) => drop(ctx, program, reason),
     }
 }
 
 /// Sends the frame out of the underlay to the route's next hop: with the MACs the agent
 /// resolved, or through the kernel's neighbour table while it has not.
 #[inline(always)]
-fn transmit(ctx: &TcContext, rt: &Route, with_mac: Reason, with_neigh: Reason) -> i32 {
+fn transmit(
+    ctx: &TcContext,
+    program: Program,
+    rt: &Route,
+    with_mac: Reason,
+    with_neigh: Reason,
+) -> i32 {
     let (ret, reason) = if rt.flags & flags::HAS_MAC != 0 {
         let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-            return drop(ctx, PROGRAM, Reason::Malformed);
+            return drop(ctx, program, Reason::Malformed);
         };
         // SAFETY: bounds checked by ptr_at.
         unsafe {
@@ -78,8 +84,8 @@ fn transmit(ctx: &TcContext, rt: &Route, with_mac: Reason, with_neigh: Reason) -
         (ret, with_neigh)
     };
     if ret as i32 != TC_ACT_REDIRECT as i32 {
-        return drop(ctx, PROGRAM, Reason::RedirectFailed);
+        return drop(ctx, program, Reason::RedirectFailed);
     }
-    count(ctx, PROGRAM, reason);
+    count(ctx, program, reason);
     ret as i32
 }

@@ -7,6 +7,7 @@ pub mod flannel;
 pub mod netns;
 pub mod packet;
 pub mod process;
+pub mod services;
 pub mod testbed;
 pub mod tls;
 pub mod traffic;

@@ -47,6 +47,8 @@ pub struct PacketSpec {
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
+    /// TCP flags (SYN by default).
+    pub tcp_flags: u8,
     pub payload: Vec<u8>,
 }
 
@@ -61,6 +63,7 @@ impl Default for PacketSpec {
             proto: IPPROTO_UDP,
             sport: 40000,
             dport: 8080,
+            tcp_flags: 0x02,
             payload: b"hello netdp".to_vec(),
         }
     }
@@ -88,7 +91,7 @@ impl PacketSpec {
                 t.extend_from_slice(&self.dport.to_be_bytes());
                 t.extend_from_slice(&1000u32.to_be_bytes()); // seq
                 t.extend_from_slice(&0u32.to_be_bytes()); // ack
-                t.extend_from_slice(&[0x50, 0x02]); // data offset 5, SYN
+                t.extend_from_slice(&[0x50, self.tcp_flags]); // data offset 5
                 t.extend_from_slice(&65535u16.to_be_bytes());
                 t.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
                 t.extend_from_slice(&self.payload);
@@ -106,33 +109,50 @@ impl PacketSpec {
                 i
             }
         };
-        let total = 20 + l4.len();
-        let mut ip = vec![
-            0x45,
+        ipv4_frame(
+            self.dst_mac,
+            self.src_mac,
             0,
-            (total >> 8) as u8,
-            total as u8,
-            0x12,
-            0x34,
-            0x40, // DF
-            0,
+            0x1234,
+            0x4000,
             self.ttl,
             self.proto,
-            0,
-            0,
-        ];
-        ip.extend_from_slice(&self.src.octets());
-        ip.extend_from_slice(&self.dst.octets());
-        let c = checksum(&ip, 0);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let mut frame = Vec::with_capacity(14 + total);
-        frame.extend_from_slice(&self.dst_mac);
-        frame.extend_from_slice(&self.src_mac);
-        frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
-        frame.extend_from_slice(&ip);
-        frame.extend_from_slice(&l4);
-        frame
+            (self.src, self.dst),
+            &l4,
+        )
     }
+}
+
+/// An Ethernet frame with an IPv4 header (no options, valid checksum) and `payload`.
+/// `frag_off` is the flags and offset word (0x4000: DF).
+#[allow(clippy::too_many_arguments)]
+fn ipv4_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    tos: u8,
+    id: u16,
+    frag_off: u16,
+    ttl: u8,
+    proto: u8,
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    payload: &[u8],
+) -> Vec<u8> {
+    let total = 20 + payload.len();
+    let mut f = Vec::with_capacity(14 + total);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    f.extend_from_slice(&[0x45, tos]);
+    f.extend_from_slice(&(total as u16).to_be_bytes());
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&frag_off.to_be_bytes());
+    f.extend_from_slice(&[ttl, proto, 0, 0]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    let c = checksum(&f[14..34], 0);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
 }
 
 /// The outer Ethernet and IPv4 addresses of a tunnel packet.
@@ -144,38 +164,20 @@ pub struct Outer {
     pub dst: Ipv4Addr,
 }
 
-/// An outer IPv4 header as netdp and Linux tunnels write it: DF, ID 0, TTL 64.
-fn outer_ipv4(outer: &Outer, proto: u8, payload_len: usize) -> Vec<u8> {
-    let total = 20 + payload_len;
-    let mut ip = vec![
-        0x45,
-        0,
-        (total >> 8) as u8,
-        total as u8,
-        0,
-        0,
-        0x40,
-        0,
-        64,
-        proto,
-        0,
-        0,
-    ];
-    ip.extend_from_slice(&outer.src.octets());
-    ip.extend_from_slice(&outer.dst.octets());
-    let c = checksum(&ip, 0);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    ip
-}
-
+/// An outer IPv4 header as netdp and Linux tunnels write it (DF, ID 0, TTL 64), in front
+/// of `payload`.
 fn outer_frame(outer: &Outer, ip_payload_proto: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(34 + payload.len());
-    f.extend_from_slice(&outer.dst_mac);
-    f.extend_from_slice(&outer.src_mac);
-    f.extend_from_slice(&ETH_P_IP.to_be_bytes());
-    f.extend_from_slice(&outer_ipv4(outer, ip_payload_proto, payload.len()));
-    f.extend_from_slice(payload);
-    f
+    ipv4_frame(
+        outer.dst_mac,
+        outer.src_mac,
+        0,
+        0,
+        0x4000,
+        64,
+        ip_payload_proto,
+        (outer.src, outer.dst),
+        payload,
+    )
 }
 
 fn udp_header(sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
@@ -232,6 +234,49 @@ pub fn routed(frame: &[u8], dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
     let c = checksum(&f[14..14 + ihl], 0);
     f[24..26].copy_from_slice(&c.to_be_bytes());
     f
+}
+
+/// An ICMP error (`kind`, `code`) from `src` to `dst` quoting the IP header and first 8
+/// payload bytes of `quoted` (an Ethernet frame), with valid checksums.
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: u8,
+    code: u8,
+    rest: u32,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let ihl = ((quoted[14] & 0x0f) as usize) * 4;
+    let quote = &quoted[14..(14 + ihl + 8).min(quoted.len())];
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    let c = checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    // Back the way the quoted frame came.
+    let (mut dst_mac, mut src_mac) = ([0; 6], [0; 6]);
+    dst_mac.copy_from_slice(&quoted[6..12]);
+    src_mac.copy_from_slice(&quoted[0..6]);
+    ipv4_frame(
+        dst_mac,
+        src_mac,
+        0xc0,
+        0,
+        0,
+        64,
+        IPPROTO_ICMP,
+        (src, dst),
+        &icmp,
+    )
+}
+
+/// Source and destination port of the TCP/UDP packet in `frame` (no IP options).
+pub fn ports(frame: &[u8]) -> (u16, u16) {
+    let off = 14 + ((frame[14] & 0x0f) as usize) * 4;
+    (
+        u16::from_be_bytes([frame[off], frame[off + 1]]),
+        u16::from_be_bytes([frame[off + 2], frame[off + 3]]),
+    )
 }
 
 /// A parsed view of an Ethernet + IPv4 frame, for assertions.

@@ -553,14 +553,20 @@ impl Testbed {
     pub fn start_agent(&mut self, node: &str, extra: &[&str]) -> Result<()> {
         let mut args = self.agent_args(node);
         args.extend(extra.iter().map(|s| s.to_string()));
+        // Only this run's part of the (appended) log counts.
+        let log = self.node(node).agent_log();
+        let skip = std::fs::metadata(&log)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
         let child = self.spawn_agent(node, &args)?;
         let n = self.node_mut(node);
         n.agent = Some(child);
-        let log = n.agent_log();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("netdp agent ready") {
+            let text = std::fs::read(&log).unwrap_or_default();
+            if String::from_utf8_lossy(text.get(skip..).unwrap_or_default())
+                .contains("netdp agent ready")
+            {
                 return Ok(());
             }
             let n = self.node_mut(node);
@@ -841,8 +847,8 @@ impl Testbed {
         Ok(())
     }
 
-    /// Counters of a node's programs: (program, reason) -> packets.
-    pub fn counters(&self, node: &str) -> Result<std::collections::HashMap<(String, String), u64>> {
+    /// `netdp counters -o json` on a node: one object per reason and per event.
+    fn counter_rows(&self, node: &str) -> Result<Vec<Value>> {
         let n = self.node(node);
         let out = netns::exec(
             &n.ns,
@@ -855,21 +861,22 @@ impl Testbed {
             ],
         )?;
         let v: Value = serde_json::from_str(&out)?;
-        Ok(v.as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|c| {
-                        (
-                            (
-                                c["program"].as_str().unwrap_or("").to_string(),
-                                c["reason"].as_str().unwrap_or("").to_string(),
-                            ),
-                            c["packets"].as_u64().unwrap_or(0),
-                        )
-                    })
-                    .collect()
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Counters of a node's programs: (program, reason) -> packets.
+    pub fn counters(&self, node: &str) -> Result<std::collections::HashMap<(String, String), u64>> {
+        Ok(self
+            .counter_rows(node)?
+            .iter()
+            .filter_map(|c| {
+                let key = (
+                    c["program"].as_str()?.to_string(),
+                    c["reason"].as_str()?.to_string(),
+                );
+                Some((key, c["packets"].as_u64().unwrap_or(0)))
             })
-            .unwrap_or_default())
+            .collect())
     }
 
     /// One counter of a node's programs.
@@ -878,6 +885,17 @@ impl Testbed {
             .counters(node)?
             .get(&(program.to_string(), reason.to_string()))
             .copied()
+            .unwrap_or(0))
+    }
+
+    /// How often `event` (a flow load balanced, masqueraded, ...) happened in a node's
+    /// `program`.
+    pub fn event(&self, node: &str, program: &str, event: &str) -> Result<u64> {
+        Ok(self
+            .counter_rows(node)?
+            .iter()
+            .find(|c| c["program"] == program && c["event"] == event)
+            .and_then(|c| c["count"].as_u64())
             .unwrap_or(0))
     }
 

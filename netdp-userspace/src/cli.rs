@@ -1,4 +1,8 @@
-//! The `netdp` command line: the agent plus read-only views of etcd and the maps.
+//! The `netdp` command line: the agent plus read-only views of etcd and the maps, and
+//! the services in etcd.
+mod conntrack;
+mod services;
+
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Result, anyhow};
@@ -7,7 +11,7 @@ use serde_json::json;
 
 use crate::{
     agent::AgentArgs,
-    dataplane::{Pins, counters::CounterMap, endpoint::EndpointMap, nat::NatMaps, route::RouteMap},
+    dataplane::{Pins, counters::CounterMap, endpoint::EndpointMap, route::RouteMap},
     etcd::EtcdArgs,
     lease::Registry,
     subnet_file::SubnetFile,
@@ -39,13 +43,22 @@ pub enum Command {
     Route(RouteCmd),
     /// Pod flows masqueraded to the outside (--ip-masq).
     #[command(subcommand)]
-    Nat(NatCmd),
+    Nat(conntrack::NatCmd),
     /// Subnet leases in etcd.
     #[command(subcommand)]
     Lease(LeaseCmd),
     /// The network config in etcd.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Kubernetes services in etcd: apply, list, get, delete.
+    #[command(subcommand)]
+    Service(services::ServiceCmd),
+    /// Service frontends and backends, as the dataplane balances them.
+    #[command(subcommand)]
+    Lb(services::LbCmd),
+    /// Translated flows, as the dataplane tracks them.
+    #[command(subcommand)]
+    Conntrack(conntrack::ConntrackCmd),
     /// Remove a node's dataplane: detach its programs and delete its pinned maps.
     Teardown(NodeArgs),
 }
@@ -88,11 +101,6 @@ pub enum RouteCmd {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum NatCmd {
-    List(NodeArgs),
-}
-
-#[derive(Subcommand, Debug)]
 pub enum LeaseCmd {
     List {
         #[command(flatten)]
@@ -113,7 +121,7 @@ pub enum NetworkCmd {
     },
 }
 
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -140,32 +148,54 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Agent(args) => crate::agent::run(*args).await,
         Command::Counters(args) => {
-            let counters = CounterMap::open(&args.pins()?)?.all()?;
+            let map = CounterMap::open(&args.pins()?)?;
+            let (counters, events) = (map.all()?, map.events()?);
             match args.output {
                 Output::Json => {
-                    println!(
-                        "{}",
-                        json!(counters.iter().map(|c| json!({
-                        "program": c.program.name(), "verdict": c.reason.verdict().name(),
-                        "reason": c.reason.name(), "packets": c.packets, "bytes": c.bytes,
-                    })).collect::<Vec<_>>())
-                    )
-                }
-                Output::Table => print_table(
-                    &["PROGRAM", "VERDICT", "REASON", "PACKETS", "BYTES"],
-                    &counters
-                        .iter()
-                        .map(|c| {
-                            vec![
-                                c.program.name().into(),
-                                c.reason.verdict().name().into(),
-                                c.reason.name().into(),
-                                c.packets.to_string(),
-                                c.bytes.to_string(),
-                            ]
+                    let reasons = counters.iter().map(|c| {
+                        json!({
+                            "program": c.program.name(), "verdict": c.reason.verdict().name(),
+                            "reason": c.reason.name(), "packets": c.packets, "bytes": c.bytes,
                         })
-                        .collect::<Vec<_>>(),
-                ),
+                    });
+                    let events = events.iter().map(|e| {
+                        json!({"program": e.program.name(), "event": e.event.name(), "count": e.count})
+                    });
+                    println!("{}", json!(reasons.chain(events).collect::<Vec<_>>()))
+                }
+                Output::Table => {
+                    print_table(
+                        &["PROGRAM", "VERDICT", "REASON", "PACKETS", "BYTES"],
+                        &counters
+                            .iter()
+                            .map(|c| {
+                                vec![
+                                    c.program.name().into(),
+                                    c.reason.verdict().name().into(),
+                                    c.reason.name().into(),
+                                    c.packets.to_string(),
+                                    c.bytes.to_string(),
+                                ]
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                    if !events.is_empty() {
+                        println!();
+                        print_table(
+                            &["PROGRAM", "EVENT", "COUNT"],
+                            &events
+                                .iter()
+                                .map(|e| {
+                                    vec![
+                                        e.program.name().into(),
+                                        e.event.name().into(),
+                                        e.count.to_string(),
+                                    ]
+                                })
+                                .collect::<Vec<_>>(),
+                        );
+                    }
+                }
             }
             Ok(())
         }
@@ -256,44 +286,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Nat(NatCmd::List(args)) => {
-            let flows = NatMaps::open(&args.pins()?)?.conntrack();
-            let proto = |p: u8| match p {
-                1 => "icmp",
-                6 => "tcp",
-                17 => "udp",
-                _ => "?",
-            };
-            match args.output {
-                Output::Json => println!(
-                    "{}",
-                    json!(
-                        flows
-                            .iter()
-                            .map(|t| json!({
-                                "proto": proto(t.proto), "pod": t.pod.to_string(),
-                                "remote": t.remote.to_string(), "nat": t.nat.to_string(),
-                            }))
-                            .collect::<Vec<_>>()
-                    )
-                ),
-                Output::Table => print_table(
-                    &["PROTO", "POD", "REMOTE", "AS"],
-                    &flows
-                        .iter()
-                        .map(|t| {
-                            vec![
-                                proto(t.proto).into(),
-                                t.pod.to_string(),
-                                t.remote.to_string(),
-                                t.nat.to_string(),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-            }
-            Ok(())
-        }
+        Command::Nat(cmd) => conntrack::nat(cmd),
         Command::Lease(LeaseCmd::List {
             etcd,
             subnet_file,
@@ -356,11 +349,23 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Service(cmd) => services::service(cmd).await,
+        Command::Lb(cmd) => services::lb(cmd),
+        Command::Conntrack(cmd) => conntrack::conntrack(cmd),
         Command::Teardown(args) => {
             let pins = args.pins()?;
             pins.remove_all()?;
             println!("removed {}", pins.dir().display());
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn flags_are_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

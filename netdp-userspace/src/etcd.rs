@@ -1,4 +1,6 @@
 //! Connecting to etcd with flanneld's flags.
+pub mod watch;
+
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};

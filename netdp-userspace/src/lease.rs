@@ -6,18 +6,19 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow, bail};
-use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-    WatchStream,
-};
+use anyhow::{Result, anyhow, bail};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use ipnetwork::Ipv4Network;
 use log::{info, warn};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{config::NetworkConfig, util::one_line};
+use crate::{
+    config::NetworkConfig,
+    etcd::watch::{Change, PrefixWatch, Update},
+    util::one_line,
+};
 
 /// A lease's value, field for field as Flannel's `LeaseAttrs` marshals it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -459,19 +460,6 @@ impl Registry {
             .map_err(|e| anyhow!("releasing lease {}: {}", lease.subnet, one_line(&e)))?;
         Ok(())
     }
-
-    /// Starts watching leases after `revision`.
-    pub async fn watch(&mut self, revision: i64) -> Result<WatchStream> {
-        let prefix = self.subnets_prefix();
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1)
-            .with_progress_notify();
-        self.client
-            .watch(prefix.as_str(), Some(opts))
-            .await
-            .map_err(|e| anyhow!("watching {prefix}: {}", one_line(&e)))
-    }
 }
 
 fn random_free(
@@ -493,13 +481,8 @@ pub enum LeaseEvent {
     Removed(Ipv4Network),
 }
 
-/// A lease watch that never goes stale: it resumes after the last revision it saw when
-/// the stream breaks, and re-lists (returning the full set) when that revision was
-/// compacted away.
-pub struct LeaseWatch {
-    revision: i64,
-    stream: Option<WatchStream>,
-}
+/// A lease watch that never goes stale (see [`PrefixWatch`]).
+pub struct LeaseWatch(PrefixWatch);
 
 /// One step of a [`LeaseWatch`].
 pub enum WatchUpdate {
@@ -510,75 +493,49 @@ pub enum WatchUpdate {
 
 impl LeaseWatch {
     pub fn new(revision: i64) -> Self {
-        LeaseWatch {
-            revision,
-            stream: None,
-        }
+        LeaseWatch(PrefixWatch::new("lease", revision))
     }
 
     pub fn revision(&self) -> i64 {
-        self.revision
+        self.0.revision()
     }
 
     /// Waits for the next change. Errors mean etcd is unreachable; call again (after a
     /// pause) to resume from where the watch left off.
     pub async fn next(&mut self, registry: &mut Registry) -> Result<WatchUpdate> {
+        let prefix = registry.subnets_prefix();
         loop {
-            if self.stream.is_none() {
-                self.stream = Some(registry.watch(self.revision).await?);
-            }
-            let stream = self.stream.as_mut().context("watch stream")?;
-            let resp = match stream.message().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) => {
-                    self.stream = None;
-                    bail!("lease watch closed by etcd");
+            let changes = match self.0.next(&mut registry.client, &prefix).await? {
+                Update::Resync(kvs) => {
+                    return Ok(WatchUpdate::Resync(
+                        kvs.into_iter()
+                            .filter_map(|kv| {
+                                registry.parse_kv(&kv.key, &kv.value, kv.lease, kv.mod_revision)
+                            })
+                            .collect(),
+                    ));
                 }
-                Err(e) => {
-                    self.stream = None;
-                    bail!("lease watch broken: {}", one_line(&e));
-                }
+                Update::Changes(changes) => changes,
             };
-            if resp.compact_revision() > 0 || resp.canceled() {
-                warn!(
-                    "lease watch at revision {} cannot resume ({}); re-listing",
-                    self.revision,
-                    if resp.compact_revision() > 0 {
-                        format!("compacted up to {}", resp.compact_revision())
-                    } else {
-                        format!("canceled: {}", resp.cancel_reason())
-                    }
-                );
-                self.stream = None;
-                let (leases, revision) = registry.leases().await?;
-                self.revision = revision;
-                return Ok(WatchUpdate::Resync(leases));
-            }
-            if let Some(h) = resp.header() {
-                // Progress notifications carry the current revision and no events.
-                if resp.events().is_empty() {
-                    self.revision = self.revision.max(h.revision());
-                    continue;
-                }
-            }
             let mut events = Vec::new();
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                self.revision = self.revision.max(kv.mod_revision());
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                match ev.event_type() {
-                    EventType::Put => {
+            for change in changes {
+                match change {
+                    Change::Put(kv) => {
                         if let Some(l) =
-                            registry.parse_kv(kv.key(), kv.value(), kv.lease(), kv.mod_revision())
+                            registry.parse_kv(&kv.key, &kv.value, kv.lease, kv.mod_revision)
                         {
                             events.push(LeaseEvent::Upsert(l));
-                        } else if let Some(subnet) = parse_subnet_key(registry.prefix(), &key) {
+                        } else if let Some(subnet) =
+                            parse_subnet_key(registry.prefix(), &String::from_utf8_lossy(&kv.key))
+                        {
                             // A lease overwritten with garbage is no longer a usable route.
                             events.push(LeaseEvent::Removed(subnet));
                         }
                     }
-                    EventType::Delete => {
-                        if let Some(subnet) = parse_subnet_key(registry.prefix(), &key) {
+                    Change::Delete(key) => {
+                        if let Some(subnet) =
+                            parse_subnet_key(registry.prefix(), &String::from_utf8_lossy(&key))
+                        {
                             events.push(LeaseEvent::Removed(subnet));
                         }
                     }

@@ -11,5 +11,6 @@ pub mod etcd;
 pub mod lease;
 pub mod netlink;
 pub mod netns;
+pub mod service;
 pub mod subnet_file;
 pub mod util;

@@ -316,6 +316,40 @@ impl Netlink {
         Ok(())
     }
 
+    /// Turns ARP off on an interface whose peer needs no resolved MACs (a program there
+    /// rewrites them).
+    pub async fn set_noarp(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).arp(false).build())
+            .execute()
+            .await
+            .map_err(|e| anyhow!("turning ARP off on interface {index}: {e}"))
+    }
+
+    /// Adds or replaces an on-link route to `dst` out of `index` with preferred source
+    /// address `src`.
+    pub async fn replace_route_src(
+        &self,
+        dst: Ipv4Network,
+        index: u32,
+        src: Ipv4Addr,
+    ) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .pref_source(src)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| anyhow!("routing {dst} via interface {index}: {e}"))
+    }
+
     /// Adds a route to `dst` out of `index`, via `gateway` or on-link (scope link).
     pub async fn add_route(
         &self,

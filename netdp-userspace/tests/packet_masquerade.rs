@@ -5,13 +5,14 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun, TestRunOptions};
 use netdp::dataplane::{
-    Dataplane, MapSizes, counters::CounterMap, endpoint::EndpointMap, nat::NatMaps,
+    Dataplane, MapSizes, conntrack::ConntrackMap, counters::CounterMap, endpoint::EndpointMap,
 };
 use netdp_common::{
+    conntrack::CtKey,
     counters::{Program, Reason},
     endpoint::Endpoint,
     map_names,
-    nat::{CtKey, PORT_MAX, PORT_MIN},
+    nat::{PORT_MAX, PORT_MIN},
     node::{NodeConfig, flags},
     program_names::{FROM_NETDEV, FROM_POD},
 };
@@ -33,7 +34,7 @@ const UNDERLAY_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
 struct Fixture {
     dp: Dataplane,
     counters: CounterMap,
-    nat: NatMaps,
+    nat: ConntrackMap,
     _endpoints: EndpointMap,
 }
 
@@ -65,11 +66,7 @@ fn fixture(masquerade: bool, ports: (u16, u16)) -> Fixture {
             .unwrap();
     }
     let counters = CounterMap::from_map(dp.take_map(map_names::COUNTERS).unwrap()).unwrap();
-    let nat = NatMaps::from_maps(
-        dp.take_map(map_names::CONNTRACK).unwrap(),
-        dp.take_map(map_names::NAT).unwrap(),
-    )
-    .unwrap();
+    let nat = ConntrackMap::from_map(dp.take_map(map_names::CONNTRACK).unwrap()).unwrap();
     Fixture {
         dp,
         counters,
@@ -193,10 +190,10 @@ fn pod_flows_leave_with_the_node_address_and_distinct_ports() {
     }
     assert_eq!(count(&f, Program::FromPod, Reason::Masquerade), 6);
     assert_eq!(count(&f, Program::FromNetdev, Reason::Unmasquerade), 4);
-    let flows = f.nat.conntrack();
+    let flows = f.nat.masqueraded();
     assert_eq!(flows.len(), 4, "{flows:?}");
     assert!(flows.iter().all(|t| *t.nat.ip() == NODE_IP));
-    assert_eq!(f.nat.reverse().len(), 4);
+    assert_eq!(f.nat.unmasqueraded().len(), 4);
 }
 
 #[test]
@@ -239,7 +236,7 @@ fn without_ip_masq_pod_traffic_leaves_unchanged_but_routed() {
     // Only TTL and checksum changed; MACs are the kernel neighbour table's business.
     assert_eq!(out[14..], packet::routed(&sent, [0; 6], [0; 6])[14..]);
     assert_eq!(count(&f, Program::FromPod, Reason::Egress), 1);
-    assert!(f.nat.conntrack().is_empty());
+    assert!(f.nat.masqueraded().is_empty());
 }
 
 #[test]
@@ -266,7 +263,7 @@ fn cluster_addresses_and_the_node_itself_are_not_masqueraded() {
         assert_eq!(run(&mut f, FROM_NETDEV, &p), (TC_ACT_OK, p));
     }
     assert_eq!(count(&f, Program::FromNetdev, Reason::ToHost), 3);
-    assert!(f.nat.conntrack().is_empty());
+    assert!(f.nat.masqueraded().is_empty());
 }
 
 #[test]
@@ -309,12 +306,12 @@ fn ports_are_unique_per_destination_and_reclaimed_from_forgotten_flows() {
     let key = CtKey {
         saddr: POD_A.octets(),
         daddr: OUTSIDE.octets(),
-        sport: 1000u16.to_be(),
-        dport: 53u16.to_be(),
+        sport: 1000,
+        dport: 53,
         proto: packet::IPPROTO_UDP,
-        _pad: [0; 3],
+        pad: [0; 3],
     };
-    f.nat.remove_conntrack(&key).expect("flow A is tracked");
+    f.nat.remove(&key).expect("flow A is tracked");
     let (verdict, out) = run(&mut f, FROM_POD, &b);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(ports(&out).0, PORT_MIN);

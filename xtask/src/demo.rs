@@ -3,7 +3,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use netdp_testbed::{Binaries, Spec, Testbed, netns, traffic};
+use netdp_testbed::{
+    Binaries, Spec, Testbed, netns,
+    services::{Connect, EchoServer, echo_many},
+    traffic,
+};
+use serde_json::json;
 
 use crate::{build, setup};
 
@@ -155,6 +160,52 @@ pub fn run(args: Args) -> Result<()> {
 
     step(
         7,
+        "A Kubernetes service: ClusterIP 10.96.0.10:80 over the p1 pods of all nodes",
+    );
+    let mut servers = Vec::new();
+    let mut endpoints = Vec::new();
+    for n in ["n1", "n2", "n3"] {
+        let pod = tb.pod(n, "p1").clone();
+        servers.push(EchoServer::start(&pod.ns, 8080, n)?);
+        endpoints.push(json!({"ip": pod.ip.to_string(), "nodeName": tb.node(n).ns}));
+    }
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        "endpoints": endpoints,
+    });
+    println!(
+        "   netdp service apply -f web.json: {}",
+        tb.apply_services(&service.to_string())?.trim()
+    );
+    tb.wait_services_programmed(Duration::from_secs(20))?;
+    let who = echo_many(&a2.ns, Connect::new("10.96.0.10".parse()?, 80), 90)?;
+    let mut tally = std::collections::BTreeMap::new();
+    for w in &who {
+        *tally.entry(w.as_str()).or_insert(0) += 1;
+    }
+    println!(
+        "   90 connections from pod {} to 10.96.0.10:80, each byte-exact, served by: {tally:?}",
+        a2.ip
+    );
+    show(
+        "netdp service list (etcd, and whether n1 has programmed it):",
+        &netdp(&[
+            "service",
+            "list",
+            &name,
+            &format!("--etcd-endpoints={}", tb.etcd_endpoint()),
+        ])?,
+    );
+    show(
+        "netdp lb list (the frontend as n1 balances it; * = local backend):",
+        &netdp(&["lb", "list", &name])?,
+    );
+    drop(servers);
+
+    step(
+        8,
         "Program counters on n1: the eBPF path forwarded the traffic",
     );
     show("netdp counters:", &netdp(&["counters", &name])?);
@@ -169,7 +220,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     step(
-        8,
+        9,
         "Tearing down: agents stopped, namespaces deleted, pins removed",
     );
     drop(tb);

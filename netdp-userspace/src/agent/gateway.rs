@@ -9,7 +9,8 @@ use crate::{lease::Lease, netlink::Netlink};
 
 /// The host-side device holding the node's address in its pod subnet.
 pub const GATEWAY_DEV: &str = "netdp_host";
-const GATEWAY_PEER: &str = "netdp_net";
+/// Its peer, where `from_host` picks up what the node sends into the pod network.
+pub const GATEWAY_PEER: &str = "netdp_net";
 
 /// Gives the node its gateway address in the pod subnet, on a veth pair of its own.
 pub async fn ensure_gateway(nl: &Netlink, lease: &Lease) -> Result<()> {
@@ -23,4 +24,16 @@ pub async fn ensure_gateway(nl: &Netlink, lease: &Lease) -> Result<()> {
     let gw = Ipv4Network::new(Ipv4Addr::from(u32::from(lease.subnet.network()) + 1), 32)?;
     nl.remove_other_addrs(host.index, gw).await?;
     nl.add_addr(host.index, gw.ip(), 32).await
+}
+
+/// Routes the node's own traffic for the cluster network (pods on other nodes; backends
+/// its sockets were sent to) into the gateway device, from the gateway address, so
+/// `from_host` forwards it and replies come back to an address the pod network routes
+/// here. ARP is off there: the program sets the MACs. Pods on this node keep their more
+/// specific /32 routes.
+pub async fn ensure_host_route(nl: &Netlink, network: Ipv4Network, lease: &Lease) -> Result<()> {
+    let host = nl.require_link(GATEWAY_DEV).await?;
+    nl.set_noarp(host.index).await?;
+    let gw = Ipv4Addr::from(u32::from(lease.subnet.network()) + 1);
+    nl.replace_route_src(network, host.index, gw).await
 }

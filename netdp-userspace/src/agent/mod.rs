@@ -18,6 +18,7 @@ use crate::{
     config::NetworkConfig,
     dataplane::{
         Dataplane, MapSizes, Pins,
+        conntrack::ConntrackMap,
         peer::PeerMap,
         route::{RouteMap, Underlay},
     },
@@ -28,13 +29,15 @@ use crate::{
     util::parse_duration,
 };
 
+pub mod conntrack;
 mod gateway;
 mod leases;
 mod node;
 mod routes;
+pub mod services;
 
-pub use gateway::GATEWAY_DEV;
 use gateway::ensure_gateway;
+pub use gateway::{GATEWAY_DEV, GATEWAY_PEER};
 use leases::{check_config, renew, watch_leases, write_subnet_file};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -77,6 +80,10 @@ pub struct AgentArgs {
     /// How often to re-check next-hop MACs and the network config.
     #[arg(long = "resync-interval", value_parser = parse_duration, default_value = "5s")]
     pub resync_interval: Duration,
+    #[command(flatten)]
+    pub services: services::ServiceArgs,
+    #[command(flatten)]
+    pub conntrack: conntrack::ConntrackArgs,
 }
 
 impl AgentArgs {
@@ -169,10 +176,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     );
     write_subnet_file(&args, &config, &lease, link.mtu)?;
 
-    let sizes = MapSizes {
+    let mut sizes = MapSizes {
         endpoints: args.endpoint_map_size,
         routes: args.route_map_size,
+        ..Default::default()
     };
+    args.services.map_sizes(&mut sizes);
+    args.conntrack.map_sizes(&mut sizes);
     let node_config = node::node_config(&config, &underlay, vtep, args.ip_masq);
     let mut dp = Dataplane::load_for(Some(&pins), &sizes, &node_config)?;
     let installed = dp.install(&pins, &link.name)?;
@@ -190,7 +200,24 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     );
     let routes = RouteMap::from_map(dp.take_map(netdp_common::map_names::ROUTES)?)?;
     let peer_map = PeerMap::from_map(dp.take_map(netdp_common::map_names::PEERS)?)?;
+    let mut conntrack = ConntrackMap::from_map(dp.take_map(netdp_common::map_names::CONNTRACK)?)?;
     ensure_gateway(&nl, &lease).await?;
+
+    let host = services::Host {
+        nl: &nl,
+        node: &node,
+        underlay: &underlay,
+        lease: &lease,
+        network: config.network,
+    };
+    let (mut services, service_rev) = services::Services::start(
+        &args.services,
+        &mut dp,
+        &pins,
+        registry.client.clone(),
+        host,
+    )
+    .await?;
 
     let (leases, revision) = registry.leases().await?;
     let mut state = State {
@@ -216,6 +243,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         revision,
         tx,
     ));
+    let (tx, mut service_updates) = mpsc::channel(256);
+    tokio::spawn(services::watch_services(
+        registry.client.clone(),
+        args.services.service_prefix.clone(),
+        service_rev,
+        tx,
+    ));
+    let mut gc = tokio::time::interval(args.conntrack.gc_interval);
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut next_renew = Instant::now() + opts.renew_every();
@@ -244,12 +279,28 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                     }
                 };
             }
+            Some(update) = service_updates.recv() => {
+                // Whatever else has arrived goes in the same batch.
+                let mut batch = vec![update];
+                while let Ok(u) = service_updates.try_recv() {
+                    batch.push(u);
+                }
+                services.apply(batch, &mut conntrack);
+            }
             _ = resync.tick() => {
                 check_config(&mut registry, &mut state).await;
                 if let Err(e) = state.sync_routes().await {
                     error!("programming routes: {e:#}");
                 }
+                services.resync(services::Host {
+                    nl: &state.nl,
+                    node: &node,
+                    underlay: &state.underlay,
+                    lease: &state.lease,
+                    network: state.config.network,
+                }).await;
             }
+            _ = gc.tick() => conntrack::gc(&mut conntrack),
         }
     }
     info!("stopping; the dataplane stays in place for the next agent");

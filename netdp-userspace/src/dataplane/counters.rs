@@ -1,8 +1,9 @@
-//! Reading the COUNTERS map: per-CPU slots summed per (program, reason).
+//! Reading the COUNTERS map: per-CPU slots summed per (program, reason) and per (program,
+//! event).
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
 use netdp_common::{
-    counters::{CounterValue, Program, Reason, index},
+    counters::{CounterValue, Event, Program, Reason, event_index, index},
     map_names,
 };
 
@@ -19,6 +20,14 @@ pub struct Count {
     pub bytes: u64,
 }
 
+/// One event that happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventCount {
+    pub program: Program,
+    pub event: Event,
+    pub count: u64,
+}
+
 impl CounterMap {
     pub fn from_map(map: Map) -> Result<Self> {
         Ok(CounterMap(
@@ -31,10 +40,16 @@ impl CounterMap {
     }
 
     pub fn get(&self, program: Program, reason: Reason) -> Result<CounterValue> {
-        let per_cpu = self
-            .0
-            .get(&index(program, reason), 0)
-            .context("reading COUNTERS")?;
+        self.slot(index(program, reason))
+    }
+
+    /// How often `event` happened in `program`.
+    pub fn event(&self, program: Program, event: Event) -> Result<u64> {
+        Ok(self.slot(event_index(program, event))?.packets)
+    }
+
+    fn slot(&self, slot: u32) -> Result<CounterValue> {
+        let per_cpu = self.0.get(&slot, 0).context("reading COUNTERS")?;
         Ok(per_cpu
             .iter()
             .fold(CounterValue::default(), |acc, v| CounterValue {
@@ -55,6 +70,24 @@ impl CounterMap {
                         reason,
                         packets: v.packets,
                         bytes: v.bytes,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every event that happened.
+    pub fn events(&self) -> Result<Vec<EventCount>> {
+        let mut out = Vec::new();
+        for program in Program::ALL {
+            for event in Event::ALL {
+                let count = self.event(program, event)?;
+                if count > 0 {
+                    out.push(EventCount {
+                        program,
+                        event,
+                        count,
                     });
                 }
             }

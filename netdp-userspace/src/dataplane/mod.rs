@@ -1,10 +1,16 @@
 //! Loading, pinning and attaching netdp's programs, and typed access to their maps.
 //!
 //! Module names follow the eBPF side: `endpoint` programs ENDPOINTS, `route` programs
-//! ROUTES, `peer` programs PEERS, `nat` reads CONNTRACK and NAT, `counters` reads COUNTERS.
+//! ROUTES, `peer` programs PEERS, `counters` reads COUNTERS, `lb` programs the service maps
+//! (FRONTENDS, BACKENDS, MAGLEV, AFFINITY_BACKENDS, LB_CONFIG) with `maglev` computing the
+//! tables, and `conntrack` reads and garbage-collects CONNTRACK (service and masquerade
+//! flows). `compat` deals with pinned maps an older build left.
+mod compat;
+pub mod conntrack;
 pub mod counters;
 pub mod endpoint;
-pub mod nat;
+pub mod lb;
+pub mod maglev;
 pub mod peer;
 pub mod pins;
 pub mod route;
@@ -14,13 +20,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
     },
 };
 use log::{info, warn};
-use netdp_common::{capacity, map_names, node::NodeConfig, program_names};
+use netdp_common::{
+    capacity, global_names, lb::maglev_rows, map_names, node::NodeConfig, program_names,
+};
 
 pub use pins::{Hook, Pins};
 
@@ -34,6 +42,18 @@ pub fn object() -> &'static [u8] {
 pub struct MapSizes {
     pub endpoints: u32,
     pub routes: u32,
+    pub frontends: u32,
+    pub backends: u32,
+    /// Number of Maglev tables.
+    pub maglev_tables: u32,
+    /// Entries per Maglev table (a prime).
+    pub maglev_table_size: u32,
+    pub affinity: u32,
+    pub affinity_backends: u32,
+    pub conntrack: u32,
+    pub sock_nat: u32,
+    /// Conntrack lifetimes per state, seconds (see `conntrack::timeout`).
+    pub conntrack_timeouts: [u32; 4],
 }
 
 impl Default for MapSizes {
@@ -41,7 +61,41 @@ impl Default for MapSizes {
         MapSizes {
             endpoints: capacity::ENDPOINTS,
             routes: capacity::ROUTES,
+            frontends: capacity::FRONTENDS,
+            backends: capacity::BACKENDS,
+            maglev_tables: capacity::MAGLEV_TABLES,
+            maglev_table_size: netdp_common::lb::MAGLEV_TABLE_SIZE,
+            affinity: capacity::AFFINITY,
+            affinity_backends: capacity::AFFINITY_BACKENDS,
+            conntrack: capacity::CONNTRACK,
+            sock_nat: capacity::SOCK_NAT,
+            conntrack_timeouts: netdp_common::conntrack::timeout::DEFAULTS,
         }
+    }
+}
+
+impl MapSizes {
+    /// MAGLEV array elements: every table, each rounded up to whole rows.
+    pub fn maglev_rows(&self) -> u32 {
+        self.maglev_tables
+            .saturating_mul(maglev_rows(self.maglev_table_size))
+            .max(1)
+    }
+
+    /// Capacities per map, as the loader is told.
+    fn by_map(&self) -> [(&'static str, u32); 10] {
+        [
+            (map_names::ENDPOINTS, self.endpoints),
+            (map_names::ROUTES, self.routes),
+            (map_names::FRONTENDS, self.frontends),
+            (map_names::BACKENDS, self.backends),
+            (map_names::MAGLEV, self.maglev_rows()),
+            (map_names::AFFINITY, self.affinity),
+            (map_names::AFFINITY_BACKENDS, self.affinity_backends),
+            (map_names::CONNTRACK, self.conntrack),
+            (map_names::LB_CONFIG, 1),
+            (map_names::SOCK_NAT, self.sock_nat),
+        ]
     }
 }
 
@@ -59,6 +113,13 @@ pub struct Installed {
     pub pod_links_adopted: usize,
     /// Pinned pod links whose interface is gone, removed.
     pub pod_links_removed: usize,
+}
+
+fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a cgroup socket program"))
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
@@ -80,27 +141,39 @@ impl Dataplane {
     /// into the programs as a constant.
     pub fn load_for(pins: Option<&Pins>, sizes: &MapSizes, node: &NodeConfig) -> Result<Self> {
         let mut loader = EbpfLoader::new();
-        loader.override_global(netdp_common::node::GLOBAL, node, true);
+        loader.override_global(global_names::NODE, node, true);
         if let Some(pins) = pins {
             pins.create_dirs()?;
-            drop_incompatible_pins(pins);
+            compat::drop_incompatible_pins(pins);
             for name in map_names::ALL {
                 loader.map_pin_path(name, pins.map(name));
             }
         }
+        for (name, size) in sizes.by_map() {
+            loader.map_max_entries(name, size);
+        }
         loader
-            .map_max_entries(map_names::ENDPOINTS, sizes.endpoints)
-            .map_max_entries(map_names::ROUTES, sizes.routes);
+            .override_global(
+                global_names::MAGLEV_TABLE_SIZE,
+                &sizes.maglev_table_size,
+                true,
+            )
+            .override_global(global_names::CT_TIMEOUTS, &sizes.conntrack_timeouts, true);
         let mut ebpf = loader
             .load(object())
             .context("loading netdp's eBPF object")?;
-        for name in [program_names::FROM_POD, program_names::FROM_NETDEV] {
+        for name in program_names::CLASSIFIERS {
             classifier(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("loading program {name} into the kernel"))?;
         }
+        for name in program_names::SOCKETS {
+            socket_program(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("loading program {name} into the kernel"))?;
+        }
         if let Some(pins) = pins {
-            check_pinned_sizes(&ebpf, pins, sizes);
+            compat::check_pinned_sizes(&ebpf, pins, sizes);
         }
         Ok(Dataplane { ebpf })
     }
@@ -121,7 +194,7 @@ impl Dataplane {
     /// replaced atomically, so traffic never sees a moment without a program.
     pub fn install(&mut self, pins: &Pins, netdev: &str) -> Result<Installed> {
         let mut done = Installed::default();
-        for name in [program_names::FROM_POD, program_names::FROM_NETDEV] {
+        for name in program_names::CLASSIFIERS {
             let path = pins.program(name);
             let tmp = pins.program(&format!("{name}_new"));
             let _ = std::fs::remove_file(&tmp);
@@ -160,6 +233,49 @@ impl Dataplane {
             }
         }
         Ok(done)
+    }
+
+    /// Runs `from_host` on tc ingress of `ifname` (the gateway device's peer, where the
+    /// node's own traffic to pods arrives), taking over a pinned link if there is one.
+    pub fn attach_host(&mut self, pins: &Pins, ifname: &str) -> Result<()> {
+        for (old, path) in pins.links(Hook::Host)? {
+            if old != ifname {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let pin = pins.link(Hook::Host, ifname);
+        if !self.adopt(program_names::FROM_HOST, &pin)? {
+            attach_and_pin(self.program(program_names::FROM_HOST)?, ifname, &pin)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the socket programs to the cgroup at `cgroup` (links pinned, so they stay
+    /// while the agent is away). A previous agent's links are replaced: the new ones are
+    /// attached first, so no connect goes untranslated in between.
+    pub fn attach_sockets(&mut self, pins: &Pins, cgroup: &std::path::Path) -> Result<()> {
+        let dir = std::fs::File::open(cgroup)
+            .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for name in program_names::SOCKETS {
+            let prog = socket_program(&mut self.ebpf, name)?;
+            let id = prog
+                // Links always coexist with others; link_create takes no attach flags.
+                .attach(&dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .context("taking the new link")?
+                .try_into()
+                .context("the cgroup link is not fd based (needs kernel 5.7+)")?;
+            let path = pins.link(Hook::Cgroup, name);
+            let tmp = pins.link(Hook::Cgroup, &format!("{name}_new"));
+            let _ = std::fs::remove_file(&tmp);
+            link.pin(&tmp)
+                .with_context(|| format!("pinning link at {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("pinning link at {}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// Points the pinned link at `path` to our program `name`. `false` if there is none.
@@ -203,73 +319,6 @@ pub fn attach_and_pin(
     link.pin(pin)
         .with_context(|| format!("pinning link at {}", pin.display()))?;
     Ok(())
-}
-
-fn check_pinned_sizes(ebpf: &Ebpf, pins: &Pins, sizes: &MapSizes) {
-    for (name, want) in [
-        (map_names::ENDPOINTS, sizes.endpoints),
-        (map_names::ROUTES, sizes.routes),
-    ] {
-        let Some(map) = ebpf.map(name) else { continue };
-        let data: &MapData = match map {
-            Map::HashMap(d) | Map::LpmTrie(d) => d,
-            _ => continue,
-        };
-        if let Ok(info) = data.info() {
-            if info.max_entries() != want {
-                warn!(
-                    "map {name} at {} keeps its {} entries (asked for {want}); remove the node's \
-                     pins to resize it",
-                    pins.map(name).display(),
-                    info.max_entries()
-                );
-            }
-        }
-    }
-}
-
-/// Key and value sizes of each map as this build's programs define them.
-fn layout(name: &str) -> Option<(usize, usize)> {
-    use core::mem::size_of;
-    use netdp_common::{counters, endpoint, nat, peer, route};
-    Some(match name {
-        map_names::ENDPOINTS => (
-            size_of::<endpoint::EndpointKey>(),
-            size_of::<endpoint::Endpoint>(),
-        ),
-        // LPM keys: a 32-bit prefix length, then the address.
-        map_names::ROUTES => (
-            4 + size_of::<netdp_common::Ipv4>(),
-            size_of::<route::Route>(),
-        ),
-        map_names::COUNTERS => (4, size_of::<counters::CounterValue>()),
-        map_names::PEERS => (size_of::<peer::PeerKey>(), size_of::<peer::Peer>()),
-        map_names::CONNTRACK => (size_of::<nat::CtKey>(), size_of::<nat::CtEntry>()),
-        map_names::NAT => (size_of::<nat::NatKey>(), size_of::<nat::NatEntry>()),
-        _ => return None,
-    })
-}
-
-/// Removes pinned maps an older build left with another layout (a grown route entry,
-/// say): the programs could not use them, and the agent refills what it owns.
-fn drop_incompatible_pins(pins: &Pins) {
-    for name in map_names::ALL {
-        let path = pins.map(name);
-        let (Some((key, value)), Ok(info)) = (layout(name), aya::maps::MapInfo::from_pin(&path))
-        else {
-            continue;
-        };
-        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
-            warn!(
-                "map {name} at {} has {}-byte keys and {}-byte values, this build uses {key} \
-                 and {value}: replacing it (its entries are rebuilt or lost)",
-                path.display(),
-                info.key_size(),
-                info.value_size()
-            );
-            let _ = std::fs::remove_file(&path);
-        }
-    }
 }
 
 /// Opens a pinned map of a node (for the CLI and the CNI plugin).

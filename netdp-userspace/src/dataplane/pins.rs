@@ -20,6 +20,10 @@ pub enum Hook {
     Netdev,
     /// tc ingress of a pod's host-side veth.
     Pod,
+    /// tc ingress of the gateway device's peer (the node's own traffic to pods).
+    Host,
+    /// A cgroup socket program (the name is the program's).
+    Cgroup,
 }
 
 impl Hook {
@@ -27,6 +31,8 @@ impl Hook {
         match self {
             Hook::Netdev => "netdev-",
             Hook::Pod => "pod-",
+            Hook::Host => "host-",
+            Hook::Cgroup => "cgroup-",
         }
     }
 }

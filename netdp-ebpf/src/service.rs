@@ -1,0 +1,143 @@
+//! New service flows: the first packet of a flow to a frontend picks a backend, gets its
+//! destination (and, where replies must come back through this node, its source)
+//! translated, and creates the flow's two conntrack entries. Later packets, replies and
+//! ICMP errors follow those entries (`nat::follow`, `icmp::translate_error`).
+use netdp_common::{
+    conntrack::{CtEntry, CtKey, flags},
+    counters::{Event, Program, Reason},
+    lb::{Frontend, backend_flags, frontend_flags},
+};
+
+use crate::{
+    conntrack::{self, Claim},
+    counters::{self, drop},
+    icmp, lb,
+    maps::LB_CONFIG,
+    nat::{self, Outcome, Translated},
+    parse::L4,
+};
+
+/// The first packet of a flow (conntrack knows none) to a frontend, if `key` is one's.
+#[inline(always)]
+pub fn new_flow(
+    ctx: &aya_ebpf::programs::TcContext,
+    program: Program,
+    l4: &L4,
+    key: &CtKey,
+) -> Outcome {
+    match lb::frontend(key) {
+        Some(fe) => start(ctx, program, l4, key, &fe),
+        None => Outcome::Untouched,
+    }
+}
+
+#[inline(always)]
+fn start(
+    ctx: &aya_ebpf::programs::TcContext,
+    program: Program,
+    l4: &L4,
+    key: &CtKey,
+    fe: &Frontend,
+) -> Outcome {
+    // Node ports, external and load-balancer IPs reached from outside the node.
+    let external = program == Program::FromNetdev && fe.flags & frontend_flags::EXTERNAL != 0;
+    let local_only = external && fe.flags & frontend_flags::LOCAL_ONLY != 0;
+    if fe.count == 0 {
+        return Outcome::Done(icmp::reject(ctx, program, l4));
+    }
+    if local_only && fe.local_count == 0 {
+        return Outcome::Done(drop(ctx, program, Reason::ServiceNoLocalBackend));
+    }
+    let now = conntrack::now();
+    let Some(be) = lb::select(fe, key, local_only, now) else {
+        return Outcome::Done(drop(ctx, program, Reason::ServiceBadBackend));
+    };
+    // A pod reaching itself through its service would see its own address as the source
+    // (a martian it drops), and replies from a remote backend to an outside client must come
+    // back here to be translated: both are source-NATed to the node.
+    let snat = be.addr == key.saddr || (external && be.flags & backend_flags::LOCAL == 0);
+    let mut to = CtKey {
+        daddr: be.addr,
+        dport: fe.target_port,
+        ..*key
+    };
+    let st = conntrack::first_state(key.proto);
+    let back = key.reversed();
+    let mut reply = CtEntry {
+        nat_saddr: back.saddr,
+        nat_daddr: back.daddr,
+        nat_sport: back.sport,
+        nat_dport: back.dport,
+        expires: now + conntrack::lifetime(st),
+        ifindex: if program == Program::FromNetdev {
+            // SAFETY: reading our own skb.
+            unsafe { (*ctx.skb.skb).ifindex }
+        } else {
+            0
+        },
+        service_id: fe.service_id,
+        state: st,
+        flags: flags::REPLY,
+        pad: 0,
+    };
+    // Claim the reply tuple. Without source NAT it is normally free; if another flow holds
+    // it (the same client port to two services sharing a backend), source NAT resolves it.
+    let mut claimed = false;
+    if !snat {
+        match conntrack::claim(ctx, program, &to.reversed(), &reply, now) {
+            Claim::Claimed => claimed = true,
+            Claim::Taken => {}
+            Claim::Failed => {
+                return Outcome::Done(drop(ctx, program, Reason::ServiceConntrackFull));
+            }
+        }
+    }
+    if !claimed {
+        let Some(cfg) = LB_CONFIG.get(0) else {
+            return Outcome::Done(drop(ctx, program, Reason::ServiceSnatExhausted));
+        };
+        if cfg.snat_addr == [0; 4] {
+            return Outcome::Done(drop(ctx, program, Reason::ServiceSnatExhausted));
+        }
+        to.saddr = cfg.snat_addr;
+        reply.flags |= flags::SNAT;
+        // The client's own port first; then the node's source NAT range.
+        to = match conntrack::claim(ctx, program, &to.reversed(), &reply, now) {
+            Claim::Claimed => to,
+            Claim::Taken => match nat::allocate(
+                ctx,
+                program,
+                key,
+                to,
+                (cfg.snat_port_min, cfg.snat_port_max),
+                &reply,
+                now,
+            ) {
+                Some(to) => to,
+                None => return Outcome::Done(drop(ctx, program, Reason::ServiceSnatExhausted)),
+            },
+            Claim::Failed => {
+                return Outcome::Done(drop(ctx, program, Reason::ServiceConntrackFull));
+            }
+        };
+    }
+    let forward = CtEntry {
+        nat_saddr: to.saddr,
+        nat_daddr: to.daddr,
+        nat_sport: to.sport,
+        nat_dport: to.dport,
+        flags: reply.flags & !flags::REPLY,
+        ..reply
+    };
+    let Ok(to) = conntrack::open(key, &forward, &to.reversed()) else {
+        return Outcome::Done(drop(ctx, program, Reason::ServiceConntrackFull));
+    };
+    if nat::rewrite(ctx, l4, key, &to).is_err() {
+        return Outcome::Done(drop(ctx, program, Reason::AdjustFailed));
+    }
+    counters::event(ctx, program, Event::ServiceFlow);
+    if forward.flags & flags::SNAT != 0 {
+        counters::event(ctx, program, Event::ServiceSnat);
+    }
+    Outcome::Translated(Translated::of(&forward))
+}

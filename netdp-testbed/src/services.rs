@@ -1,0 +1,420 @@
+//! Services in a testbed: applying them with the real CLI, waiting until every node has
+//! programmed them, and backends that say who they are, so a client can tell which backend
+//! served each connection and check every byte that came back.
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+use crate::{Testbed, netns, traffic::Pattern};
+
+impl Testbed {
+    /// The etcd flags for a CLI call.
+    pub fn etcd_flags(&self) -> Vec<String> {
+        vec![format!("--etcd-endpoints={}", self.etcd_endpoint())]
+    }
+
+    /// Runs `netdp <args>` on the etcd host (a client outside the nodes).
+    pub fn netdp_ctl(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(netns::command(&self.ctl_ns, &self.bins.netdp)?
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()?)
+    }
+
+    /// `netdp service apply -f` with `services` (a JSON array, or any text the CLI reads)
+    /// written to a file; fails with the CLI's message if it refuses.
+    pub fn apply_services(&self, services: &str) -> Result<String> {
+        let n = APPLIED.fetch_add(1, Ordering::Relaxed);
+        let file = self.dir.join(format!("services-{n}.json"));
+        std::fs::write(&file, services)?;
+        let mut args = vec!["service".to_string(), "apply".into(), "-f".into()];
+        args.push(file.display().to_string());
+        args.extend(self.etcd_flags());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.netdp_ctl(&argv)?;
+        if !out.status.success() {
+            bail!(
+                "netdp service apply refused: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `netdp service delete`.
+    pub fn delete_service(&self, namespace: &str, name: &str) -> Result<()> {
+        let mut args = vec!["service", "delete", name, "-n", namespace];
+        let flags = self.etcd_flags();
+        args.extend(flags.iter().map(String::as_str));
+        let out = self.netdp_ctl(&args)?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    /// Services (as `netdp service list -o json` reports them) with their programmed state
+    /// on `node`.
+    pub fn service_status(&self, node: &str) -> Result<Vec<Value>> {
+        let n = self.node(node);
+        let mut args = vec![
+            "service".to_string(),
+            "list".into(),
+            "-o".into(),
+            "json".into(),
+            format!("--node-name={}", n.ns),
+        ];
+        args.extend(self.etcd_flags());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.netdp(node, &argv)?;
+        if !out.status.success() {
+            bail!(
+                "netdp service list: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits until every node with an agent has programmed every (valid) service as stored.
+    pub fn wait_services_programmed(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut pending = Vec::new();
+            for n in self.nodes.iter().filter(|n| n.agent_running()) {
+                for s in self.service_status(&n.name)? {
+                    if s.get("error").is_none() && s["programmed"] != Value::Bool(true) {
+                        pending.push(format!("{} on {}", s["name"], n.name));
+                    }
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("services not programmed after {timeout:?}: {pending:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Adds a route on the router (an external or load-balancer IP announced to a node).
+    pub fn route_on_router(&self, dst: &str, via: Ipv4Addr) -> Result<()> {
+        let rt = self
+            .router_ns
+            .as_ref()
+            .ok_or_else(|| anyhow!("this testbed has no router"))?;
+        netns::ip(&["-n", rt, "route", "replace", dst, "via", &via.to_string()])?;
+        Ok(())
+    }
+}
+
+static APPLIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A backend in a pod: a TCP server that first says who it is (one line) and then echoes
+/// everything until the client is done, and a UDP server answering `<who>\n<datagram>`.
+/// It records every client address it saw.
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    threads: Vec<JoinHandle<Result<()>>>,
+}
+
+impl EchoServer {
+    /// Serves TCP and UDP on `port` in namespace `ns`, introducing itself as `who`.
+    pub fn start(ns: &str, port: u16, who: &str) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        {
+            let (stop, peers, who, ready) = (
+                stop.clone(),
+                peers.clone(),
+                who.to_string(),
+                ready_tx.clone(),
+            );
+            threads.push(netns::in_netns(ns, move || {
+                let listener = TcpListener::bind(("0.0.0.0", port)).context("bind TCP")?;
+                listener.set_nonblocking(true)?;
+                let _ = ready.send(());
+                let mut conns = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, peer)) => {
+                            peers.lock().map_err(|_| anyhow!("poisoned"))?.push(peer);
+                            let who = who.clone();
+                            conns.push(std::thread::spawn(move || serve(conn, &who)));
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                for c in conns {
+                    let _ = c.join();
+                }
+                Ok(())
+            })?);
+        }
+        {
+            let (stop, peers, who) = (stop.clone(), peers.clone(), who.to_string());
+            threads.push(netns::in_netns(ns, move || {
+                let sock = UdpSocket::bind(("0.0.0.0", port)).context("bind UDP")?;
+                sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+                let _ = ready_tx.send(());
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    match sock.recv_from(&mut buf) {
+                        Ok((n, peer)) => {
+                            peers.lock().map_err(|_| anyhow!("poisoned"))?.push(peer);
+                            let mut reply = format!("{who}\n").into_bytes();
+                            reply.extend_from_slice(&buf[..n]);
+                            sock.send_to(&reply, peer)?;
+                        }
+                        Err(e)
+                            if e.kind() == ErrorKind::WouldBlock
+                                || e.kind() == ErrorKind::TimedOut => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(())
+            })?);
+        }
+        for _ in 0..2 {
+            ready_rx
+                .recv_timeout(Duration::from_secs(10))
+                .context("echo server did not start")?;
+        }
+        Ok(EchoServer {
+            stop,
+            peers,
+            threads,
+        })
+    }
+
+    /// Client addresses seen so far.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    pub fn stop(mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            netns::join(t)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Greets, reads the length the client announces, echoes that many bytes and closes:
+/// the server closes first, so the client's port is free again at once (no TIME_WAIT on
+/// its side), which tests that reuse source ports rely on.
+fn serve(mut conn: TcpStream, who: &str) -> Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.write_all(format!("{who}\n").as_bytes())?;
+    let mut len = [0u8; 8];
+    conn.read_exact(&mut len)?;
+    let mut left = u64::from_be_bytes(len);
+    let mut buf = vec![0u8; 64 * 1024];
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = conn.read(&mut buf[..want])?;
+        if n == 0 {
+            bail!("client went away with {left} bytes to go");
+        }
+        conn.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// How a client connection goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Connect {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// Bytes sent and expected back.
+    pub bytes: usize,
+    /// Source port to bind (for flows with a known tuple).
+    pub sport: Option<u16>,
+    pub timeout: Duration,
+}
+
+impl Connect {
+    pub fn new(addr: Ipv4Addr, port: u16) -> Self {
+        Connect {
+            addr,
+            port,
+            bytes: 4096,
+            sport: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One echo exchange from the current namespace: returns who answered, after checking
+/// every byte that came back.
+pub fn echo_once(c: &Connect, seed: u64) -> std::io::Result<String> {
+    let sock = socket2_like_connect(c)?;
+    let mut conn = sock;
+    conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(20)))?;
+    let mut pattern = Pattern::new(seed);
+    let mut data = vec![0u8; c.bytes];
+    pattern.fill(&mut data);
+    let writer = {
+        let mut w = conn.try_clone()?;
+        let data = data.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            w.write_all(&(data.len() as u64).to_be_bytes())?;
+            w.write_all(&data)
+        })
+    };
+    let mut got = Vec::with_capacity(c.bytes + 64);
+    conn.read_to_end(&mut got)?;
+    writer
+        .join()
+        .map_err(|_| std::io::Error::other("writer panicked"))??;
+    let nl = got
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| std::io::Error::other("no greeting from the server"))?;
+    let who = String::from_utf8_lossy(&got[..nl]).into_owned();
+    if got[nl + 1..] != data[..] {
+        return Err(std::io::Error::other(format!(
+            "echo from {who} differs: {} bytes back of {}",
+            got.len() - nl - 1,
+            data.len()
+        )));
+    }
+    Ok(who)
+}
+
+fn socket2_like_connect(c: &Connect) -> std::io::Result<TcpStream> {
+    let dst = SocketAddr::V4(SocketAddrV4::new(c.addr, c.port));
+    let Some(sport) = c.sport else {
+        return TcpStream::connect_timeout(&dst, c.timeout);
+    };
+    // std has no bind-before-connect; do it with libc.
+    // SAFETY: plain socket calls on a descriptor we own until it becomes the TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+        let mut local: libc::sockaddr_in = std::mem::zeroed();
+        local.sin_family = libc::AF_INET as u16;
+        local.sin_port = sport.to_be();
+        if libc::bind(
+            fd,
+            &local as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut remote: libc::sockaddr_in = std::mem::zeroed();
+        remote.sin_family = libc::AF_INET as u16;
+        remote.sin_port = c.port.to_be();
+        remote.sin_addr.s_addr = u32::from(c.addr).to_be();
+        if libc::connect(
+            fd,
+            &remote as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// `count` echo exchanges from namespace `ns`, one after another (source ports from
+/// `c.sport` upwards when set). Returns who answered each.
+pub fn echo_many(ns: &str, c: Connect, count: usize) -> Result<Vec<String>> {
+    let label = ns.to_string();
+    netns::join(netns::in_netns(ns, move || {
+        let mut out = Vec::with_capacity(count);
+        for i in 0..count {
+            let mut ci = c;
+            ci.sport = c.sport.map(|p| p + i as u16);
+            let who = echo_once(&ci, 0x5e41 + i as u64).with_context(|| {
+                format!(
+                    "connection {i} from {label} to {}:{} (source port {:?})",
+                    c.addr, c.port, ci.sport
+                )
+            })?;
+            out.push(who);
+        }
+        Ok(out)
+    })?)
+}
+
+/// The error a TCP connection from `ns` gets (`Ok` if it connects, which is then closed).
+pub fn connect_error(ns: &str, c: Connect) -> Result<Option<std::io::ErrorKind>> {
+    netns::join(netns::in_netns(ns, move || {
+        Ok(socket2_like_connect(&c).err().map(|e| e.kind()))
+    })?)
+}
+
+/// `count` UDP requests from `ns`; each reply must echo the request. Returns who answered
+/// each (or `None` for requests that got no answer within the timeout).
+pub fn udp_many(ns: &str, addr: Ipv4Addr, port: u16, count: usize) -> Result<Vec<Option<String>>> {
+    netns::join(netns::in_netns(ns, move || {
+        let mut out = Vec::with_capacity(count);
+        for i in 0..count {
+            // A new socket each time: a new flow, balanced on its own.
+            let sock = UdpSocket::bind(("0.0.0.0", 0))?;
+            sock.set_read_timeout(Some(Duration::from_millis(1000)))?;
+            let msg = format!("request-{i}-{}", "u".repeat(i * 13 % 700));
+            sock.send_to(msg.as_bytes(), (addr, port))?;
+            let mut buf = [0u8; 2048];
+            out.push(match sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    if from != SocketAddr::from((addr, port)) {
+                        bail!("reply from {from}, not the service {addr}:{port}");
+                    }
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let (who, body) = text
+                        .split_once('\n')
+                        .ok_or_else(|| anyhow!("malformed reply {text:?}"))?;
+                    if body != msg {
+                        bail!("reply body {body:?} is not the request {msg:?}");
+                    }
+                    Some(who.to_string())
+                }
+                Err(_) => None,
+            });
+        }
+        Ok(out)
+    })?)
+}

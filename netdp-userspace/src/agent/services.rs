@@ -1,0 +1,440 @@
+//! The agent's service loop: services in etcd become this node's load-balancing maps.
+//!
+//! At start the whole prefix is read at one revision (page by page) and programmed, taking
+//! over whatever a previous agent left in the maps; then a watch streams changes from that
+//! revision on, resuming after breaks and re-listing after compaction, exactly as the lease
+//! watch does. Changes that arrive together are programmed together. A service that does
+//! not parse is skipped with one log line; the others are unaffected.
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use etcd_client::Client;
+use ipnetwork::Ipv4Network;
+use log::{error, info, warn};
+use netdp_common::capacity;
+use tokio::sync::mpsc;
+
+use super::{GATEWAY_PEER, gateway::ensure_host_route};
+use crate::{
+    dataplane::{
+        Dataplane, MapSizes, Pins,
+        conntrack::ConntrackMap,
+        lb::{Lb, LbMaps, ServicePlan},
+        maglev::is_prime,
+        route::Underlay,
+    },
+    etcd::watch::{Change, Kv, PrefixWatch, Update},
+    lease::Lease,
+    netlink::Netlink,
+    service::{self, NodeInfo, ServiceDef, ServiceStore, store::parse_key},
+};
+
+fn parse_prime(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !is_prime(n) || n < 1021 {
+        return Err(format!(
+            "{n} is not a prime of at least 1021 (Maglev needs a prime table size, e.g. 16381 or 65537)"
+        ));
+    }
+    Ok(n)
+}
+
+/// The agent's service flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServiceArgs {
+    /// etcd prefix of the services (one key per service, `<prefix><namespace>/<name>`).
+    #[arg(
+        long = "service-prefix",
+        default_value = service::DEFAULT_PREFIX,
+        env = "NETDP_SERVICE_PREFIX"
+    )]
+    pub service_prefix: String,
+    /// Capacity of the frontend map (service address, port, protocol combinations).
+    #[arg(long = "lb-frontend-map-size", default_value_t = capacity::FRONTENDS)]
+    pub frontends: u32,
+    /// Capacity of the backend map (endpoint slots of all services together).
+    #[arg(long = "lb-backend-map-size", default_value_t = capacity::BACKENDS)]
+    pub backends: u32,
+    /// Number of Maglev tables (services using Maglev, plus spares for updates).
+    #[arg(long = "maglev-tables", default_value_t = capacity::MAGLEV_TABLES)]
+    pub maglev_tables: u32,
+    /// Entries per Maglev table (a prime).
+    #[arg(long = "maglev-table-size", default_value_t = netdp_common::lb::MAGLEV_TABLE_SIZE, value_parser = parse_prime)]
+    pub maglev_table_size: u32,
+    /// Capacity of the session affinity map.
+    #[arg(long = "affinity-map-size", default_value_t = capacity::AFFINITY)]
+    pub affinity: u32,
+    /// cgroup (v2) whose sockets get services translated at connect time; only sockets in
+    /// the agent's network namespace are touched (default: the cgroup2 root, found at
+    /// /sys/fs/cgroup or /sys/fs/cgroup/unified; "none" turns it off).
+    #[arg(long = "cgroup-root")]
+    pub cgroup_root: Option<PathBuf>,
+}
+
+impl ServiceArgs {
+    pub fn map_sizes(&self, sizes: &mut MapSizes) {
+        sizes.frontends = self.frontends;
+        sizes.backends = self.backends;
+        sizes.maglev_tables = self.maglev_tables;
+        sizes.maglev_table_size = self.maglev_table_size;
+        sizes.affinity = self.affinity;
+        sizes.affinity_backends = self.affinity;
+    }
+}
+
+/// What the service loop needs to know about the node.
+pub struct Host<'a> {
+    pub nl: &'a Netlink,
+    /// The node's name (as endpoints name it).
+    pub node: &'a str,
+    pub underlay: &'a Underlay,
+    pub lease: &'a Lease,
+    /// The cluster's pod network.
+    pub network: Ipv4Network,
+}
+
+impl Host<'_> {
+    /// The node's address in its own pod subnet (the pods' gateway): where flows that must
+    /// return through this node are source-NATed to.
+    fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.lease.subnet.network()) + 1)
+    }
+
+    /// Who this node is for services: its name, the addresses node ports listen on (its
+    /// underlay addresses and its gateway address), its pod subnet.
+    async fn info(&self) -> NodeInfo {
+        let mut addresses: Vec<Ipv4Addr> = self
+            .nl
+            .ipv4_addrs(self.underlay.link.index)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.ip())
+            .collect();
+        addresses.push(self.underlay.addr.ip());
+        addresses.push(self.gateway());
+        addresses.sort();
+        addresses.dedup();
+        NodeInfo {
+            name: self.node.to_string(),
+            addresses,
+            subnet: self.lease.subnet,
+        }
+    }
+}
+
+/// The cgroup2 directory the socket programs attach to.
+fn cgroup_root(args: &ServiceArgs) -> Result<Option<PathBuf>> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let is_cgroup2 = |p: &std::path::Path| {
+        nix::sys::statfs::statfs(p)
+            .map(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
+            .unwrap_or(false)
+    };
+    match &args.cgroup_root {
+        Some(p) if p.as_os_str() == "none" => Ok(None),
+        Some(p) => {
+            if !is_cgroup2(p) {
+                bail!("--cgroup-root {} is not a cgroup2 directory", p.display());
+            }
+            Ok(Some(p.clone()))
+        }
+        None => Ok(["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| is_cgroup2(p))),
+    }
+}
+
+/// The services of the cluster as this node programs them.
+pub struct Services {
+    lb: Lb,
+    node: NodeInfo,
+    prefix: String,
+    defs: HashMap<String, ServiceDef>,
+    /// Invalid values already reported: (key, mod revision).
+    reported: HashSet<(String, i64)>,
+}
+
+impl Services {
+    /// Sets up the node's side (the path from the node into the pod network, the socket
+    /// programs), reads every service and programs them, adopting what is already in the
+    /// maps. Returns the revision to watch from.
+    pub async fn start(
+        args: &ServiceArgs,
+        dp: &mut Dataplane,
+        pins: &Pins,
+        client: Client,
+        host: Host<'_>,
+    ) -> Result<(Self, i64)> {
+        ensure_host_route(host.nl, host.network, host.lease).await?;
+        dp.attach_host(pins, GATEWAY_PEER)?;
+        let mut lb = Lb::new(LbMaps::take(dp)?, args.maglev_table_size)?;
+        lb.set_config(host.gateway(), netns_cookie())?;
+        match cgroup_root(args)? {
+            Some(cg) => {
+                dp.attach_sockets(pins, &cg)?;
+                info!(
+                    "node sockets reach services directly (socket programs on cgroup {})",
+                    cg.display()
+                );
+            }
+            None => warn!(
+                "no cgroup2 hierarchy for the socket programs: the node itself cannot reach services"
+            ),
+        }
+        let node = host.info().await;
+        let mut store = ServiceStore::new(client, &args.service_prefix);
+        let store = &mut store;
+
+        let started = Instant::now();
+        let (kvs, revision) = store.list().await?;
+        let listed = started.elapsed();
+        let mut s = Services {
+            lb,
+            node,
+            prefix: store.prefix().to_string(),
+            defs: HashMap::new(),
+            reported: HashSet::new(),
+        };
+        for (key, value) in kvs {
+            if let Some((id, def)) = s.decode(&key, &value, 0) {
+                s.defs.insert(id, def);
+            }
+        }
+        let plans: Vec<(String, ServicePlan)> = s
+            .defs
+            .iter()
+            .filter_map(|(id, d)| service::plan(d, &s.node).map(|p| (id.clone(), p)))
+            .collect();
+        let stats = s.lb.adopt(plans);
+        info!("read {} services from etcd in {listed:.1?}", s.defs.len());
+        s.lb.log_stats("programmed", &stats, started.elapsed());
+        Ok((s, revision))
+    }
+
+    /// Keeps up with the node: the host route, its addresses and subnet (reprogramming
+    /// node ports if they changed), and the source-NAT address.
+    pub async fn resync(&mut self, host: Host<'_>) {
+        if let Err(e) = ensure_host_route(host.nl, host.network, host.lease).await {
+            error!("{e:#}");
+        }
+        self.set_node(host.info().await);
+        if let Err(e) = self.lb.set_config(host.gateway(), netns_cookie()) {
+            error!("{e:#}");
+        }
+    }
+
+    /// The valid service at `key`, or `None` (reported once per revision) if it is not one.
+    fn decode(&mut self, key: &str, value: &[u8], rev: i64) -> Option<(String, ServiceDef)> {
+        let Some(id) = parse_key(&self.prefix, key) else {
+            if self.reported.insert((key.to_string(), rev)) {
+                warn!(
+                    "skipping {key}: not a <namespace>/<name> key under {}",
+                    self.prefix
+                );
+            }
+            return None;
+        };
+        let result = service::decode(value).and_then(|def| {
+            if def.id() == id {
+                Ok(def)
+            } else {
+                Err(format!("metadata says {} but the key says {id}", def.id()))
+            }
+        });
+        match result {
+            Ok(def) => {
+                if !self.reported.is_empty() {
+                    self.reported.retain(|(k, _)| k != key);
+                }
+                Some((id.to_string(), def))
+            }
+            Err(e) => {
+                if self.reported.insert((key.to_string(), rev)) {
+                    warn!("skipping invalid service {key} (revision {rev}): {e}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Applies watch output, all of it in one batch. UDP flows to endpoints that are gone
+    /// are dropped from `conntrack`.
+    pub fn apply(&mut self, updates: Vec<Update>, conntrack: &mut ConntrackMap) {
+        let started = Instant::now();
+        let mut changed: HashMap<String, Option<ServiceDef>> = HashMap::new();
+        for update in updates {
+            match update {
+                Update::Changes(changes) => {
+                    for c in changes {
+                        match c {
+                            Change::Put(Kv {
+                                key,
+                                value,
+                                mod_revision,
+                                ..
+                            }) => {
+                                let key = String::from_utf8_lossy(&key).into_owned();
+                                match self.decode(&key, &value, mod_revision) {
+                                    Some((id, def)) => {
+                                        changed.insert(id, Some(def));
+                                    }
+                                    None => {
+                                        // Overwritten with something invalid: no longer served.
+                                        if let Some(id) = parse_key(&self.prefix, &key) {
+                                            changed.insert(id.to_string(), None);
+                                        }
+                                    }
+                                }
+                            }
+                            Change::Delete(key) => {
+                                let key = String::from_utf8_lossy(&key).into_owned();
+                                if let Some(id) = parse_key(&self.prefix, &key) {
+                                    changed.insert(id.to_string(), None);
+                                }
+                            }
+                        }
+                    }
+                }
+                Update::Resync(kvs) => {
+                    changed = self.defs.keys().map(|id| (id.clone(), None)).collect();
+                    for kv in kvs {
+                        let key = String::from_utf8_lossy(&kv.key).into_owned();
+                        if let Some((id, def)) = self.decode(&key, &kv.value, kv.mod_revision) {
+                            changed.insert(id, Some(def));
+                        }
+                    }
+                }
+            }
+        }
+        let mut gone_udp: HashMap<String, HashSet<[u8; 4]>> = HashMap::new();
+        let mut batch = Vec::with_capacity(changed.len());
+        for (id, def) in changed {
+            let old = match &def {
+                Some(d) => self.defs.insert(id.clone(), d.clone()),
+                None => self.defs.remove(&id),
+            };
+            if old.is_none() && def.is_none() {
+                continue;
+            }
+            if let Some(o) = &old {
+                if o.ports
+                    .iter()
+                    .any(|p| p.proto == service::validate::IPPROTO_UDP)
+                {
+                    let keep: HashSet<Ipv4Addr> = def
+                        .iter()
+                        .flat_map(|d| d.ready_endpoints().map(|e| e.ip))
+                        .collect();
+                    let gone: HashSet<[u8; 4]> = o
+                        .ready_endpoints()
+                        .map(|e| e.ip)
+                        .filter(|ip| !keep.contains(ip))
+                        .map(|ip| ip.octets())
+                        .collect();
+                    if !gone.is_empty() {
+                        gone_udp.insert(id.clone(), gone);
+                    }
+                }
+            }
+            let plan = def.as_ref().and_then(|d| service::plan(d, &self.node));
+            batch.push((id, plan));
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let ids: HashMap<String, u32> = gone_udp
+            .keys()
+            .filter_map(|id| self.lb.service_id(id).map(|n| (id.clone(), n)))
+            .collect();
+        let stats = self.lb.apply(batch);
+        self.lb.log_stats("updated", &stats, started.elapsed());
+        for (id, gone) in gone_udp {
+            if let Some(sid) = ids.get(&id) {
+                let n = conntrack.purge_udp_backends(*sid, &gone);
+                if n > 0 {
+                    info!("service {id}: dropped {n} UDP conntrack entries of removed endpoints");
+                }
+            }
+        }
+    }
+
+    /// Reprograms every service if the node's addresses or subnet changed.
+    fn set_node(&mut self, node: NodeInfo) {
+        if node == self.node {
+            return;
+        }
+        info!(
+            "node addresses now {:?} (subnet {}): reprogramming services",
+            node.addresses, node.subnet
+        );
+        self.node = node;
+        let started = Instant::now();
+        let batch = self
+            .defs
+            .iter()
+            .map(|(id, d)| (id.clone(), service::plan(d, &self.node)))
+            .collect();
+        let stats = self.lb.apply(batch);
+        self.lb.log_stats("reprogrammed", &stats, started.elapsed());
+    }
+}
+
+/// Streams service changes to the agent; a broken watch resumes where it left off.
+pub async fn watch_services(
+    mut client: Client,
+    prefix: String,
+    revision: i64,
+    tx: mpsc::Sender<Update>,
+) {
+    let mut watch = PrefixWatch::new("service", revision);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match watch.next(&mut client, &prefix).await {
+            Ok(update) => {
+                backoff = Duration::from_millis(200);
+                if tx.send(update).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(
+                    "{e:#}; resuming after revision {} in {backoff:?}",
+                    watch.revision()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The cookie of the network namespace the agent runs in (SO_NETNS_COOKIE).
+pub fn netns_cookie() -> u64 {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a plain socket we close below; getsockopt writes at most `len` bytes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return 0;
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let ret = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            &mut cookie as *mut u64 as *mut libc::c_void,
+            &mut len,
+        );
+        libc::close(fd);
+        if ret == 0 { cookie } else { 0 }
+    }
+}

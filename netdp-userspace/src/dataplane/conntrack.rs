@@ -1,0 +1,200 @@
+//! The CONNTRACK map from userspace (service flows and masqueraded flows alike): listing
+//! flows, masqueraded flows as pod/remote/node translations, and reclaiming expired entries
+//! (the programs ignore them; the LRU would only evict them once the table is full).
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, Map, MapData};
+use netdp_common::{
+    conntrack::{CtEntry, CtKey, flags, state},
+    map_names,
+};
+
+use super::{Pins, open_pinned};
+
+pub struct ConntrackMap(HashMap<MapData, CtKey, CtEntry>);
+
+/// Seconds of CLOCK_MONOTONIC, the clock the programs stamp entries with.
+pub fn now() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the struct we pass and nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u32
+}
+
+/// One direction of a tracked flow.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow {
+    pub key: CtKey,
+    pub entry: CtEntry,
+}
+
+impl Flow {
+    pub fn is_reply(&self) -> bool {
+        self.entry.flags & flags::REPLY != 0
+    }
+
+    pub fn is_masquerade(&self) -> bool {
+        self.entry.flags & flags::MASQ != 0
+    }
+
+    /// What the flow's translation is called.
+    pub fn kind(&self) -> &'static str {
+        if self.is_masquerade() {
+            "masquerade"
+        } else {
+            "service"
+        }
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        match self.entry.state {
+            state::SYN_SENT => "syn_sent",
+            state::ESTABLISHED => "established",
+            state::CLOSING => "closing",
+            state::OTHER => "active",
+            _ => "?",
+        }
+    }
+
+    /// `a:p -> b:q` for a tuple.
+    pub fn tuple(addr: [u8; 4], port: u16, to: [u8; 4], to_port: u16) -> String {
+        format!(
+            "{}:{} -> {}:{}",
+            Ipv4Addr::from(addr),
+            port,
+            Ipv4Addr::from(to),
+            to_port
+        )
+    }
+}
+
+/// One masqueraded flow: the pod's side, the outside, and the node's side it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    pub proto: u8,
+    pub pod: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    pub nat: SocketAddrV4,
+}
+
+fn sock(addr: [u8; 4], port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(addr), port)
+}
+
+impl ConntrackMap {
+    pub fn from_map(map: Map) -> Result<Self> {
+        Ok(ConntrackMap(
+            HashMap::try_from(map).context("CONNTRACK has an unexpected type")?,
+        ))
+    }
+
+    pub fn open(pins: &Pins) -> Result<Self> {
+        Self::from_map(open_pinned(pins, map_names::CONNTRACK)?)
+    }
+
+    /// Live entries (expired ones are left out).
+    pub fn list(&self) -> Vec<Flow> {
+        let now = now();
+        let mut v: Vec<Flow> = self
+            .0
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, e)| e.expires >= now)
+            .map(|(key, entry)| Flow { key, entry })
+            .collect();
+        v.sort_by_key(|f| (f.key.saddr, f.key.sport, f.key.daddr, f.key.dport));
+        v
+    }
+
+    /// Masqueraded flows, as their pods send them, with their translation.
+    pub fn masqueraded(&self) -> Vec<Translation> {
+        self.masquerade_entries(false, |k, e| Translation {
+            proto: k.proto,
+            pod: sock(k.saddr, k.sport),
+            remote: sock(k.daddr, k.dport),
+            nat: sock(e.nat_saddr, e.nat_sport),
+        })
+    }
+
+    /// The reply direction of masqueraded flows: which node port leads back to which pod.
+    pub fn unmasqueraded(&self) -> Vec<Translation> {
+        self.masquerade_entries(true, |k, e| Translation {
+            proto: k.proto,
+            pod: sock(e.nat_daddr, e.nat_dport),
+            remote: sock(k.saddr, k.sport),
+            nat: sock(k.daddr, k.dport),
+        })
+    }
+
+    fn masquerade_entries(
+        &self,
+        reply: bool,
+        view: impl Fn(&CtKey, &CtEntry) -> Translation,
+    ) -> Vec<Translation> {
+        let mut v: Vec<_> = self
+            .list()
+            .iter()
+            .filter(|f| f.is_masquerade() && f.is_reply() == reply)
+            .map(|f| view(&f.key, &f.entry))
+            .collect();
+        v.sort_by_key(|t| (t.proto, t.pod, t.remote));
+        v
+    }
+
+    /// Forgets one direction of a flow (as LRU eviction would).
+    pub fn remove(&mut self, key: &CtKey) -> Result<()> {
+        self.0.remove(key).context("removing a conntrack entry")
+    }
+
+    /// Every entry, expired or not.
+    pub fn len(&self) -> usize {
+        self.0.keys().filter(|k| k.is_ok()).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes expired entries; returns how many.
+    pub fn gc(&mut self) -> usize {
+        let now = now();
+        let expired: Vec<CtKey> = self
+            .0
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, e)| e.expires < now)
+            .map(|(k, _)| k)
+            .collect();
+        expired.iter().filter(|k| self.0.remove(k).is_ok()).count()
+    }
+
+    /// Removes the UDP flows to backends that are gone (a datagram flow has no end of its
+    /// own; kube-proxy clears them the same way). TCP flows are left to finish.
+    pub fn purge_udp_backends(
+        &mut self,
+        service_id: u32,
+        gone: &std::collections::HashSet<[u8; 4]>,
+    ) -> usize {
+        if gone.is_empty() {
+            return 0;
+        }
+        let doomed: Vec<CtKey> = self
+            .0
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, e)| {
+                k.proto == 17
+                    && e.flags & flags::MASQ == 0
+                    && e.service_id == service_id
+                    && ((e.flags & flags::REPLY == 0 && gone.contains(&e.nat_daddr))
+                        || (e.flags & flags::REPLY != 0 && gone.contains(&k.saddr)))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        doomed.iter().filter(|k| self.0.remove(k).is_ok()).count()
+    }
+}

@@ -1,0 +1,191 @@
+//! Reading and following everything under an etcd prefix: listing it page by page at one
+//! revision, and a watch that never goes stale. The watch resumes after the last revision it
+//! saw when the stream breaks, and re-lists (handing back the complete set) when that
+//! revision was compacted away. Leases and services both follow their prefix with it.
+use anyhow::{Context, Result, anyhow, bail};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
+use log::warn;
+
+use crate::util::one_line;
+
+/// Keys per page when listing.
+const PAGE: i64 = 5000;
+
+/// A key and its value as read from etcd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kv {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// The etcd lease the key is attached to (0: none).
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+/// One change under the prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Put(Kv),
+    Delete(Vec<u8>),
+}
+
+/// One step of a [`PrefixWatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    Changes(Vec<Change>),
+    /// The watch had to start over: the complete current set.
+    Resync(Vec<Kv>),
+}
+
+/// The first key after every key starting with `prefix`.
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Everything under `prefix` at one revision (read page by page, so a large set neither
+/// needs one huge response nor can change half-way), and that revision.
+pub async fn list_prefix(client: &mut Client, prefix: &str) -> Result<(Vec<Kv>, i64)> {
+    let end = range_end(prefix.as_bytes());
+    let mut start = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut out = Vec::new();
+    loop {
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let resp = client
+            .get(start.clone(), Some(opts))
+            .await
+            .map_err(|e| anyhow!("listing {prefix} in etcd: {}", one_line(&e)))?;
+        if revision == 0 {
+            revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        for kv in resp.kvs() {
+            out.push(Kv {
+                key: kv.key().to_vec(),
+                value: kv.value().to_vec(),
+                lease: kv.lease(),
+                mod_revision: kv.mod_revision(),
+            });
+        }
+        match (resp.more(), out.last()) {
+            (true, Some(last)) => {
+                start = last.key.clone();
+                start.push(0);
+            }
+            _ => return Ok((out, revision)),
+        }
+    }
+}
+
+/// A watch of everything under a prefix, from a revision on.
+pub struct PrefixWatch {
+    what: &'static str,
+    revision: i64,
+    stream: Option<WatchStream>,
+}
+
+impl PrefixWatch {
+    /// `what` names the watched things in messages ("lease", "service").
+    pub fn new(what: &'static str, revision: i64) -> Self {
+        PrefixWatch {
+            what,
+            revision,
+            stream: None,
+        }
+    }
+
+    /// The last revision seen.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Waits for the next changes under `prefix`. Errors mean etcd is unreachable; call
+    /// again (after a pause) to resume from where the watch left off.
+    pub async fn next(&mut self, client: &mut Client, prefix: &str) -> Result<Update> {
+        loop {
+            if self.stream.is_none() {
+                let opts = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(self.revision + 1)
+                    .with_progress_notify();
+                let stream = client
+                    .watch(prefix, Some(opts))
+                    .await
+                    .map_err(|e| anyhow!("watching {prefix}: {}", one_line(&e)))?;
+                self.stream = Some(stream);
+            }
+            let stream = self.stream.as_mut().context("watch stream")?;
+            let resp = match stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    self.stream = None;
+                    bail!("{} watch closed by etcd", self.what);
+                }
+                Err(e) => {
+                    self.stream = None;
+                    bail!("{} watch broken: {}", self.what, one_line(&e));
+                }
+            };
+            if resp.compact_revision() > 0 || resp.canceled() {
+                warn!(
+                    "{} watch at revision {} cannot resume ({}); re-listing",
+                    self.what,
+                    self.revision,
+                    if resp.compact_revision() > 0 {
+                        format!("compacted up to {}", resp.compact_revision())
+                    } else {
+                        format!("canceled: {}", resp.cancel_reason())
+                    }
+                );
+                self.stream = None;
+                let (kvs, revision) = list_prefix(client, prefix).await?;
+                self.revision = revision;
+                return Ok(Update::Resync(kvs));
+            }
+            if resp.events().is_empty() {
+                // Progress notifications carry the current revision and no events.
+                if let Some(h) = resp.header() {
+                    self.revision = self.revision.max(h.revision());
+                }
+                continue;
+            }
+            let mut changes = Vec::with_capacity(resp.events().len());
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                self.revision = self.revision.max(kv.mod_revision());
+                changes.push(match ev.event_type() {
+                    EventType::Put => Change::Put(Kv {
+                        key: kv.key().to_vec(),
+                        value: kv.value().to_vec(),
+                        lease: kv.lease(),
+                        mod_revision: kv.mod_revision(),
+                    }),
+                    EventType::Delete => Change::Delete(kv.key().to_vec()),
+                });
+            }
+            if !changes.is_empty() {
+                return Ok(Update::Changes(changes));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_ends() {
+        assert_eq!(range_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(range_end(&[b'a', 0xff]), b"b".to_vec());
+        assert_eq!(range_end(&[0xff]), vec![0]);
+    }
+}

@@ -1,0 +1,20 @@
+//! Kubernetes services: the schema users write and etcd stores ([`schema`]), checking it
+//! ([`validate`]), what a node programs for it ([`plan`]), and the etcd store ([`store`]).
+pub mod plan;
+pub mod schema;
+pub mod store;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use plan::{NodeInfo, plan};
+pub use schema::{ServiceDoc, parse_file};
+pub use store::{DEFAULT_PREFIX, ServiceStore};
+pub use validate::{ServiceDef, validate};
+
+/// Parses and checks a stored value.
+pub fn decode(bytes: &[u8]) -> Result<ServiceDef, String> {
+    let doc = schema::from_json(bytes).map_err(|e| format!("{e:#}"))?;
+    validate(&doc)
+}

@@ -1,0 +1,452 @@
+//! Checking a [`ServiceDoc`] and turning it into the [`ServiceDef`] the dataplane is
+//! planned from. Every error names the field, as `spec.ports[1].nodePort: ...`.
+use std::{collections::HashSet, net::Ipv4Addr};
+
+use super::schema::{IntOrString, ServiceDoc};
+
+/// The annotation choosing the backend selection of a service.
+pub const ALGORITHM_ANNOTATION: &str = "netdp.io/lb-algorithm";
+/// Kubernetes' default and maximum sessionAffinity timeouts.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+pub const MAX_AFFINITY_TIMEOUT: u32 = 86400;
+/// Endpoints a service may have (the dataplane indexes them with 16 bits; Maglev tables
+/// want many more entries than backends).
+pub const MAX_ENDPOINTS: usize = 4096;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    Random,
+    Maglev,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortDef {
+    pub name: String,
+    pub proto: u8,
+    pub port: u16,
+    pub target_port: u16,
+    pub node_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointDef {
+    pub ip: Ipv4Addr,
+    pub node_name: Option<String>,
+    pub ready: bool,
+}
+
+/// A valid service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceDef {
+    pub namespace: String,
+    pub name: String,
+    pub kind: ServiceType,
+    /// `None`: headless (clusterIP "None") or ExternalName; nothing to program.
+    pub cluster_ip: Option<Ipv4Addr>,
+    /// externalIPs, loadBalancerIP and load-balancer ingress IPs.
+    pub external_ips: Vec<Ipv4Addr>,
+    pub ports: Vec<PortDef>,
+    pub affinity_timeout: Option<u32>,
+    pub local_policy: bool,
+    pub algorithm: Algorithm,
+    pub endpoints: Vec<EndpointDef>,
+}
+
+impl ServiceDef {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn has_node_ports(&self) -> bool {
+        matches!(self.kind, ServiceType::NodePort | ServiceType::LoadBalancer)
+    }
+
+    pub fn ready_endpoints(&self) -> impl Iterator<Item = &EndpointDef> {
+        self.endpoints.iter().filter(|e| e.ready)
+    }
+}
+
+pub fn proto_name(p: u8) -> &'static str {
+    match p {
+        IPPROTO_TCP => "TCP",
+        IPPROTO_UDP => "UDP",
+        _ => "?",
+    }
+}
+
+/// A DNS-1123 label, as Kubernetes requires of namespaces and service names.
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+// Field names are only formatted for errors: valid services (100,000 of them at startup)
+// should cost no string building.
+fn ipv4(field: impl FnOnce() -> String, s: &str) -> Result<Ipv4Addr, String> {
+    s.parse::<Ipv4Addr>()
+        .map_err(|_| format!("{}: {s:?} is not an IPv4 address", field()))
+}
+
+fn port(field: impl FnOnce() -> String, v: i64) -> Result<u16, String> {
+    u16::try_from(v)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{}: {v} is not a port (1-65535)", field()))
+}
+
+/// `name[i]`, formatted only when an error needs it.
+#[derive(Clone, Copy)]
+struct FieldPrefix(&'static str, usize);
+
+impl std::fmt::Display for FieldPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.0, self.1)
+    }
+}
+
+/// Checks a service; the error lists every problem found, each naming its field.
+pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
+    let mut errs = Vec::new();
+    let mut err = |e: String| errs.push(e);
+
+    let name = doc.metadata.name.clone();
+    if !dns_label(&name) {
+        err(format!(
+            "metadata.name: {name:?} must be 1-63 lowercase letters, digits and '-'"
+        ));
+    }
+    let namespace = doc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    if !dns_label(&namespace) {
+        err(format!(
+            "metadata.namespace: {namespace:?} must be 1-63 lowercase letters, digits and '-'"
+        ));
+    }
+    if let Some(k) = &doc.kind {
+        if k != "Service" {
+            err(format!("kind: {k:?} is not Service"));
+        }
+    }
+    let spec = &doc.spec;
+    let kind = match spec.type_.as_deref().unwrap_or("ClusterIP") {
+        "ClusterIP" => ServiceType::ClusterIp,
+        "NodePort" => ServiceType::NodePort,
+        "LoadBalancer" => ServiceType::LoadBalancer,
+        "ExternalName" => ServiceType::ExternalName,
+        other => {
+            err(format!(
+                "spec.type: {other:?} is not one of ClusterIP, NodePort, LoadBalancer, ExternalName"
+            ));
+            ServiceType::ClusterIp
+        }
+    };
+    let cluster_ip = match (kind, spec.cluster_ip.as_deref()) {
+        (ServiceType::ExternalName, _) => None,
+        (_, Some("None")) => {
+            if kind != ServiceType::ClusterIp {
+                err(
+                    "spec.clusterIP: a headless service (\"None\") must be of type ClusterIP"
+                        .into(),
+                );
+            }
+            None
+        }
+        (_, Some(ip)) => match ipv4(|| "spec.clusterIP".into(), ip) {
+            Ok(a) if a.is_unspecified() || a.is_broadcast() || a.is_loopback() => {
+                err(format!("spec.clusterIP: {a} cannot be a service address"));
+                None
+            }
+            Ok(a) => Some(a),
+            Err(e) => {
+                err(e);
+                None
+            }
+        },
+        (_, None) => {
+            err("spec.clusterIP: required (netdp does not allocate cluster IPs); use \"None\" for a headless service".into());
+            None
+        }
+    };
+    let mut external_ips = Vec::new();
+    for (i, s) in spec.external_ips.iter().enumerate() {
+        match ipv4(|| format!("spec.externalIPs[{i}]"), s) {
+            Ok(a) => external_ips.push(a),
+            Err(e) => err(e),
+        }
+    }
+    if let Some(s) = &spec.load_balancer_ip {
+        if !s.is_empty() {
+            match ipv4(|| "spec.loadBalancerIP".into(), s) {
+                Ok(a) => external_ips.push(a),
+                Err(e) => err(e),
+            }
+        }
+    }
+    if let Some(lb) = doc.status.as_ref().and_then(|s| s.load_balancer.as_ref()) {
+        for (i, ing) in lb.ingress.iter().enumerate() {
+            if let Some(s) = &ing.ip {
+                match ipv4(|| format!("status.loadBalancer.ingress[{i}].ip"), s) {
+                    Ok(a) => external_ips.push(a),
+                    Err(e) => err(e),
+                }
+            }
+        }
+    }
+    if !external_ips.is_empty() && cluster_ip.is_none() && kind != ServiceType::ExternalName {
+        err("spec.externalIPs: a headless service cannot have external addresses".into());
+    }
+    external_ips.sort();
+    external_ips.dedup();
+
+    let node_ports_allowed = matches!(kind, ServiceType::NodePort | ServiceType::LoadBalancer);
+    let mut ports = Vec::new();
+    let mut names = HashSet::new();
+    let mut seen = HashSet::new();
+    let mut node_ports = HashSet::new();
+    if spec.ports.is_empty() && cluster_ip.is_some() {
+        err("spec.ports: a service with a cluster IP needs at least one port".into());
+    }
+    for (i, p) in spec.ports.iter().enumerate() {
+        let f = FieldPrefix("spec.ports", i);
+        let pname = p.name.clone().unwrap_or_default();
+        if spec.ports.len() > 1 && pname.is_empty() {
+            err(format!(
+                "{f}.name: required when a service has several ports"
+            ));
+        }
+        if !pname.is_empty() && !names.insert(pname.clone()) {
+            err(format!("{f}.name: {pname:?} is used twice"));
+        }
+        let proto = match p.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => IPPROTO_TCP,
+            "UDP" => IPPROTO_UDP,
+            other => {
+                err(format!(
+                    "{f}.protocol: {other:?} is not supported (TCP or UDP)"
+                ));
+                continue;
+            }
+        };
+        let service_port = match port(|| format!("{f}.port"), p.port) {
+            Ok(v) => v,
+            Err(e) => {
+                err(e);
+                continue;
+            }
+        };
+        if !seen.insert((service_port, proto)) {
+            err(format!(
+                "{f}.port: {service_port}/{} is listed twice",
+                proto_name(proto)
+            ));
+        }
+        let target_port = match &p.target_port {
+            None => service_port,
+            Some(IntOrString::Int(v)) => match port(|| format!("{f}.targetPort"), *v) {
+                Ok(v) => v,
+                Err(e) => {
+                    err(e);
+                    continue;
+                }
+            },
+            Some(IntOrString::Str(s)) => match s.parse::<i64>() {
+                Ok(v) => match port(|| format!("{f}.targetPort"), v) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        err(e);
+                        continue;
+                    }
+                },
+                Err(_) => {
+                    err(format!(
+                        "{f}.targetPort: named ports ({s:?}) are not supported; give the container port number"
+                    ));
+                    continue;
+                }
+            },
+        };
+        let node_port = match (p.node_port, node_ports_allowed) {
+            (Some(v), true) => match port(|| format!("{f}.nodePort"), v) {
+                Ok(v) => {
+                    if !node_ports.insert((v, proto)) {
+                        err(format!(
+                            "{f}.nodePort: {v}/{} is used twice",
+                            proto_name(proto)
+                        ));
+                    }
+                    Some(v)
+                }
+                Err(e) => {
+                    err(e);
+                    None
+                }
+            },
+            (None, true) => {
+                err(format!(
+                    "{f}.nodePort: required for type {} (netdp does not allocate node ports)",
+                    spec.type_.as_deref().unwrap_or("")
+                ));
+                None
+            }
+            (Some(_), false) => {
+                err(format!(
+                    "{f}.nodePort: only NodePort and LoadBalancer services have node ports"
+                ));
+                None
+            }
+            (None, false) => None,
+        };
+        ports.push(PortDef {
+            name: pname,
+            proto,
+            port: service_port,
+            target_port,
+            node_port,
+        });
+    }
+
+    let affinity_timeout = match spec.session_affinity.as_deref().unwrap_or("None") {
+        "None" => None,
+        "ClientIP" => {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            match t {
+                None => Some(DEFAULT_AFFINITY_TIMEOUT),
+                Some(t) if t >= 1 && t <= MAX_AFFINITY_TIMEOUT as i64 => Some(t as u32),
+                Some(t) => {
+                    err(format!(
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is not within 1-{MAX_AFFINITY_TIMEOUT}"
+                    ));
+                    None
+                }
+            }
+        }
+        other => {
+            err(format!(
+                "spec.sessionAffinity: {other:?} is not one of None, ClientIP"
+            ));
+            None
+        }
+    };
+    let local_policy = match spec.external_traffic_policy.as_deref().unwrap_or("Cluster") {
+        "Cluster" => false,
+        "Local" => {
+            if !node_ports_allowed && external_ips.is_empty() {
+                err("spec.externalTrafficPolicy: Local only applies to services reachable from outside (NodePort, LoadBalancer, external IPs)".into());
+            }
+            true
+        }
+        other => {
+            err(format!(
+                "spec.externalTrafficPolicy: {other:?} is not one of Cluster, Local"
+            ));
+            false
+        }
+    };
+    let algorithm = match doc
+        .metadata
+        .annotations
+        .get(ALGORITHM_ANNOTATION)
+        .map(String::as_str)
+    {
+        None | Some("random") => Algorithm::Random,
+        Some("maglev") => Algorithm::Maglev,
+        Some(other) => {
+            err(format!(
+                "metadata.annotations[\"{ALGORITHM_ANNOTATION}\"]: {other:?} is not one of random, maglev"
+            ));
+            Algorithm::Random
+        }
+    };
+
+    let mut endpoints = Vec::new();
+    let mut ips = HashSet::new();
+    if doc.endpoints.len() > MAX_ENDPOINTS {
+        err(format!(
+            "endpoints: {} endpoints, at most {MAX_ENDPOINTS} are supported",
+            doc.endpoints.len()
+        ));
+    }
+    for (i, e) in doc.endpoints.iter().enumerate() {
+        let f = FieldPrefix("endpoints", i);
+        let ip = match ipv4(|| format!("{f}.ip"), &e.ip) {
+            Ok(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => {
+                err(format!("{f}.ip: {a} cannot be an endpoint"));
+                continue;
+            }
+            Ok(a) => a,
+            Err(e) => {
+                err(e);
+                continue;
+            }
+        };
+        if !ips.insert(ip) {
+            err(format!("{f}.ip: {ip} is listed twice"));
+        }
+        if let Some(n) = &e.node_name {
+            if n.is_empty() || n.len() > 253 {
+                err(format!("{f}.nodeName: {n:?} is not a node name"));
+            }
+        }
+        endpoints.push(EndpointDef {
+            ip,
+            node_name: e.node_name.clone(),
+            ready: e.ready.unwrap_or(true),
+        });
+    }
+    if !errs.is_empty() {
+        return Err(errs.join("; "));
+    }
+    Ok(ServiceDef {
+        namespace,
+        name,
+        kind,
+        cluster_ip,
+        external_ips,
+        ports,
+        affinity_timeout,
+        local_policy,
+        algorithm,
+        endpoints,
+    })
+}
+
+/// The addresses, ports and protocols a service claims cluster-wide, for conflicts: cluster
+/// and external IP frontends, and node ports (`None` address).
+pub fn claims(def: &ServiceDef) -> Vec<(Option<Ipv4Addr>, u16, u8, String)> {
+    let mut out = Vec::new();
+    for (i, p) in def.ports.iter().enumerate() {
+        if let Some(ip) = def.cluster_ip {
+            out.push((Some(ip), p.port, p.proto, format!("spec.ports[{i}].port")));
+            for e in &def.external_ips {
+                out.push((Some(*e), p.port, p.proto, format!("spec.ports[{i}].port")));
+            }
+        }
+        if let Some(np) = p.node_port {
+            out.push((None, np, p.proto, format!("spec.ports[{i}].nodePort")));
+        }
+    }
+    out
+}

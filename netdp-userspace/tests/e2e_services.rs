@@ -1,0 +1,535 @@
+//! End to end: services applied with the CLI, programmed by real agents, used by pods and
+//! by an outside host. Nodes run with IP forwarding off and nothing listens on service
+//! addresses, so every connection that works was translated and carried by netdp's programs.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, ensure};
+use netdp::dataplane::{Pins, conntrack::ConntrackMap, lb::LbMaps};
+use netdp_testbed::{
+    Spec, Testbed,
+    services::{Connect, EchoServer, connect_error, echo_many, udp_many},
+    testbed::OUTSIDE_IP,
+};
+use serde_json::{Value, json};
+
+const HOST_GW: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#;
+const BACKEND_PORT: u16 = 8080;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A service document: `ports` as (name, protocol, port, nodePort), endpoints as (pod, node).
+fn service(
+    name: &str,
+    extra: Value,
+    ports: &[(&str, &str, u16, Option<u16>)],
+    endpoints: &[(Ipv4Addr, &str)],
+) -> Value {
+    let mut spec = json!({
+        "ports": ports.iter().map(|(n, p, port, np)| {
+            let mut v = json!({"name": n, "protocol": p, "port": port, "targetPort": BACKEND_PORT});
+            if let Some(np) = np {
+                v["nodePort"] = json!(np);
+            }
+            v
+        }).collect::<Vec<_>>(),
+    });
+    let mut metadata = json!({"name": name, "namespace": "default"});
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            if k == "annotations" {
+                metadata["annotations"] = v;
+            } else {
+                spec[k] = v;
+            }
+        }
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec,
+        "endpoints": endpoints.iter().map(|(ip, node)| json!({"ip": ip.to_string(), "nodeName": node})).collect::<Vec<_>>(),
+    })
+}
+
+/// A cluster of `nodes` nodes with one backend pod on each (serving TCP and UDP on 8080,
+/// introducing itself by its node name) and a client pod on n1.
+fn cluster(nodes: usize, outside: bool) -> Result<(Testbed, Vec<EchoServer>)> {
+    cluster_with(nodes, outside, &[])
+}
+
+fn cluster_with(nodes: usize, outside: bool, agent: &[&str]) -> Result<(Testbed, Vec<EchoServer>)> {
+    let mut spec = Spec::flat(nodes).network(HOST_GW);
+    if outside {
+        spec = spec.outside();
+    }
+    let mut tb = Testbed::new(spec)?;
+    tb.start_all_agents(agent)?;
+    let mut servers = Vec::new();
+    for n in 1..=nodes {
+        let node = format!("n{n}");
+        let pod = tb.add_pod(&node, "backend")?;
+        servers.push(EchoServer::start(&pod.ns, BACKEND_PORT, &node)?);
+    }
+    tb.add_pod("n1", "client")?;
+    Ok((tb, servers))
+}
+
+fn backends(tb: &Testbed, nodes: &[&str]) -> Vec<(Ipv4Addr, String)> {
+    nodes
+        .iter()
+        .map(|n| (tb.pod(n, "backend").ip, tb.node(n).ns.clone()))
+        .collect()
+}
+
+fn eps(b: &[(Ipv4Addr, String)]) -> Vec<(Ipv4Addr, &str)> {
+    b.iter().map(|(ip, n)| (*ip, n.as_str())).collect()
+}
+
+/// Sockets of `node` its socket programs sent to a backend.
+fn sock_nat_entries(tb: &Testbed, node: &str) -> Result<usize> {
+    let pins = Pins::new(std::path::Path::new("/sys/fs/bpf/netdp"), &tb.node(node).ns)?;
+    Ok(LbMaps::open(&pins)?
+        .sock_nat
+        .keys()
+        .filter(|k| k.is_ok())
+        .count())
+}
+
+fn tally(who: &[String]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for w in who {
+        *m.entry(w.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn cluster_ip_balances_translates_and_keeps_flows() -> Result<()> {
+    // Closed flows stay listed for the whole test, however slow the machine.
+    let (tb, _servers) = cluster_with(3, false, &["--conntrack-timeout-tcp-closing=300s"])?;
+    let all = backends(&tb, &["n1", "n2", "n3"]);
+    let client = tb.pod("n1", "client").clone();
+    let me = tb.pod("n1", "backend").clone();
+    let web = Ipv4Addr::new(10, 96, 0, 10);
+    let sticky = Ipv4Addr::new(10, 96, 0, 11);
+    let selfish = Ipv4Addr::new(10, 96, 0, 12);
+    let empty = Ipv4Addr::new(10, 96, 0, 13);
+    let docs = json!([
+        service(
+            "web",
+            json!({"clusterIP": web.to_string()}),
+            &[("http", "TCP", 80, None), ("dns", "UDP", 53, None)],
+            &eps(&all)
+        ),
+        service(
+            "sticky",
+            json!({"clusterIP": sticky.to_string(), "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}),
+            &[("http", "TCP", 80, None)],
+            &eps(&all)
+        ),
+        service(
+            "selfish",
+            json!({"clusterIP": selfish.to_string()}),
+            &[("http", "TCP", 80, None)],
+            &[(me.ip, tb.node("n1").ns.as_str())]
+        ),
+        service(
+            "empty",
+            json!({"clusterIP": empty.to_string()}),
+            &[("http", "TCP", 80, None), ("dns", "UDP", 53, None)],
+            &[]
+        ),
+    ]);
+    let out = tb.apply_services(&docs.to_string())?;
+    assert!(out.contains("service default/web configured"), "{out}");
+    tb.wait_services_programmed(WAIT)?;
+
+    // 300 new connections from a pod, each byte-exact, spread over all three backends.
+    let started = Instant::now();
+    let who = echo_many(&client.ns, Connect::new(web, 80), 300)?;
+    let counts = tally(&who);
+    println!(
+        "300 connections to {web}:80 in {:.1?}: {counts:?}",
+        started.elapsed()
+    );
+    ensure!(counts.len() == 3, "not every backend was used: {counts:?}");
+    for (node, n) in &counts {
+        // Expected 100 each; the band is 5 standard deviations of a fair split.
+        ensure!((60..=140).contains(n), "{node} got {n} of 300: {counts:?}");
+    }
+
+    // UDP request/response through the same service.
+    let answers = udp_many(&client.ns, web, 53, 30)?;
+    ensure!(
+        answers.iter().all(Option::is_some),
+        "UDP answers: {answers:?}"
+    );
+    let udp = tally(&answers.into_iter().flatten().collect::<Vec<_>>());
+    ensure!(udp.len() >= 2, "UDP flows all went to one backend: {udp:?}");
+
+    // Session affinity: one client, one backend, however many connections.
+    let who = echo_many(&client.ns, Connect::new(sticky, 80), 30)?;
+    ensure!(tally(&who).len() == 1, "affinity broken: {:?}", tally(&who));
+    let other = echo_many(&me.ns, Connect::new(sticky, 80), 10)?;
+    ensure!(
+        tally(&other).len() == 1,
+        "affinity broken for a second client"
+    );
+
+    // Hairpin: a pod reaching its own service, served by itself.
+    let who = echo_many(&me.ns, Connect::new(selfish, 80), 5)?;
+    ensure!(
+        who.iter().all(|w| *w == "n1"),
+        "hairpin answered by {who:?}"
+    );
+
+    // No endpoints: refused at once, not a black hole.
+    let t = Instant::now();
+    let err = connect_error(&client.ns, Connect::new(empty, 80))?;
+    ensure!(
+        err == Some(std::io::ErrorKind::ConnectionRefused),
+        "connecting to a service without endpoints gave {err:?}"
+    );
+    ensure!(t.elapsed() < Duration::from_secs(2));
+    ensure!(tb.counter("n1", "from_pod", "service_reject")? >= 1);
+
+    // The node itself reaches services too (socket programs; two of the backends are on
+    // other nodes), replies to its datagrams come from the service address, and only its
+    // own sockets were touched: the other nodes' programs, attached to the same cgroup,
+    // left them alone.
+    let node2 = tb.node("n2").ns.clone();
+    let who = echo_many(&node2, Connect::new(web, 80), 30)?;
+    ensure!(tally(&who).len() == 3, "from the node: {:?}", tally(&who));
+    let answers = udp_many(&node2, web, 53, 10)?;
+    ensure!(
+        answers.iter().all(Option::is_some),
+        "UDP from the node: {answers:?}"
+    );
+    let err = connect_error(&node2, Connect::new(empty, 80))?;
+    ensure!(
+        err == Some(std::io::ErrorKind::ConnectionRefused),
+        "{err:?}"
+    );
+    ensure!(sock_nat_entries(&tb, "n2")? >= 40);
+    for n in ["n1", "n3"] {
+        ensure!(
+            sock_nat_entries(&tb, n)? == 0,
+            "{n}'s socket programs touched another namespace"
+        );
+    }
+
+    // Without the programs nothing answers at these addresses: the conntrack table shows
+    // the flows it translated.
+    let ct = tb.netdp(
+        "n1",
+        &[
+            "conntrack",
+            "list",
+            &format!("--node-name={}", tb.node("n1").ns),
+            "-o",
+            "json",
+        ],
+    )?;
+    let flows: Value = serde_json::from_slice(&ct.stdout)?;
+    let n = flows.as_array().map(|a| a.len()).unwrap_or(0);
+    ensure!(
+        n >= 600,
+        "expected both directions of the flows in conntrack, got {n}"
+    );
+    Ok(())
+}
+
+#[test]
+fn maglev_keeps_flows_on_surviving_backends_when_one_goes() -> Result<()> {
+    let (tb, servers) = cluster(3, false)?;
+    let all = backends(&tb, &["n1", "n2", "n3"]);
+    let client = tb.pod("n1", "client").clone();
+    let vip = Ipv4Addr::new(10, 96, 1, 10);
+    let svc = |b: &[(Ipv4Addr, String)]| {
+        json!([service(
+            "mg",
+            json!({"clusterIP": vip.to_string(), "annotations": {"netdp.io/lb-algorithm": "maglev"}}),
+            &[("http", "TCP", 80, None)],
+            &eps(b),
+        )])
+        .to_string()
+    };
+    tb.apply_services(&svc(&all))?;
+    tb.wait_services_programmed(WAIT)?;
+
+    // 90 flows with known source ports; Maglev decides each by its tuple.
+    let conn = Connect {
+        sport: Some(41000),
+        ..Connect::new(vip, 80)
+    };
+    let before = echo_many(&client.ns, conn, 90)?;
+    let counts = tally(&before);
+    println!("maglev over 3 backends: {counts:?}");
+    ensure!(counts.len() == 3, "{counts:?}");
+    // The same tuples again land where they did.
+    ensure!(
+        echo_many(&client.ns, conn, 90)? == before,
+        "maglev is not consistent"
+    );
+
+    // A long transfer to n2 started before n2 is removed keeps going.
+    let n2 = tb.pod("n2", "backend").ip;
+    let long = {
+        let ns = client.ns.clone();
+        std::thread::spawn(move || {
+            echo_many(
+                &ns,
+                Connect {
+                    bytes: 8 << 20,
+                    ..Connect::new(n2, BACKEND_PORT)
+                },
+                1,
+            )
+        })
+    };
+
+    tb.apply_services(&svc(&[all[0].clone(), all[2].clone()]))?;
+    tb.wait_services_programmed(WAIT)?;
+    let after = echo_many(&client.ns, conn, 90)?;
+    let mut moved = 0;
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        ensure!(a != "n2", "flow {i} still went to the removed backend");
+        if b == "n2" {
+            moved += 1;
+        } else {
+            ensure!(a == b, "flow {i} moved from {b} to {a} though {b} stayed");
+        }
+    }
+    println!("removing n2 moved {moved} of 90 flows (those it had), and no other");
+    ensure!(moved == counts["n2"]);
+    ensure!(long.join().expect("transfer thread")? == vec!["n2".to_string()]);
+    drop(servers);
+    Ok(())
+}
+
+#[test]
+fn node_ports_and_external_ips_from_outside() -> Result<()> {
+    let (tb, servers) = cluster(3, true)?;
+    let all = backends(&tb, &["n1", "n2", "n3"]);
+    let out_ns = tb.outside_ns.clone().expect("outside host");
+    let ext = Ipv4Addr::new(198, 51, 100, 7);
+    let docs = json!([
+        service(
+            "np",
+            json!({"type": "NodePort", "clusterIP": "10.96.2.10", "externalIPs": [ext.to_string()]}),
+            &[
+                ("http", "TCP", 80, Some(30080)),
+                ("dns", "UDP", 53, Some(30053))
+            ],
+            &eps(&all)
+        ),
+        service(
+            "local",
+            json!({"type": "NodePort", "clusterIP": "10.96.2.11", "externalTrafficPolicy": "Local"}),
+            &[("http", "TCP", 80, Some(30081))],
+            &eps(&all[1..2])
+        ),
+    ]);
+    tb.apply_services(&docs.to_string())?;
+    tb.wait_services_programmed(WAIT)?;
+
+    // Every node's address serves the node port, balancing over all backends (remote ones
+    // through source NAT to the node, so replies come back through it).
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for n in &tb.nodes {
+        let who = echo_many(&out_ns, Connect::new(n.ip, 30080), 30)?;
+        for w in &who {
+            *seen.entry(w.clone()).or_default() += 1;
+        }
+        println!("outside -> {}:30080: {:?}", n.ip, tally(&who));
+        let udp = udp_many(&out_ns, n.ip, 30053, 10)?;
+        ensure!(
+            udp.iter().all(Option::is_some),
+            "UDP node port on {}: {udp:?}",
+            n.name
+        );
+    }
+    ensure!(
+        seen.len() == 3,
+        "node ports did not reach every backend: {seen:?}"
+    );
+
+    // An external IP routed to a node behaves like the node port, on the service port.
+    tb.route_on_router(&format!("{ext}/32"), tb.node("n3").ip)?;
+    let who = echo_many(&out_ns, Connect::new(ext, 80), 30)?;
+    ensure!(tally(&who).len() == 3, "external IP: {:?}", tally(&who));
+
+    // externalTrafficPolicy Local: the backend sees the outside host itself.
+    let n2 = tb.node("n2").ip;
+    let who = echo_many(&out_ns, Connect::new(n2, 30081), 10)?;
+    ensure!(who.iter().all(|w| w == "n2"));
+    let peers = servers[1].peers();
+    ensure!(
+        peers
+            .iter()
+            .rev()
+            .take(10)
+            .all(|p| p.ip() == std::net::IpAddr::V4(OUTSIDE_IP)),
+        "the backend did not see the client's address: {peers:?}"
+    );
+    // A node without a local endpoint drops (and counts) instead of forwarding.
+    let n1 = tb.node("n1").ip;
+    let err = connect_error(
+        &out_ns,
+        Connect {
+            timeout: Duration::from_secs(1),
+            ..Connect::new(n1, 30081)
+        },
+    )?;
+    ensure!(err == Some(std::io::ErrorKind::TimedOut), "{err:?}");
+    ensure!(tb.counter("n1", "from_netdev", "service_no_local_backend")? >= 1);
+    ensure!(
+        tb.counter("n1", "from_netdev", "service_reply")? >= 1,
+        "replies went out through netdp"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_services_are_refused_or_skipped_and_the_rest_keep_working() -> Result<()> {
+    // Short conntrack lifetimes, to see expired entries reclaimed.
+    let (mut tb, _servers) = cluster_with(
+        1,
+        false,
+        &[
+            "--conntrack-timeout-udp=5s",
+            "--conntrack-timeout-tcp-closing=5s",
+            "--conntrack-gc-interval=1s",
+        ],
+    )?;
+    let client = tb.pod("n1", "client").clone();
+    let node = tb.node("n1").ns.clone();
+    let be = backends(&tb, &["n1"]);
+    let vip = |i: u8| Ipv4Addr::new(10, 96, 3, i);
+    let svc = |name: &str, i: u8| {
+        json!([service(
+            name,
+            json!({"clusterIP": vip(i).to_string()}),
+            &[("http", "TCP", 80, None)],
+            &eps(&be)
+        )])
+        .to_string()
+    };
+
+    // The CLI refuses what is wrong, naming the field.
+    let bad = r#"{"metadata":{"name":"np"},"spec":{"type":"NodePort","clusterIP":"10.96.3.9","ports":[{"port":80}]}}"#;
+    let err = tb
+        .apply_services(bad)
+        .expect_err("accepted a node port service without nodePort");
+    ensure!(
+        format!("{err:#}").contains("spec.ports[0].nodePort: required"),
+        "{err:#}"
+    );
+    let err = tb
+        .apply_services("metadata: {name: x}\nspec: {ports: [{port: 99999}]}")
+        .unwrap_err();
+    ensure!(
+        format!("{err:#}").contains("spec.ports[0].port: 99999 is not a port"),
+        "{err:#}"
+    );
+    tb.apply_services(&svc("good", 1))?;
+    let err = tb.apply_services(&svc("copycat", 1)).unwrap_err();
+    ensure!(
+        format!("{err:#}").contains("10.96.3.1:80/TCP is already used by default/good"),
+        "{err:#}"
+    );
+    tb.wait_services_programmed(WAIT)?;
+
+    // Garbage written to etcd behind the CLI's back is skipped with one line.
+    tb.etcd()
+        .put("/netdp/services/default/broken", "{not json")?;
+    tb.apply_services(&svc("second", 2))?;
+    tb.wait_services_programmed(WAIT)?;
+    let log = std::fs::read_to_string(tb.node("n1").agent_log())?;
+    let lines = log.lines().filter(|l| l.contains("default/broken")).count();
+    ensure!(
+        lines == 1,
+        "expected one line about the broken service:\n{log}"
+    );
+    for i in [1, 2] {
+        ensure!(echo_many(&client.ns, Connect::new(vip(i), 80), 3)?.len() == 3);
+    }
+
+    // etcd goes away and comes back: the watch resumes and later changes arrive.
+    tb.etcd_mut().restart()?;
+    tb.apply_services(&svc("third", 3))?;
+    tb.wait_services_programmed(WAIT)?;
+    ensure!(echo_many(&client.ns, Connect::new(vip(3), 80), 3)?.len() == 3);
+
+    // The flows just made are tracked, as the map dump shows field by field.
+    let pins = Pins::new(std::path::Path::new("/sys/fs/bpf/netdp"), &node)?;
+    let ct = ConntrackMap::open(&pins)?;
+    ensure!(!ct.is_empty());
+    let maps = format!("/sys/fs/bpf/netdp/{node}/maps");
+    let dump = netdp_testbed::netns::sh(std::process::Command::new("bpftool").args([
+        "map",
+        "dump",
+        "pinned",
+        &format!("{maps}/CONNTRACK"),
+    ]))?;
+    ensure!(
+        dump.contains("\"nat_daddr\"") && dump.contains("\"expires\""),
+        "{dump}"
+    );
+
+    // What is programmed is readable: the CLI and bpftool's dump of the BTF-typed maps.
+    let lb = tb.netdp("n1", &["lb", "list", &format!("--node-name={node}")])?;
+    let text = String::from_utf8_lossy(&lb.stdout);
+    ensure!(
+        text.contains("10.96.3.2:80/TCP") && text.contains(&format!("{}*", be[0].0)),
+        "{text}"
+    );
+    let dump = netdp_testbed::netns::sh(std::process::Command::new("bpftool").args([
+        "map",
+        "dump",
+        "pinned",
+        &format!("{maps}/FRONTENDS"),
+    ]))?;
+    for field in [
+        "\"service_id\"",
+        "\"addr\": [10,96,3,2",
+        "\"port\": 80,",
+        "\"target_port\": 8080,",
+        "\"local_count\": 1",
+    ] {
+        ensure!(
+            dump.replace(' ', "").contains(&field.replace(' ', "")),
+            "FRONTENDS dump lacks {field}: {dump}"
+        );
+    }
+    // Flows are over: their entries expire and the agent reclaims them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ct.is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "{} expired conntrack entries were not reclaimed",
+            ct.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Deleting a service removes its frontends.
+    tb.delete_service("default", "good")?;
+    let deadline = Instant::now() + WAIT;
+    while String::from_utf8_lossy(
+        &tb.netdp("n1", &["lb", "list", &format!("--node-name={node}")])?
+            .stdout,
+    )
+    .contains("10.96.3.1:")
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "good's frontend outlived the service"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tb.kill_agent("n1");
+    Ok(())
+}

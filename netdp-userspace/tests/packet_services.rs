@@ -1,0 +1,702 @@
+//! Packet tests (BPF_PROG_TEST_RUN) of the service path: DNAT of new flows with correct IP
+//! and L4 checksums, reply reverse translation, source NAT for node ports and hairpin,
+//! rejection without endpoints, ICMP error translation, and packets that are no service's
+//! business left alone. The programs run in the kernel; the maps are real and programmed by
+//! the agent's own code.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use netdp::dataplane::{
+    Dataplane, MapSizes,
+    conntrack::ConntrackMap,
+    counters::CounterMap,
+    endpoint::EndpointMap,
+    lb::{FrontendPlan, Lb, LbMaps, ServicePlan, frontend_key},
+    maglev,
+    route::RouteMap,
+};
+use netdp_common::{
+    counters::{Program, Reason},
+    endpoint::Endpoint,
+    lb::{Backend, backend_flags, flow_hash},
+    map_names,
+    program_names::{FROM_NETDEV, FROM_POD},
+    route::{Route, flags, mode},
+};
+use netdp_testbed::packet::{self, IPPROTO_TCP, IPPROTO_UDP, Ipv4View, PacketSpec};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
+const LOCAL_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
+const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 5);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 1);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+
+const CLIENT_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x02];
+const CLIENT_VETH_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0x02];
+const BACKEND_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x03];
+const BACKEND_VETH_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0x03];
+const PEER_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x12];
+const UNDERLAY_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
+
+struct Fixture {
+    dp: Dataplane,
+    lb: Lb,
+    conntrack: ConntrackMap,
+    counters: CounterMap,
+    _endpoints: EndpointMap,
+    _routes: RouteMap,
+}
+
+fn backend(addr: Ipv4Addr, local: bool) -> Backend {
+    Backend {
+        addr: addr.octets(),
+        flags: if local { backend_flags::LOCAL } else { 0 },
+    }
+}
+
+fn fixture() -> Fixture {
+    let mut dp = Dataplane::load(None, &MapSizes::default()).expect("programs load and verify");
+    let mut endpoints = EndpointMap::from_map(dp.take_map(map_names::ENDPOINTS).unwrap()).unwrap();
+    let mut routes = RouteMap::from_map(dp.take_map(map_names::ROUTES).unwrap()).unwrap();
+    let counters = CounterMap::from_map(dp.take_map(map_names::COUNTERS).unwrap()).unwrap();
+    let conntrack = ConntrackMap::from_map(dp.take_map(map_names::CONNTRACK).unwrap()).unwrap();
+    let mut lb = Lb::new(LbMaps::take(&mut dp).unwrap(), 16381).unwrap();
+    lb.set_config(GATEWAY, 0).unwrap();
+    for (ip, mac, host_mac, ifindex) in [
+        (CLIENT, CLIENT_MAC, CLIENT_VETH_MAC, 42),
+        (LOCAL_BACKEND, BACKEND_MAC, BACKEND_VETH_MAC, 43),
+    ] {
+        endpoints
+            .insert(
+                ip,
+                &Endpoint {
+                    ifindex,
+                    flags: 0,
+                    mac,
+                    host_mac,
+                },
+            )
+            .unwrap();
+    }
+    let mut desired = std::collections::HashMap::new();
+    desired.insert(
+        "10.1.2.0/24".parse().unwrap(),
+        Route {
+            node_ip: [192, 168, 10, 12],
+            nexthop: [192, 168, 10, 12],
+            ifindex: 7,
+            mode: mode::DIRECT,
+            flags: flags::HAS_MAC,
+            dmac: PEER_MAC,
+            smac: UNDERLAY_MAC,
+            mtu: 1500,
+            ..Default::default()
+        },
+    );
+    routes.sync(&desired).unwrap();
+    Fixture {
+        dp,
+        lb,
+        conntrack,
+        counters,
+        _endpoints: endpoints,
+        _routes: routes,
+    }
+}
+
+/// A service with frontends `(addr, port, proto, external, local_only)`.
+fn plan(
+    frontends: &[(Ipv4Addr, u16, u8, bool, bool)],
+    target_port: u16,
+    backends: Vec<Backend>,
+    maglev: bool,
+) -> ServicePlan {
+    let local_count = backends
+        .iter()
+        .take_while(|b| b.flags & backend_flags::LOCAL != 0)
+        .count() as u16;
+    ServicePlan {
+        frontends: frontends
+            .iter()
+            .map(|(a, p, proto, external, local_only)| {
+                (
+                    frontend_key(*a, *p, *proto),
+                    FrontendPlan {
+                        target_port,
+                        external: *external,
+                        local_only: *local_only,
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>(),
+        backends,
+        local_count,
+        maglev,
+        affinity_timeout: None,
+    }
+}
+
+fn apply(f: &mut Fixture, name: &str, p: ServicePlan) {
+    let stats = f.lb.apply(vec![(name.to_string(), Some(p))]);
+    assert_eq!(stats.failed, 0, "{stats:?}");
+}
+
+fn run(f: &mut Fixture, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; input.len() + 256];
+    let res =
+        f.dp.program(prog)
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+    out.truncate(res.data_size_out as usize);
+    (res.return_value, out)
+}
+
+fn count(f: &Fixture, p: Program, r: Reason) -> u64 {
+    f.counters.get(p, r).unwrap().packets
+}
+
+fn from_client(proto: u8, dst: Ipv4Addr, dport: u16, sport: u16) -> PacketSpec {
+    PacketSpec {
+        src_mac: CLIENT_MAC,
+        dst_mac: CLIENT_VETH_MAC,
+        src: CLIENT,
+        dst,
+        proto,
+        sport,
+        dport,
+        payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Asserts that `out` is `input` with only addresses, ports, TTL, MACs and checksums
+/// changed, and returns the view of `out`.
+fn assert_only_tuple_changed(input: &[u8], out: &[u8]) -> Ipv4View {
+    assert_eq!(out.len(), input.len());
+    assert!(packet::ipv4_checksum_ok(out, 14), "IP checksum");
+    assert!(packet::l4_checksum_ok(out, 14), "L4 checksum");
+    let v = Ipv4View::parse(out).unwrap();
+    let proto = v.proto;
+    // IP header bytes other than TTL, checksum and addresses.
+    assert_eq!(out[14..22], input[14..22]);
+    assert_eq!(out[23], input[23]);
+    // Transport header after the ports and checksum, and the payload.
+    let (csum_at, l4) = if proto == IPPROTO_TCP {
+        (16, 34)
+    } else {
+        (6, 34)
+    };
+    assert_eq!(out[l4 + 4..l4 + csum_at], input[l4 + 4..l4 + csum_at]);
+    assert_eq!(out[l4 + csum_at + 2..], input[l4 + csum_at + 2..]);
+    v
+}
+
+#[test]
+fn cluster_ip_dnat_rewrites_tcp_and_udp_with_valid_checksums() {
+    let mut f = fixture();
+    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+        let name = format!("web-{proto}");
+        apply(
+            &mut f,
+            &name,
+            plan(
+                &[(VIP, 80, proto, false, false)],
+                8080,
+                vec![backend(LOCAL_BACKEND, true)],
+                false,
+            ),
+        );
+        let input = from_client(proto, VIP, 80, 40000).build();
+        let (verdict, out) = run(&mut f, FROM_POD, &input);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "proto {proto}");
+        let v = assert_only_tuple_changed(&input, &out);
+        assert_eq!((v.src, v.dst, v.ttl), (CLIENT, LOCAL_BACKEND, 63));
+        assert_eq!(packet::ports(&out), (40000, 8080));
+        assert_eq!((v.dst_mac, v.src_mac), (BACKEND_MAC, BACKEND_VETH_MAC));
+    }
+    assert_eq!(count(&f, Program::FromPod, Reason::LocalDelivery), 2);
+    // Both directions of both flows are tracked.
+    assert_eq!(f.conntrack.list().len(), 4);
+
+    // A backend on another node: translated, then routed to its node.
+    apply(
+        &mut f,
+        "remote",
+        plan(
+            &[(VIP, 81, IPPROTO_TCP, false, false)],
+            9090,
+            vec![backend(REMOTE_BACKEND, false)],
+            false,
+        ),
+    );
+    let input = from_client(IPPROTO_TCP, VIP, 81, 40001).build();
+    let (verdict, out) = run(&mut f, FROM_POD, &input);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let v = assert_only_tuple_changed(&input, &out);
+    assert_eq!(
+        (v.dst, v.dst_mac, v.src_mac),
+        (REMOTE_BACKEND, PEER_MAC, UNDERLAY_MAC)
+    );
+    assert_eq!(packet::ports(&out), (40001, 9090));
+    assert_eq!(count(&f, Program::FromPod, Reason::Direct), 1);
+}
+
+#[test]
+fn replies_are_translated_back_and_flows_keep_their_backend() {
+    let mut f = fixture();
+    apply(
+        &mut f,
+        "web",
+        plan(
+            &[(VIP, 80, IPPROTO_TCP, false, false)],
+            8080,
+            vec![backend(LOCAL_BACKEND, true), backend(REMOTE_BACKEND, false)],
+            false,
+        ),
+    );
+    let syn = from_client(IPPROTO_TCP, VIP, 80, 41000).build();
+    let (_, out) = run(&mut f, FROM_POD, &syn);
+    let backend_ip = Ipv4View::parse(&out).unwrap().dst;
+    // Every later packet of the flow goes to the same backend (random selection would
+    // scatter them otherwise).
+    for _ in 0..20 {
+        let ack = PacketSpec {
+            tcp_flags: 0x10,
+            ..from_client(IPPROTO_TCP, VIP, 80, 41000)
+        }
+        .build();
+        let (_, out) = run(&mut f, FROM_POD, &ack);
+        assert_eq!(Ipv4View::parse(&out).unwrap().dst, backend_ip);
+    }
+
+    // The backend's SYN-ACK comes back as the service.
+    let reply = PacketSpec {
+        src_mac: BACKEND_MAC,
+        dst_mac: BACKEND_VETH_MAC,
+        src: backend_ip,
+        dst: CLIENT,
+        sport: 8080,
+        dport: 41000,
+        tcp_flags: 0x12,
+        proto: IPPROTO_TCP,
+        payload: b"HTTP/1.1 200 OK\r\n\r\n".to_vec(),
+        ..Default::default()
+    }
+    .build();
+    let prog = if backend_ip == LOCAL_BACKEND {
+        FROM_POD
+    } else {
+        FROM_NETDEV
+    };
+    let (verdict, out) = run(&mut f, prog, &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let v = assert_only_tuple_changed(&reply, &out);
+    assert_eq!((v.src, v.dst), (VIP, CLIENT));
+    assert_eq!(packet::ports(&out), (80, 41000));
+    assert_eq!((v.dst_mac, v.src_mac), (CLIENT_MAC, CLIENT_VETH_MAC));
+    let flows = f.conntrack.list();
+    assert!(
+        flows.iter().all(|fl| fl.state_name() == "established"),
+        "the reply established the flow: {flows:?}"
+    );
+
+    // Many flows spread over both backends.
+    let mut seen = std::collections::HashSet::new();
+    for sport in 42000..42064 {
+        let (_, out) = run(
+            &mut f,
+            FROM_POD,
+            &from_client(IPPROTO_TCP, VIP, 80, sport).build(),
+        );
+        seen.insert(Ipv4View::parse(&out).unwrap().dst);
+    }
+    assert_eq!(seen.len(), 2, "random selection used one backend only");
+}
+
+#[test]
+fn packets_for_no_service_are_untouched() {
+    let mut f = fixture();
+    apply(
+        &mut f,
+        "web",
+        plan(
+            &[(VIP, 80, IPPROTO_TCP, false, false)],
+            8080,
+            vec![backend(LOCAL_BACKEND, true)],
+            false,
+        ),
+    );
+    for (proto, dst, dport) in [
+        (IPPROTO_TCP, VIP, 81),                          // another port of the VIP
+        (IPPROTO_UDP, VIP, 80),                          // another protocol
+        (IPPROTO_TCP, Ipv4Addr::new(10, 96, 0, 11), 80), // another address
+    ] {
+        let input = from_client(proto, dst, dport, 40000).build();
+        let (verdict, out) = run(&mut f, FROM_POD, &input);
+        assert_eq!(
+            (verdict, &out),
+            (TC_ACT_OK, &input),
+            "{dst}:{dport}/{proto}"
+        );
+    }
+    // ICMP echo to the VIP, and fragments, are not load balanced either.
+    let ping = from_client(packet::IPPROTO_ICMP, VIP, 0, 0).build();
+    assert_eq!(run(&mut f, FROM_POD, &ping), (TC_ACT_OK, ping));
+    let mut frag = from_client(IPPROTO_TCP, VIP, 80, 40000).build();
+    frag[20] = 0x20; // more fragments
+    frag[24..26].copy_from_slice(&[0, 0]);
+    let c = packet::checksum(&frag[14..34], 0);
+    frag[24..26].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(run(&mut f, FROM_POD, &frag), (TC_ACT_OK, frag));
+    assert_eq!(count(&f, Program::FromPod, Reason::UnknownDestination), 5);
+    assert!(f.conntrack.list().is_empty());
+}
+
+#[test]
+fn service_without_endpoints_rejects_with_port_unreachable() {
+    let mut f = fixture();
+    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+        apply(
+            &mut f,
+            &format!("empty-{proto}"),
+            plan(&[(VIP, 80, proto, false, false)], 8080, vec![], false),
+        );
+        let input = from_client(proto, VIP, 80, 40000).build();
+        let (verdict, out) = run(&mut f, FROM_POD, &input);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "sent back, proto {proto}");
+        let v = Ipv4View::parse(&out).unwrap();
+        assert_eq!((v.dst_mac, v.src_mac), (CLIENT_MAC, CLIENT_VETH_MAC));
+        assert_eq!((v.src, v.dst, v.proto), (VIP, CLIENT, packet::IPPROTO_ICMP));
+        assert_eq!(out.len(), 14 + 20 + 8 + 28);
+        assert_eq!(v.total_len, 20 + 8 + 28);
+        assert!(packet::ipv4_checksum_ok(&out, 14));
+        assert!(packet::l4_checksum_ok(&out, 14), "ICMP checksum");
+        assert_eq!(
+            out[34..36],
+            [3, 3],
+            "destination unreachable, port unreachable"
+        );
+        assert_eq!(
+            out[42..70],
+            input[14..42],
+            "quotes the IP header and 8 bytes"
+        );
+    }
+    assert_eq!(count(&f, Program::FromPod, Reason::ServiceReject), 2);
+    assert!(f.conntrack.list().is_empty());
+}
+
+#[test]
+fn node_port_to_a_remote_backend_is_source_natted_and_replies_go_back_out() {
+    let mut f = fixture();
+    apply(
+        &mut f,
+        "np",
+        plan(
+            &[(NODE_IP, 30080, IPPROTO_TCP, true, false)],
+            8080,
+            vec![backend(REMOTE_BACKEND, false)],
+            false,
+        ),
+    );
+    let input = PacketSpec {
+        src_mac: PEER_MAC,
+        dst_mac: UNDERLAY_MAC,
+        src: OUTSIDE,
+        dst: NODE_IP,
+        proto: IPPROTO_TCP,
+        sport: 50000,
+        dport: 30080,
+        ..Default::default()
+    }
+    .build();
+    let (verdict, out) = run(&mut f, FROM_NETDEV, &input);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let v = assert_only_tuple_changed(&input, &out);
+    assert_eq!((v.src, v.dst), (GATEWAY, REMOTE_BACKEND));
+    assert_eq!(packet::ports(&out), (50000, 8080));
+    assert_eq!(count(&f, Program::FromNetdev, Reason::Direct), 1);
+
+    let reply = PacketSpec {
+        src_mac: PEER_MAC,
+        dst_mac: UNDERLAY_MAC,
+        src: REMOTE_BACKEND,
+        dst: GATEWAY,
+        proto: IPPROTO_TCP,
+        sport: 8080,
+        dport: 50000,
+        tcp_flags: 0x12,
+        ..Default::default()
+    }
+    .build();
+    let (verdict, out) = run(&mut f, FROM_NETDEV, &reply);
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "out to the client via the kernel's neighbours"
+    );
+    let v = assert_only_tuple_changed(&reply, &out);
+    assert_eq!((v.src, v.dst), (NODE_IP, OUTSIDE));
+    assert_eq!(packet::ports(&out), (30080, 50000));
+    assert_eq!(count(&f, Program::FromNetdev, Reason::ServiceReply), 1);
+
+    // Another client on the same port to the same backend gets another source port.
+    let input2 = PacketSpec {
+        src: Ipv4Addr::new(203, 0, 113, 3),
+        ..PacketSpec {
+            src_mac: PEER_MAC,
+            dst_mac: UNDERLAY_MAC,
+            src: OUTSIDE,
+            dst: NODE_IP,
+            proto: IPPROTO_TCP,
+            sport: 50000,
+            dport: 30080,
+            ..Default::default()
+        }
+    }
+    .build();
+    let (verdict, out) = run(&mut f, FROM_NETDEV, &input2);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let v = assert_only_tuple_changed(&input2, &out);
+    let (sport, _) = packet::ports(&out);
+    assert_eq!(v.src, GATEWAY);
+    assert!(
+        sport >= 61000,
+        "collision resolved with a port from the SNAT range: {sport}"
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_or_drops() {
+    let mut f = fixture();
+    apply(
+        &mut f,
+        "local",
+        plan(
+            &[
+                (NODE_IP, 30081, IPPROTO_TCP, true, true),
+                (VIP, 80, IPPROTO_TCP, false, false),
+            ],
+            8080,
+            vec![backend(LOCAL_BACKEND, true), backend(REMOTE_BACKEND, false)],
+            false,
+        ),
+    );
+    let spec = PacketSpec {
+        src_mac: PEER_MAC,
+        dst_mac: UNDERLAY_MAC,
+        src: OUTSIDE,
+        dst: NODE_IP,
+        proto: IPPROTO_TCP,
+        dport: 30081,
+        ..Default::default()
+    };
+    for sport in 50000..50016 {
+        let input = PacketSpec {
+            sport,
+            ..spec.clone()
+        }
+        .build();
+        let (verdict, out) = run(&mut f, FROM_NETDEV, &input);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let v = assert_only_tuple_changed(&input, &out);
+        assert_eq!(
+            (v.src, v.dst),
+            (OUTSIDE, LOCAL_BACKEND),
+            "client kept, local only"
+        );
+    }
+    // Without a local endpoint the node drops, and says so.
+    apply(
+        &mut f,
+        "local",
+        plan(
+            &[(NODE_IP, 30081, IPPROTO_TCP, true, true)],
+            8080,
+            vec![backend(REMOTE_BACKEND, false)],
+            false,
+        ),
+    );
+    let input = PacketSpec {
+        sport: 51000,
+        ..spec
+    }
+    .build();
+    assert_eq!(run(&mut f, FROM_NETDEV, &input).0, TC_ACT_SHOT);
+    assert_eq!(
+        count(&f, Program::FromNetdev, Reason::ServiceNoLocalBackend),
+        1
+    );
+}
+
+#[test]
+fn hairpin_is_source_natted_to_the_node() {
+    let mut f = fixture();
+    apply(
+        &mut f,
+        "self",
+        plan(
+            &[(VIP, 80, IPPROTO_TCP, false, false)],
+            8080,
+            vec![backend(CLIENT, true)],
+            false,
+        ),
+    );
+    let input = from_client(IPPROTO_TCP, VIP, 80, 40000).build();
+    let (verdict, out) = run(&mut f, FROM_POD, &input);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let v = assert_only_tuple_changed(&input, &out);
+    assert_eq!((v.src, v.dst), (GATEWAY, CLIENT));
+    // The pod answers the node; it gets the answer as coming from the service.
+    let reply = PacketSpec {
+        src_mac: CLIENT_MAC,
+        dst_mac: CLIENT_VETH_MAC,
+        src: CLIENT,
+        dst: GATEWAY,
+        proto: IPPROTO_TCP,
+        sport: 8080,
+        dport: packet::ports(&out).0,
+        tcp_flags: 0x12,
+        ..Default::default()
+    }
+    .build();
+    let (verdict, out) = run(&mut f, FROM_POD, &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let v = assert_only_tuple_changed(&reply, &out);
+    assert_eq!((v.src, v.dst), (VIP, CLIENT));
+    assert_eq!(packet::ports(&out), (80, 40000));
+}
+
+#[test]
+fn maglev_picks_the_backend_its_table_says() {
+    let mut f = fixture();
+    let backends: Vec<Ipv4Addr> = (1..=5).map(|i| Ipv4Addr::new(10, 1, 2, 10 + i)).collect();
+    apply(
+        &mut f,
+        "mg",
+        plan(
+            &[(VIP, 80, IPPROTO_TCP, false, false)],
+            8080,
+            backends.iter().map(|b| backend(*b, false)).collect(),
+            true,
+        ),
+    );
+    let table = maglev::table(&backends, 16381);
+    for sport in 30000..30100u16 {
+        let input = from_client(IPPROTO_TCP, VIP, 80, sport).build();
+        let (_, out) = run(&mut f, FROM_POD, &input);
+        let h = flow_hash(CLIENT.octets(), VIP.octets(), sport, 80, IPPROTO_TCP);
+        let want = backends[table[(h % 16381) as usize] as usize];
+        assert_eq!(Ipv4View::parse(&out).unwrap().dst, want, "sport {sport}");
+    }
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_back() {
+    let mut f = fixture();
+    apply(
+        &mut f,
+        "web",
+        plan(
+            &[(VIP, 80, IPPROTO_UDP, false, false)],
+            8080,
+            vec![backend(REMOTE_BACKEND, false)],
+            false,
+        ),
+    );
+    let request = from_client(IPPROTO_UDP, VIP, 80, 40000).build();
+    let (_, sent) = run(&mut f, FROM_POD, &request);
+    // A router on the way says the translated datagram was too big.
+    let router = Ipv4Addr::new(192, 168, 10, 1);
+    let err = packet::icmp_error(router, CLIENT, 3, 4, 1400, &sent);
+    let (verdict, out) = run(&mut f, FROM_NETDEV, &err);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "delivered to the client");
+    assert!(packet::ipv4_checksum_ok(&out, 14));
+    assert!(packet::l4_checksum_ok(&out, 14), "ICMP checksum");
+    assert!(
+        packet::ipv4_checksum_ok(&out, 42),
+        "quoted IP header checksum"
+    );
+    let v = Ipv4View::parse(&out).unwrap();
+    assert_eq!((v.src, v.dst), (router, CLIENT));
+    // The quote is what the client sent, to the service, as the router saw it (one hop
+    // later), transport checksum included.
+    let mut seen = request[14..42].to_vec();
+    seen[8] -= 1;
+    seen[10..12].copy_from_slice(&[0, 0]);
+    let c = packet::checksum(&seen[..20], 0);
+    seen[10..12].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(out[42..70], seen[..]);
+
+    // The backend itself refusing: the error comes from the service too.
+    let refused = packet::icmp_error(REMOTE_BACKEND, CLIENT, 3, 3, 0, &sent);
+    let (verdict, out) = run(&mut f, FROM_NETDEV, &refused);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert!(packet::ipv4_checksum_ok(&out, 14) && packet::l4_checksum_ok(&out, 14));
+    let v = Ipv4View::parse(&out).unwrap();
+    assert_eq!((v.src, v.dst), (VIP, CLIENT));
+    assert_eq!(out[42..70], seen[..]);
+
+    // An error about some other flow is left alone.
+    let other = from_client(IPPROTO_UDP, REMOTE_BACKEND, 9999, 40000).build();
+    let err = packet::icmp_error(router, CLIENT, 3, 4, 1400, &other);
+    let (_, out) = run(&mut f, FROM_NETDEV, &err);
+    assert_eq!(out[42..70], other[14..42]);
+}
+
+#[test]
+fn affinity_holds_until_its_timeout_and_never_outlives_the_backend() {
+    let mut f = fixture();
+    let backends: Vec<Ipv4Addr> = (1..=5).map(|i| Ipv4Addr::new(10, 1, 2, 10 + i)).collect();
+    let with = |bs: &[Ipv4Addr]| ServicePlan {
+        affinity_timeout: Some(1),
+        ..plan(
+            &[(VIP, 80, IPPROTO_TCP, false, false)],
+            8080,
+            bs.iter().map(|b| backend(*b, false)).collect(),
+            true,
+        )
+    };
+    apply(&mut f, "sticky", with(&backends));
+    // Maglev alone would send each source port to its own table entry's backend.
+    let table = maglev::table(&backends, 16381);
+    let maglev_pick = |sport: u16| {
+        let h = flow_hash(CLIENT.octets(), VIP.octets(), sport, 80, IPPROTO_TCP);
+        backends[table[(h % 16381) as usize] as usize]
+    };
+    let go = |f: &mut Fixture, sport: u16| {
+        let (_, out) = run(
+            f,
+            FROM_POD,
+            &from_client(IPPROTO_TCP, VIP, 80, sport).build(),
+        );
+        Ipv4View::parse(&out).unwrap().dst
+    };
+    let first = go(&mut f, 30000);
+    assert_eq!(first, maglev_pick(30000));
+    let other = (30001..31000).find(|p| maglev_pick(*p) != first).unwrap();
+    assert_eq!(go(&mut f, other), first, "affinity overrides the hash");
+
+    // After the timeout the client is balanced again.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let later = (31000..32000).find(|p| maglev_pick(*p) != first).unwrap();
+    let next = go(&mut f, later);
+    assert_eq!(next, maglev_pick(later), "affinity outlived its timeout");
+
+    // Removing the backend a client is stuck to ends the affinity at once.
+    let rest: Vec<_> = backends.iter().copied().filter(|b| *b != next).collect();
+    apply(&mut f, "sticky", with(&rest));
+    let again = go(&mut f, 32500);
+    assert_ne!(again, next);
+    assert!(rest.contains(&again));
+}
