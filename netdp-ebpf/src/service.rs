@@ -2,6 +2,7 @@
 //! destination (and, where replies must come back through this node, its source)
 //! translated, and creates the flow's two conntrack entries. Later packets, replies and
 //! ICMP errors follow those entries (`nat::follow`, `icmp::translate_error`).
+use aya_ebpf::programs::TcContext;
 use netdp_common::{
     conntrack::{CtEntry, CtKey, flags},
     counters::{Event, Program, Reason},
@@ -19,12 +20,7 @@ use crate::{
 
 /// The first packet of a flow (conntrack knows none) to a frontend, if `key` is one's.
 #[inline(always)]
-pub fn new_flow(
-    ctx: &aya_ebpf::programs::TcContext,
-    program: Program,
-    l4: &L4,
-    key: &CtKey,
-) -> Outcome {
+pub fn new_flow(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey) -> Outcome {
     match lb::frontend(key) {
         Some(fe) => start(ctx, program, l4, key, &fe),
         None => Outcome::Untouched,
@@ -32,13 +28,7 @@ pub fn new_flow(
 }
 
 #[inline(always)]
-fn start(
-    ctx: &aya_ebpf::programs::TcContext,
-    program: Program,
-    l4: &L4,
-    key: &CtKey,
-    fe: &Frontend,
-) -> Outcome {
+fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend) -> Outcome {
     // Node ports, external and load-balancer IPs reached from outside the node.
     let external = program == Program::FromNetdev && fe.flags & frontend_flags::EXTERNAL != 0;
     let local_only = external && fe.flags & frontend_flags::LOCAL_ONLY != 0;
