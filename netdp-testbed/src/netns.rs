@@ -102,6 +102,34 @@ pub fn read_sysctl(name: &str, key: &str) -> Result<String> {
     Ok(exec(name, &["sysctl", "-n", key])?.trim().to_string())
 }
 
+/// What an interface has received and sent, as its kernel counters say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+/// The counters of interface `dev` in namespace `name`.
+pub fn link_stats(name: &str, dev: &str) -> Result<LinkStats> {
+    let out = ip(&["-n", name, "-s", "-j", "link", "show", "dev", dev])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).with_context(|| format!("`ip -j` said {out:?}"))?;
+    let s = &v[0]["stats64"];
+    let n = |dir: &str, what: &str| {
+        s[dir][what]
+            .as_u64()
+            .with_context(|| format!("no {dir} {what} for {dev} in {name}: {out}"))
+    };
+    Ok(LinkStats {
+        rx_packets: n("rx", "packets")?,
+        rx_bytes: n("rx", "bytes")?,
+        tx_packets: n("tx", "packets")?,
+        tx_bytes: n("tx", "bytes")?,
+    })
+}
+
 /// Runs `f` on a thread that has entered namespace `name` (sockets it opens live there).
 pub fn in_netns<T: Send + 'static>(
     name: &str,
