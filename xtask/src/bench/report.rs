@@ -185,6 +185,8 @@ pub fn human(v: f64) -> String {
 pub struct Ratio<'a> {
     pub value: f64,
     pub to: &'a str,
+    /// The compared row's case, when it is not this row's.
+    pub to_case: Option<&'a str>,
     /// The compared row ran out of budget, so the true ratio is at least `value`.
     pub at_least: bool,
 }
@@ -223,6 +225,7 @@ pub fn ratios<'a>(row: &Row, all: &'a [Row]) -> Vec<Ratio<'a>> {
         out.push(Ratio {
             value,
             to: o.subject.as_str(),
+            to_case: (o.case != row.case).then_some(o.case.as_str()),
             at_least,
         });
     }
@@ -318,7 +321,8 @@ fn ratio_cell(r: &Row, rows: &[Row]) -> String {
     all.iter()
         .map(|q| {
             let bound = if q.at_least { "> " } else { "" };
-            format!("{bound}{:.2}x vs {}", q.value, q.to)
+            let case = q.to_case.map(|c| format!(" ({c})")).unwrap_or_default();
+            format!("{bound}{:.2}x vs {}{case}", q.value, q.to)
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -417,6 +421,8 @@ mod tests {
             md.contains("| 1.50x vs iptables; 3.00x vs nftables |"),
             "{md}"
         );
+        // A row of another case is named with its case.
+        assert!(md.contains("| 0.50x vs iptables (10) |"), "{md}");
     }
 
     #[test]
