@@ -8,6 +8,8 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::testbed::Count;
+
 /// Path of a named namespace, as `ip netns` creates it.
 pub fn path(name: &str) -> PathBuf {
     PathBuf::from("/var/run/netns").join(name)
@@ -105,10 +107,8 @@ pub fn read_sysctl(name: &str, key: &str) -> Result<String> {
 /// What an interface has received and sent, as its kernel counters say.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkStats {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
+    pub rx: Count,
+    pub tx: Count,
 }
 
 /// The counters of interface `dev` in namespace `name`.
@@ -116,17 +116,16 @@ pub fn link_stats(name: &str, dev: &str) -> Result<LinkStats> {
     let out = ip(&["-n", name, "-s", "-j", "link", "show", "dev", dev])?;
     let v: serde_json::Value =
         serde_json::from_str(&out).with_context(|| format!("`ip -j` said {out:?}"))?;
-    let s = &v[0]["stats64"];
-    let n = |dir: &str, what: &str| {
-        s[dir][what]
-            .as_u64()
-            .with_context(|| format!("no {dir} {what} for {dev} in {name}: {out}"))
+    let count = |dir: &str| -> Result<Count> {
+        let s = &v[0]["stats64"][dir];
+        match (s["packets"].as_u64(), s["bytes"].as_u64()) {
+            (Some(packets), Some(bytes)) => Ok(Count { packets, bytes }),
+            _ => bail!("no {dir} counters for {dev} in {name}: {out}"),
+        }
     };
     Ok(LinkStats {
-        rx_packets: n("rx", "packets")?,
-        rx_bytes: n("rx", "bytes")?,
-        tx_packets: n("tx", "packets")?,
-        tx_bytes: n("tx", "bytes")?,
+        rx: count("rx")?,
+        tx: count("tx")?,
     })
 }
 

@@ -194,7 +194,7 @@ pub struct Pod {
     pub result: Value,
 }
 
-/// One counter of a node's programs.
+/// What a counter counted: one of a node's programs, or an interface's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Count {
     pub packets: u64,

@@ -89,7 +89,7 @@ fn flannel_vxlan_node_and_netdp_nodes_reach_each_others_pods() -> Result<()> {
     assert_eq!(d("from_netdev", "decap_wrong_vtep"), 0);
     let s1 = netns::link_stats(&f1, VXLAN_DEV)?;
     assert!(
-        s1.rx_packets - s0.rx_packets > 100 && s1.tx_packets - s0.tx_packets > 100,
+        s1.rx.packets - s0.rx.packets > 100 && s1.tx.packets - s0.tx.packets > 100,
         "flannel.1 before {s0:?}, after {s1:?}"
     );
     Ok(())

@@ -80,7 +80,7 @@ fn kernel_routed_nodes_carry_pod_traffic_over_flannels_vxlan_device() -> Result<
         netns::link_stats(&n2, VXLAN_DEV)?,
     );
     ensure!(
-        e1.tx_bytes - s1.tx_bytes >= 4 << 20 && e2.rx_bytes - s2.rx_bytes >= 4 << 20,
+        e1.tx.bytes - s1.tx.bytes >= 4 << 20 && e2.rx.bytes - s2.rx.bytes >= 4 << 20,
         "flannel.1 carried less than the stream: n1 {s1:?} -> {e1:?}, n2 {s2:?} -> {e2:?}"
     );
     // Flannel's pods get the underlay MTU minus VXLAN's 50 bytes.

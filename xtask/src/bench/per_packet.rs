@@ -57,8 +57,9 @@ const OUR_VTEP: [u8; 6] = [0x0e, 0x54, 0, 0, 0, 0x11];
 const PEER_IP: Ipv4 = [192, 168, 10, 12];
 const PEER_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x12];
 const PEER_VTEP: [u8; 6] = [0x0e, 0x54, 0, 0, 0, 0x12];
-/// A pod on this node and one on the peer.
+/// Two pods on this node and one on the peer.
 const POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
+const OTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 5);
 const VXLAN_PORT: u16 = 8472;
 const VNI: u32 = 1;
@@ -312,7 +313,7 @@ fn tcp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
 }
 
 fn to_local_pod() -> Vec<u8> {
-    tcp(REMOTE_POD, POD, 255)
+    tcp(OTHER_POD, POD, 255)
 }
 
 fn to_remote_pod() -> Vec<u8> {

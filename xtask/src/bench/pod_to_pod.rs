@@ -130,40 +130,37 @@ struct Endpoints {
 /// Builds a subject's testbed: n1 holds the client, n2 the server.
 fn setup(bins: &Binaries, carrier: Carrier) -> Result<(Testbed, Endpoints)> {
     let spec = Spec::flat(2).binaries(bins.clone());
-    Ok(match carrier {
+    let (tb, client, server) = match carrier {
         Carrier::Underlay => {
             let tb = Testbed::new(spec)?;
-            let e = Endpoints {
-                client_ns: tb.node("n1").ns.clone(),
-                server_ns: tb.node("n2").ns.clone(),
-                server_ip: tb.node("n2").ip,
+            let (a, b) = (tb.node("n1"), tb.node("n2"));
+            let ends = Endpoints {
+                client_ns: a.ns.clone(),
+                server_ns: b.ns.clone(),
+                server_ip: b.ip,
             };
-            (tb, e)
+            return Ok((tb, ends));
         }
         Carrier::Netdp { backend, .. } => {
             let mut tb = Testbed::new(spec.network(&flannel::network_config(backend)))?;
             tb.start_all_agents(&[])?;
             let (a, b) = (tb.add_pod("n1", "client")?, tb.add_pod("n2", "server")?);
-            let e = Endpoints {
-                client_ns: a.ns,
-                server_ns: b.ns,
-                server_ip: b.ip,
-            };
-            (tb, e)
+            (tb, a, b)
         }
         Carrier::Flannel(backend) => {
             let mut tb = Testbed::new(spec.network(&flannel::network_config(backend.type_name())))?;
             let mut nodes = FlannelNode::start_all(&tb, backend)?;
             let a = nodes[0].add_pod(&mut tb, "client")?;
             let b = nodes[1].add_pod(&mut tb, "server")?;
-            let e = Endpoints {
-                client_ns: a.ns,
-                server_ns: b.ns,
-                server_ip: b.ip,
-            };
-            (tb, e)
+            (tb, a, b)
         }
-    })
+    };
+    let ends = Endpoints {
+        client_ns: client.ns,
+        server_ns: server.ns,
+        server_ip: server.ip,
+    };
+    Ok((tb, ends))
 }
 
 /// What the path under test has counted so far, each way (0: client to server, 1: back):
@@ -191,20 +188,6 @@ fn sum(
     })
 }
 
-fn rx(s: &LinkStats) -> Count {
-    Count {
-        packets: s.rx_packets,
-        bytes: s.rx_bytes,
-    }
-}
-
-fn tx(s: &LinkStats) -> Count {
-    Count {
-        packets: s.tx_packets,
-        bytes: s.tx_bytes,
-    }
-}
-
 /// The path's counters now; none for the underlay, which has nothing to prove.
 fn tally(tb: &Testbed, carrier: Carrier) -> Result<Option<Tally>> {
     Ok(Some(match carrier {
@@ -224,11 +207,12 @@ fn tally(tb: &Testbed, carrier: Carrier) -> Result<Option<Tally>> {
         Carrier::Flannel(backend) => {
             // Pod traffic leaves through flannel.1 (vxlan), or comes up from the pods'
             // bridge to be routed (host-gw); on the receiving node the other way round.
-            let (dev, out, into): (_, fn(&LinkStats) -> Count, fn(&LinkStats) -> Count) =
-                match backend {
-                    FlannelBackend::Vxlan => (flannel::VXLAN_DEV, tx, rx),
-                    FlannelBackend::HostGw => (flannel::BRIDGE, rx, tx),
-                };
+            let (dev, out_is_tx) = match backend {
+                FlannelBackend::Vxlan => (flannel::VXLAN_DEV, true),
+                FlannelBackend::HostGw => (flannel::BRIDGE, false),
+            };
+            let out = |s: &LinkStats| if out_is_tx { s.tx } else { s.rx };
+            let into = |s: &LinkStats| if out_is_tx { s.rx } else { s.tx };
             let s = [
                 netns::link_stats(&tb.node("n1").ns, dev)?,
                 netns::link_stats(&tb.node("n2").ns, dev)?,
