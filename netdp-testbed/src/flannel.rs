@@ -1,11 +1,14 @@
-//! A node set up exactly the way flanneld sets one up, for interoperability tests and for
-//! comparison benchmarks: its lease in etcd in flanneld's JSON, the kernel doing the
-//! forwarding (ip_forward=1), pods on a `cni0` bridge as Flannel's CNI wires them, and
-//! for the vxlan backend a kernel VXLAN device `flannel.<VNI>` with flanneld's per-peer
-//! route, neighbour and FDB entries; for host-gw a route per peer via its PublicIP.
+//! Nodes that forward with the kernel, set up exactly the way flanneld sets one up: the
+//! reference dataplane netdp is compared with (benchmarks, and the nodes kube-proxy's
+//! rulesets are loaded on), and Flannel nodes for interoperability tests. A node gets
+//! its lease in etcd in flanneld's JSON, the kernel doing the forwarding
+//! (ip_forward=1), pods on a `cni0` bridge as Flannel's CNI wires them, and for the
+//! vxlan backend a kernel VXLAN device `flannel.<VNI>` with flanneld's per-peer route,
+//! neighbour and FDB entries; for host-gw a route per peer via its PublicIP.
 //!
 //! It is static: [`FlannelNode::sync_peers`] programs what flanneld would on the lease
-//! events seen so far; call it again after peers come or go.
+//! events seen so far; call it again after peers come or go. [`FlannelNode::start_all`]
+//! makes a whole testbed a Flannel cluster. No netdp agent runs on such a node.
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -34,6 +37,12 @@ pub const VXLAN_DEV: &str = "flannel.1";
 pub const VNI: u32 = 1;
 pub const VXLAN_PORT: u16 = 8472;
 pub const BRIDGE: &str = "cni0";
+
+/// A network config as Flannel's manifests ship it: `10.244.0.0/16` with the backend
+/// `backend_type` (`vxlan`, `host-gw`, ...) and its defaults.
+pub fn network_config(backend_type: &str) -> String {
+    format!(r#"{{"Network": "10.244.0.0/16", "Backend": {{"Type": "{backend_type}"}}}}"#)
+}
 
 /// A testbed node run by "flanneld" instead of netdp.
 #[derive(Debug, Clone)]
@@ -207,6 +216,24 @@ impl FlannelNode {
             vtep_mac,
             next_pod: 2,
         })
+    }
+
+    /// Makes every node of the testbed a Flannel node with `backend`, each programmed
+    /// for all the others: a cluster the kernel routes, the way Flannel runs one. The
+    /// nodes come back in the testbed's order.
+    pub fn start_all(tb: &Testbed, backend: FlannelBackend) -> Result<Vec<Self>> {
+        let nodes = tb
+            .nodes
+            .iter()
+            .map(|n| Self::start(tb, &n.name, backend))
+            .collect::<Result<Vec<_>>>()?;
+        for f in &nodes {
+            let peers = f.sync_peers(tb)?;
+            if peers + 1 != nodes.len() {
+                bail!("{} programmed {peers} peers of {}", f.node, nodes.len() - 1);
+            }
+        }
+        Ok(nodes)
     }
 
     /// Programs what flanneld programs for every other lease of the same backend type:

@@ -12,4 +12,4 @@ pub mod testbed;
 pub mod tls;
 pub mod traffic;
 
-pub use testbed::{Binaries, Node, Pod, Spec, Testbed, kernel_pod_gateway, kernel_pod_subnet};
+pub use testbed::{Binaries, Count, Node, Pod, Spec, Testbed};

@@ -8,6 +8,8 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::testbed::Count;
+
 /// Path of a named namespace, as `ip netns` creates it.
 pub fn path(name: &str) -> PathBuf {
     PathBuf::from("/var/run/netns").join(name)
@@ -100,6 +102,31 @@ pub fn sysctl(name: &str, key: &str, value: &str) -> Result<()> {
 
 pub fn read_sysctl(name: &str, key: &str) -> Result<String> {
     Ok(exec(name, &["sysctl", "-n", key])?.trim().to_string())
+}
+
+/// What an interface has received and sent, as its kernel counters say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx: Count,
+    pub tx: Count,
+}
+
+/// The counters of interface `dev` in namespace `name`.
+pub fn link_stats(name: &str, dev: &str) -> Result<LinkStats> {
+    let out = ip(&["-n", name, "-s", "-j", "link", "show", "dev", dev])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).with_context(|| format!("`ip -j` said {out:?}"))?;
+    let count = |dir: &str| -> Result<Count> {
+        let s = &v[0]["stats64"][dir];
+        match (s["packets"].as_u64(), s["bytes"].as_u64()) {
+            (Some(packets), Some(bytes)) => Ok(Count { packets, bytes }),
+            _ => bail!("no {dir} counters for {dev} in {name}: {out}"),
+        }
+    };
+    Ok(LinkStats {
+        rx: count("rx")?,
+        tx: count("tx")?,
+    })
 }
 
 /// Runs `f` on a thread that has entered namespace `name` (sockets it opens live there).

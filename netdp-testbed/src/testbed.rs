@@ -18,9 +18,6 @@ use serde_json::{Value, json};
 
 use crate::{cleanup, etcd::Etcd, netns, process};
 
-mod kernel_routing;
-pub use kernel_routing::{kernel_pod_gateway, kernel_pod_subnet};
-
 /// Where the netdp binaries are.
 #[derive(Debug, Clone)]
 pub struct Binaries {
@@ -195,6 +192,13 @@ pub struct Pod {
     pub container_id: String,
     /// The CNI ADD result.
     pub result: Value,
+}
+
+/// What a counter counted: one of a node's programs, or an interface's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 pub struct Testbed {
@@ -867,6 +871,18 @@ impl Testbed {
     /// Counters of a node's programs: (program, reason) -> packets.
     pub fn counters(&self, node: &str) -> Result<std::collections::HashMap<(String, String), u64>> {
         Ok(self
+            .counter_totals(node)?
+            .into_iter()
+            .map(|(k, c)| (k, c.packets))
+            .collect())
+    }
+
+    /// Counters of a node's programs with bytes: (program, reason) -> packets and bytes.
+    pub fn counter_totals(
+        &self,
+        node: &str,
+    ) -> Result<std::collections::HashMap<(String, String), Count>> {
+        Ok(self
             .counter_rows(node)?
             .iter()
             .filter_map(|c| {
@@ -874,7 +890,11 @@ impl Testbed {
                     c["program"].as_str()?.to_string(),
                     c["reason"].as_str()?.to_string(),
                 );
-                Some((key, c["packets"].as_u64().unwrap_or(0)))
+                let count = Count {
+                    packets: c["packets"].as_u64().unwrap_or(0),
+                    bytes: c["bytes"].as_u64().unwrap_or(0),
+                };
+                Some((key, count))
             })
             .collect())
     }

@@ -59,20 +59,6 @@ fn both_ways(tb: &Testbed, netdp: &str, port: u16) -> Result<()> {
     Ok(())
 }
 
-/// RX and TX packets of an interface in a namespace.
-fn link_packets(ns: &str, dev: &str) -> Result<(u64, u64)> {
-    let out = netns::exec(ns, &["ip", "-s", "-o", "link", "show", dev])?;
-    // `... RX: bytes packets ... \    <bytes> <packets> ... TX: ... \    <bytes> <packets>`
-    let nums: Vec<&str> = out.split('\\').map(str::trim).collect();
-    let packets = |i: usize| -> Result<u64> {
-        nums.get(i)
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("no counters in {out}"))
-    };
-    Ok((packets(3)?, packets(5)?))
-}
-
 #[test]
 fn flannel_vxlan_node_and_netdp_nodes_reach_each_others_pods() -> Result<()> {
     let (tb, f) = mixed_cluster(r#"{"Type": "vxlan"}"#, FlannelBackend::Vxlan)?;
@@ -88,7 +74,7 @@ fn flannel_vxlan_node_and_netdp_nodes_reach_each_others_pods() -> Result<()> {
         "{lease}"
     );
     let f1 = tb.node("f1").ns.clone();
-    let (rx0, tx0) = link_packets(&f1, VXLAN_DEV)?;
+    let s0 = netns::link_stats(&f1, VXLAN_DEV)?;
     let before = tb.counters("n1")?;
     both_ways(&tb, "n1", 7000)?;
     both_ways(&tb, "n2", 7010)?;
@@ -101,10 +87,10 @@ fn flannel_vxlan_node_and_netdp_nodes_reach_each_others_pods() -> Result<()> {
     assert!(d("from_pod", "encap_vxlan") > 100, "{after:?}");
     assert!(d("from_netdev", "decap_vxlan") > 100, "{after:?}");
     assert_eq!(d("from_netdev", "decap_wrong_vtep"), 0);
-    let (rx, tx) = link_packets(&f1, VXLAN_DEV)?;
+    let s1 = netns::link_stats(&f1, VXLAN_DEV)?;
     assert!(
-        rx - rx0 > 100 && tx - tx0 > 100,
-        "flannel.1 rx {rx} tx {tx}"
+        s1.rx.packets - s0.rx.packets > 100 && s1.tx.packets - s0.tx.packets > 100,
+        "flannel.1 before {s0:?}, after {s1:?}"
     );
     Ok(())
 }

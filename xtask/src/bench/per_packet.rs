@@ -2,26 +2,38 @@
 //! to `bench_redirect`, a program that only redirects (the floor).
 //!
 //! The kernel runs a program `repeat` times on the same buffer, so a path that rewrites the
-//! packet (every forwarding path decrements the TTL) would change path part way through.
-//! Each call therefore runs a fresh copy `PER_CALL` times, the kernel's average of a call is
-//! weighted over many calls (millions of packets per sample), and after every call the
-//! verdict and the TTL prove that each run took the path being measured.
+//! packet takes another path on the next run. Paths that route in place (every forwarding
+//! path decrements the TTL) therefore run a fresh copy `PER_CALL` times per call, and the
+//! TTL after the call proves that each run took the path. A path that encapsulates or
+//! decapsulates turns the packet into one that would take another path, so it runs once
+//! per call on a fresh copy; the kernel's time for a single run includes a clock read that
+//! batched runs share, so those paths are compared with the floor measured the same way.
+//! The kernel's average of a call is weighted over many calls; after every call the verdict
+//! and the bytes the path writes are checked, and after every sample the path's counter
+//! must have grown by exactly the runs made.
+//!
+//! Each backend gets its own load of the programs: the node's settings are a load-time
+//! constant, as the agent sets them.
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use netdp_common::{
     Ipv4,
+    counters::{CounterValue, Program, Reason, index},
+    encap::{self, IPIP_OVERHEAD, UDP_OVERHEAD, VXLAN_OVERHEAD, outer_ip_sum},
     endpoint::{Endpoint, EndpointKey},
-    map_names,
+    global_names, map_names,
+    node::{NodeConfig, decap},
+    peer::{Peer, PeerKey},
     program_names::{BENCH_REDIRECT, FROM_NETDEV, FROM_POD},
     route::{Route, flags, mode},
 };
-use netdp_testbed::packet::{IPPROTO_TCP, PacketSpec};
+use netdp_testbed::packet::{self, IPPROTO_TCP, Outer, PacketSpec};
 
 use super::{
     report::{NS_PER_PACKET, Outcome, Row, Section},
@@ -29,67 +41,251 @@ use super::{
 };
 
 const TC_ACT_REDIRECT: u32 = 7;
-/// Runs per call: less than the 255 TTL decrements a fresh packet allows.
+/// Runs per call of a path that routes in place: less than the 255 TTL decrements a
+/// fresh packet allows.
 const PER_CALL: u32 = 250;
 const FLOOR: &str = "floor: redirect only";
 const FLOOR_CASE: &str = "bench_redirect";
+const FLOOR_ONCE_CASE: &str = "bench_redirect, 1 run per call";
+
+/// This node, its underlay interface and VTEP.
+const NODE_IP: Ipv4 = [192, 168, 10, 11];
+const UNDERLAY_IFINDEX: u32 = 7;
+const UNDERLAY_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
+const OUR_VTEP: [u8; 6] = [0x0e, 0x54, 0, 0, 0, 0x11];
+/// The peer node leasing 10.1.2.0/24, on the same underlay.
+const PEER_IP: Ipv4 = [192, 168, 10, 12];
+const PEER_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x12];
+const PEER_VTEP: [u8; 6] = [0x0e, 0x54, 0, 0, 0, 0x12];
+/// Two pods on this node and one on the peer.
+const POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
+const OTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 5);
+const VXLAN_PORT: u16 = 8472;
+const VNI: u32 = 1;
+const UDP_PORT: u16 = 8285;
+
+/// The backend the programs of a path were loaded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    HostGw,
+    Vxlan,
+    Ipip,
+    Udp,
+}
+
+impl Backend {
+    const ALL: [Backend; 4] = [Backend::HostGw, Backend::Vxlan, Backend::Ipip, Backend::Udp];
+
+    /// The node settings the agent would load the programs with.
+    fn node(self) -> NodeConfig {
+        let (decap, port, vni) = match self {
+            Backend::HostGw => (decap::NONE, 0, 0),
+            Backend::Vxlan => (decap::VXLAN, VXLAN_PORT, VNI),
+            Backend::Ipip => (decap::IPIP, 0, 0),
+            Backend::Udp => (decap::UDP, UDP_PORT, 0),
+        };
+        NodeConfig {
+            node_ip: NODE_IP,
+            cluster: [10, 1, 0, 0],
+            cluster_mask: [255, 255, 0, 0],
+            underlay_ifindex: UNDERLAY_IFINDEX,
+            decap,
+            port,
+            vni,
+            vtep_mac: OUR_VTEP,
+            ..Default::default()
+        }
+    }
+
+    /// The route to the peer's subnet, every field filled in as the agent plans it.
+    fn route(self) -> Route {
+        let (mode, overhead, proto, port, vni) = match self {
+            Backend::HostGw => (mode::DIRECT, 0, None, 0, 0),
+            Backend::Vxlan => (
+                mode::VXLAN,
+                VXLAN_OVERHEAD,
+                Some(encap::IPPROTO_UDP),
+                VXLAN_PORT,
+                VNI,
+            ),
+            Backend::Ipip => (mode::IPIP, IPIP_OVERHEAD, Some(encap::IPPROTO_IPIP), 0, 0),
+            Backend::Udp => (
+                mode::UDP,
+                UDP_OVERHEAD,
+                Some(encap::IPPROTO_UDP),
+                UDP_PORT,
+                0,
+            ),
+        };
+        Route {
+            node_ip: PEER_IP,
+            nexthop: PEER_IP,
+            ifindex: UNDERLAY_IFINDEX,
+            mode,
+            flags: flags::HAS_MAC,
+            dmac: PEER_MAC,
+            smac: UNDERLAY_MAC,
+            src_ip: NODE_IP,
+            vtep_mac: PEER_VTEP,
+            port,
+            vni,
+            ip_sum: proto.map_or(0, |p| outer_ip_sum(NODE_IP, PEER_IP, p)),
+            mtu: 1500 - overhead,
+        }
+    }
+}
+
+/// How a path is run and what every call must leave behind.
+#[derive(Debug, Clone, Copy)]
+enum Runs {
+    /// `PER_CALL` runs on one copy, each decrementing the TTL by `ttl_step`.
+    InPlace { ttl_step: u8 },
+    /// One run per call: the output is `len_delta` bytes longer and holds `bytes` (offset,
+    /// value).
+    Once {
+        len_delta: i32,
+        bytes: &'static [(usize, u8)],
+    },
+}
 
 /// One program path and the packet that takes it.
 struct Path_ {
     case: &'static str,
+    backend: Backend,
     program: &'static str,
-    dst: Ipv4Addr,
-    /// TTL decrements per run (0 for the floor, which does not touch the packet).
-    ttl_step: u8,
+    frame: fn() -> Vec<u8>,
+    runs: Runs,
+    /// The counter each run bumps; none for the floor, which counts nothing.
+    counter: Option<(Program, Reason)>,
 }
+
+/// Delivered into our pod: its address and the TTL of [`from_peer`]'s inner packet, less one.
+const DELIVERED: &[(usize, u8)] = &[(30, 10), (31, 1), (32, 1), (33, 3), (22, 62)];
+const ROUTED: Runs = Runs::InPlace { ttl_step: 1 };
+
+const FLOORS: [(&str, Runs); 2] = [
+    (FLOOR_CASE, Runs::InPlace { ttl_step: 0 }),
+    (
+        FLOOR_ONCE_CASE,
+        Runs::Once {
+            len_delta: 0,
+            bytes: &[],
+        },
+    ),
+];
 
 const PATHS: &[Path_] = &[
     Path_ {
         case: "local delivery (pod -> pod on this node)",
+        backend: Backend::HostGw,
         program: FROM_POD,
-        dst: Ipv4Addr::new(10, 1, 1, 3),
-        ttl_step: 1,
+        frame: to_local_pod,
+        runs: ROUTED,
+        counter: Some((Program::FromPod, Reason::LocalDelivery)),
     },
     Path_ {
         case: "local delivery (underlay -> pod)",
+        backend: Backend::HostGw,
         program: FROM_NETDEV,
-        dst: Ipv4Addr::new(10, 1, 1, 3),
-        ttl_step: 1,
+        frame: to_local_pod,
+        runs: ROUTED,
+        counter: Some((Program::FromNetdev, Reason::LocalDelivery)),
     },
     Path_ {
         case: "remote forward, host-gw (pod -> peer node)",
+        backend: Backend::HostGw,
         program: FROM_POD,
-        dst: Ipv4Addr::new(10, 1, 2, 5),
-        ttl_step: 1,
+        frame: to_remote_pod,
+        runs: ROUTED,
+        counter: Some((Program::FromPod, Reason::Direct)),
+    },
+    Path_ {
+        case: "encapsulation, vxlan (pod -> peer node), 1 run per call",
+        backend: Backend::Vxlan,
+        program: FROM_POD,
+        frame: to_remote_pod,
+        runs: Runs::Once {
+            len_delta: VXLAN_OVERHEAD as i32,
+            // Outer protocol UDP to the VXLAN port.
+            bytes: &[
+                (23, 17),
+                (36, (VXLAN_PORT >> 8) as u8),
+                (37, VXLAN_PORT as u8),
+            ],
+        },
+        counter: Some((Program::FromPod, Reason::EncapVxlan)),
+    },
+    Path_ {
+        case: "encapsulation, ipip (pod -> peer node), 1 run per call",
+        backend: Backend::Ipip,
+        program: FROM_POD,
+        frame: to_remote_pod,
+        runs: Runs::Once {
+            len_delta: IPIP_OVERHEAD as i32,
+            bytes: &[(23, encap::IPPROTO_IPIP)],
+        },
+        counter: Some((Program::FromPod, Reason::EncapIpip)),
+    },
+    Path_ {
+        case: "encapsulation, udp (pod -> peer node), 1 run per call",
+        backend: Backend::Udp,
+        program: FROM_POD,
+        frame: to_remote_pod,
+        runs: Runs::Once {
+            len_delta: UDP_OVERHEAD as i32,
+            bytes: &[(23, 17), (36, (UDP_PORT >> 8) as u8), (37, UDP_PORT as u8)],
+        },
+        counter: Some((Program::FromPod, Reason::EncapUdp)),
+    },
+    Path_ {
+        case: "decapsulation, vxlan (underlay -> pod), 1 run per call",
+        backend: Backend::Vxlan,
+        program: FROM_NETDEV,
+        frame: || {
+            let inner = from_peer();
+            packet::vxlan(
+                &outer(),
+                41234,
+                VXLAN_PORT,
+                VNI,
+                OUR_VTEP,
+                PEER_VTEP,
+                &inner,
+            )
+        },
+        runs: Runs::Once {
+            len_delta: -(VXLAN_OVERHEAD as i32),
+            bytes: DELIVERED,
+        },
+        counter: Some((Program::FromNetdev, Reason::DecapVxlan)),
+    },
+    Path_ {
+        case: "decapsulation, ipip (underlay -> pod), 1 run per call",
+        backend: Backend::Ipip,
+        program: FROM_NETDEV,
+        frame: || packet::ipip(&outer(), &from_peer()),
+        runs: Runs::Once {
+            len_delta: -(IPIP_OVERHEAD as i32),
+            bytes: DELIVERED,
+        },
+        counter: Some((Program::FromNetdev, Reason::DecapIpip)),
+    },
+    Path_ {
+        case: "decapsulation, udp (underlay -> pod), 1 run per call",
+        backend: Backend::Udp,
+        program: FROM_NETDEV,
+        frame: || packet::udp_encap(&outer(), UDP_PORT, UDP_PORT, &from_peer()),
+        runs: Runs::Once {
+            len_delta: -(UDP_OVERHEAD as i32),
+            bytes: DELIVERED,
+        },
+        counter: Some((Program::FromNetdev, Reason::DecapUdp)),
     },
 ];
 
-/// Paths later backends add; each names what it waits for.
+/// Paths later work adds; each names what it waits for.
 const NOT_YET: &[(&str, &str)] = &[
-    (
-        "encapsulation, vxlan (pod -> peer node)",
-        "vxlan backend in eBPF (issue #4)",
-    ),
-    (
-        "encapsulation, ipip (pod -> peer node)",
-        "ipip backend in eBPF (issue #4)",
-    ),
-    (
-        "encapsulation, udp (pod -> peer node)",
-        "udp backend in eBPF (issue #4)",
-    ),
-    (
-        "decapsulation, vxlan (underlay -> pod)",
-        "vxlan backend in eBPF (issue #4)",
-    ),
-    (
-        "decapsulation, ipip (underlay -> pod)",
-        "ipip backend in eBPF (issue #4)",
-    ),
-    (
-        "decapsulation, udp (underlay -> pod)",
-        "udp backend in eBPF (issue #4)",
-    ),
     (
         "service DNAT, first packet (pod -> ClusterIP)",
         "services in eBPF (issue #5)",
@@ -104,13 +300,56 @@ const NOT_YET: &[(&str, &str)] = &[
     ),
 ];
 
+fn tcp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
+    PacketSpec {
+        src,
+        dst,
+        ttl,
+        proto: IPPROTO_TCP,
+        payload: vec![0; 6],
+        ..Default::default()
+    }
+    .build()
+}
+
+fn to_local_pod() -> Vec<u8> {
+    tcp(OTHER_POD, POD, 255)
+}
+
+fn to_remote_pod() -> Vec<u8> {
+    tcp(POD, REMOTE_POD, 255)
+}
+
+/// The peer's pod to ours, as the peer's tunnel carries it (routed once already).
+fn from_peer() -> Vec<u8> {
+    tcp(REMOTE_POD, POD, 63)
+}
+
+/// Outer addresses of a tunnel packet from the peer.
+fn outer() -> Outer {
+    Outer {
+        src_mac: PEER_MAC,
+        dst_mac: UNDERLAY_MAC,
+        src: PEER_IP.into(),
+        dst: NODE_IP.into(),
+    }
+}
+
 /// The built eBPF object (`cargo xtask build-ebpf`).
 pub fn object_path() -> std::path::PathBuf {
     crate::build::workspace().join("target/ebpf/bpfel-unknown-none/release/netdp")
 }
 
-fn load(object: &Path) -> Result<Ebpf> {
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("no {name} map in the eBPF object"))
+}
+
+/// The programs loaded for `backend`, with one local pod and one peer in their maps.
+fn load(object: &Path, backend: Backend) -> Result<Ebpf> {
+    let node = backend.node();
     let mut ebpf = EbpfLoader::new()
+        .override_global(global_names::NODE, &node, true)
         .load_file(object)
         .with_context(|| format!("loading {}", object.display()))?;
     for name in [FROM_POD, FROM_NETDEV, BENCH_REDIRECT] {
@@ -119,16 +358,12 @@ fn load(object: &Path) -> Result<Ebpf> {
             .ok_or_else(|| anyhow!("program {name} missing from {}", object.display()))?
             .try_into()?;
         p.load()
-            .with_context(|| format!("loading {name} into the kernel"))?;
+            .with_context(|| format!("loading {name} for {backend:?} into the kernel"))?;
     }
-    let mut endpoints: HashMap<_, EndpointKey, Endpoint> = HashMap::try_from(
-        ebpf.map_mut(map_names::ENDPOINTS)
-            .ok_or_else(|| anyhow!("no ENDPOINTS map"))?,
-    )?;
+    let mut endpoints: HashMap<_, EndpointKey, Endpoint> =
+        HashMap::try_from(map_mut(&mut ebpf, map_names::ENDPOINTS)?)?;
     endpoints.insert(
-        EndpointKey {
-            addr: [10, 1, 1, 3],
-        },
+        EndpointKey { addr: POD.octets() },
         Endpoint {
             ifindex: 42,
             flags: 0,
@@ -137,42 +372,82 @@ fn load(object: &Path) -> Result<Ebpf> {
         },
         0,
     )?;
-    let mut routes: LpmTrie<_, Ipv4, Route> = LpmTrie::try_from(
-        ebpf.map_mut(map_names::ROUTES)
-            .ok_or_else(|| anyhow!("no ROUTES map"))?,
-    )?;
-    routes.insert(
-        &Key::new(24, [10, 1, 2, 0]),
-        Route {
-            node_ip: [192, 168, 10, 12],
-            nexthop: [192, 168, 10, 12],
-            ifindex: 7,
-            mode: mode::DIRECT,
-            flags: flags::HAS_MAC,
-            dmac: [0x52, 0x54, 0, 0, 0, 0x12],
-            smac: [0x52, 0x54, 0, 0, 0, 0x11],
-            // 0 would mean every packet is too big for the route.
-            mtu: 1500,
-            ..Default::default()
+    let mut routes: LpmTrie<_, Ipv4, Route> =
+        LpmTrie::try_from(map_mut(&mut ebpf, map_names::ROUTES)?)?;
+    routes.insert(&Key::new(24, [10, 1, 2, 0]), backend.route(), 0)?;
+    let mut peers: HashMap<_, PeerKey, Peer> =
+        HashMap::try_from(map_mut(&mut ebpf, map_names::PEERS)?)?;
+    peers.insert(
+        PeerKey { addr: PEER_IP },
+        Peer {
+            subnet: [10, 1, 2, 0],
+            prefix_len: 24,
         },
         0,
     )?;
     Ok(ebpf)
 }
 
-/// Average ns per run of `program` on `frame` over `packets` runs, checking every call.
+/// Packets a counter has counted, over every CPU.
+fn counted(ebpf: &Ebpf, (program, reason): (Program, Reason)) -> Result<u64> {
+    let map = ebpf
+        .map(map_names::COUNTERS)
+        .ok_or_else(|| anyhow!("no COUNTERS map"))?;
+    let counters: PerCpuArray<_, CounterValue> = PerCpuArray::try_from(map)?;
+    Ok(counters
+        .get(&index(program, reason), 0)?
+        .iter()
+        .map(|c| c.packets)
+        .sum())
+}
+
+/// Checks what one call left behind; `Err` says how the path was left.
+fn check_call(runs: Runs, frame: &[u8], out: &[u8]) -> Result<(), String> {
+    match runs {
+        Runs::InPlace { ttl_step } => {
+            let want = frame[22].wrapping_sub(ttl_step.wrapping_mul(PER_CALL as u8));
+            if out.len() != frame.len() || out[22] != want {
+                return Err(format!(
+                    "TTL {} after {PER_CALL} runs, expected {want}",
+                    out.get(22).copied().unwrap_or(0)
+                ));
+            }
+        }
+        Runs::Once { len_delta, bytes } => {
+            let want = frame.len() as i64 + len_delta as i64;
+            if out.len() as i64 != want {
+                return Err(format!("{} bytes out, expected {want}", out.len()));
+            }
+            for &(at, value) in bytes {
+                if out[at] != value {
+                    return Err(format!("byte {at} is {}, expected {value}", out[at]));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Average ns per run of `program` over about `packets` runs, checking every call and
+/// the path's counter.
 fn ns_per_packet(
     ebpf: &Ebpf,
     program: &str,
     frame: &[u8],
-    ttl_step: u8,
+    runs: Runs,
+    counter: Option<(Program, Reason)>,
     packets: u64,
 ) -> Result<f64> {
     let prog: &SchedClassifier = ebpf
         .program(program)
         .ok_or_else(|| anyhow!("no program {program}"))?
         .try_into()?;
-    let calls = packets.div_ceil(PER_CALL as u64);
+    let per_call = match runs {
+        Runs::InPlace { .. } => PER_CALL,
+        Runs::Once { .. } => 1,
+    };
+    let calls = packets.div_ceil(per_call as u64);
+    let before = counter.map(|c| counted(ebpf, c)).transpose()?;
     let mut out = vec![0u8; frame.len() + 256];
     let mut total_ns = 0f64;
     for call in 0..calls {
@@ -180,7 +455,7 @@ fn ns_per_packet(
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
-                repeat: PER_CALL,
+                repeat: per_call,
                 ..Default::default()
             })
             .context("BPF_PROG_TEST_RUN")?;
@@ -190,23 +465,33 @@ fn ns_per_packet(
                 res.return_value
             );
         }
-        let want_ttl = frame[22].wrapping_sub(ttl_step.wrapping_mul(PER_CALL as u8));
-        if out[22] != want_ttl {
+        let len = (res.data_size_out as usize).min(out.len());
+        check_call(runs, frame, &out[..len])
+            .map_err(|e| anyhow!("{program}, call {call}: {e}: a run left the path"))?;
+        total_ns += res.duration.as_nanos() as f64;
+    }
+    if let (Some(c), Some(before)) = (counter, before) {
+        let n = counted(ebpf, c)? - before;
+        if n != calls * per_call as u64 {
             bail!(
-                "{program}: TTL {} after {PER_CALL} runs, expected {want_ttl}: a run left the path",
-                out[22]
+                "{program} counted {n} packets as {}, of {} runs",
+                c.1.name(),
+                calls * per_call as u64
             );
         }
-        total_ns += res.duration.as_nanos() as f64;
     }
     // The kernel reports each call's average per run.
     Ok(total_ns / calls as f64)
 }
 
-pub fn run(packets: u64, repeats: usize) -> Vec<Row> {
+pub fn run(packets: u64, single_runs: u64, repeats: usize) -> Vec<Row> {
     let object = object_path();
-    let ebpf = match load(&object) {
-        Ok(e) => e,
+    let loaded: Result<Vec<(Backend, Ebpf)>> = Backend::ALL
+        .iter()
+        .map(|&b| Ok((b, load(&object, b)?)))
+        .collect();
+    let nodes = match loaded {
+        Ok(n) => n,
         Err(e) => {
             return vec![Row::new(
                 Section::PerPacket,
@@ -217,39 +502,50 @@ pub fn run(packets: u64, repeats: usize) -> Vec<Row> {
             )];
         }
     };
-    let frame = |dst: Ipv4Addr| {
-        PacketSpec {
-            dst,
-            ttl: 255,
-            proto: IPPROTO_TCP,
-            payload: vec![0; 6],
-            ..Default::default()
-        }
-        .build()
+    let node = |b: Backend| {
+        &nodes
+            .iter()
+            .find(|(n, _)| *n == b)
+            .expect("every backend is loaded")
+            .1
     };
-    let measure = |program: &str, dst: Ipv4Addr, step: u8| -> Result<Stats> {
-        let f = frame(dst);
+    let measure = |backend, program: &str, frame: &[u8], runs, counter| -> Result<Stats> {
+        let n = match runs {
+            Runs::InPlace { .. } => packets,
+            Runs::Once { .. } => single_runs,
+        };
         runner::repeat(program, repeats, |_| {
-            ns_per_packet(&ebpf, program, &f, step, packets)
+            ns_per_packet(node(backend), program, frame, runs, counter, n)
         })
     };
-    let mut rows = vec![Row::from_result(
-        Section::PerPacket,
-        FLOOR,
-        FLOOR_CASE,
-        NS_PER_PACKET,
-        measure(BENCH_REDIRECT, Ipv4Addr::new(10, 9, 9, 9), 0),
-    )];
+    let mut rows: Vec<Row> = FLOORS
+        .iter()
+        .map(|&(case, runs)| {
+            let frame = tcp(POD, Ipv4Addr::new(10, 9, 9, 9), 255);
+            Row::from_result(
+                Section::PerPacket,
+                FLOOR,
+                case,
+                NS_PER_PACKET,
+                measure(Backend::HostGw, BENCH_REDIRECT, &frame, runs, None),
+            )
+        })
+        .collect();
     for p in PATHS {
+        let floor = match p.runs {
+            Runs::InPlace { .. } => FLOOR_CASE,
+            Runs::Once { .. } => FLOOR_ONCE_CASE,
+        };
         rows.push(
             Row::from_result(
                 Section::PerPacket,
                 "netdp",
                 p.case,
                 NS_PER_PACKET,
-                measure(p.program, p.dst, p.ttl_step),
+                measure(p.backend, p.program, &(p.frame)(), p.runs, p.counter)
+                    .with_context(|| p.case),
             )
-            .compared_to_case(FLOOR, FLOOR_CASE),
+            .compared_to_case(FLOOR, floor),
         );
     }
     for (case, why) in NOT_YET {

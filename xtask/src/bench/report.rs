@@ -91,7 +91,7 @@ pub struct Row {
     pub metric: Metric,
     pub outcome: Outcome,
     /// Rows this one is compared with, most relevant first, as (subject, case); no case
-    /// means this row's case. The first one measured with the same metric is used.
+    /// means this row's case. Each one measured with the same metric gets a ratio.
     pub compare_to: Vec<(String, Option<String>)>,
 }
 
@@ -185,14 +185,20 @@ pub fn human(v: f64) -> String {
 pub struct Ratio<'a> {
     pub value: f64,
     pub to: &'a str,
+    /// The compared row's case, when it is not this row's.
+    pub to_case: Option<&'a str>,
     /// The compared row ran out of budget, so the true ratio is at least `value`.
     pub at_least: bool,
 }
 
-/// `>1` means better than the comparison for every metric (rates are divided, times
-/// inverted), so ratios read the same way across the table.
-pub fn ratio<'a>(row: &Row, all: &'a [Row]) -> Option<Ratio<'a>> {
-    let mine = row.stats()?.median();
+/// The ratios of `row` to each row it is compared with that was measured (or ran out of
+/// budget), in `compare_to` order. `>1` means better than the comparison for every metric
+/// (rates are divided, times inverted), so ratios read the same way across the table.
+pub fn ratios<'a>(row: &Row, all: &'a [Row]) -> Vec<Ratio<'a>> {
+    let Some(mine) = row.stats().map(Stats::median) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
     for (subject, case) in &row.compare_to {
         let case = case.as_ref().unwrap_or(&row.case);
         let other = all.iter().find(|r| {
@@ -206,23 +212,24 @@ pub fn ratio<'a>(row: &Row, all: &'a [Row]) -> Option<Ratio<'a>> {
             Outcome::Measured(st) => (st.median(), false),
             // A bound only says something for times: the other took longer than this.
             Outcome::OverBudget(b) if !row.metric.higher_is_better => (*b, true),
-            _ => return None,
+            _ => continue,
         };
         if theirs == 0.0 || mine == 0.0 {
-            return None;
+            continue;
         }
         let value = if row.metric.higher_is_better {
             mine / theirs
         } else {
             theirs / mine
         };
-        return Some(Ratio {
+        out.push(Ratio {
             value,
             to: o.subject.as_str(),
+            to_case: (o.case != row.case).then_some(o.case.as_str()),
             at_least,
         });
     }
-    None
+    out
 }
 
 /// Facts about the machine and the run, shown above the table.
@@ -261,17 +268,7 @@ pub fn markdown(header: &Header, rows: &[Row], plots: &[(&str, &str)]) -> String
                     human(st.median()),
                     format!("±{:.1}%", st.spread_pct()),
                     st.samples.len().to_string(),
-                    match ratio(r, rows) {
-                        Some(Ratio {
-                            value,
-                            to,
-                            at_least,
-                        }) => {
-                            format!("{}{value:.2}x vs {to}", if at_least { "> " } else { "" })
-                        }
-                        None if is_reference(r, rows) => "reference".into(),
-                        None => "–".into(),
-                    },
+                    ratio_cell(r, rows),
                 ),
                 Outcome::NotAvailable(why) => (
                     "n/a".into(),
@@ -309,6 +306,26 @@ pub fn markdown(header: &Header, rows: &[Row], plots: &[(&str, &str)]) -> String
         }
     }
     out
+}
+
+/// Every ratio of a measured row, or whether it is what others are compared with.
+fn ratio_cell(r: &Row, rows: &[Row]) -> String {
+    let all = ratios(r, rows);
+    if all.is_empty() {
+        return if is_reference(r, rows) {
+            "reference".into()
+        } else {
+            "–".into()
+        };
+    }
+    all.iter()
+        .map(|q| {
+            let bound = if q.at_least { "> " } else { "" };
+            let case = q.to_case.map(|c| format!(" ({c})")).unwrap_or_default();
+            format!("{bound}{:.2}x vs {}{case}", q.value, q.to)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Whether another row of the section is compared with this one.
@@ -367,14 +384,27 @@ mod tests {
                 Outcome::OverBudget(120.0),
             ),
             measured("fast", "big", SECONDS, &[2.0]).compared_to(&["slow"]),
+            measured("netdp", "10", RR_RATE, &[150.0]).compared_to(&["iptables", "nftables"]),
+            measured("iptables", "10", RR_RATE, &[100.0]),
+            measured("nftables", "10", RR_RATE, &[50.0]),
         ];
-        let r = |i: usize| ratio(&rows[i], &rows).map(|r| (r.value, r.to, r.at_least));
-        assert_eq!(r(1), Some((1.5, "iptables", false)));
-        assert_eq!(r(3), Some((4.0, "iptables", false)));
+        let r = |i: usize| {
+            ratios(&rows[i], &rows)
+                .into_iter()
+                .map(|r| (r.value, r.to, r.at_least))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(r(1), vec![(1.5, "iptables", false)]);
+        assert_eq!(r(3), vec![(4.0, "iptables", false)]);
         // No row with the same case: no ratio.
-        assert_eq!(r(4), None);
-        assert_eq!(r(5), Some((0.5, "iptables", false)));
-        assert_eq!(r(7), Some((60.0, "slow", true)));
+        assert_eq!(r(4), vec![]);
+        assert_eq!(r(5), vec![(0.5, "iptables", false)]);
+        assert_eq!(r(7), vec![(60.0, "slow", true)]);
+        assert_eq!(
+            r(8),
+            vec![(1.5, "iptables", false), (3.0, "nftables", false)],
+            "one ratio per compared row, in order"
+        );
         let md = markdown(
             &Header {
                 command: "cargo xtask bench".into(),
@@ -387,6 +417,12 @@ mod tests {
         assert!(md.contains(
             "| iptables | 10 | new TCP connections/s (conn/s) | 100 | ±0.0% | 2 | reference |"
         ));
+        assert!(
+            md.contains("| 1.50x vs iptables; 3.00x vs nftables |"),
+            "{md}"
+        );
+        // A row of another case is named with its case.
+        assert!(md.contains("| 0.50x vs iptables (10) |"), "{md}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Service connection cost versus number of services: a pod on one node connects to a
 //! ClusterIP whose 3 endpoints are pods on another node, with N services programmed (the
-//! measured one last). Nodes route with the kernel, as kube-proxy needs; kube-proxy's
-//! rulesets are loaded on both nodes, as every node runs kube-proxy.
+//! measured one last). Nodes route with the kernel as Flannel's host-gw sets them up, and
+//! kube-proxy's rulesets are loaded on both nodes, as every node runs kube-proxy.
 //!
 //! Loading the rulesets is timed too: those are the control plane's rule-load figures.
 //! A ruleset that does not load within the budget is stopped, and larger sizes of that
@@ -9,7 +9,10 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use netdp_testbed::{Binaries, Spec, Testbed};
+use netdp_testbed::{
+    Binaries, Spec, Testbed,
+    flannel::{FlannelBackend, FlannelNode, network_config},
+};
 
 use super::{
     kube_proxy::{self, Cluster, ServicePort},
@@ -46,7 +49,8 @@ enum Mode {
     None,
 }
 
-/// A kernel-routed 2-node cluster: a client pod on n1, 3 endpoint pods on n2.
+/// A kernel-routed 2-node cluster as Flannel's host-gw runs it (what kube-proxy runs on
+/// today): a client pod on n1, 3 endpoint pods on n2.
 struct Cluster2 {
     tb: Testbed,
     client: String,
@@ -54,12 +58,16 @@ struct Cluster2 {
 }
 
 fn cluster(bins: &Binaries) -> Result<Cluster2> {
-    let mut tb = Testbed::new(Spec::flat(2).binaries(bins.clone()))?;
-    tb.route_by_kernel()?;
-    let client = tb.add_kernel_pod("n1", "client")?.ns;
+    let mut tb = Testbed::new(
+        Spec::flat(2)
+            .network(&network_config(FlannelBackend::HostGw.type_name()))
+            .binaries(bins.clone()),
+    )?;
+    let mut nodes = FlannelNode::start_all(&tb, FlannelBackend::HostGw)?;
+    let client = nodes[0].add_pod(&mut tb, "client")?.ns;
     let mut endpoints = Vec::new();
     for j in 0..3 {
-        let p = tb.add_kernel_pod("n2", &format!("ep{j}"))?;
+        let p = nodes[1].add_pod(&mut tb, &format!("ep{j}"))?;
         endpoints.push((p.ns, p.ip));
     }
     Ok(Cluster2 {
