@@ -1,6 +1,9 @@
 //! Counting what the programs do; one per-CPU slot per (program, reason) and per (program,
 //! event), no atomics.
-use aya_ebpf::{bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    programs::TcContext,
+};
 use netdp_common::counters::{Event, Program, Reason, event_index, index};
 
 use crate::maps::COUNTERS;
@@ -40,4 +43,15 @@ pub fn pass(ctx: &TcContext, program: Program, reason: Reason) -> i32 {
 pub fn drop(ctx: &TcContext, program: Program, reason: Reason) -> i32 {
     count(ctx, program, reason);
     TC_ACT_SHOT
+}
+
+/// The verdict after a redirect helper returned `ret`: counted under `reason` if the
+/// redirect is set up, dropped (`redirect_failed`) if not.
+#[inline(always)]
+pub fn redirected(ctx: &TcContext, program: Program, ret: i64, reason: Reason) -> i32 {
+    if ret as i32 != TC_ACT_REDIRECT as i32 {
+        return drop(ctx, program, Reason::RedirectFailed);
+    }
+    count(ctx, program, reason);
+    TC_ACT_REDIRECT as i32
 }

@@ -2,7 +2,7 @@
 //! the node's address with `--ip-masq`, and service replies to clients outside. Both go out
 //! through the kernel's routing and neighbour tables (bpf_redirect_neigh does the FIB
 //! lookup); nodes need no IP forwarding for it.
-use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_neigh, programs::TcContext};
+use aya_ebpf::{helpers::bpf_redirect_neigh, programs::TcContext};
 use netdp_common::{
     counters::{Program, Reason},
     node::flags,
@@ -10,7 +10,7 @@ use netdp_common::{
 
 use crate::{
     conntrack,
-    counters::{count, drop, pass},
+    counters::{drop, pass, redirected},
     csum, maps,
     nat::{self, Outcome},
     parse::{self, Ipv4Frame, Parsed, Transport},
@@ -81,18 +81,10 @@ pub fn send(
     ifindex: u32,
     reason: Reason,
 ) -> i32 {
-    // SAFETY: headers were bounds checked by the parser and nothing has moved the packet.
-    unsafe {
-        if (*frame.ip).ttl <= 1 {
-            return pass(ctx, program, Reason::TtlExceeded);
-        }
-        csum::decrease_ttl(frame.ip);
+    if let Err(verdict) = csum::hop(ctx, program, frame) {
+        return verdict;
     }
     // SAFETY: no neighbour parameters: the kernel routes by the packet's destination.
-    let ret = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) } as i32;
-    if ret != TC_ACT_REDIRECT as i32 {
-        return drop(ctx, program, Reason::RedirectFailed);
-    }
-    count(ctx, program, reason);
-    ret
+    let ret = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
+    redirected(ctx, program, ret, reason)
 }

@@ -19,8 +19,10 @@ use crate::{
     route, service,
 };
 
+/// The frame's Ethernet and IPv4 headers, pulled into the linear data first if need be.
 #[inline(always)]
 fn parse(ctx: &TcContext, program: Program) -> Result<Ipv4Frame, i32> {
+    parse::pull_headers(ctx);
     match parse::ipv4(ctx) {
         Parsed::Ipv4(frame) => Ok(frame),
         Parsed::NotIpv4 => Err(pass(ctx, program, Reason::NonIpv4)),
@@ -28,17 +30,27 @@ fn parse(ctx: &TcContext, program: Program) -> Result<Ipv4Frame, i32> {
     }
 }
 
-/// The translation stage. `services`: the first packet to a frontend starts a service
-/// flow. `echo`: ICMP echo is looked up too; only where masqueraded pings are answered, so
-/// other pings cost no lookup.
+/// Where a packet meets translation, which decides what it is looked up for.
+#[derive(Clone, Copy)]
+enum Stage {
+    /// Sent by a pod or the node: tracked flows, and new flows to service frontends.
+    Sent,
+    /// Received from the underlay: the same, and ICMP echo replies when addressed to the
+    /// node (masqueraded pings; other pings cost no lookup).
+    Received { to_node: bool },
+    /// Out of a tunnel: tracked flows only (their replies); delivery counts as `Reason`.
+    Decapsulated(Reason),
+}
+
+/// The translation stage: packets of tracked flows (either kind, either direction) and
+/// ICMP errors about them follow their flow; first packets to a frontend start one.
 #[inline(always)]
 fn translate(
     ctx: &TcContext,
     program: Program,
     frame: &Ipv4Frame,
     t: &Transport,
-    services: bool,
-    echo: bool,
+    stage: Stage,
 ) -> Outcome {
     match *t {
         Transport::Ports(l4) => {
@@ -46,14 +58,15 @@ fn translate(
             if let Some(outcome) = nat::follow(ctx, program, &key, &l4) {
                 return outcome;
             }
-            if services {
-                service::new_flow(ctx, program, &l4, &key)
-            } else {
-                Outcome::Untouched
+            match stage {
+                Stage::Decapsulated(_) => Outcome::Untouched,
+                _ => service::new_flow(ctx, program, &l4, &key),
             }
         }
-        Transport::Echo(l4) if echo => nat::follow(ctx, program, &conntrack::key(frame, &l4), &l4)
-            .unwrap_or(Outcome::Untouched),
+        Transport::Echo(l4) if matches!(stage, Stage::Received { to_node: true }) => {
+            nat::follow(ctx, program, &conntrack::key(frame, &l4), &l4)
+                .unwrap_or(Outcome::Untouched)
+        }
         Transport::IcmpError(l4) => match icmp::translate_error(ctx, &l4) {
             Some(t) => Outcome::Translated(t),
             None => Outcome::Untouched,
@@ -71,10 +84,13 @@ fn translated_or(
     program: Program,
     frame: &Ipv4Frame,
     t: &Transport,
-    (services, echo): (bool, bool),
-    delivered: Reason,
+    stage: Stage,
 ) -> Result<Ipv4Frame, i32> {
-    match translate(ctx, program, frame, t, services, echo) {
+    let delivered = match stage {
+        Stage::Decapsulated(reason) => reason,
+        _ => Reason::LocalDelivery,
+    };
+    match translate(ctx, program, frame, t, stage) {
         Outcome::Untouched => parse(ctx, program),
         Outcome::Translated(tr) => Err(translated(ctx, program, &tr, delivered)),
         Outcome::Done(verdict) => Err(verdict),
@@ -85,21 +101,27 @@ fn translated_or(
 /// of the cluster.
 #[inline(always)]
 pub fn from_pod(ctx: &TcContext) -> i32 {
-    let program = Program::FromPod;
-    parse::pull_headers(ctx);
+    sent(ctx, Program::FromPod)
+}
+
+/// What the node itself sends into the pod network (routed into the gateway device): to
+/// services, to pods here, to pods on other nodes.
+#[inline(always)]
+pub fn from_host(ctx: &TcContext) -> i32 {
+    sent(ctx, Program::FromHost)
+}
+
+/// What pods and the node send: translated first, then to a pod here or the node leasing
+/// the destination's subnet; anything else leaves the cluster (pods) or goes to the kernel
+/// (the node, whose own routes brought it here).
+#[inline(always)]
+fn sent(ctx: &TcContext, program: Program) -> i32 {
     let frame = match parse(ctx, program) {
         Ok(f) => f,
         Err(verdict) => return verdict,
     };
     let t = parse::transport(ctx, &frame);
-    let frame = match translated_or(
-        ctx,
-        program,
-        &frame,
-        &t,
-        (true, false),
-        Reason::LocalDelivery,
-    ) {
+    let frame = match translated_or(ctx, program, &frame, &t, Stage::Sent) {
         Ok(f) => f,
         Err(verdict) => return verdict,
     };
@@ -112,7 +134,11 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
     if let Some(rt) = maps::ROUTES.get(&Key::new(32, daddr)) {
         return route::forward(ctx, program, &frame, rt);
     }
-    egress::outside(ctx, &frame, &t)
+    if program == Program::FromPod {
+        egress::outside(ctx, &frame, &t)
+    } else {
+        pass(ctx, program, Reason::UnknownDestination)
+    }
 }
 
 /// What the node receives: tunnel packets, replies of flows it translated and new flows to
@@ -121,7 +147,6 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
 #[inline(always)]
 pub fn from_netdev(ctx: &TcContext) -> i32 {
     let program = Program::FromNetdev;
-    parse::pull_headers(ctx);
     let frame = match parse(ctx, program) {
         Ok(f) => f,
         Err(verdict) => return verdict,
@@ -138,14 +163,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
         }
     }
     let t = parse::transport(ctx, &frame);
-    let frame = match translated_or(
-        ctx,
-        program,
-        &frame,
-        &t,
-        (true, to_node),
-        Reason::LocalDelivery,
-    ) {
+    let frame = match translated_or(ctx, program, &frame, &t, Stage::Received { to_node }) {
         Ok(f) => f,
         Err(verdict) => return verdict,
     };
@@ -164,13 +182,12 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn inner(ctx: &TcContext, reason: Reason) -> i32 {
     let program = Program::FromNetdev;
-    parse::pull_headers(ctx);
     let frame = match parse(ctx, program) {
         Ok(f) => f,
         Err(verdict) => return verdict,
     };
     let t = parse::transport(ctx, &frame);
-    let frame = match translated_or(ctx, program, &frame, &t, (false, false), reason) {
+    let frame = match translated_or(ctx, program, &frame, &t, Stage::Decapsulated(reason)) {
         Ok(f) => f,
         Err(verdict) => return verdict,
     };
@@ -181,40 +198,6 @@ fn inner(ctx: &TcContext, reason: Reason) -> i32 {
         Some(ep) => endpoint::deliver(ctx, program, &frame, ep, reason),
         None => drop(ctx, program, Reason::DecapNoEndpoint),
     }
-}
-
-/// What the node itself sends into the pod network (routed into the gateway device): to
-/// services, to pods here, to pods on other nodes.
-#[inline(always)]
-pub fn from_host(ctx: &TcContext) -> i32 {
-    let program = Program::FromHost;
-    parse::pull_headers(ctx);
-    let frame = match parse(ctx, program) {
-        Ok(f) => f,
-        Err(verdict) => return verdict,
-    };
-    let t = parse::transport(ctx, &frame);
-    let frame = match translated_or(
-        ctx,
-        program,
-        &frame,
-        &t,
-        (true, false),
-        Reason::LocalDelivery,
-    ) {
-        Ok(f) => f,
-        Err(verdict) => return verdict,
-    };
-    // SAFETY: the header was bounds checked by the parser.
-    let daddr = unsafe { (*frame.ip).daddr };
-    // SAFETY: as above.
-    if let Some(ep) = unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) } {
-        return endpoint::deliver(ctx, program, &frame, ep, Reason::LocalDelivery);
-    }
-    if let Some(rt) = maps::ROUTES.get(&Key::new(32, daddr)) {
-        return route::forward(ctx, program, &frame, rt);
-    }
-    pass(ctx, program, Reason::UnknownDestination)
 }
 
 /// Forwards a translated packet as its flow says: masqueraded packets out of the underlay

@@ -12,7 +12,7 @@
 //! interface it came in on.
 use aya_ebpf::{
     bindings::{
-        BPF_CSUM_LEVEL_RESET, TC_ACT_REDIRECT,
+        BPF_CSUM_LEVEL_RESET,
         bpf_adj_room_mode::{BPF_ADJ_ROOM_MAC, BPF_ADJ_ROOM_NET},
     },
     helpers::{bpf_csum_level, bpf_redirect, bpf_skb_change_tail},
@@ -25,7 +25,7 @@ use netdp_common::{
 
 use crate::{
     conntrack,
-    counters::{count, drop},
+    counters::{drop, redirected},
     csum, maps,
     nat::{self, Translated},
     parse::{
@@ -45,12 +45,8 @@ const TOS_CONTROL: u8 = 0xc0;
 #[inline(always)]
 fn send_back(ctx: &TcContext, program: Program, reason: Reason) -> i32 {
     // SAFETY: reading our own skb, then a plain helper call.
-    let ret = unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) } as i32;
-    if ret != TC_ACT_REDIRECT as i32 {
-        return drop(ctx, program, Reason::RedirectFailed);
-    }
-    count(ctx, program, reason);
-    ret
+    let ret = unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) };
+    redirected(ctx, program, ret, reason)
 }
 
 /// Bytes of the offending packet a "fragmentation needed" quotes: its header and 64 bytes

@@ -2,7 +2,7 @@
 //! encapsulated, as the route entry says. Pods' packets, the node's own (`from_host`), and
 //! translated service packets from anywhere (a node port's remote backend) take this path.
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, bpf_redir_neigh},
+    bindings::bpf_redir_neigh,
     helpers::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -12,7 +12,7 @@ use netdp_common::{
 };
 
 use crate::{
-    counters::{count, drop, pass},
+    counters::{drop, pass, redirected},
     csum, encap, icmp, mtu,
     parse::{EthHdr, Ipv4Frame, ptr_at},
 };
@@ -83,9 +83,5 @@ fn transmit(
         };
         (ret, with_neigh)
     };
-    if ret as i32 != TC_ACT_REDIRECT as i32 {
-        return drop(ctx, program, Reason::RedirectFailed);
-    }
-    count(ctx, program, reason);
-    ret as i32
+    redirected(ctx, program, ret, reason)
 }

@@ -1,5 +1,31 @@
-//! Crafting and checking packets for BPF_PROG_TEST_RUN tests and benchmarks.
+//! Crafting and checking packets for BPF_PROG_TEST_RUN tests and benchmarks, and running
+//! a tc program on one.
 use std::net::Ipv4Addr;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+
+/// tc verdicts a program returns.
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// Runs the loaded tc program `prog` once on `frame` with BPF_PROG_TEST_RUN (`ctx`: an
+/// `__sk_buff` to start from, if any): its verdict and the frame as the program left it.
+/// A redirect is decided but never carried out.
+pub fn test_run(prog: &mut SchedClassifier, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
+    // Room for what the program may push (encapsulation, an ICMP error's headers).
+    let mut out = vec![0u8; frame.len() + 256];
+    let res = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: ctx,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(res.data_size_out as usize);
+    (res.return_value, out)
+}
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;

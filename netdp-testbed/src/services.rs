@@ -108,16 +108,6 @@ impl Testbed {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-
-    /// Adds a route on the router (an external or load-balancer IP announced to a node).
-    pub fn route_on_router(&self, dst: &str, via: Ipv4Addr) -> Result<()> {
-        let rt = self
-            .router_ns
-            .as_ref()
-            .ok_or_else(|| anyhow!("this testbed has no router"))?;
-        netns::ip(&["-n", rt, "route", "replace", dst, "via", &via.to_string()])?;
-        Ok(())
-    }
 }
 
 static APPLIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

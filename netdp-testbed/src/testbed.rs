@@ -841,7 +841,8 @@ impl Testbed {
     }
 
     /// Adds a route on the router (e.g. a pod subnet via the node that leases it, as an
-    /// operator would for pods to be reachable without masquerading).
+    /// operator would for pods to be reachable without masquerading, or an external IP of
+    /// a service announced to a node).
     pub fn router_route(&self, dst: &str, via: Ipv4Addr) -> Result<()> {
         let rt = self
             .router_ns

@@ -357,7 +357,7 @@ fn node_ports_and_external_ips_from_outside() -> Result<()> {
     );
 
     // An external IP routed to a node behaves like the node port, on the service port.
-    tb.route_on_router(&format!("{ext}/32"), tb.node("n3").ip)?;
+    tb.router_route(&format!("{ext}/32"), tb.node("n3").ip)?;
     let who = echo_many(&out_ns, Connect::new(ext, 80), 30)?;
     ensure!(tally(&who).len() == 3, "external IP: {:?}", tally(&who));
 

@@ -4,7 +4,6 @@
 //! too big for the tunnel. Routes are planned by the agent's own code.
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun, TestRunOptions};
 use netdp::{
     config::Backend,
     dataplane::{
@@ -26,11 +25,9 @@ use netdp_common::{
     program_names::{FROM_NETDEV, FROM_POD},
     route::mode,
 };
-use netdp_testbed::packet::{self, Ipv4View, Outer, PacketSpec};
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
+use netdp_testbed::packet::{
+    self, Ipv4View, Outer, PacketSpec, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+};
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
 const UNDERLAY_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
@@ -131,19 +128,7 @@ fn fixture(backend: Backend) -> Fixture {
 }
 
 fn run_ctx(f: &mut Fixture, prog: &str, input: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; input.len() + 256];
-    let res =
-        f.dp.program(prog)
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ctx_in: ctx,
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-    out.truncate(res.data_size_out as usize);
-    (res.return_value, out)
+    packet::test_run(f.dp.program(prog).unwrap(), input, ctx)
 }
 
 fn run(f: &mut Fixture, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {

@@ -3,7 +3,6 @@
 //! frames; the maps are real.
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun, TestRunOptions};
 use netdp::dataplane::{
     Dataplane, MapSizes, counters::CounterMap, endpoint::EndpointMap, route::RouteMap,
 };
@@ -14,11 +13,7 @@ use netdp_common::{
     program_names::{FROM_NETDEV, FROM_POD},
     route::{Route, flags, mode},
 };
-use netdp_testbed::packet::{self, Ipv4View, PacketSpec};
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
+use netdp_testbed::packet::{self, Ipv4View, PacketSpec, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 
 struct Fixture {
     dp: Dataplane,
@@ -90,17 +85,7 @@ fn fixture() -> Fixture {
 }
 
 fn run(f: &mut Fixture, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; input.len() + 256];
-    let program = f.dp.program(prog).unwrap();
-    let res = program
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(res.data_size_out as usize);
-    (res.return_value, out)
+    packet::test_run(f.dp.program(prog).unwrap(), input, None)
 }
 
 fn count(f: &Fixture, p: Program, r: Reason) -> u64 {

@@ -3,7 +3,6 @@
 //! plain egress without `--ip-masq`.
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun, TestRunOptions};
 use netdp::dataplane::{
     Dataplane, MapSizes, conntrack::ConntrackMap, counters::CounterMap, endpoint::EndpointMap,
 };
@@ -16,11 +15,7 @@ use netdp_common::{
     node::{NodeConfig, flags},
     program_names::{FROM_NETDEV, FROM_POD},
 };
-use netdp_testbed::packet::{self, Ipv4View, PacketSpec};
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
+use netdp_testbed::packet::{self, Ipv4View, PacketSpec, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
@@ -80,18 +75,7 @@ fn masq() -> Fixture {
 }
 
 fn run(f: &mut Fixture, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; input.len() + 256];
-    let res =
-        f.dp.program(prog)
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-    out.truncate(res.data_size_out as usize);
-    (res.return_value, out)
+    packet::test_run(f.dp.program(prog).unwrap(), input, None)
 }
 
 fn count(f: &Fixture, p: Program, r: Reason) -> u64 {

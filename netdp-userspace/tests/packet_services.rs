@@ -5,7 +5,6 @@
 //! the agent's own code.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use aya::programs::{TestRun, TestRunOptions};
 use netdp::dataplane::{
     Dataplane, MapSizes,
     conntrack::ConntrackMap,
@@ -23,11 +22,9 @@ use netdp_common::{
     program_names::{FROM_NETDEV, FROM_POD},
     route::{Route, flags, mode},
 };
-use netdp_testbed::packet::{self, IPPROTO_TCP, IPPROTO_UDP, Ipv4View, PacketSpec};
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
+use netdp_testbed::packet::{
+    self, IPPROTO_TCP, IPPROTO_UDP, Ipv4View, PacketSpec, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
 const LOCAL_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
@@ -148,18 +145,7 @@ fn apply(f: &mut Fixture, name: &str, p: ServicePlan) {
 }
 
 fn run(f: &mut Fixture, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; input.len() + 256];
-    let res =
-        f.dp.program(prog)
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-    out.truncate(res.data_size_out as usize);
-    (res.return_value, out)
+    packet::test_run(f.dp.program(prog).unwrap(), input, None)
 }
 
 fn count(f: &Fixture, p: Program, r: Reason) -> u64 {

@@ -6,7 +6,6 @@
 //! services programmed, by the agent's own code.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use aya::programs::{TestRun, TestRunOptions};
 use netdp::{
     config::Backend,
     dataplane::{
@@ -30,10 +29,9 @@ use netdp_common::{
     node::{NodeConfig, decap, flags},
     program_names::{FROM_NETDEV, FROM_POD},
 };
-use netdp_testbed::packet::{self, IPPROTO_TCP, IPPROTO_UDP, Ipv4View, Outer, PacketSpec};
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_REDIRECT: u32 = 7;
+use netdp_testbed::packet::{
+    self, IPPROTO_TCP, IPPROTO_UDP, Ipv4View, Outer, PacketSpec, TC_ACT_OK, TC_ACT_REDIRECT,
+};
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 1);
@@ -162,18 +160,7 @@ fn service(f: &mut Fixture, name: &str, frontends: &[(Ipv4Addr, u16, u8, bool)])
 }
 
 fn run(f: &mut Fixture, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; input.len() + 256];
-    let res =
-        f.dp.program(prog)
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-    out.truncate(res.data_size_out as usize);
-    (res.return_value, out)
+    packet::test_run(f.dp.program(prog).unwrap(), input, None)
 }
 
 fn count(f: &Fixture, p: Program, r: Reason) -> u64 {
@@ -192,6 +179,21 @@ fn from_client(proto: u8, dst: Ipv4Addr, dport: u16, payload: usize) -> PacketSp
         payload: (0..payload).map(|i| i as u8).collect(),
         ..Default::default()
     }
+}
+
+/// A UDP datagram from a host outside the cluster to the node, through the router.
+fn to_node(src: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    PacketSpec {
+        src_mac: ROUTER_MAC,
+        dst_mac: UNDERLAY_MAC,
+        src,
+        dst: NODE_IP,
+        proto: IPPROTO_UDP,
+        sport,
+        dport,
+        ..Default::default()
+    }
+    .build()
 }
 
 /// `inner` (a frame) as the peer's node sends it to us in VXLAN.
@@ -322,56 +324,21 @@ fn masqueraded_and_service_flows_share_conntrack_without_taking_each_others_pack
 
     // The outside host, from the very address and port the pod talks to, reaches the node
     // port: source NAT to the gateway address (not the node's, which masquerading uses).
-    let np = PacketSpec {
-        src_mac: ROUTER_MAC,
-        dst_mac: UNDERLAY_MAC,
-        src: OUTSIDE,
-        dst: NODE_IP,
-        proto: IPPROTO_UDP,
-        sport: 53,
-        dport: 30080,
-        ..Default::default()
-    }
-    .build();
-    let (verdict, out) = run(&mut f, FROM_NETDEV, &np);
+    let (verdict, out) = run(&mut f, FROM_NETDEV, &to_node(OUTSIDE, 53, 30080));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let inner = Ipv4View::parse(&out[INNER..]).unwrap();
     assert_eq!((inner.src, inner.dst), (GATEWAY, BACKEND));
     assert_eq!(count(&f, Program::FromNetdev, Reason::EncapVxlan), 1);
 
     // The outside host's answer to the pod still reaches the pod.
-    let answer = PacketSpec {
-        src_mac: ROUTER_MAC,
-        dst_mac: UNDERLAY_MAC,
-        src: OUTSIDE,
-        dst: NODE_IP,
-        proto: IPPROTO_UDP,
-        sport: 53,
-        dport: masq_port,
-        ..Default::default()
-    }
-    .build();
-    let (verdict, back) = run(&mut f, FROM_NETDEV, &answer);
+    let (verdict, back) = run(&mut f, FROM_NETDEV, &to_node(OUTSIDE, 53, masq_port));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let v = Ipv4View::parse(&back).unwrap();
     assert_eq!((v.src, v.dst), (OUTSIDE, CLIENT));
     assert_eq!(packet::ports(&back), (53, 40000));
     assert_eq!(count(&f, Program::FromNetdev, Reason::Unmasquerade), 1);
     // The masquerade port is nothing the node listens on for anyone else.
-    let stranger = PacketSpec {
-        src: Ipv4Addr::new(203, 0, 113, 3),
-        ..PacketSpec {
-            src_mac: ROUTER_MAC,
-            dst_mac: UNDERLAY_MAC,
-            src: OUTSIDE,
-            dst: NODE_IP,
-            proto: IPPROTO_UDP,
-            sport: 53,
-            dport: masq_port,
-            ..Default::default()
-        }
-    }
-    .build();
+    let stranger = to_node(Ipv4Addr::new(203, 0, 113, 3), 53, masq_port);
     assert_eq!(run(&mut f, FROM_NETDEV, &stranger), (TC_ACT_OK, stranger));
 
     // Three flows, two entries each, of both kinds.
