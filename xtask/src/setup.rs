@@ -133,18 +133,6 @@ fn bpf_linker() -> Result<()> {
     let major = llvm_major()?;
     let prefix = cargo_home().join(format!("netdp-llvm-{major}"));
     let marker = prefix.join("bpf-linker.ok");
-    let works = which("bpf-linker")
-        .map(|p| {
-            Command::new(p)
-                .arg("--version")
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        })
-        .unwrap_or(false);
-    if works && marker.exists() {
-        return Ok(());
-    }
     let sysroot = output(cmd("rustc").args(["+nightly", "--print", "sysroot"]))?;
     let lib = Path::new(sysroot.trim()).join("lib");
     let so = std::fs::read_dir(&lib)
@@ -158,10 +146,29 @@ fn bpf_linker() -> Result<()> {
             })
         })
         .with_context(|| format!("nightly ships no libLLVM {major} in {}", lib.display()))?;
+    // bpf-linker links against `libLLVM.so` and finds it at run time by its soname (the
+    // file's own name) through its rpath, so both names live in the prefix.
     std::fs::create_dir_all(prefix.join("lib"))?;
-    let link = prefix.join("lib/libLLVM.so");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&so, &link)?;
+    let soname = so.file_name().map(PathBuf::from).unwrap_or_default();
+    for name in [PathBuf::from("libLLVM.so"), soname] {
+        let link = prefix.join("lib").join(name);
+        if std::fs::read_link(&link).ok().as_deref() != Some(so.as_path()) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&so, &link)?;
+        }
+    }
+    let works = which("bpf-linker")
+        .map(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .unwrap_or(false);
+    if works && marker.exists() {
+        return Ok(());
+    }
     eprintln!("setup: building bpf-linker against nightly's LLVM {major} (about a minute)");
     exec(
         cmd("cargo")
