@@ -408,3 +408,84 @@ pub fn udp_many(ns: &str, addr: Ipv4Addr, port: u16, count: usize) -> Result<Vec
         Ok(out)
     })?)
 }
+
+/// One batch of service changes an agent logged having programmed:
+/// `services updated: 5 added, ... 0 failed in 1.2s; 100000 services, ...`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProgrammedBatch {
+    /// The agent's own time for the batch.
+    pub took: Duration,
+    /// Services programmed on the node after it.
+    pub total: usize,
+    pub failed: usize,
+}
+
+/// The batches in an agent's log text (`what`: "updated" for watched changes,
+/// "programmed" for what it read at start), in order.
+pub fn programmed_batches(log: &str, what: &str) -> Vec<ProgrammedBatch> {
+    let marker = format!("services {what}: ");
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(&marker)? + marker.len()..];
+            let (counts, after) = rest.split_once(" in ")?;
+            let (took, totals) = after.split_once("; ")?;
+            let failed = counts
+                .split(", ")
+                .find_map(|c| c.strip_suffix(" failed"))?
+                .parse()
+                .ok()?;
+            let total = totals.split(' ').next()?.parse().ok()?;
+            Some(ProgrammedBatch {
+                took: debug_duration(took)?,
+                total,
+                failed,
+            })
+        })
+        .collect()
+}
+
+/// A Debug-formatted duration ("12.3ms", "1.2s", "850.0µs") as a Duration.
+fn debug_duration(d: &str) -> Option<Duration> {
+    let d = d.trim();
+    for (unit, nanos) in [("ms", 1e6), ("µs", 1e3), ("ns", 1.0), ("s", 1e9)] {
+        if let Some(n) = d.strip_suffix(unit) {
+            let v = n.parse::<f64>().ok().filter(|v| *v >= 0.0)?;
+            return Some(Duration::from_nanos((v * nanos).round() as u64));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_read_from_the_agent_log() {
+        let log = "\
+[2024 INFO netdp::dataplane::lb] services updated: 3 added, 0 updated, 0 removed, 0 unchanged, 0 adopted, 0 failed in 850.0µs; 3 services, 12/1048576 backend slots
+[2024 INFO netdp::agent] something else in 1s; 7 services
+[2024 INFO netdp::dataplane::lb] services updated: 99997 added, 0 updated, 0 removed, 0 unchanged, 0 adopted, 2 failed in 1.5s; 100000 services, 400000/1048576 backend slots
+[2024 INFO netdp::dataplane::lb] services programmed: 0 added, 0 updated, 0 removed, 0 unchanged, 5 adopted, 0 failed in 12.0ms; 5 services, 20/1048576 backend slots";
+        let b = programmed_batches(log, "updated");
+        assert_eq!(
+            b,
+            vec![
+                ProgrammedBatch {
+                    took: Duration::from_micros(850),
+                    total: 3,
+                    failed: 0
+                },
+                ProgrammedBatch {
+                    took: Duration::from_millis(1500),
+                    total: 100_000,
+                    failed: 2
+                },
+            ]
+        );
+        let p = programmed_batches(log, "programmed");
+        assert_eq!((p.len(), p[0].total), (1, 5));
+        assert_eq!(debug_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(debug_duration("soon"), None);
+    }
+}

@@ -10,7 +10,7 @@ use anyhow::{Result, bail, ensure};
 use netdp::dataplane::{Pins, lb::LbMaps};
 use netdp_testbed::{
     Spec, Testbed,
-    services::{Connect, EchoServer, echo_many},
+    services::{Connect, EchoServer, echo_many, programmed_batches},
 };
 use serde_json::json;
 
@@ -28,17 +28,6 @@ fn frontends(pins: &Pins) -> Result<usize> {
         .keys()
         .filter(|k| k.is_ok())
         .count())
-}
-
-/// Milliseconds in a Debug-formatted duration ("12.3ms", "1.2s", "850.0µs").
-fn duration_ms(d: &str) -> Option<f64> {
-    let d = d.trim();
-    for (unit, scale) in [("ms", 1.0), ("µs", 0.001), ("ns", 0.000_001), ("s", 1000.0)] {
-        if let Some(n) = d.strip_suffix(unit) {
-            return n.parse::<f64>().ok().map(|v| v * scale);
-        }
-    }
-    None
 }
 
 #[test]
@@ -107,22 +96,13 @@ fn a_hundred_thousand_services() -> Result<()> {
     let programmed = start.elapsed();
     // The agent's own time: the batches it programmed, as it logged them.
     let log = std::fs::read_to_string(tb.node("n1").agent_log())?;
-    let agent_ms: f64 = log
-        .lines()
-        .filter(|l| l.contains("services updated"))
-        .filter_map(|l| {
-            l.split(" in ")
-                .nth(1)?
-                .split(';')
-                .next()
-                .map(str::to_string)
-        })
-        .filter_map(|d| duration_ms(&d))
+    let agent: Duration = programmed_batches(&log, "updated")
+        .iter()
+        .map(|b| b.took)
         .sum();
     println!(
         "scale: `netdp service apply` of {SERVICES} services took {applied:.1?}; all programmed \
-         {programmed:.1?} after the apply started; the agent spent {:.1}s programming",
-        agent_ms / 1000.0
+         {programmed:.1?} after the apply started; the agent spent {agent:.1?} programming"
     );
 
     let last = cluster_ip(SERVICES - 1);

@@ -1,5 +1,9 @@
 //! Control plane: how fast peer leases reach one agent's map, what the agent holds in
 //! memory, and how long programming N services takes next to kube-proxy's rule loads.
+//!
+//! netdp's figure is end to end (the CLI validating and writing the services to etcd,
+//! the agent's watch, planning and map writes) and the agent's own part of it; kube-proxy's
+//! are only the kernel's load of a ruleset kube-proxy has already computed.
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, TcpStream},
@@ -11,19 +15,23 @@ use anyhow::{Context, Result, bail};
 use aya::maps::{LpmTrie, Map, MapData};
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use netdp_common::{Ipv4, map_names, route::Route};
-use netdp_testbed::{Binaries, Spec, Testbed, netns};
+use netdp_testbed::{Binaries, Spec, Testbed, flannel::network_config, netns};
 
 use super::{
-    kube_proxy,
+    kube_proxy::{self, ServicePort},
+    netdp_services,
     netfilter::{self, IptBackend, Load},
     report::{MEBIBYTES, Outcome, Row, SECONDS, Section},
     runner::Stats,
-    services::{IPTABLES_LOAD, NETDP, case, load_case},
+    services::{IPTABLES_LOAD, NFTABLES_LOAD, case, load_case},
 };
 
 const IPT_NFT_LOAD: &str = "kube-proxy iptables (iptables-nft-restore, host default)";
 
 const AGENT: &str = "netdp agent";
+const NETDP_APPLY: &str = "netdp (service apply -> all in FRONTENDS)";
+const NETDP_AGENT: &str = "netdp agent (its own programming time)";
+
 /// The agent leases from 10.200.0.0/16; peers come from 10.100.0.0/14, so one key range
 /// holds exactly the peers.
 const CONFIG: &str = r#"{"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": "10.200.0.0", "SubnetMax": "10.200.255.0", "Backend": {"Type": "host-gw"}}"#;
@@ -54,6 +62,12 @@ fn etcd_post(addr: (Ipv4Addr, u16), path: &str, body: &str) -> Result<String> {
     Ok(resp)
 }
 
+/// One etcd transaction of `ops` (JSON request ops), all of which must succeed.
+fn etcd_txn(etcd: (Ipv4Addr, u16), ops: &[String]) -> Result<()> {
+    let body = format!(r#"{{"success":[{}]}}"#, ops.join(","));
+    etcd_post(etcd, "/v3/kv/txn", &body).map(|_| ())
+}
+
 fn peer_key(prefix: &str, i: usize) -> String {
     let net = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + ((i as u32) << 8));
     format!("{prefix}/subnets/{net}-24")
@@ -81,11 +95,7 @@ fn put_peers(ctl_ns: &str, etcd: (Ipv4Addr, u16), prefix: &str, n: usize) -> Res
                     )
                 })
                 .collect();
-            etcd_post(
-                etcd,
-                "/v3/kv/txn",
-                &format!(r#"{{"success":[{}]}}"#, ops.join(",")),
-            )?;
+            etcd_txn(etcd, &ops)?;
             i += TXN_OPS;
         }
         Ok(start.elapsed())
@@ -211,24 +221,110 @@ fn leases(bins: &Binaries, peers: usize, repeats: usize) -> Vec<Row> {
     ]
 }
 
-/// Programming N services: netdp's maps next to kube-proxy's rule loads. The legacy
-/// iptables and nftables loads are timed by the services comparison on its nodes; this
-/// adds iptables-restore with the nf_tables backend (this host's default `iptables`) on a
-/// bare node, stopping at the first size that runs out of budget.
-fn service_loads(bins: &Binaries, counts: &[usize], repeats: usize, budget: Duration) -> Vec<Row> {
+/// Deletes the benchmark's services from etcd, TXN_OPS per transaction (as `netdp service
+/// apply` writes them), so no single revision carries more than a batch of changes.
+fn delete_services(ctl_ns: &str, etcd: (Ipv4Addr, u16), services: &[ServicePort]) -> Result<()> {
+    let keys: Vec<String> = services
+        .iter()
+        .map(|s| format!("{}{}/{}", netdp_services::PREFIX, s.namespace, s.name))
+        .collect();
+    netns::join(netns::in_netns(ctl_ns, move || {
+        for chunk in keys.chunks(TXN_OPS) {
+            let ops: Vec<String> = chunk
+                .iter()
+                .map(|k| format!(r#"{{"requestDeleteRange":{{"key":"{}"}}}}"#, B64.encode(k)))
+                .collect();
+            etcd_txn(etcd, &ops)?;
+        }
+        Ok(())
+    })?)
+}
+
+/// netdp programming N services into one node's maps, `repeats` times per size: from the
+/// start of `netdp service apply` until every frontend is in FRONTENDS, and the agent's own
+/// time for it; then the services are deleted again. The agent's resident memory is taken
+/// with the largest size programmed.
+fn netdp_programming(bins: &Binaries, counts: &[usize], repeats: usize) -> Vec<Row> {
     let mut rows = Vec::new();
-    for &n in counts {
-        rows.push(
-            Row::new(
-                Section::ControlPlane,
-                NETDP,
-                &load_case(n),
-                SECONDS,
-                Outcome::NotAvailable("needs services in eBPF (issue #5)".into()),
-            )
-            .compared_to(&[IPTABLES_LOAD]),
-        );
+    let compare = [IPTABLES_LOAD, IPT_NFT_LOAD, NFTABLES_LOAD];
+    let result = (|| -> Result<()> {
+        let mut tb = Testbed::new(
+            Spec::flat(1)
+                .network(&network_config("host-gw"))
+                .binaries(bins.clone()),
+        )?;
+        tb.start_agent("n1", netdp_services::AGENT_FLAGS)?;
+        let (ctl, etcd) = (tb.ctl_ns.clone(), (Ipv4Addr::new(192, 168, 10, 2), 2379));
+        let real: Vec<_> = (2..5)
+            .map(|h| (Ipv4Addr::new(10, 244, 200, h), 8080))
+            .collect();
+        for (i, &n) in counts.iter().enumerate() {
+            eprintln!("bench: control plane: netdp programming {}", case(n));
+            let services = kube_proxy::bench_services(n, &real);
+            let json = netdp_services::to_json(&services, &[]);
+            let (mut wall, mut agent, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..repeats {
+                let p = netdp_services::apply(&tb, &json, &["n1"], n, netdp_services::PROGRAM_TIMEOUT)?;
+                wall.push(p.wall.as_secs_f64());
+                agent.push(p.agent[0].as_secs_f64());
+                let pid = tb.node("n1").agent_pid().context("the agent is gone")?;
+                rss.push(rss_mib(pid)?);
+                let marks = netdp_services::log_marks(&tb, &["n1"]);
+                let t0 = Instant::now();
+                delete_services(&ctl, etcd, &services)?;
+                let gone =
+                    netdp_services::wait_programmed(&tb, &["n1"], &marks, 0, t0, netdp_services::PROGRAM_TIMEOUT)?;
+                eprintln!(
+                    "bench:   programmed in {:.1?} (agent {:.1?}); deleted in {:.1?}",
+                    p.wall, p.agent[0], gone.wall
+                );
+            }
+            for (subject, samples) in [(NETDP_APPLY, wall), (NETDP_AGENT, agent)] {
+                rows.push(
+                    Row::from_result(
+                        Section::ControlPlane,
+                        subject,
+                        &load_case(n),
+                        SECONDS,
+                        Stats::new(samples),
+                    )
+                    .compared_to(&compare),
+                );
+            }
+            if i + 1 == counts.len() {
+                rows.push(Row::from_result(
+                    Section::ControlPlane,
+                    AGENT,
+                    &format!("resident memory with {}", case(n)),
+                    MEBIBYTES,
+                    Stats::new(rss),
+                ));
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        rows.push(Row::new(
+            Section::ControlPlane,
+            NETDP_APPLY,
+            "programming services",
+            SECONDS,
+            Outcome::Failed(format!("{e:#}")),
+        ));
     }
+    rows
+}
+
+/// iptables-restore with the nf_tables backend (this host's default `iptables`) loading
+/// kube-proxy's ruleset on a bare node, next to the legacy iptables and nftables loads the
+/// services comparison times on its nodes; stops at the first size that runs out of budget.
+fn iptables_nft_loads(
+    bins: &Binaries,
+    counts: &[usize],
+    repeats: usize,
+    budget: Duration,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
     let tb = match Testbed::new(Spec::flat(1).binaries(bins.clone())) {
         Ok(tb) => tb,
         Err(e) => {
@@ -290,15 +386,6 @@ fn service_loads(bins: &Binaries, counts: &[usize], repeats: usize, budget: Dura
             .compared_to(&[IPTABLES_LOAD]),
         );
     }
-    if let Some(&n) = counts.last() {
-        rows.push(Row::new(
-            Section::ControlPlane,
-            AGENT,
-            &format!("resident memory with {}", case(n)),
-            MEBIBYTES,
-            Outcome::NotAvailable("needs services in eBPF (issue #5)".into()),
-        ));
-    }
     rows
 }
 
@@ -310,6 +397,7 @@ pub fn run(
     budget: Duration,
 ) -> Vec<Row> {
     let mut rows = leases(bins, peers, repeats);
-    rows.extend(service_loads(bins, service_counts, repeats, budget));
+    rows.extend(netdp_programming(bins, service_counts, repeats));
+    rows.extend(iptables_nft_loads(bins, service_counts, repeats, budget));
     rows
 }

@@ -3,10 +3,10 @@
 //! machine and in the same run, reported as medians, spreads and ratios.
 //!
 //! One module per comparison: `services`, `pod_to_pod`, `per_packet`, `control_plane`.
-//! Rows that need parts this build lacks say so instead of showing a number.
 mod control_plane;
 mod kube_proxy;
 mod load;
+mod netdp_services;
 mod netfilter;
 mod per_packet;
 mod plot;

@@ -70,8 +70,6 @@ pub const MEBIBYTES: Metric = Metric {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Measured(Stats),
-    /// This build cannot measure it yet; says what is missing.
-    NotAvailable(String),
     /// Not measured in this run; says why (a smaller size already ran out of budget...).
     Skipped(String),
     /// Did not finish within this many seconds and was stopped: a lower bound.
@@ -269,12 +267,6 @@ pub fn markdown(header: &Header, rows: &[Row], plots: &[(&str, &str)]) -> String
                     format!("±{:.1}%", st.spread_pct()),
                     st.samples.len().to_string(),
                     ratio_cell(r, rows),
-                ),
-                Outcome::NotAvailable(why) => (
-                    "n/a".into(),
-                    String::new(),
-                    String::new(),
-                    format!("not on this build: {why}"),
                 ),
                 Outcome::Skipped(why) => (
                     "–".into(),

@@ -1,14 +1,24 @@
 //! Service connection cost versus number of services: a pod on one node connects to a
 //! ClusterIP whose 3 endpoints are pods on another node, with N services programmed (the
-//! measured one last). Nodes route with the kernel as Flannel's host-gw sets them up, and
-//! kube-proxy's rulesets are loaded on both nodes, as every node runs kube-proxy.
+//! measured one last). kube-proxy runs on nodes that route with the kernel as Flannel's
+//! host-gw sets them up, its rulesets loaded on both nodes, as every node runs kube-proxy;
+//! netdp runs its host-gw agents, which program the same services (applied with `netdp
+//! service apply`) into both nodes' maps.
 //!
-//! Loading the rulesets is timed too: those are the control plane's rule-load figures.
-//! A ruleset that does not load within the budget is stopped, and larger sizes of that
-//! implementation are skipped.
-use std::{net::Ipv4Addr, time::Duration};
+//! Loading kube-proxy's rulesets is timed too: those are the control plane's rule-load
+//! figures (netdp's programming is timed there). A ruleset that does not load within the
+//! budget is stopped, and larger sizes of that implementation are skipped.
+//!
+//! After each rotation, netdp's client node must have counted a service translation
+//! (`service_flow`) for every connection its endpoints accepted: nothing else on those
+//! nodes knows the ClusterIP.
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
+use netdp_common::counters::{Event, Program};
 use netdp_testbed::{
     Binaries, Spec, Testbed,
     flannel::{FlannelBackend, FlannelNode, network_config},
@@ -17,6 +27,7 @@ use netdp_testbed::{
 use super::{
     kube_proxy::{self, Cluster, ServicePort},
     load::{self, Server},
+    netdp_services,
     netfilter::{self, IptBackend, Load},
     report::{CONN_RATE, Outcome, RR_RATE, Row, SECONDS, Section, count},
     runner::{self, Plan, Stats},
@@ -43,33 +54,43 @@ pub fn load_case(n: usize) -> String {
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Mode {
+    /// netdp's agents and eBPF programs (host-gw), services in their maps.
+    Netdp,
     Iptables,
     Nftables,
     /// No rules: the client talks to an endpoint's pod IP.
     None,
 }
 
-/// A kernel-routed 2-node cluster as Flannel's host-gw runs it (what kube-proxy runs on
-/// today): a client pod on n1, 3 endpoint pods on n2.
+/// A 2-node cluster: a client pod on n1, 3 endpoint pods on n2.
 struct Cluster2 {
     tb: Testbed,
     client: String,
     endpoints: Vec<(String, Ipv4Addr)>,
 }
 
-fn cluster(bins: &Binaries) -> Result<Cluster2> {
-    let mut tb = Testbed::new(
-        Spec::flat(2)
-            .network(&network_config(FlannelBackend::HostGw.type_name()))
-            .binaries(bins.clone()),
-    )?;
-    let mut nodes = FlannelNode::start_all(&tb, FlannelBackend::HostGw)?;
-    let client = nodes[0].add_pod(&mut tb, "client")?.ns;
-    let mut endpoints = Vec::new();
-    for j in 0..3 {
-        let p = nodes[1].add_pod(&mut tb, &format!("ep{j}"))?;
-        endpoints.push((p.ns, p.ip));
-    }
+/// netdp's host-gw cluster, or for kube-proxy and the baseline a kernel-routed one as
+/// Flannel's host-gw runs it (what kube-proxy runs on today).
+fn cluster(bins: &Binaries, mode: Mode) -> Result<Cluster2> {
+    let spec = Spec::flat(2)
+        .network(&network_config(FlannelBackend::HostGw.type_name()))
+        .binaries(bins.clone());
+    let mut tb = Testbed::new(spec)?;
+    let (client, endpoints) = if mode == Mode::Netdp {
+        tb.start_all_agents(netdp_services::AGENT_FLAGS)?;
+        let client = tb.add_pod("n1", "client")?.ns;
+        let endpoints = (0..3)
+            .map(|j| tb.add_pod("n2", &format!("ep{j}")).map(|p| (p.ns, p.ip)))
+            .collect::<Result<Vec<_>>>()?;
+        (client, endpoints)
+    } else {
+        let mut nodes = FlannelNode::start_all(&tb, FlannelBackend::HostGw)?;
+        let client = nodes[0].add_pod(&mut tb, "client")?.ns;
+        let endpoints = (0..3)
+            .map(|j| nodes[1].add_pod(&mut tb, &format!("ep{j}")).map(|p| (p.ns, p.ip)))
+            .collect::<Result<Vec<_>>>()?;
+        (client, endpoints)
+    };
     Ok(Cluster2 {
         tb,
         client,
@@ -77,7 +98,8 @@ fn cluster(bins: &Binaries) -> Result<Cluster2> {
     })
 }
 
-/// Loads the ruleset on every node; the load time of each, or the budget it ran out of.
+/// Programs the services on every node: kube-proxy's ruleset loads (the load time of
+/// each, or the budget it ran out of), or netdp's apply, waited for on both nodes.
 fn program(
     c: &Cluster2,
     mode: Mode,
@@ -85,6 +107,24 @@ fn program(
     cfg: &Cluster,
     budget: Duration,
 ) -> Result<Vec<Load>> {
+    if mode == Mode::Netdp {
+        let n2 = c.tb.node("n2").ns.clone();
+        let nodes: Vec<_> = c.endpoints.iter().map(|(_, ip)| (*ip, n2.clone())).collect();
+        let json = netdp_services::to_json(services, &nodes);
+        let took = netdp_services::apply(
+            &c.tb,
+            &json,
+            &["n1", "n2"],
+            services.len(),
+            netdp_services::PROGRAM_TIMEOUT,
+        )?;
+        eprintln!(
+            "bench:   {} services applied and programmed on both nodes in {:.1?}",
+            count(services.len()),
+            took.wall
+        );
+        return Ok(Vec::new());
+    }
     let mut loads = Vec::new();
     for node in &c.tb.nodes {
         let load = match mode {
@@ -92,7 +132,7 @@ fn program(
                 netfilter::load_iptables(&node.ns, IptBackend::Legacy, services, cfg, budget)?
             }
             Mode::Nftables => netfilter::load_nftables(&node.ns, services, cfg, budget)?,
-            Mode::None => return Ok(loads),
+            Mode::Netdp | Mode::None => return Ok(loads),
         };
         eprintln!(
             "bench:   {} services on {}: {load:?}",
@@ -110,6 +150,7 @@ fn program(
 /// One implementation at one service count, programmed and serving.
 struct Prepared {
     c: Cluster2,
+    mode: Mode,
     loads: Vec<Load>,
     servers: Vec<Server>,
     to: (Ipv4Addr, u16),
@@ -119,10 +160,27 @@ impl Prepared {
     fn over_budget(&self) -> bool {
         matches!(self.loads.last(), Some(Load::OverBudget(_)))
     }
+
+    /// Connections the endpoints accepted so far.
+    fn connections(&self) -> u64 {
+        self.servers.iter().map(Server::connections).sum()
+    }
+
+    /// Service translations netdp's client node has counted (none for the others).
+    fn translations(&self) -> Result<Option<u64>> {
+        if self.mode != Mode::Netdp {
+            return Ok(None);
+        }
+        let n = self
+            .c
+            .tb
+            .event("n1", Program::FromPod.name(), Event::ServiceFlow.name())?;
+        Ok(Some(n))
+    }
 }
 
 fn prepare(bins: &Binaries, mode: Mode, n: usize, budget: Duration) -> Result<Prepared> {
-    let c = cluster(bins)?;
+    let c = cluster(bins, mode)?;
     let real: Vec<(Ipv4Addr, u16)> = c
         .endpoints
         .iter()
@@ -137,6 +195,7 @@ fn prepare(bins: &Binaries, mode: Mode, n: usize, budget: Duration) -> Result<Pr
     };
     let mut p = Prepared {
         c,
+        mode,
         loads,
         servers: Vec::new(),
         to,
@@ -179,6 +238,37 @@ fn balanced(p: &Prepared) -> Result<()> {
     Ok(())
 }
 
+/// What a subject's proof counters said before a rotation.
+#[derive(Clone, Copy)]
+struct Before {
+    connections: u64,
+    translations: Option<u64>,
+}
+
+impl Before {
+    fn of(p: &Prepared) -> Result<Self> {
+        Ok(Before {
+            connections: p.connections(),
+            translations: p.translations()?,
+        })
+    }
+
+    /// netdp's programs must have translated every connection its endpoints accepted.
+    fn check(self, p: &Prepared) -> Result<()> {
+        let (Some(before), Some(after)) = (self.translations, p.translations()?) else {
+            return Ok(());
+        };
+        let (events, conns) = (after - before, p.connections() - self.connections);
+        if conns == 0 || events < conns {
+            bail!(
+                "the endpoints accepted {conns} connections but from_pod counted {events} \
+                 service translations (service_flow): netdp's programs did not translate them"
+            );
+        }
+        Ok(())
+    }
+}
+
 fn load_row(subject: &str, n: usize, compare: &[&str], loads: &[Load]) -> Row {
     let outcome = match loads.last() {
         Some(Load::OverBudget(b)) => Outcome::OverBudget(b.as_secs_f64()),
@@ -219,6 +309,17 @@ fn rate_rows(
     ]
 }
 
+fn failed_rows(subject: &str, case: &str, compare: &[&str], e: &anyhow::Error) -> Vec<Row> {
+    let m = format!("{e:#}");
+    rate_rows(
+        subject,
+        case,
+        compare,
+        Err(anyhow::anyhow!("{m}")),
+        Err(anyhow::anyhow!("{m}")),
+    )
+}
+
 fn skipped_rows(subject: &str, case: &str, compare: &[&str], why: &str) -> Vec<Row> {
     [CONN_RATE, RR_RATE]
         .into_iter()
@@ -235,135 +336,136 @@ fn skipped_rows(subject: &str, case: &str, compare: &[&str], why: &str) -> Vec<R
         .collect()
 }
 
-/// A kube-proxy implementation, with what it is compared with.
+/// An implementation, with what it is compared with.
 struct Impl {
     mode: Mode,
     subject: &'static str,
-    load_subject: &'static str,
+    /// The control-plane row of its rule loads, if this comparison times them.
+    load_subject: Option<&'static str>,
     compare: &'static [&'static str],
     load_compare: &'static [&'static str],
 }
 
-const KUBE_PROXY: [Impl; 2] = [
+/// In the order the table shows them.
+const IMPLS: [Impl; 3] = [
+    Impl {
+        mode: Mode::Netdp,
+        subject: NETDP,
+        load_subject: None,
+        compare: &[IPTABLES, NFTABLES],
+        load_compare: &[],
+    },
     Impl {
         mode: Mode::Iptables,
         subject: IPTABLES,
-        load_subject: IPTABLES_LOAD,
+        load_subject: Some(IPTABLES_LOAD),
         compare: &[],
         load_compare: &[],
     },
     Impl {
         mode: Mode::Nftables,
         subject: NFTABLES,
-        load_subject: NFTABLES_LOAD,
+        load_subject: Some(NFTABLES_LOAD),
         compare: &[IPTABLES],
         load_compare: &[IPTABLES_LOAD],
     },
 ];
+
+/// Rows of the implementations whose programming (or rule load) ran out of budget at a
+/// smaller size.
+fn skipped_size(imp: &Impl, n: usize) -> Vec<Row> {
+    let why = "a smaller ruleset already ran out of the load budget";
+    let mut rows = skipped_rows(imp.subject, &case(n), imp.compare, why);
+    if let Some(load_subject) = imp.load_subject {
+        rows.push(
+            Row::new(
+                Section::ControlPlane,
+                load_subject,
+                &load_case(n),
+                SECONDS,
+                Outcome::Skipped(why.into()),
+            )
+            .compared_to(imp.load_compare),
+        );
+    }
+    rows
+}
 
 pub fn run(bins: &Binaries, plan: Plan, counts: &[usize], budget: Duration) -> Vec<Row> {
     let mut out = Vec::new();
     let mut baseline = match prepare(bins, Mode::None, 0, budget) {
         Ok(p) => Some(p),
         Err(e) => {
-            let m = format!("{e:#}");
-            out.extend(rate_rows(
-                NO_SERVICE,
-                NO_SERVICE_CASE,
-                &[],
-                Err(anyhow::anyhow!("{m}")),
-                Err(anyhow::anyhow!("{m}")),
-            ));
+            out.extend(failed_rows(NO_SERVICE, NO_SERVICE_CASE, &[], &e));
             None
         }
     };
-    let mut over = [false; 2];
+    let mut over = [false; IMPLS.len()];
     for &n in counts {
         eprintln!("bench: services: {}", case(n));
-        for metric in [CONN_RATE, RR_RATE] {
-            out.push(
-                Row::new(
-                    Section::Services,
-                    NETDP,
-                    &case(n),
-                    metric,
-                    Outcome::NotAvailable("needs services in eBPF (issue #5)".into()),
-                )
-                .compared_to(&[IPTABLES]),
-            );
-        }
         let mut prepared: Vec<(usize, Prepared)> = Vec::new();
-        for (k, imp) in KUBE_PROXY.iter().enumerate() {
-            let Impl {
-                mode,
-                subject,
-                load_subject,
-                compare,
-                load_compare,
-            } = imp;
+        for (k, imp) in IMPLS.iter().enumerate() {
             if over[k] {
-                let why = "a smaller ruleset already ran out of the load budget";
-                out.extend(skipped_rows(subject, &case(n), compare, why));
-                out.push(
-                    Row::new(
-                        Section::ControlPlane,
-                        load_subject,
-                        &load_case(n),
-                        SECONDS,
-                        Outcome::Skipped(why.into()),
-                    )
-                    .compared_to(load_compare),
-                );
+                out.extend(skipped_size(imp, n));
                 continue;
             }
-            match prepare(bins, *mode, n, budget).with_context(|| format!("{subject}, {}", case(n)))
+            let started = Instant::now();
+            match prepare(bins, imp.mode, n, budget)
+                .with_context(|| format!("{}, {}", imp.subject, case(n)))
             {
                 Ok(p) => {
-                    out.push(load_row(load_subject, n, load_compare, &p.loads));
+                    eprintln!(
+                        "bench:   {} ready in {:.1?}",
+                        imp.subject,
+                        started.elapsed()
+                    );
+                    if let Some(load_subject) = imp.load_subject {
+                        out.push(load_row(load_subject, n, imp.load_compare, &p.loads));
+                    }
                     if p.over_budget() {
                         over[k] = true;
                         out.extend(skipped_rows(
-                            subject,
+                            imp.subject,
                             &case(n),
-                            compare,
+                            imp.compare,
                             "its ruleset did not load within the budget (see control plane)",
                         ));
                     } else {
                         prepared.push((k, p));
                     }
                 }
-                Err(e) => {
-                    let m = format!("{e:#}");
-                    out.extend(rate_rows(
-                        subject,
-                        &case(n),
-                        compare,
-                        Err(anyhow::anyhow!("{m}")),
-                        Err(anyhow::anyhow!("{m}")),
-                    ));
-                }
+                Err(e) => out.extend(failed_rows(imp.subject, &case(n), imp.compare, &e)),
             }
         }
         // The baseline joins the first rotation, so it sees the same machine.
         let base = baseline.take();
         let mut live: Vec<(&str, &Prepared)> = prepared
             .iter()
-            .map(|(k, p)| (KUBE_PROXY[*k].subject, p))
+            .map(|(k, p)| (IMPLS[*k].subject, p))
             .collect();
         if let Some(b) = &base {
             live.push((NO_SERVICE, b));
         }
-        for ((subject, p), (crr, rr)) in live.iter().zip(sample(plan, &live)) {
+        let before: Vec<Result<Before>> = live.iter().map(|(_, p)| Before::of(p)).collect();
+        let results = sample(plan, &live);
+        for (((subject, p), (crr, rr)), before) in live.iter().zip(results).zip(before) {
             if *subject == NO_SERVICE {
                 out.extend(rate_rows(NO_SERVICE, NO_SERVICE_CASE, &[], crr, rr));
                 continue;
             }
-            let compare = KUBE_PROXY
+            let compare = IMPLS
                 .iter()
                 .find(|k| k.subject == *subject)
                 .map(|k| k.compare)
                 .unwrap_or(&[]);
-            let crr = crr.and_then(|s| balanced(p).map(|_| s));
+            let proof = before.and_then(|b| b.check(p)).and_then(|_| balanced(p));
+            let (crr, rr) = match proof {
+                Ok(()) => (crr, rr),
+                Err(e) => {
+                    let m = format!("{e:#}");
+                    (Err(anyhow::anyhow!("{m}")), Err(anyhow::anyhow!("{m}")))
+                }
+            };
             out.extend(rate_rows(subject, &case(n), compare, crr, rr));
         }
     }

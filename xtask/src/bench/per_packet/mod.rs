@@ -13,7 +13,10 @@
 //! must have grown by exactly the runs made.
 //!
 //! Each backend gets its own load of the programs: the node's settings are a load-time
-//! constant, as the agent sets them.
+//! constant, as the agent sets them. The service paths (`services`) get one more, with
+//! services in its maps.
+mod services;
+
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -284,22 +287,6 @@ const PATHS: &[Path_] = &[
     },
 ];
 
-/// Paths later work adds; each names what it waits for.
-const NOT_YET: &[(&str, &str)] = &[
-    (
-        "service DNAT, first packet (pod -> ClusterIP)",
-        "services in eBPF (issue #5)",
-    ),
-    (
-        "service, established flow (pod -> ClusterIP)",
-        "services in eBPF (issue #5)",
-    ),
-    (
-        "service reverse NAT (backend -> pod)",
-        "services in eBPF (issue #5)",
-    ),
-];
-
 fn tcp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
     PacketSpec {
         src,
@@ -345,11 +332,16 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map>
         .ok_or_else(|| anyhow!("no {name} map in the eBPF object"))
 }
 
-/// The programs loaded for `backend`, with one local pod and one peer in their maps.
-fn load(object: &Path, backend: Backend) -> Result<Ebpf> {
+/// The programs loaded for `backend`, with one local pod and one peer in their maps;
+/// `sizes` overrides map sizes (name, entries).
+fn load(object: &Path, backend: Backend, sizes: &[(&str, u32)]) -> Result<Ebpf> {
     let node = backend.node();
-    let mut ebpf = EbpfLoader::new()
-        .override_global(global_names::NODE, &node, true)
+    let mut loader = EbpfLoader::new();
+    loader.override_global(global_names::NODE, &node, true);
+    for (name, entries) in sizes {
+        loader.map_max_entries(name, *entries);
+    }
+    let mut ebpf = loader
         .load_file(object)
         .with_context(|| format!("loading {}", object.display()))?;
     for name in [FROM_POD, FROM_NETDEV, BENCH_REDIRECT] {
@@ -388,17 +380,18 @@ fn load(object: &Path, backend: Backend) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// Packets a counter has counted, over every CPU.
-fn counted(ebpf: &Ebpf, (program, reason): (Program, Reason)) -> Result<u64> {
+/// What COUNTERS slot `slot` (a reason's or an event's) has counted, over every CPU.
+fn counted_at(ebpf: &Ebpf, slot: u32) -> Result<u64> {
     let map = ebpf
         .map(map_names::COUNTERS)
         .ok_or_else(|| anyhow!("no COUNTERS map"))?;
     let counters: PerCpuArray<_, CounterValue> = PerCpuArray::try_from(map)?;
-    Ok(counters
-        .get(&index(program, reason), 0)?
-        .iter()
-        .map(|c| c.packets)
-        .sum())
+    Ok(counters.get(&slot, 0)?.iter().map(|c| c.packets).sum())
+}
+
+/// Packets a counter has counted, over every CPU.
+fn counted(ebpf: &Ebpf, (program, reason): (Program, Reason)) -> Result<u64> {
+    counted_at(ebpf, index(program, reason))
 }
 
 /// Checks what one call left behind; `Err` says how the path was left.
@@ -428,32 +421,30 @@ fn check_call(runs: Runs, frame: &[u8], out: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Average ns per run of `program` over about `packets` runs, checking every call and
-/// the path's counter.
-fn ns_per_packet(
+/// The kernel's average ns per run of `program` over `calls` calls of `per_call` runs.
+/// `next(call, frame)` sets up the frame of each call (paths that run one packet over and
+/// over leave it as it is); every call must end in TC_ACT_REDIRECT, and `check(call,
+/// frame, out)` says whether its output is what the path writes.
+fn timed_calls(
     ebpf: &Ebpf,
     program: &str,
-    frame: &[u8],
-    runs: Runs,
-    counter: Option<(Program, Reason)>,
-    packets: u64,
+    per_call: u32,
+    calls: u64,
+    mut frame: Vec<u8>,
+    mut next: impl FnMut(u64, &mut Vec<u8>) -> Result<()>,
+    mut check: impl FnMut(u64, &[u8], &[u8]) -> Result<(), String>,
 ) -> Result<f64> {
     let prog: &SchedClassifier = ebpf
         .program(program)
         .ok_or_else(|| anyhow!("no program {program}"))?
         .try_into()?;
-    let per_call = match runs {
-        Runs::InPlace { .. } => PER_CALL,
-        Runs::Once { .. } => 1,
-    };
-    let calls = packets.div_ceil(per_call as u64);
-    let before = counter.map(|c| counted(ebpf, c)).transpose()?;
     let mut out = vec![0u8; frame.len() + 256];
     let mut total_ns = 0f64;
     for call in 0..calls {
+        next(call, &mut frame)?;
         let res = prog
             .test_run(TestRunOptions {
-                data_in: Some(frame),
+                data_in: Some(&frame),
                 data_out: Some(&mut out),
                 repeat: per_call,
                 ..Default::default()
@@ -466,10 +457,39 @@ fn ns_per_packet(
             );
         }
         let len = (res.data_size_out as usize).min(out.len());
-        check_call(runs, frame, &out[..len])
+        check(call, &frame, &out[..len])
             .map_err(|e| anyhow!("{program}, call {call}: {e}: a run left the path"))?;
         total_ns += res.duration.as_nanos() as f64;
     }
+    // The kernel reports each call's average per run.
+    Ok(total_ns / calls as f64)
+}
+
+/// Average ns per run of `program` over about `packets` runs, checking every call and
+/// the path's counter.
+fn ns_per_packet(
+    ebpf: &Ebpf,
+    program: &str,
+    frame: &[u8],
+    runs: Runs,
+    counter: Option<(Program, Reason)>,
+    packets: u64,
+) -> Result<f64> {
+    let per_call = match runs {
+        Runs::InPlace { .. } => PER_CALL,
+        Runs::Once { .. } => 1,
+    };
+    let calls = packets.div_ceil(per_call as u64);
+    let before = counter.map(|c| counted(ebpf, c)).transpose()?;
+    let ns = timed_calls(
+        ebpf,
+        program,
+        per_call,
+        calls,
+        frame.to_vec(),
+        |_, _| Ok(()),
+        |_, frame, out| check_call(runs, frame, out),
+    )?;
     if let (Some(c), Some(before)) = (counter, before) {
         let n = counted(ebpf, c)? - before;
         if n != calls * per_call as u64 {
@@ -480,15 +500,14 @@ fn ns_per_packet(
             );
         }
     }
-    // The kernel reports each call's average per run.
-    Ok(total_ns / calls as f64)
+    Ok(ns)
 }
 
 pub fn run(packets: u64, single_runs: u64, repeats: usize) -> Vec<Row> {
     let object = object_path();
     let loaded: Result<Vec<(Backend, Ebpf)>> = Backend::ALL
         .iter()
-        .map(|&b| Ok((b, load(&object, b)?)))
+        .map(|&b| Ok((b, load(&object, b, &[])?)))
         .collect();
     let nodes = match loaded {
         Ok(n) => n,
@@ -548,17 +567,6 @@ pub fn run(packets: u64, single_runs: u64, repeats: usize) -> Vec<Row> {
             .compared_to_case(FLOOR, floor),
         );
     }
-    for (case, why) in NOT_YET {
-        rows.push(
-            Row::new(
-                Section::PerPacket,
-                "netdp",
-                case,
-                NS_PER_PACKET,
-                Outcome::NotAvailable((*why).into()),
-            )
-            .compared_to_case(FLOOR, FLOOR_CASE),
-        );
-    }
+    rows.extend(services::run(&object, single_runs, repeats, (FLOOR, FLOOR_ONCE_CASE)));
     rows
 }
