@@ -264,7 +264,8 @@ fn netdp_programming(bins: &Binaries, counts: &[usize], repeats: usize) -> Vec<R
             let json = netdp_services::to_json(&services, &[]);
             let (mut wall, mut agent, mut rss) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..repeats {
-                let p = netdp_services::apply(&tb, &json, &["n1"], n, netdp_services::PROGRAM_TIMEOUT)?;
+                let p =
+                    netdp_services::apply(&tb, &json, &["n1"], n, netdp_services::PROGRAM_TIMEOUT)?;
                 wall.push(p.wall.as_secs_f64());
                 agent.push(p.agent[0].as_secs_f64());
                 let pid = tb.node("n1").agent_pid().context("the agent is gone")?;
@@ -272,8 +273,14 @@ fn netdp_programming(bins: &Binaries, counts: &[usize], repeats: usize) -> Vec<R
                 let marks = netdp_services::log_marks(&tb, &["n1"]);
                 let t0 = Instant::now();
                 delete_services(&ctl, etcd, &services)?;
-                let gone =
-                    netdp_services::wait_programmed(&tb, &["n1"], &marks, 0, t0, netdp_services::PROGRAM_TIMEOUT)?;
+                let gone = netdp_services::wait_programmed(
+                    &tb,
+                    &["n1"],
+                    &marks,
+                    0,
+                    t0,
+                    netdp_services::PROGRAM_TIMEOUT,
+                )?;
                 eprintln!(
                     "bench:   programmed in {:.1?} (agent {:.1?}); deleted in {:.1?}",
                     p.wall, p.agent[0], gone.wall

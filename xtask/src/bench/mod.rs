@@ -146,7 +146,25 @@ pub fn run(args: Args) -> Result<()> {
             sizes.load_budget,
         ));
     }
-    rows.sort_by_key(|r| r.section);
+    // Control-plane rows group by service count, netdp's first (they come from two
+    // comparisons: kube-proxy's loads are timed where its rules serve connections).
+    rows.sort_by_key(|r| {
+        let group = sizes
+            .service_counts
+            .iter()
+            .position(|&n| r.case.ends_with(&format!(" {}", services::case(n))))
+            .map_or(0, |i| i + 1);
+        let theirs = r.section == Section::ControlPlane && !r.subject.starts_with("netdp");
+        (
+            r.section,
+            if r.section == Section::ControlPlane {
+                group
+            } else {
+                0
+            },
+            theirs,
+        )
+    });
 
     let samples = format!(
         "median of {} samples of {:?} each",

@@ -121,7 +121,10 @@ pub fn wait_programmed(
             let text = String::from_utf8_lossy(log.get(marks[i] as usize..).unwrap_or_default());
             let batches = programmed_batches(&text, "updated");
             if let Some(b) = batches.iter().find(|b| b.failed > 0) {
-                bail!("the agent on {node} failed to program {} services", b.failed);
+                bail!(
+                    "the agent on {node} failed to program {} services",
+                    b.failed
+                );
             }
             if batches.last().is_some_and(|b| b.total == want) {
                 done[i] = true;

@@ -174,7 +174,9 @@ pub fn human(v: f64) -> String {
     } else if a >= 1.0 {
         format!("{v:.2}")
     } else {
-        format!("{v:.3}")
+        // Three significant digits, however small (a sub-millisecond time in seconds).
+        let digits = (2 - a.log10().floor() as i32).max(3) as usize;
+        format!("{v:.digits$}")
     }
 }
 
@@ -421,8 +423,10 @@ mod tests {
     fn human_numbers() {
         assert_eq!(human(1234567.8), "1,234,568");
         assert_eq!(human(999.4), "999");
+        assert_eq!(human(0.5), "0.500");
+        assert_eq!(human(0.000_123_4), "0.000123");
         assert_eq!(human(12.345), "12.3");
-        assert_eq!(human(0.01234), "0.012");
+        assert_eq!(human(0.01234), "0.0123");
         assert_eq!(human(0.0), "0");
         assert_eq!(count(10), "10");
         assert_eq!(count(100_000), "100,000");

@@ -87,7 +87,11 @@ fn cluster(bins: &Binaries, mode: Mode) -> Result<Cluster2> {
         let mut nodes = FlannelNode::start_all(&tb, FlannelBackend::HostGw)?;
         let client = nodes[0].add_pod(&mut tb, "client")?.ns;
         let endpoints = (0..3)
-            .map(|j| nodes[1].add_pod(&mut tb, &format!("ep{j}")).map(|p| (p.ns, p.ip)))
+            .map(|j| {
+                nodes[1]
+                    .add_pod(&mut tb, &format!("ep{j}"))
+                    .map(|p| (p.ns, p.ip))
+            })
             .collect::<Result<Vec<_>>>()?;
         (client, endpoints)
     };
@@ -109,7 +113,11 @@ fn program(
 ) -> Result<Vec<Load>> {
     if mode == Mode::Netdp {
         let n2 = c.tb.node("n2").ns.clone();
-        let nodes: Vec<_> = c.endpoints.iter().map(|(_, ip)| (*ip, n2.clone())).collect();
+        let nodes: Vec<_> = c
+            .endpoints
+            .iter()
+            .map(|(_, ip)| (*ip, n2.clone()))
+            .collect();
         let json = netdp_services::to_json(services, &nodes);
         let took = netdp_services::apply(
             &c.tb,

@@ -567,6 +567,11 @@ pub fn run(packets: u64, single_runs: u64, repeats: usize) -> Vec<Row> {
             .compared_to_case(FLOOR, floor),
         );
     }
-    rows.extend(services::run(&object, single_runs, repeats, (FLOOR, FLOOR_ONCE_CASE)));
+    rows.extend(services::run(
+        &object,
+        single_runs,
+        repeats,
+        (FLOOR, FLOOR_ONCE_CASE),
+    ));
     rows
 }

@@ -235,7 +235,7 @@ impl Node {
             to_service(FIRST_PORT, TCP_SYN, 0),
             |call, frame| {
                 let flow = base + call;
-                if flow % FLOWS_PER_TABLE == 0 {
+                if flow.is_multiple_of(FLOWS_PER_TABLE) {
                     clear(ct)?;
                 }
                 *frame = to_service(sport(flow), TCP_SYN, 0);
@@ -300,7 +300,10 @@ impl Node {
         };
         let e = self.ct.get(&key, 0)?;
         if e.state != state::ESTABLISHED {
-            bail!("the flow is in conntrack state {} after the SYN-ACK", e.state);
+            bail!(
+                "the flow is in conntrack state {} after the SYN-ACK",
+                e.state
+            );
         }
         Ok(backend)
     }
@@ -361,12 +364,7 @@ fn setup(object: &std::path::Path) -> Result<Node> {
 }
 
 /// The three service paths' rows, each compared with the floor `(subject, case)`.
-pub fn run(
-    object: &std::path::Path,
-    calls: u64,
-    repeats: usize,
-    floor: (&str, &str),
-) -> Vec<Row> {
+pub fn run(object: &std::path::Path, calls: u64, repeats: usize, floor: (&str, &str)) -> Vec<Row> {
     let row = |case: &str, r: Result<Stats>| {
         let case = format!("{case}, 1 of {} services", count(SERVICES));
         Row::from_result(Section::PerPacket, "netdp", &case, NS_PER_PACKET, r)
