@@ -324,7 +324,9 @@ fn netdp_programming(bins: &Binaries, counts: &[usize], repeats: usize) -> Vec<R
 
 /// iptables-restore with the nf_tables backend (this host's default `iptables`) loading
 /// kube-proxy's ruleset on a bare node, next to the legacy iptables and nftables loads the
-/// services comparison times on its nodes; stops at the first size that runs out of budget.
+/// services comparison times on its nodes; stops at the first size that runs out of budget
+/// or is bound to. No connection depends on these rules, so a sixth of the load budget is
+/// enough to show where it stands (a lower bound past that).
 fn iptables_nft_loads(
     bins: &Binaries,
     counts: &[usize],
@@ -350,10 +352,20 @@ fn iptables_nft_loads(
         .map(|h| (Ipv4Addr::new(10, 244, 2, h), 8080))
         .collect();
     let cfg = kube_proxy::bench_cluster(tb.node("n1").ip);
+    let budget = budget / 6;
     let mut over = false;
+    let mut last: Option<(usize, Duration)> = None;
     for &n in counts {
+        let predicted = if over {
+            None
+        } else {
+            netfilter::predicted_over(last, n, budget)
+        };
         let outcome = if over {
             Outcome::Skipped("a smaller ruleset already ran out of the load budget".into())
+        } else if let Some(why) = predicted {
+            over = true;
+            Outcome::Skipped(why)
         } else {
             eprintln!("bench: control plane: iptables-nft-restore of {}", case(n));
             let text =
@@ -376,6 +388,9 @@ fn iptables_nft_loads(
                     outcome = Some(Outcome::Failed(format!("{e:#}")));
                     break;
                 }
+            }
+            if let Some(slowest) = samples.iter().copied().reduce(f64::max) {
+                last = Some((n, Duration::from_secs_f64(slowest)));
             }
             outcome.unwrap_or_else(|| match Stats::new(samples) {
                 Ok(s) => Outcome::Measured(s),

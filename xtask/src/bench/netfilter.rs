@@ -42,6 +42,26 @@ pub enum Load {
     OverBudget(Duration),
 }
 
+/// Why a load of `n` services need not be tried: rule loads grow at least linearly with
+/// the ruleset (kube-proxy's grow faster), so `prev` (the slowest load of `prev_n`
+/// services) scaled up to `n` is a lower bound; `None` if that still fits the budget.
+pub fn predicted_over(
+    prev: Option<(usize, Duration)>,
+    n: usize,
+    budget: Duration,
+) -> Option<String> {
+    let (prev_n, took) = prev?;
+    let at_least = took.as_secs_f64() * n as f64 / prev_n.max(1) as f64;
+    (at_least > budget.as_secs_f64()).then(|| {
+        format!(
+            "would take at least {at_least:.0} s ({:.1} s for {prev_n} services, and loads \
+             grow at least linearly), over the {} s budget",
+            took.as_secs_f64(),
+            budget.as_secs()
+        )
+    })
+}
+
 /// Runs `argv` in namespace `ns` with `input` on stdin, for at most `budget`.
 fn run_with_stdin(ns: &str, argv: &[&str], input: &str, budget: Duration) -> Result<Load> {
     let mut cmd = netns::command(ns, argv[0])?;
@@ -145,4 +165,19 @@ pub fn load_nftables(
         &nftables::transaction(services, cluster),
         budget,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_is_skipped_only_when_its_linear_lower_bound_exceeds_the_budget() {
+        let budget = Duration::from_secs(180);
+        let ten_k = Some((10_000, Duration::from_secs_f64(26.9)));
+        let why = predicted_over(ten_k, 100_000, budget).expect("269 s > 180 s");
+        assert!(why.contains("at least 269 s"), "{why}");
+        assert_eq!(predicted_over(ten_k, 50_000, budget), None);
+        assert_eq!(predicted_over(None, 100_000, budget), None);
+    }
 }

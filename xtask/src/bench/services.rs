@@ -379,10 +379,9 @@ const IMPLS: [Impl; 3] = [
     },
 ];
 
-/// Rows of the implementations whose programming (or rule load) ran out of budget at a
-/// smaller size.
-fn skipped_size(imp: &Impl, n: usize) -> Vec<Row> {
-    let why = "a smaller ruleset already ran out of the load budget";
+/// Rows of an implementation not tried at this size: its rule load ran out of budget at
+/// a smaller size, or is bound to at this one.
+fn skipped_size(imp: &Impl, n: usize, why: &str) -> Vec<Row> {
     let mut rows = skipped_rows(imp.subject, &case(n), imp.compare, why);
     if let Some(load_subject) = imp.load_subject {
         rows.push(
@@ -409,12 +408,21 @@ pub fn run(bins: &Binaries, plan: Plan, counts: &[usize], budget: Duration) -> V
         }
     };
     let mut over = [false; IMPLS.len()];
+    // Each implementation's slowest node load at the last size it loaded.
+    let mut last_load: [Option<(usize, Duration)>; IMPLS.len()] = [None; IMPLS.len()];
     for &n in counts {
         eprintln!("bench: services: {}", case(n));
         let mut prepared: Vec<(usize, Prepared)> = Vec::new();
         for (k, imp) in IMPLS.iter().enumerate() {
             if over[k] {
-                out.extend(skipped_size(imp, n));
+                let why = "a smaller ruleset already ran out of the load budget";
+                out.extend(skipped_size(imp, n, why));
+                continue;
+            }
+            if let Some(why) = netfilter::predicted_over(last_load[k], n, budget) {
+                eprintln!("bench:   {} not loaded: {why}", imp.subject);
+                over[k] = true;
+                out.extend(skipped_size(imp, n, &why));
                 continue;
             }
             let started = Instant::now();
@@ -430,6 +438,15 @@ pub fn run(bins: &Binaries, plan: Plan, counts: &[usize], budget: Duration) -> V
                     if let Some(load_subject) = imp.load_subject {
                         out.push(load_row(load_subject, n, imp.load_compare, &p.loads));
                     }
+                    last_load[k] = p
+                        .loads
+                        .iter()
+                        .filter_map(|l| match l {
+                            Load::Done(d) => Some(*d),
+                            Load::OverBudget(_) => None,
+                        })
+                        .max()
+                        .map(|d| (n, d));
                     if p.over_budget() {
                         over[k] = true;
                         out.extend(skipped_rows(
