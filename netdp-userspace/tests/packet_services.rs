@@ -166,6 +166,20 @@ fn from_client(proto: u8, dst: Ipv4Addr, dport: u16, sport: u16) -> PacketSpec {
     }
 }
 
+/// A TCP packet arriving from the underlay (an outside client, or a remote backend's reply).
+fn from_underlay(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> PacketSpec {
+    PacketSpec {
+        src_mac: PEER_MAC,
+        dst_mac: UNDERLAY_MAC,
+        src,
+        dst,
+        proto: IPPROTO_TCP,
+        sport,
+        dport,
+        ..Default::default()
+    }
+}
+
 /// Asserts that `out` is `input` with only addresses, ports, TTL, MACs and checksums
 /// changed, and returns the view of `out`.
 fn assert_only_tuple_changed(input: &[u8], out: &[u8]) -> Ipv4View {
@@ -396,17 +410,7 @@ fn node_port_to_a_remote_backend_is_source_natted_and_replies_go_back_out() {
             false,
         ),
     );
-    let input = PacketSpec {
-        src_mac: PEER_MAC,
-        dst_mac: UNDERLAY_MAC,
-        src: OUTSIDE,
-        dst: NODE_IP,
-        proto: IPPROTO_TCP,
-        sport: 50000,
-        dport: 30080,
-        ..Default::default()
-    }
-    .build();
+    let input = from_underlay(OUTSIDE, NODE_IP, 50000, 30080).build();
     let (verdict, out) = run(&mut f, FROM_NETDEV, &input);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let v = assert_only_tuple_changed(&input, &out);
@@ -415,15 +419,8 @@ fn node_port_to_a_remote_backend_is_source_natted_and_replies_go_back_out() {
     assert_eq!(count(&f, Program::FromNetdev, Reason::Direct), 1);
 
     let reply = PacketSpec {
-        src_mac: PEER_MAC,
-        dst_mac: UNDERLAY_MAC,
-        src: REMOTE_BACKEND,
-        dst: GATEWAY,
-        proto: IPPROTO_TCP,
-        sport: 8080,
-        dport: 50000,
         tcp_flags: 0x12,
-        ..Default::default()
+        ..from_underlay(REMOTE_BACKEND, GATEWAY, 8080, 50000)
     }
     .build();
     let (verdict, out) = run(&mut f, FROM_NETDEV, &reply);
@@ -437,20 +434,7 @@ fn node_port_to_a_remote_backend_is_source_natted_and_replies_go_back_out() {
     assert_eq!(count(&f, Program::FromNetdev, Reason::ServiceReply), 1);
 
     // Another client on the same port to the same backend gets another source port.
-    let input2 = PacketSpec {
-        src: Ipv4Addr::new(203, 0, 113, 3),
-        ..PacketSpec {
-            src_mac: PEER_MAC,
-            dst_mac: UNDERLAY_MAC,
-            src: OUTSIDE,
-            dst: NODE_IP,
-            proto: IPPROTO_TCP,
-            sport: 50000,
-            dport: 30080,
-            ..Default::default()
-        }
-    }
-    .build();
+    let input2 = from_underlay(Ipv4Addr::new(203, 0, 113, 3), NODE_IP, 50000, 30080).build();
     let (verdict, out) = run(&mut f, FROM_NETDEV, &input2);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let v = assert_only_tuple_changed(&input2, &out);
@@ -478,21 +462,8 @@ fn external_traffic_policy_local_keeps_the_client_or_drops() {
             false,
         ),
     );
-    let spec = PacketSpec {
-        src_mac: PEER_MAC,
-        dst_mac: UNDERLAY_MAC,
-        src: OUTSIDE,
-        dst: NODE_IP,
-        proto: IPPROTO_TCP,
-        dport: 30081,
-        ..Default::default()
-    };
     for sport in 50000..50016 {
-        let input = PacketSpec {
-            sport,
-            ..spec.clone()
-        }
-        .build();
+        let input = from_underlay(OUTSIDE, NODE_IP, sport, 30081).build();
         let (verdict, out) = run(&mut f, FROM_NETDEV, &input);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let v = assert_only_tuple_changed(&input, &out);
@@ -513,11 +484,7 @@ fn external_traffic_policy_local_keeps_the_client_or_drops() {
             false,
         ),
     );
-    let input = PacketSpec {
-        sport: 51000,
-        ..spec
-    }
-    .build();
+    let input = from_underlay(OUTSIDE, NODE_IP, 51000, 30081).build();
     assert_eq!(run(&mut f, FROM_NETDEV, &input).0, TC_ACT_SHOT);
     assert_eq!(
         count(&f, Program::FromNetdev, Reason::ServiceNoLocalBackend),
