@@ -12,4 +12,4 @@ pub mod testbed;
 pub mod tls;
 pub mod traffic;
 
-pub use testbed::{Binaries, Count, Node, Pod, Spec, Testbed};
+pub use testbed::{BPF_ROOT, Binaries, Count, Node, Pod, Spec, Testbed};

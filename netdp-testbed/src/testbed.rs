@@ -147,7 +147,21 @@ pub struct Node {
     pub pods: Vec<Pod>,
 }
 
+/// Where agents pin their programs and maps (the agent's default `--bpf-root`), one
+/// directory per node name.
+pub const BPF_ROOT: &str = "/sys/fs/bpf/netdp";
+
 impl Node {
+    /// The node's pin directory: `maps/`, `progs/`, `links/`.
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new(BPF_ROOT).join(&self.ns)
+    }
+
+    /// A map the node's agent pinned.
+    pub fn map_pin(&self, map: &str) -> PathBuf {
+        self.pin_dir().join("maps").join(map)
+    }
+
     pub fn subnet_file(&self) -> PathBuf {
         self.dir.join("subnet.env")
     }
@@ -486,10 +500,7 @@ impl Testbed {
             };
             let dir = self.dir.join(&n.name);
             std::fs::create_dir_all(&dir)?;
-            cleanup::record(&self.id, |r| {
-                r.bpf_dirs
-                    .push(PathBuf::from("/sys/fs/bpf/netdp").join(&ns))
-            });
+            cleanup::record(&self.id, |r| r.bpf_dirs.push(Path::new(BPF_ROOT).join(&ns)));
             self.nodes.push(Node {
                 name: n.name.clone(),
                 ns,

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Result, ensure};
 use netdp::dataplane::{Pins, conntrack::ConntrackMap, lb::LbMaps};
 use netdp_testbed::{
-    Spec, Testbed,
+    BPF_ROOT, Spec, Testbed,
     services::{Connect, EchoServer, connect_error, echo_many, udp_many},
     testbed::OUTSIDE_IP,
 };
@@ -88,7 +88,7 @@ fn eps(b: &[(Ipv4Addr, String)]) -> Vec<(Ipv4Addr, &str)> {
 
 /// Sockets of `node` its socket programs sent to a backend.
 fn sock_nat_entries(tb: &Testbed, node: &str) -> Result<usize> {
-    let pins = Pins::new(std::path::Path::new("/sys/fs/bpf/netdp"), &tb.node(node).ns)?;
+    let pins = Pins::new(std::path::Path::new(BPF_ROOT), &tb.node(node).ns)?;
     Ok(LbMaps::open(&pins)?
         .sock_nat
         .keys()
@@ -464,10 +464,10 @@ fn bad_services_are_refused_or_skipped_and_the_rest_keep_working() -> Result<()>
     ensure!(echo_many(&client.ns, Connect::new(vip(3), 80), 3)?.len() == 3);
 
     // The flows just made are tracked, as the map dump shows field by field.
-    let pins = Pins::new(std::path::Path::new("/sys/fs/bpf/netdp"), &node)?;
+    let pins = Pins::new(std::path::Path::new(BPF_ROOT), &node)?;
     let ct = ConntrackMap::open(&pins)?;
     ensure!(!ct.is_empty());
-    let maps = format!("/sys/fs/bpf/netdp/{node}/maps");
+    let maps = format!("{BPF_ROOT}/{node}/maps");
     let dump = netdp_testbed::netns::sh(std::process::Command::new("bpftool").args([
         "map",
         "dump",

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Result, bail, ensure};
 use netdp::dataplane::{Pins, lb::LbMaps};
 use netdp_testbed::{
-    Spec, Testbed,
+    BPF_ROOT, Spec, Testbed,
     services::{Connect, EchoServer, echo_many, programmed_batches},
 };
 use serde_json::json;
@@ -42,7 +42,7 @@ fn a_hundred_thousand_services() -> Result<()> {
     let client = tb.add_pod("n1", "client")?;
     let _server = EchoServer::start(&backend.ns, 8080, "last")?;
     let node_ns = tb.node("n1").ns.clone();
-    let pins = Pins::new(std::path::Path::new("/sys/fs/bpf/netdp"), &node_ns)?;
+    let pins = Pins::new(std::path::Path::new(BPF_ROOT), &node_ns)?;
 
     // Service i has 1 + i % 10 endpoints (made-up pods elsewhere in the cluster); the last
     // one is served by the real backend pod.

@@ -146,7 +146,7 @@ pub fn run(args: Args) -> Result<()> {
     let dump = setup::output(
         setup::cmd("bpftool")
             .args(["map", "dump", "pinned"])
-            .arg(format!("/sys/fs/bpf/netdp/{node}/maps/ROUTES")),
+            .arg(tb.node("n1").map_pin(netdp_common::map_names::ROUTES)),
     )
     .unwrap_or_else(|e| format!("(bpftool: {e})"));
     show(

@@ -171,10 +171,7 @@ fn leases(bins: &Binaries, peers: usize, repeats: usize) -> Vec<Row> {
     let result = (|| -> Result<(Stats, Stats, Stats, Stats)> {
         let mut tb = Testbed::new(Spec::flat(1).network(CONFIG).binaries(bins.clone()))?;
         tb.start_agent("n1", &[])?;
-        let pin = PathBuf::from("/sys/fs/bpf/netdp")
-            .join(&tb.node("n1").ns)
-            .join("maps")
-            .join(map_names::ROUTES);
+        let pin = tb.node("n1").map_pin(map_names::ROUTES);
         let etcd = (Ipv4Addr::new(192, 168, 10, 2), 2379);
         let (ctl, prefix) = (tb.ctl_ns.clone(), tb.prefix.clone());
         let (mut up, mut down, mut write, mut rss) = (vec![], vec![], vec![], vec![]);

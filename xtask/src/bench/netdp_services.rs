@@ -7,7 +7,6 @@
 //! counting the frontends in the node's pinned FRONTENDS map.
 use std::{
     net::Ipv4Addr,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -61,16 +60,9 @@ pub fn to_json(services: &[ServicePort], nodes: &[(Ipv4Addr, String)]) -> String
     serde_json::Value::Array(docs).to_string()
 }
 
-fn frontends_pin(tb: &Testbed, node: &str) -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/netdp")
-        .join(&tb.node(node).ns)
-        .join("maps")
-        .join(map_names::FRONTENDS)
-}
-
 /// Frontends in a node's pinned FRONTENDS map.
 pub fn frontends(tb: &Testbed, node: &str) -> Result<usize> {
-    let pin = frontends_pin(tb, node);
+    let pin = tb.node(node).map_pin(map_names::FRONTENDS);
     let map = Map::from_map_data(
         MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?,
     )?;
