@@ -37,6 +37,11 @@ fn free_port() -> Result<u16> {
 }
 
 impl Etcd {
+    /// Where clients reach it (address and client port), for talking to it directly.
+    pub fn client_addr(&self) -> (Ipv4Addr, u16) {
+        (self.listen.0, self.listen.1)
+    }
+
     /// Starts etcd in namespace `ns` listening on `addr`, or on loopback of the root
     /// namespace with free ports when `ns` is `None`.
     pub fn start(

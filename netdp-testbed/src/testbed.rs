@@ -151,6 +151,13 @@ pub struct Node {
 /// directory per node name.
 pub const BPF_ROOT: &str = "/sys/fs/bpf/netdp";
 
+/// A map an agent pinned, opened for reading.
+pub fn open_pinned_map(pin: &Path) -> Result<aya::maps::Map> {
+    let data =
+        aya::maps::MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
+    Ok(aya::maps::Map::from_map_data(data)?)
+}
+
 impl Node {
     /// The node's pin directory: `maps/`, `progs/`, `links/`.
     pub fn pin_dir(&self) -> PathBuf {

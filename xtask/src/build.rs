@@ -44,6 +44,15 @@ pub fn ebpf() -> Result<()> {
 }
 
 /// Builds programs and binaries; returns the directory holding `netdp` and `netdp-cni`.
+/// Everything built in release, as the demo and the benchmarks run it.
+pub fn binaries() -> Result<netdp_testbed::Binaries> {
+    let dir = all(true)?;
+    Ok(netdp_testbed::Binaries {
+        netdp: dir.join("netdp"),
+        cni: dir.join("netdp-cni"),
+    })
+}
+
 pub fn all(release: bool) -> Result<PathBuf> {
     ebpf()?;
     let mut c = cmd("cargo");

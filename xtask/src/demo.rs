@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use netdp_testbed::{
-    Binaries, Spec, Testbed, netns,
+    Spec, Testbed, netns,
     services::{Connect, EchoServer, echo_many},
     traffic,
 };
@@ -33,17 +33,12 @@ fn show(title: &str, body: &str) {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !setup::is_root() {
         anyhow::bail!("the demo creates network namespaces and loads BPF programs: run it as root");
     }
     step(1, "Installing what is missing and building netdp (release)");
     setup::ensure()?;
-    let bin_dir = build::all(true)?;
-    let bins = Binaries {
-        netdp: bin_dir.join("netdp"),
-        cni: bin_dir.join("netdp-cni"),
-    };
+    let bins = build::binaries()?;
 
     step(
         2,

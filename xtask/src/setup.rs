@@ -38,7 +38,7 @@ pub fn path_with_cargo_bin() -> std::ffi::OsString {
     std::env::join_paths(dirs).unwrap_or_default()
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
 }

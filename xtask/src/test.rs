@@ -19,8 +19,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !setup::is_root() {
         bail!(
             "the tests need root (network namespaces, BPF programs, bpffs); run `sudo -E cargo xtask test`"
         );

@@ -7,20 +7,22 @@
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, TcpStream},
-    path::PathBuf,
+    path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{LpmTrie, Map, MapData};
+use aya::maps::LpmTrie;
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use netdp_common::{Ipv4, map_names, route::Route};
-use netdp_testbed::{Binaries, Spec, Testbed, flannel::network_config, netns};
+use netdp_testbed::{
+    Binaries, Spec, Testbed, flannel::network_config, netns, testbed::open_pinned_map,
+};
 
 use super::{
     kube_proxy::{self, ServicePort},
     netdp_services,
-    netfilter::{self, IptBackend, Load},
+    netfilter::{self, IptBackend, Load, LoadSizes},
     report::{MEBIBYTES, Outcome, Row, SECONDS, Section},
     runner::Stats,
     services::{IPTABLES_LOAD, NFTABLES_LOAD, case, load_case},
@@ -119,15 +121,12 @@ fn delete_peers(ctl_ns: &str, etcd: (Ipv4Addr, u16), prefix: &str) -> Result<()>
 }
 
 /// Entries in a node's pinned ROUTES map.
-fn routes_in_map(pin: &PathBuf) -> Result<usize> {
-    let map = Map::from_map_data(
-        MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?,
-    )?;
-    let trie: LpmTrie<_, Ipv4, Route> = LpmTrie::try_from(map)?;
+fn routes_in_map(pin: &Path) -> Result<usize> {
+    let trie: LpmTrie<_, Ipv4, Route> = LpmTrie::try_from(open_pinned_map(pin)?)?;
     Ok(trie.keys().filter(|k| k.is_ok()).count())
 }
 
-fn wait_for_routes(pin: &PathBuf, want: usize, since: Instant) -> Result<Duration> {
+fn wait_for_routes(pin: &Path, want: usize, since: Instant) -> Result<Duration> {
     loop {
         let have = routes_in_map(pin)?;
         if have == want {
@@ -172,7 +171,7 @@ fn leases(bins: &Binaries, peers: usize, repeats: usize) -> Vec<Row> {
         let mut tb = Testbed::new(Spec::flat(1).network(CONFIG).binaries(bins.clone()))?;
         tb.start_agent("n1", &[])?;
         let pin = tb.node("n1").map_pin(map_names::ROUTES);
-        let etcd = (Ipv4Addr::new(192, 168, 10, 2), 2379);
+        let etcd = tb.etcd().client_addr();
         let (ctl, prefix) = (tb.ctl_ns.clone(), tb.prefix.clone());
         let (mut up, mut down, mut write, mut rss) = (vec![], vec![], vec![], vec![]);
         for _ in 0..repeats {
@@ -218,8 +217,8 @@ fn leases(bins: &Binaries, peers: usize, repeats: usize) -> Vec<Row> {
     ]
 }
 
-/// Deletes the benchmark's services from etcd, TXN_OPS per transaction (as `netdp service
-/// apply` writes them), so no single revision carries more than a batch of changes.
+/// Deletes the benchmark's services from etcd, TXN_OPS per transaction (batched like
+/// `netdp service apply`'s writes), so no single revision carries more than a batch of changes.
 fn delete_services(ctl_ns: &str, etcd: (Ipv4Addr, u16), services: &[ServicePort]) -> Result<()> {
     let keys: Vec<String> = services
         .iter()
@@ -251,7 +250,7 @@ fn netdp_programming(bins: &Binaries, counts: &[usize], repeats: usize) -> Vec<R
                 .binaries(bins.clone()),
         )?;
         tb.start_agent("n1", netdp_services::AGENT_FLAGS)?;
-        let (ctl, etcd) = (tb.ctl_ns.clone(), (Ipv4Addr::new(192, 168, 10, 2), 2379));
+        let (ctl, etcd) = (tb.ctl_ns.clone(), tb.etcd().client_addr());
         let real: Vec<_> = (2..5)
             .map(|h| (Ipv4Addr::new(10, 244, 200, h), 8080))
             .collect();
@@ -350,18 +349,9 @@ fn iptables_nft_loads(
         .collect();
     let cfg = kube_proxy::bench_cluster(tb.node("n1").ip);
     let budget = budget / 6;
-    let mut over = false;
-    let mut last: Option<(usize, Duration)> = None;
+    let mut sizes = LoadSizes::default();
     for &n in counts {
-        let predicted = if over {
-            None
-        } else {
-            netfilter::predicted_over(last, n, budget)
-        };
-        let outcome = if over {
-            Outcome::Skipped("a smaller ruleset already ran out of the load budget".into())
-        } else if let Some(why) = predicted {
-            over = true;
+        let outcome = if let Some(why) = sizes.skip(n, budget) {
             Outcome::Skipped(why)
         } else {
             eprintln!("bench: control plane: iptables-nft-restore of {}", case(n));
@@ -370,12 +360,13 @@ fn iptables_nft_loads(
             let mut samples = Vec::new();
             let mut outcome = None;
             for _ in 0..repeats {
-                match netfilter::restore_iptables(&ns, IptBackend::Nft, &text, budget) {
+                let load = netfilter::restore_iptables(&ns, IptBackend::Nft, &text, budget);
+                if let Ok(l) = &load {
+                    sizes.loaded(n, std::slice::from_ref(l));
+                }
+                match load {
                     Ok(Load::Done(d)) => samples.push(d.as_secs_f64()),
-                    Ok(Load::OverBudget(b)) => {
-                        over = true;
-                        outcome = Some(Outcome::OverBudget(b.as_secs_f64()));
-                    }
+                    Ok(Load::OverBudget(b)) => outcome = Some(Outcome::OverBudget(b.as_secs_f64())),
                     Err(e) => outcome = Some(Outcome::Failed(format!("{e:#}"))),
                 }
                 if outcome.is_some() {
@@ -385,9 +376,6 @@ fn iptables_nft_loads(
                     outcome = Some(Outcome::Failed(format!("{e:#}")));
                     break;
                 }
-            }
-            if let Some(slowest) = samples.iter().copied().reduce(f64::max) {
-                last = Some((n, Duration::from_secs_f64(slowest)));
             }
             outcome.unwrap_or_else(|| match Stats::new(samples) {
                 Ok(s) => Outcome::Measured(s),

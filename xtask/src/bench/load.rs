@@ -243,9 +243,7 @@ pub fn stream(ns: &str, to: (Ipv4Addr, u16), dur: Duration) -> Result<f64> {
     let to = SocketAddr::from(to);
     in_client(ns, move || {
         let mut c = connect(to)?;
-        let mut first = request(STREAM, 0).to_vec();
-        first.resize(MSG, 0);
-        c.write_all(&first)?;
+        c.write_all(&request(STREAM, 0))?;
         let buf = vec![0xa5u8; 256 * 1024];
         let mut sent = 0u64;
         let start = Instant::now();

@@ -18,7 +18,6 @@ mod services;
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Result, bail};
-use netdp_testbed::Binaries;
 
 use crate::{build, setup};
 use report::{Header, Outcome, Row, Section};
@@ -92,17 +91,12 @@ fn wanted(only: &Option<String>, name: &str) -> bool {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !setup::is_root() {
         bail!("the benchmarks build namespaced clusters and load BPF programs: run them as root");
     }
     let started = std::time::Instant::now();
     setup::ensure()?;
-    let bin_dir = build::all(true)?;
-    let bins = Binaries {
-        netdp: bin_dir.join("netdp"),
-        cni: bin_dir.join("netdp-cni"),
-    };
+    let bins = build::binaries()?;
     plot::load_font()?;
     let sizes = Sizes::new(args.quick);
     let command = format!(

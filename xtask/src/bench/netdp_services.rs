@@ -10,13 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
-use aya::maps::{HashMap, Map, MapData};
+use anyhow::{Result, bail};
+use aya::maps::HashMap;
 use netdp_common::{
     lb::{Frontend, FrontendKey},
     map_names,
 };
-use netdp_testbed::{Testbed, services::programmed_batches};
+use netdp_testbed::{Testbed, services::programmed_batches, testbed::open_pinned_map};
 use serde_json::json;
 
 use super::kube_proxy::ServicePort;
@@ -63,10 +63,7 @@ pub fn to_json(services: &[ServicePort], nodes: &[(Ipv4Addr, String)]) -> String
 /// Frontends in a node's pinned FRONTENDS map.
 pub fn frontends(tb: &Testbed, node: &str) -> Result<usize> {
     let pin = tb.node(node).map_pin(map_names::FRONTENDS);
-    let map = Map::from_map_data(
-        MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?,
-    )?;
-    let map: HashMap<_, FrontendKey, Frontend> = HashMap::try_from(map)?;
+    let map: HashMap<_, FrontendKey, Frontend> = HashMap::try_from(open_pinned_map(&pin)?)?;
     Ok(map.keys().filter(|k| k.is_ok()).count())
 }
 

@@ -42,6 +42,41 @@ pub enum Load {
     OverBudget(Duration),
 }
 
+/// Which sizes of one ruleset are still worth loading, as sizes grow: none after one ran
+/// out of the budget, nor one bound to.
+#[derive(Debug, Default)]
+pub struct LoadSizes {
+    over: bool,
+    /// The slowest load at the last size loaded.
+    last: Option<(usize, Duration)>,
+}
+
+impl LoadSizes {
+    /// Why `n` services are not to be loaded, if they are not.
+    pub fn skip(&mut self, n: usize, budget: Duration) -> Option<String> {
+        if self.over {
+            return Some("a smaller ruleset already ran out of the load budget".into());
+        }
+        let why = predicted_over(self.last, n, budget)?;
+        self.over = true;
+        Some(why)
+    }
+
+    /// Records how the loads of `n` services went.
+    pub fn loaded(&mut self, n: usize, loads: &[Load]) {
+        for l in loads {
+            match *l {
+                Load::Done(d) => {
+                    if self.last.is_none_or(|(m, s)| m != n || d > s) {
+                        self.last = Some((n, d));
+                    }
+                }
+                Load::OverBudget(_) => self.over = true,
+            }
+        }
+    }
+}
+
 /// Why a load of `n` services need not be tried: rule loads grow at least linearly with
 /// the ruleset (kube-proxy's grow faster), so `prev` (the slowest load of `prev_n`
 /// services) scaled up to `n` is a lower bound; `None` if that still fits the budget.
@@ -179,5 +214,26 @@ mod tests {
         assert!(why.contains("at least 269 s"), "{why}");
         assert_eq!(predicted_over(ten_k, 50_000, budget), None);
         assert_eq!(predicted_over(None, 100_000, budget), None);
+    }
+
+    #[test]
+    fn sizes_stop_after_a_load_ran_out_or_is_bound_to() {
+        let budget = Duration::from_secs(180);
+        let mut s = LoadSizes::default();
+        assert_eq!(s.skip(10_000, budget), None);
+        s.loaded(
+            10_000,
+            &[
+                Load::Done(Duration::from_secs(5)),
+                Load::Done(Duration::from_secs(20)),
+            ],
+        );
+        let why = s.skip(100_000, budget).expect("10 x 20 s > 180 s");
+        assert!(why.contains("at least 200 s"), "{why}");
+        assert!(s.skip(1_000_000, budget).is_some());
+
+        let mut s = LoadSizes::default();
+        s.loaded(10, &[Load::OverBudget(budget)]);
+        assert!(s.skip(1_000, budget).unwrap().contains("ran out"));
     }
 }

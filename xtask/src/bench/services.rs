@@ -28,7 +28,7 @@ use super::{
     kube_proxy::{self, Cluster, ServicePort},
     load::{self, Server},
     netdp_services,
-    netfilter::{self, IptBackend, Load},
+    netfilter::{self, IptBackend, Load, LoadSizes},
     report::{CONN_RATE, Outcome, RR_RATE, Row, SECONDS, Section, count},
     runner::{self, Plan, Stats},
 };
@@ -407,21 +407,13 @@ pub fn run(bins: &Binaries, plan: Plan, counts: &[usize], budget: Duration) -> V
             None
         }
     };
-    let mut over = [false; IMPLS.len()];
-    // Each implementation's slowest node load at the last size it loaded.
-    let mut last_load: [Option<(usize, Duration)>; IMPLS.len()] = [None; IMPLS.len()];
+    let mut sizes: [LoadSizes; IMPLS.len()] = Default::default();
     for &n in counts {
         eprintln!("bench: services: {}", case(n));
         let mut prepared: Vec<(usize, Prepared)> = Vec::new();
         for (k, imp) in IMPLS.iter().enumerate() {
-            if over[k] {
-                let why = "a smaller ruleset already ran out of the load budget";
-                out.extend(skipped_size(imp, n, why));
-                continue;
-            }
-            if let Some(why) = netfilter::predicted_over(last_load[k], n, budget) {
+            if let Some(why) = sizes[k].skip(n, budget) {
                 eprintln!("bench:   {} not loaded: {why}", imp.subject);
-                over[k] = true;
                 out.extend(skipped_size(imp, n, &why));
                 continue;
             }
@@ -438,17 +430,8 @@ pub fn run(bins: &Binaries, plan: Plan, counts: &[usize], budget: Duration) -> V
                     if let Some(load_subject) = imp.load_subject {
                         out.push(load_row(load_subject, n, imp.load_compare, &p.loads));
                     }
-                    last_load[k] = p
-                        .loads
-                        .iter()
-                        .filter_map(|l| match l {
-                            Load::Done(d) => Some(*d),
-                            Load::OverBudget(_) => None,
-                        })
-                        .max()
-                        .map(|d| (n, d));
+                    sizes[k].loaded(n, &p.loads);
                     if p.over_budget() {
-                        over[k] = true;
                         out.extend(skipped_rows(
                             imp.subject,
                             &case(n),

@@ -36,14 +36,16 @@ use netdp_common::{
     program_names::{BENCH_REDIRECT, FROM_NETDEV, FROM_POD},
     route::{Route, flags, mode},
 };
-use netdp_testbed::packet::{self, IPPROTO_TCP, Outer, PacketSpec};
+use netdp_testbed::{
+    flannel::{VNI, VXLAN_PORT},
+    packet::{self, IPPROTO_TCP, Outer, PacketSpec, TC_ACT_REDIRECT},
+};
 
 use super::{
     report::{NS_PER_PACKET, Outcome, Row, Section},
     runner::{self, Stats},
 };
 
-const TC_ACT_REDIRECT: u32 = 7;
 /// Runs per call of a path that routes in place: less than the 255 TTL decrements a
 /// fresh packet allows.
 const PER_CALL: u32 = 250;
@@ -64,8 +66,6 @@ const PEER_VTEP: [u8; 6] = [0x0e, 0x54, 0, 0, 0, 0x12];
 const POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
 const OTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 5);
-const VXLAN_PORT: u16 = 8472;
-const VNI: u32 = 1;
 const UDP_PORT: u16 = 8285;
 
 /// The backend the programs of a path were loaded for.
@@ -212,7 +212,7 @@ const PATHS: &[Path_] = &[
             len_delta: VXLAN_OVERHEAD as i32,
             // Outer protocol UDP to the VXLAN port.
             bytes: &[
-                (23, 17),
+                (23, encap::IPPROTO_UDP),
                 (36, (VXLAN_PORT >> 8) as u8),
                 (37, VXLAN_PORT as u8),
             ],
@@ -237,7 +237,11 @@ const PATHS: &[Path_] = &[
         frame: to_remote_pod,
         runs: Runs::Once {
             len_delta: UDP_OVERHEAD as i32,
-            bytes: &[(23, 17), (36, (UDP_PORT >> 8) as u8), (37, UDP_PORT as u8)],
+            bytes: &[
+                (23, encap::IPPROTO_UDP),
+                (36, (UDP_PORT >> 8) as u8),
+                (37, UDP_PORT as u8),
+            ],
         },
         counter: Some((Program::FromPod, Reason::EncapUdp)),
     },
