@@ -75,9 +75,11 @@ fn translate(
     }
 }
 
-/// Runs the translation stage; `Ok` with the frame (parsed again: the stage may have called
-/// helpers that invalidate packet pointers) if nothing applied, `Err` with the verdict if
-/// the packet was translated and sent on, or handled.
+/// Runs the translation stage; `Ok` with the frame if nothing applied, `Err` with the
+/// verdict if the packet was translated and sent on, or handled. Only an ICMP error that
+/// was not translated may have met helpers that invalidate packet pointers (it is parsed
+/// again); for anything else an untouched packet only cost map lookups, and its frame
+/// stands.
 #[inline(always)]
 fn translated_or(
     ctx: &TcContext,
@@ -91,7 +93,10 @@ fn translated_or(
         _ => Reason::LocalDelivery,
     };
     match translate(ctx, program, frame, t, stage) {
-        Outcome::Untouched => parse(ctx, program),
+        Outcome::Untouched => match t {
+            Transport::IcmpError(_) => parse(ctx, program),
+            _ => Ok(*frame),
+        },
         Outcome::Translated(tr) => Err(translated(ctx, program, &tr, delivered)),
         Outcome::Done(verdict) => Err(verdict),
     }
