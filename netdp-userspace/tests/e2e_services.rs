@@ -96,6 +96,23 @@ fn sock_nat_entries(tb: &Testbed, node: &str) -> Result<usize> {
         .count())
 }
 
+/// UDP conntrack entries on `node` (both directions) that involve `backend`, and the others.
+fn udp_flows(tb: &Testbed, node: &str, backend: Ipv4Addr) -> Result<(usize, usize)> {
+    let flows = tb.netdp_json(node, &["conntrack", "list"])?;
+    let udp: Vec<&Value> = flows
+        .as_array()
+        .map(|a| a.iter().filter(|f| f["protocol"] == "UDP").collect())
+        .unwrap_or_default();
+    let at = format!("{backend}:");
+    let involves = |f: &&&Value| {
+        ["packet", "rewrittenTo"]
+            .iter()
+            .any(|k| f[k].as_str().is_some_and(|s| s.contains(&at)))
+    };
+    let to_backend = udp.iter().filter(involves).count();
+    Ok((to_backend, udp.len() - to_backend))
+}
+
 fn tally(who: &[String]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for w in who {
@@ -251,7 +268,7 @@ fn maglev_keeps_flows_on_surviving_backends_when_one_goes() -> Result<()> {
         json!([service(
             "mg",
             json!({"clusterIP": vip.to_string(), "annotations": {"netdp.io/lb-algorithm": "maglev"}}),
-            &[("http", "TCP", 80, None)],
+            &[("http", "TCP", 80, None), ("dns", "UDP", 53, None)],
             &eps(b),
         )])
         .to_string()
@@ -290,8 +307,27 @@ fn maglev_keeps_flows_on_surviving_backends_when_one_goes() -> Result<()> {
         })
     };
 
+    // UDP flows on every backend: those to n2 have no end of their own.
+    let answers = udp_many(&client.ns, vip, 53, 30)?;
+    let udp = tally(&answers.into_iter().flatten().collect::<Vec<_>>());
+    ensure!(
+        udp.len() == 3,
+        "UDP flows did not reach every backend: {udp:?}"
+    );
+    let (to_n2, to_others) = udp_flows(&tb, "n1", n2)?;
+    ensure!(to_n2 > 0 && to_others > 0, "{to_n2} / {to_others}");
+
     tb.apply_services(&svc(&[all[0].clone(), all[2].clone()]))?;
     tb.wait_services_programmed(WAIT)?;
+    let (to_n2, to_others_after) = udp_flows(&tb, "n1", n2)?;
+    ensure!(
+        to_n2 == 0,
+        "{to_n2} UDP conntrack entries of the removed backend are left"
+    );
+    ensure!(
+        to_others_after == to_others,
+        "UDP flows of the remaining backends went: {to_others} -> {to_others_after}"
+    );
     let after = echo_many(&client.ns, conn, 90)?;
     let mut moved = 0;
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {

@@ -1,6 +1,5 @@
 //! The node's own lease: renewing it, re-acquiring it when it is gone, publishing it in the
 //! subnet file; and the watch that streams everybody's leases to the agent.
-use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use log::{error, info, warn};
@@ -9,6 +8,7 @@ use tokio::sync::mpsc;
 use super::{AgentArgs, State, gateway::ensure_gateway};
 use crate::{
     config::NetworkConfig,
+    etcd::watch::{Follow, forward},
     lease::{Lease, LeaseAttrs, LeaseOptions, LeaseWatch, Registry, WatchUpdate},
     subnet_file::SubnetFile,
 };
@@ -81,30 +81,26 @@ pub(super) fn write_subnet_file(
     .write(&args.subnet_file)
 }
 
-/// Streams lease changes to the agent; a broken watch resumes where it left off.
-pub(super) async fn watch_leases(
-    mut registry: Registry,
-    revision: i64,
-    tx: mpsc::Sender<WatchUpdate>,
-) {
-    let mut watch = LeaseWatch::new(revision);
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match watch.next(&mut registry).await {
-            Ok(update) => {
-                backoff = Duration::from_millis(200);
-                if tx.send(update).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                warn!(
-                    "{e:#}; resuming after revision {} in {backoff:?}",
-                    watch.revision()
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+/// Lease changes as the agent follows them, from the registry's own connection.
+struct LeaseFollow {
+    watch: LeaseWatch,
+    registry: Registry,
+}
+
+impl Follow for LeaseFollow {
+    type Update = WatchUpdate;
+
+    async fn next(&mut self) -> Result<WatchUpdate> {
+        self.watch.next(&mut self.registry).await
     }
+
+    fn revision(&self) -> i64 {
+        self.watch.revision()
+    }
+}
+
+/// Streams lease changes to the agent; a broken watch resumes where it left off.
+pub(super) async fn watch_leases(registry: Registry, revision: i64, tx: mpsc::Sender<WatchUpdate>) {
+    let watch = LeaseWatch::new(revision);
+    forward(LeaseFollow { watch, registry }, tx).await
 }

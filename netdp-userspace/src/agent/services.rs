@@ -8,7 +8,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ use crate::{
         maglev::is_prime,
         route::Underlay,
     },
-    etcd::watch::{Change, Kv, PrefixWatch, Update},
+    etcd::watch::{Change, Follow, Kv, PrefixWatch, Update, forward},
     lease::Lease,
     netlink::Netlink,
     service::{self, NodeInfo, ServiceDef, ServiceStore, store::parse_key},
@@ -350,18 +350,21 @@ impl Services {
         if batch.is_empty() {
             return;
         }
-        let ids: HashMap<String, u32> = gone_udp
-            .keys()
-            .filter_map(|id| self.lb.service_id(id).map(|n| (id.clone(), n)))
+        // Service ids as they were before the batch (the flows carry those).
+        let mut names = HashMap::new();
+        let gone: HashMap<u32, _> = gone_udp
+            .into_iter()
+            .filter_map(|(id, gone)| {
+                let sid = self.lb.service_id(&id)?;
+                names.insert(sid, id);
+                Some((sid, gone))
+            })
             .collect();
         let stats = self.lb.apply(batch);
         self.lb.log_stats("updated", &stats, started.elapsed());
-        for (id, gone) in gone_udp {
-            if let Some(sid) = ids.get(&id) {
-                let n = conntrack.purge_udp_backends(*sid, &gone);
-                if n > 0 {
-                    info!("service {id}: dropped {n} UDP conntrack entries of removed endpoints");
-                }
+        for (sid, n) in conntrack.purge_udp_backends(&gone) {
+            if let Some(id) = names.get(&sid).filter(|_| n > 0) {
+                info!("service {id}: dropped {n} UDP conntrack entries of removed endpoints");
             }
         }
     }
@@ -387,33 +390,42 @@ impl Services {
     }
 }
 
+/// Service changes under the service prefix, on a connection of their own.
+struct ServiceFollow {
+    watch: PrefixWatch,
+    client: Client,
+    prefix: String,
+}
+
+impl Follow for ServiceFollow {
+    type Update = Update;
+
+    async fn next(&mut self) -> Result<Update> {
+        self.watch.next(&mut self.client, &self.prefix).await
+    }
+
+    fn revision(&self) -> i64 {
+        self.watch.revision()
+    }
+}
+
 /// Streams service changes to the agent; a broken watch resumes where it left off.
 pub async fn watch_services(
-    mut client: Client,
+    client: Client,
     prefix: String,
     revision: i64,
     tx: mpsc::Sender<Update>,
 ) {
-    let mut watch = PrefixWatch::new("service", revision);
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match watch.next(&mut client, &prefix).await {
-            Ok(update) => {
-                backoff = Duration::from_millis(200);
-                if tx.send(update).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                warn!(
-                    "{e:#}; resuming after revision {} in {backoff:?}",
-                    watch.revision()
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let watch = PrefixWatch::new("service", revision);
+    forward(
+        ServiceFollow {
+            watch,
+            client,
+            prefix,
+        },
+        tx,
+    )
+    .await
 }
 
 /// The cookie of the network namespace the agent runs in (SO_NETNS_COOKIE).

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
 use netdp_common::{
     conntrack::{CtEntry, CtKey, flags, state},
+    encap::IPPROTO_UDP,
     map_names,
 };
 
@@ -172,29 +173,38 @@ impl ConntrackMap {
         expired.iter().filter(|k| self.0.remove(k).is_ok()).count()
     }
 
-    /// Removes the UDP flows to backends that are gone (a datagram flow has no end of its
-    /// own; kube-proxy clears them the same way). TCP flows are left to finish.
+    /// Removes the UDP flows to backends that are gone, per service id (a datagram flow
+    /// has no end of its own; kube-proxy clears them the same way), in one pass over the
+    /// table whatever the number of services. TCP flows are left to finish. Returns the
+    /// entries removed per service.
     pub fn purge_udp_backends(
         &mut self,
-        service_id: u32,
-        gone: &std::collections::HashSet<[u8; 4]>,
-    ) -> usize {
-        if gone.is_empty() {
-            return 0;
+        gone: &std::collections::HashMap<u32, std::collections::HashSet<[u8; 4]>>,
+    ) -> std::collections::HashMap<u32, usize> {
+        let mut removed = std::collections::HashMap::new();
+        if gone.values().all(|g| g.is_empty()) {
+            return removed;
         }
-        let doomed: Vec<CtKey> = self
+        let doomed: Vec<(u32, CtKey)> = self
             .0
             .iter()
             .filter_map(|r| r.ok())
             .filter(|(k, e)| {
-                k.proto == 17
+                let Some(gone) = gone.get(&e.service_id) else {
+                    return false;
+                };
+                k.proto == IPPROTO_UDP
                     && e.flags & flags::MASQ == 0
-                    && e.service_id == service_id
                     && ((e.flags & flags::REPLY == 0 && gone.contains(&e.nat_daddr))
                         || (e.flags & flags::REPLY != 0 && gone.contains(&k.saddr)))
             })
-            .map(|(k, _)| k)
+            .map(|(k, e)| (e.service_id, k))
             .collect();
-        doomed.iter().filter(|k| self.0.remove(k).is_ok()).count()
+        for (service_id, k) in doomed {
+            if self.0.remove(&k).is_ok() {
+                *removed.entry(service_id).or_insert(0) += 1;
+            }
+        }
+        removed
     }
 }

@@ -85,6 +85,40 @@ pub async fn list_prefix(client: &mut Client, prefix: &str) -> Result<(Vec<Kv>, 
     }
 }
 
+/// A watch that yields updates and knows the last revision it saw.
+pub trait Follow {
+    type Update: Send;
+    /// Waits for the next update; an error means etcd is unreachable, and calling again
+    /// resumes where the watch left off.
+    fn next(&mut self) -> impl std::future::Future<Output = Result<Self::Update>> + Send;
+    fn revision(&self) -> i64;
+}
+
+/// Streams a watch's updates to `tx` until its receiver is gone. A broken watch is
+/// resumed after a pause that doubles from 200 ms to 5 s, and is reset by a success.
+pub async fn forward<W: Follow>(mut watch: W, tx: tokio::sync::mpsc::Sender<W::Update>) {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(200);
+    let mut backoff = FIRST;
+    loop {
+        match watch.next().await {
+            Ok(update) => {
+                backoff = FIRST;
+                if tx.send(update).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(
+                    "{e:#}; resuming after revision {} in {backoff:?}",
+                    watch.revision()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// A watch of everything under a prefix, from a revision on.
 pub struct PrefixWatch {
     what: &'static str,
