@@ -85,11 +85,19 @@ fn pairs_with(p: &CtEntry, pk: &CtKey, key: &CtKey) -> bool {
     peer_key(p, pk.proto) == *key
 }
 
-/// The live entry for a packet, and the time. An expired entry, or a closing TCP entry hit
-/// by a fresh SYN (the tuple is being reused), is removed with its peer and reported as
-/// absent. The clock is only read when there is an entry (most packets have none).
+/// A packet's live conntrack entry: where it is, what it held when looked up (read once),
+/// and the time then.
+pub struct Found {
+    ptr: *mut CtEntry,
+    pub entry: CtEntry,
+    now: u32,
+}
+
+/// The live entry for a packet. An expired entry, or a closing TCP entry hit by a fresh
+/// SYN (the tuple is being reused), is removed with its peer and reported as absent. The
+/// clock is only read when there is an entry (most packets have none).
 #[inline(always)]
-pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<(*mut CtEntry, u32)> {
+pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<Found> {
     let e = CONNTRACK.get_ptr_mut(key)?;
     let now = now();
     // SAFETY: a valid map value; read before any update of the map.
@@ -110,19 +118,18 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<(*mut CtEntry, u32)> {
         let _ = CONNTRACK.remove(key);
         return None;
     }
-    Some((e, now))
+    Some(Found { ptr: e, entry, now })
 }
 
-/// Advances the flow's state for a packet that matched `e` and pushes out its expiry. The
+/// Advances the flow's state for a packet that matched `found` and pushes out its expiry. The
 /// other direction's entry is only looked up when something changes for both: a state
 /// transition, or the expiry moving on (at most once a second). That is also when a lost
 /// other direction (evicted by the LRU) is written again; if its tuple went to another
 /// flow meanwhile, this direction is dropped too, so the next packet starts the flow anew
 /// (a new masquerade port, a backend chosen again) instead of sharing it.
 #[inline(always)]
-pub fn track(e: *mut CtEntry, key: &CtKey, tcp_flags: u8, now: u32) {
-    // SAFETY: a valid map value.
-    let entry = unsafe { *e };
+pub fn track(found: &Found, key: &CtKey, tcp_flags: u8) {
+    let (e, entry, now) = (found.ptr, &found.entry, found.now);
     let mut st = entry.state;
     if key.proto == IPPROTO_TCP {
         if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -141,7 +148,7 @@ pub fn track(e: *mut CtEntry, key: &CtKey, tcp_flags: u8, now: u32) {
         (*e).state = st;
         (*e).expires = expires;
     }
-    let pk = peer_key(&entry, key.proto);
+    let pk = peer_key(entry, key.proto);
     match CONNTRACK.get_ptr_mut(pk) {
         // SAFETY: as above.
         Some(p) if pairs_with(unsafe { &*p }, &pk, key) => unsafe {
@@ -152,8 +159,12 @@ pub fn track(e: *mut CtEntry, key: &CtKey, tcp_flags: u8, now: u32) {
             let _ = CONNTRACK.remove(key);
         }
         None => {
-            // SAFETY: a valid map value, copied out after the update above.
-            let restored = peer_entry(key, &unsafe { *e });
+            let updated = CtEntry {
+                state: st,
+                expires,
+                ..*entry
+            };
+            let restored = peer_entry(key, &updated);
             if CONNTRACK.insert(pk, restored, BPF_NOEXIST as u64).is_err() {
                 let _ = CONNTRACK.remove(key);
             }

@@ -264,9 +264,7 @@ pub fn translate_error(ctx: &TcContext, l4: &L4) -> Option<Translated> {
     let quoted = quoted_flow(&load::<28>(ctx, inner)?)?;
     // The quoted packet went one way; the entry for the other way says how the sender of
     // the quoted packet sees the flow.
-    let (e, _) = conntrack::lookup(&quoted.reversed(), 0)?;
-    // SAFETY: a valid map value, copied out.
-    let e = unsafe { *e };
+    let e = conntrack::lookup(&quoted.reversed(), 0)?.entry;
     let orig = e.nat_tuple(quoted.proto).reversed();
 
     let outer = load::<8>(ctx, IP_SADDR_OFF)?;

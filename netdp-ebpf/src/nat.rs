@@ -134,10 +134,9 @@ pub fn port(
 /// entry says; `None` if there is no such flow.
 #[inline(always)]
 pub fn follow(ctx: &TcContext, program: Program, key: &CtKey, l4: &L4) -> Option<Outcome> {
-    let (e, now) = conntrack::lookup(key, l4.tcp_flags)?;
-    conntrack::track(e, key, l4.tcp_flags, now);
-    // SAFETY: a valid map value, copied out.
-    let e = unsafe { *e };
+    let found = conntrack::lookup(key, l4.tcp_flags)?;
+    conntrack::track(&found, key, l4.tcp_flags);
+    let e = found.entry;
     Some(match rewrite(ctx, l4, key, &e.nat_tuple(key.proto)) {
         Ok(()) => Outcome::Translated(Translated::of(&e)),
         Err(()) => Outcome::Done(drop(ctx, program, Reason::AdjustFailed)),
