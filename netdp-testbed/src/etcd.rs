@@ -132,20 +132,15 @@ impl Etcd {
 
     /// Runs etcdctl (v3 API) against this server.
     pub fn ctl(&self, args: &[&str]) -> Result<String> {
-        let mut all: Vec<String> = vec!["etcdctl".into()];
-        all.extend(self.etcdctl_args());
-        all.extend(args.iter().map(|s| s.to_string()));
-        let argv: Vec<&str> = all.iter().map(String::as_str).collect();
-        let out = match &self.netns {
-            Some(ns) => netns::command(ns, "etcdctl")?
-                .args(&argv[1..])
-                .env("ETCDCTL_API", "3")
-                .output()?,
-            None => Command::new("etcdctl")
-                .args(&argv[1..])
-                .env("ETCDCTL_API", "3")
-                .output()?,
+        let mut cmd = match &self.netns {
+            Some(ns) => netns::command(ns, "etcdctl")?,
+            None => Command::new("etcdctl"),
         };
+        let out = cmd
+            .args(self.etcdctl_args())
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()?;
         if !out.status.success() {
             bail!(
                 "etcdctl {args:?}: {}",
@@ -217,10 +212,6 @@ impl Etcd {
         self.stop();
         self.spawn()?;
         self.wait_ready(Duration::from_secs(30))
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
     }
 }
 

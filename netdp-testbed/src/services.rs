@@ -66,24 +66,10 @@ impl Testbed {
     /// Services (as `netdp service list -o json` reports them) with their programmed state
     /// on `node`.
     pub fn service_status(&self, node: &str) -> Result<Vec<Value>> {
-        let n = self.node(node);
-        let mut args = vec![
-            "service".to_string(),
-            "list".into(),
-            "-o".into(),
-            "json".into(),
-            format!("--node-name={}", n.ns),
-        ];
-        args.extend(self.etcd_flags());
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.netdp(node, &argv)?;
-        if !out.status.success() {
-            bail!(
-                "netdp service list: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let v: Value = serde_json::from_slice(&out.stdout)?;
+        let etcd = self.etcd_flags();
+        let mut args = vec!["service", "list"];
+        args.extend(etcd.iter().map(String::as_str));
+        let v = self.netdp_json(node, &args)?;
         Ok(v.as_array().cloned().unwrap_or_default())
     }
 

@@ -437,10 +437,10 @@ impl Testbed {
             netns::ip(&["-n", &ctl, "route", "add", "default", "via", "192.168.10.1"])?;
         }
         let etcd = Etcd::start(&self.dir, Some(&ctl), etcd_ip, None)?;
-        if let Some(cfg) = &spec.network_config {
-            etcd.put(&format!("{}/config", self.prefix), cfg)?;
-        }
         self.etcd = Some(etcd);
+        if let Some(cfg) = &spec.network_config {
+            self.set_network_config(cfg)?;
+        }
 
         let mut next_host = vec![11u8; spec.underlays.max(1)];
         let mut nat_count = 0u8;
@@ -877,18 +877,7 @@ impl Testbed {
 
     /// `netdp counters -o json` on a node: one object per reason and per event.
     fn counter_rows(&self, node: &str) -> Result<Vec<Value>> {
-        let n = self.node(node);
-        let out = netns::exec(
-            &n.ns,
-            &[
-                self.bins.netdp.to_str().unwrap_or("netdp"),
-                "counters",
-                &format!("--node-name={}", n.ns),
-                "-o",
-                "json",
-            ],
-        )?;
-        let v: Value = serde_json::from_str(&out)?;
+        let v = self.netdp_json(node, &["counters"])?;
         Ok(v.as_array().cloned().unwrap_or_default())
     }
 

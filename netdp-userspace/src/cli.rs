@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::{
     agent::AgentArgs,
-    dataplane::{Pins, counters::CounterMap, endpoint::EndpointMap, route::RouteMap},
+    dataplane::{Pins, counters::CounterMap, endpoint::EndpointMap, node_name, route::RouteMap},
     etcd::EtcdArgs,
     lease::Registry,
     subnet_file::SubnetFile,
@@ -82,11 +82,7 @@ pub struct NodeArgs {
 
 impl NodeArgs {
     fn pins(&self) -> Result<Pins> {
-        let node = match &self.node_name {
-            Some(n) => n.clone(),
-            None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
-        };
-        Pins::new(&self.bpf_root, &node)
+        Pins::new(&self.bpf_root, &node_name(self.node_name.as_deref())?)
     }
 }
 

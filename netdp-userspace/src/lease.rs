@@ -125,6 +125,19 @@ pub struct Lease {
     pub etcd_lease: i64,
 }
 
+/// The node's address in a pod subnet it leases (its first host address, as Flannel's
+/// FLANNEL_SUBNET): the pods' gateway, and where flows that must come back through the
+/// node are source-NATed to.
+pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+impl Lease {
+    pub fn gateway(&self) -> Ipv4Addr {
+        gateway(self.subnet)
+    }
+}
+
 /// A lease that could not be had.
 #[derive(Debug)]
 pub enum AcquireError {

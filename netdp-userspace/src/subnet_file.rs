@@ -23,7 +23,7 @@ pub struct SubnetFile {
 impl SubnetFile {
     /// The node's address in its own subnet (the first host address); pods' gateway.
     pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.subnet.network()) + 1)
+        crate::lease::gateway(self.subnet)
     }
 
     pub fn render(&self) -> String {

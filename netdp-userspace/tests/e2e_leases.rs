@@ -146,10 +146,7 @@ fn peer_leases_in_flannels_format_become_routes_and_bad_values_are_skipped() -> 
     )?;
 
     // A config that turns invalid while running is reported; the agent keeps going as it was.
-    etcd.put(
-        &format!("{}/config", tb.prefix),
-        r#"{"Network": "10.244.0.0/16", "SubnetLen": 8}"#,
-    )?;
+    tb.set_network_config(r#"{"Network": "10.244.0.0/16", "SubnetLen": 8}"#)?;
     tb.wait_for(
         "the invalid config to be reported",
         Duration::from_secs(5),

@@ -1,6 +1,5 @@
 //! The node's address in its own pod subnet (the pods' gateway, `FLANNEL_SUBNET`'s first
 //! address), held by a veth pair of its own as Cilium's cilium_host does.
-use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use ipnetwork::Ipv4Network;
@@ -21,7 +20,7 @@ pub async fn ensure_gateway(nl: &Netlink, lease: &Lease) -> Result<()> {
     let peer = nl.require_link(GATEWAY_PEER).await?;
     nl.configure_link(peer.index, None, None).await?;
     nl.configure_link(host.index, None, None).await?;
-    let gw = Ipv4Network::new(Ipv4Addr::from(u32::from(lease.subnet.network()) + 1), 32)?;
+    let gw = Ipv4Network::new(lease.gateway(), 32)?;
     nl.remove_other_addrs(host.index, gw).await?;
     nl.add_addr(host.index, gw.ip(), 32).await
 }
@@ -34,6 +33,6 @@ pub async fn ensure_gateway(nl: &Netlink, lease: &Lease) -> Result<()> {
 pub async fn ensure_host_route(nl: &Netlink, network: Ipv4Network, lease: &Lease) -> Result<()> {
     let host = nl.require_link(GATEWAY_DEV).await?;
     nl.set_noarp(host.index).await?;
-    let gw = Ipv4Addr::from(u32::from(lease.subnet.network()) + 1);
-    nl.replace_route_src(network, host.index, gw).await
+    nl.replace_route_src(network, host.index, lease.gateway())
+        .await
 }

@@ -19,6 +19,7 @@ use crate::{
     dataplane::{
         Dataplane, MapSizes, Pins,
         conntrack::ConntrackMap,
+        node_name,
         peer::PeerMap,
         route::{RouteMap, Underlay},
     },
@@ -96,11 +97,6 @@ impl AgentArgs {
     }
 }
 
-fn hostname() -> Result<String> {
-    let h = nix::unistd::gethostname().context("reading the hostname")?;
-    Ok(h.to_string_lossy().into_owned())
-}
-
 /// What the agent keeps in step.
 struct State {
     config: NetworkConfig,
@@ -117,10 +113,7 @@ struct State {
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(args: AgentArgs) -> Result<()> {
-    let node = match &args.node_name {
-        Some(n) => n.clone(),
-        None => hostname()?,
-    };
+    let node = node_name(args.node_name.as_deref())?;
     let pins = Pins::new(&args.bpf_root, &node)?;
     let nl = Netlink::connect()?;
     let link = match &args.iface {

@@ -103,7 +103,7 @@ impl Host<'_> {
     /// The node's address in its own pod subnet (the pods' gateway): where flows that must
     /// return through this node are source-NATed to.
     fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.lease.subnet.network()) + 1)
+        self.lease.gateway()
     }
 
     /// Who this node is for services: its name, the addresses node ports listen on (its

@@ -11,12 +11,12 @@ use serde_json::json;
 
 use super::{NodeArgs, Output, print_table};
 use crate::{
-    dataplane::lb::LbMaps,
+    dataplane::lb::{LbMaps, proto_name as proto},
     etcd::EtcdArgs,
     service::{
         self, ServiceDef, ServiceDoc, ServiceStore,
         store::{key, parse_key},
-        validate::{claims, proto_name as proto},
+        validate::claims,
     },
 };
 

@@ -7,12 +7,7 @@
 pub mod ipam;
 pub mod types;
 
-use std::{
-    collections::HashMap,
-    net::Ipv4Addr,
-    os::fd::AsRawFd,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, net::Ipv4Addr, os::fd::AsRawFd, path::Path};
 
 use anyhow::anyhow;
 use aya::programs::SchedClassifier;
@@ -21,7 +16,7 @@ use netdp_common::{endpoint::Endpoint, program_names};
 use serde_json::{Value, json};
 
 use crate::{
-    dataplane::{Hook, Pins, attach_and_pin, endpoint::EndpointMap},
+    dataplane::{Hook, Pins, attach_and_pin, endpoint::EndpointMap, node_name},
     netlink::Netlink,
     netns,
     subnet_file::SubnetFile,
@@ -162,13 +157,7 @@ fn block_on<T>(f: impl Future<Output = Result<T, CniError>>) -> Result<T, CniErr
 }
 
 fn node_pins(conf: &NetConf) -> Result<Pins, CniError> {
-    let node = match &conf.node_name {
-        Some(n) => n.clone(),
-        None => nix::unistd::gethostname()
-            .map_err(|e| CniError::internal(e.into()))?
-            .to_string_lossy()
-            .into_owned(),
-    };
+    let node = node_name(conf.node_name.as_deref()).map_err(CniError::internal)?;
     Pins::new(Path::new(&conf.bpf_root), &node)
         .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("nodeName: {e:#}")))
 }
@@ -468,9 +457,4 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
         }
     }
     Ok(())
-}
-
-/// The path a runtime would pass as CNI_NETNS for a named namespace.
-pub fn netns_path(name: &str) -> PathBuf {
-    PathBuf::from("/var/run/netns").join(name)
 }

@@ -30,7 +30,7 @@ use netdp_common::{
     capacity, global_names, lb::maglev_rows, map_names, node::NodeConfig, program_names,
 };
 
-pub use pins::{Hook, Pins};
+pub use pins::{Hook, Pins, node_name};
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded at compile time.
 pub fn object() -> &'static [u8] {

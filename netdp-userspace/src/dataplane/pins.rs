@@ -37,6 +37,17 @@ impl Hook {
     }
 }
 
+/// The node's name: the one given, else the hostname (as Kubernetes names nodes).
+pub fn node_name(given: Option<&str>) -> Result<String> {
+    match given {
+        Some(n) => Ok(n.to_string()),
+        None => Ok(nix::unistd::gethostname()
+            .context("reading the hostname")?
+            .to_string_lossy()
+            .into_owned()),
+    }
+}
+
 /// Node names become directory names; keep them to what Kubernetes allows in a node name.
 pub fn validate_node_name(node: &str) -> Result<()> {
     if node.is_empty()

@@ -50,21 +50,15 @@ impl RouteMap {
         let current: HashMap<Ipv4Network, Route> = self.list().into_iter().collect();
         let mut stats = SyncStats::default();
         for (subnet, route) in desired {
-            match current.get(subnet) {
-                Some(r) if r == route => {}
-                Some(_) => {
-                    self.0
-                        .insert(&key(subnet), route, 0)
-                        .with_context(|| format!("updating route {subnet}"))?;
-                    stats.updated += 1;
-                }
-                None => {
-                    self.0
-                        .insert(&key(subnet), route, 0)
-                        .with_context(|| format!("adding route {subnet}"))?;
-                    stats.added += 1;
-                }
-            }
+            let (count, what) = match current.get(subnet) {
+                Some(r) if r == route => continue,
+                Some(_) => (&mut stats.updated, "updating"),
+                None => (&mut stats.added, "adding"),
+            };
+            self.0
+                .insert(&key(subnet), route, 0)
+                .with_context(|| format!("{what} route {subnet}"))?;
+            *count += 1;
         }
         for subnet in current.keys().filter(|s| !desired.contains_key(s)) {
             match self.0.remove(&key(subnet)) {

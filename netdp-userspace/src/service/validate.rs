@@ -3,6 +3,7 @@
 use std::{collections::HashSet, net::Ipv4Addr};
 
 use super::schema::{IntOrString, ServiceDoc};
+use crate::dataplane::lb::proto_name;
 
 /// The annotation choosing the backend selection of a service.
 pub const ALGORITHM_ANNOTATION: &str = "netdp.io/lb-algorithm";
@@ -69,20 +70,8 @@ impl ServiceDef {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    pub fn has_node_ports(&self) -> bool {
-        matches!(self.kind, ServiceType::NodePort | ServiceType::LoadBalancer)
-    }
-
     pub fn ready_endpoints(&self) -> impl Iterator<Item = &EndpointDef> {
         self.endpoints.iter().filter(|e| e.ready)
-    }
-}
-
-pub fn proto_name(p: u8) -> &'static str {
-    match p {
-        IPPROTO_TCP => "TCP",
-        IPPROTO_UDP => "UDP",
-        _ => "?",
     }
 }
 

@@ -72,12 +72,7 @@ impl LbMaps {
             .frontends
             .iter()
             .filter_map(|r| r.ok())
-            .map(|(key, fe)| {
-                let backends = (0..fe.count as u32)
-                    .filter_map(|i| self.backends.get(&(fe.backends + i), 0).ok())
-                    .collect();
-                ProgrammedFrontend { key, fe, backends }
-            })
+            .map(|(key, fe)| self.programmed(key, fe))
             .collect();
         out.sort_by_key(|f| (f.key.addr, f.key.port, f.key.proto));
         out
@@ -87,10 +82,15 @@ impl LbMaps {
     pub fn get(&self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<ProgrammedFrontend> {
         let key = frontend_key(addr, port, proto);
         let fe = self.frontends.get(&key, 0).ok()?;
+        Some(self.programmed(key, fe))
+    }
+
+    /// A frontend with the backends of its range.
+    fn programmed(&self, key: FrontendKey, fe: Frontend) -> ProgrammedFrontend {
         let backends = (0..fe.count as u32)
             .filter_map(|i| self.backends.get(&(fe.backends + i), 0).ok())
             .collect();
-        Some(ProgrammedFrontend { key, fe, backends })
+        ProgrammedFrontend { key, fe, backends }
     }
 }
 
