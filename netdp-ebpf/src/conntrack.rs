@@ -67,7 +67,7 @@ pub fn peer_key(e: &CtEntry, proto: u8) -> CtKey {
 /// The other direction's entry as `e` (at `key`) implies it: exactly what was written for
 /// it when the flow started, but for the state and expiry, which follow `e`.
 #[inline(always)]
-fn peer_entry(key: &CtKey, e: &CtEntry) -> CtEntry {
+pub fn peer_entry(key: &CtKey, e: &CtEntry) -> CtEntry {
     let back = key.reversed();
     CtEntry {
         nat_saddr: back.saddr,
@@ -213,11 +213,32 @@ pub fn claim(ctx: &TcContext, program: Program, key: &CtKey, e: &CtEntry, now: u
     Claim::Claimed
 }
 
-/// Writes a new flow's original-direction entry, its reply tuple `reply_key` claimed
-/// already, and returns the tuple its packets are rewritten to. If another CPU started the
-/// same flow first, the claim is given back and that flow's translation is followed.
+/// The reply-direction entry of a new flow `key`: replies are rewritten back to the flow's
+/// own tuple. Its original-direction entry follows from it by [`peer_entry`].
 #[inline(always)]
-pub fn open(key: &CtKey, e: &CtEntry, reply_key: &CtKey) -> Result<CtKey, ()> {
+pub fn new_reply(key: &CtKey, now: u32, ifindex: u32, service_id: u32, kind: u8) -> CtEntry {
+    let st = first_state(key.proto);
+    let back = key.reversed();
+    CtEntry {
+        nat_saddr: back.saddr,
+        nat_daddr: back.daddr,
+        nat_sport: back.sport,
+        nat_dport: back.dport,
+        expires: now + lifetime(st),
+        ifindex,
+        service_id,
+        state: st,
+        flags: kind | flags::REPLY,
+        pad: 0,
+    }
+}
+
+/// Writes a new flow's original-direction entry `e`, its reply tuple claimed already, and
+/// returns the tuple its packets are rewritten to. If another CPU started the same flow
+/// first, the claim is given back and that flow's translation is followed.
+#[inline(always)]
+pub fn open(key: &CtKey, e: &CtEntry) -> Result<CtKey, ()> {
+    let reply_key = &peer_key(e, key.proto);
     match CONNTRACK.insert(key, e, BPF_NOEXIST as u64) {
         Ok(()) => Ok(e.nat_tuple(key.proto)),
         Err(EEXIST) => {

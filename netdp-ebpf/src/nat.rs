@@ -186,20 +186,7 @@ pub fn masquerade(
     node: &NodeConfig,
 ) -> Result<(), Reason> {
     let now = conntrack::now();
-    let st = conntrack::first_state(key.proto);
-    let back = key.reversed();
-    let reply = CtEntry {
-        nat_saddr: back.saddr,
-        nat_daddr: back.daddr,
-        nat_sport: back.sport,
-        nat_dport: back.dport,
-        expires: now + conntrack::lifetime(st),
-        ifindex: 0,
-        service_id: 0,
-        state: st,
-        flags: flags::REPLY | flags::MASQ,
-        pad: 0,
-    };
+    let reply = conntrack::new_reply(key, now, 0, 0, flags::MASQ);
     let to = CtKey {
         saddr: node.node_ip,
         ..*key
@@ -214,15 +201,8 @@ pub fn masquerade(
         now,
     )
     .ok_or(Reason::NatNoPort)?;
-    let forward = CtEntry {
-        nat_saddr: to.saddr,
-        nat_daddr: to.daddr,
-        nat_sport: to.sport,
-        nat_dport: to.dport,
-        flags: flags::MASQ,
-        ..reply
-    };
-    let to = conntrack::open(key, &forward, &to.reversed()).map_err(|()| Reason::NatNoPort)?;
+    let forward = conntrack::peer_entry(&to.reversed(), &reply);
+    let to = conntrack::open(key, &forward).map_err(|()| Reason::NatNoPort)?;
     rewrite(ctx, l4, key, &to).map_err(|()| Reason::AdjustFailed)?;
     counters::event(ctx, program, Event::MasqueradeFlow);
     Ok(())

@@ -4,7 +4,7 @@
 //! ICMP errors follow those entries (`nat::follow`, `icmp::translate_error`).
 use aya_ebpf::programs::TcContext;
 use netdp_common::{
-    conntrack::{CtEntry, CtKey, flags},
+    conntrack::{CtKey, flags},
     counters::{Event, Program, Reason},
     lb::{Frontend, backend_flags, frontend_flags},
 };
@@ -51,25 +51,13 @@ fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
         dport: fe.target_port,
         ..*key
     };
-    let st = conntrack::first_state(key.proto);
-    let back = key.reversed();
-    let mut reply = CtEntry {
-        nat_saddr: back.saddr,
-        nat_daddr: back.daddr,
-        nat_sport: back.sport,
-        nat_dport: back.dport,
-        expires: now + conntrack::lifetime(st),
-        ifindex: if program == Program::FromNetdev {
-            // SAFETY: reading our own skb.
-            unsafe { (*ctx.skb.skb).ifindex }
-        } else {
-            0
-        },
-        service_id: fe.service_id,
-        state: st,
-        flags: flags::REPLY,
-        pad: 0,
+    let ifindex = if program == Program::FromNetdev {
+        // SAFETY: reading our own skb.
+        unsafe { (*ctx.skb.skb).ifindex }
+    } else {
+        0
     };
+    let mut reply = conntrack::new_reply(key, now, ifindex, fe.service_id, 0);
     // Claim the reply tuple. Without source NAT it is normally free; if another flow holds
     // it (the same client port to two services sharing a backend), source NAT resolves it.
     let mut claimed = false;
@@ -111,15 +99,8 @@ fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
             }
         };
     }
-    let forward = CtEntry {
-        nat_saddr: to.saddr,
-        nat_daddr: to.daddr,
-        nat_sport: to.sport,
-        nat_dport: to.dport,
-        flags: reply.flags & !flags::REPLY,
-        ..reply
-    };
-    let Ok(to) = conntrack::open(key, &forward, &to.reversed()) else {
+    let forward = conntrack::peer_entry(&to.reversed(), &reply);
+    let Ok(to) = conntrack::open(key, &forward) else {
         return Outcome::Done(drop(ctx, program, Reason::ServiceConntrackFull));
     };
     if nat::rewrite(ctx, l4, key, &to).is_err() {
