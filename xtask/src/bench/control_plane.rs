@@ -198,8 +198,7 @@ fn leases(bins: &Binaries, peers: usize, repeats: usize) -> Vec<Row> {
     let (up, down, write, rss) = match result {
         Ok((a, b, c, d)) => (Ok(a), Ok(b), Ok(c), Ok(d)),
         Err(e) => {
-            let m = format!("{e:#}");
-            let f = || Err(anyhow::anyhow!("{m}"));
+            let f = || Err(super::runner::same_error(&e));
             (f(), f(), f(), f())
         }
     };

@@ -52,6 +52,11 @@ impl Stats {
 }
 
 /// Runs `sample` `repeats` times and collects what each run returns.
+/// The same failure for another row (errors are not Clone; rows print them with `{:#}`).
+pub fn same_error(e: &anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
 pub fn repeat(
     what: &str,
     repeats: usize,

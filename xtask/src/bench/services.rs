@@ -318,13 +318,12 @@ fn rate_rows(
 }
 
 fn failed_rows(subject: &str, case: &str, compare: &[&str], e: &anyhow::Error) -> Vec<Row> {
-    let m = format!("{e:#}");
     rate_rows(
         subject,
         case,
         compare,
-        Err(anyhow::anyhow!("{m}")),
-        Err(anyhow::anyhow!("{m}")),
+        Err(runner::same_error(e)),
+        Err(runner::same_error(e)),
     )
 }
 
@@ -469,10 +468,7 @@ pub fn run(bins: &Binaries, plan: Plan, counts: &[usize], budget: Duration) -> V
             let proof = before.and_then(|b| b.check(p)).and_then(|_| balanced(p));
             let (crr, rr) = match proof {
                 Ok(()) => (crr, rr),
-                Err(e) => {
-                    let m = format!("{e:#}");
-                    (Err(anyhow::anyhow!("{m}")), Err(anyhow::anyhow!("{m}")))
-                }
+                Err(e) => (Err(runner::same_error(&e)), Err(runner::same_error(&e))),
             };
             out.extend(rate_rows(subject, &case(n), compare, crr, rr));
         }

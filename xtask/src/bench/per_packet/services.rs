@@ -373,10 +373,9 @@ pub fn run(object: &std::path::Path, calls: u64, repeats: usize, floor: (&str, &
     let mut node = match setup(object) {
         Ok(n) => n,
         Err(e) => {
-            let m = format!("{e:#}");
             return [FIRST_PACKET, ESTABLISHED, REVERSE]
                 .iter()
-                .map(|c| row(c, Err(anyhow!("{m}"))))
+                .map(|c| row(c, Err(runner::same_error(&e))))
                 .collect();
         }
     };
@@ -406,10 +405,7 @@ pub fn run(object: &std::path::Path, calls: u64, repeats: usize, floor: (&str, &
             });
             (est, rev)
         }
-        Err(e) => {
-            let m = format!("{e:#}");
-            (Err(anyhow!("{m}")), Err(anyhow!("{m}")))
-        }
+        Err(e) => (Err(runner::same_error(&e)), Err(runner::same_error(&e))),
     };
     vec![
         row(FIRST_PACKET, first),
