@@ -68,14 +68,24 @@ pub fn peer_key(e: &CtEntry, proto: u8) -> CtKey {
 /// it when the flow started, but for the state and expiry, which follow `e`.
 #[inline(always)]
 pub fn peer_entry(key: &CtKey, e: &CtEntry) -> CtEntry {
-    let back = key.reversed();
+    rewriting_to(
+        &key.reversed(),
+        CtEntry {
+            flags: e.flags ^ flags::REPLY,
+            ..*e
+        },
+    )
+}
+
+/// `e`, rewriting packets to tuple `t`.
+#[inline(always)]
+fn rewriting_to(t: &CtKey, e: CtEntry) -> CtEntry {
     CtEntry {
-        nat_saddr: back.saddr,
-        nat_daddr: back.daddr,
-        nat_sport: back.sport,
-        nat_dport: back.dport,
-        flags: e.flags ^ flags::REPLY,
-        ..*e
+        nat_saddr: t.saddr,
+        nat_daddr: t.daddr,
+        nat_sport: t.sport,
+        nat_dport: t.dport,
+        ..e
     }
 }
 
@@ -218,19 +228,17 @@ pub fn claim(ctx: &TcContext, program: Program, key: &CtKey, e: &CtEntry, now: u
 #[inline(always)]
 pub fn new_reply(key: &CtKey, now: u32, ifindex: u32, service_id: u32, kind: u8) -> CtEntry {
     let st = first_state(key.proto);
-    let back = key.reversed();
-    CtEntry {
-        nat_saddr: back.saddr,
-        nat_daddr: back.daddr,
-        nat_sport: back.sport,
-        nat_dport: back.dport,
-        expires: now + lifetime(st),
-        ifindex,
-        service_id,
-        state: st,
-        flags: kind | flags::REPLY,
-        pad: 0,
-    }
+    rewriting_to(
+        &key.reversed(),
+        CtEntry {
+            expires: now + lifetime(st),
+            ifindex,
+            service_id,
+            state: st,
+            flags: kind | flags::REPLY,
+            ..Default::default()
+        },
+    )
 }
 
 /// Writes a new flow's original-direction entry `e`, its reply tuple claimed already, and
