@@ -243,3 +243,32 @@ fn bad_input_gives_a_one_line_error_and_a_nonzero_exit() -> Result<()> {
     tb.kill_agent("n1");
     Ok(())
 }
+
+/// `ip netns exec` (how many people try namespaces) gives the agent a private /sys: it must
+/// refuse before leasing anything, and say why and what to run instead.
+#[test]
+fn agent_under_ip_netns_exec_names_its_private_bpffs_and_leases_nothing() -> Result<()> {
+    let tb = Testbed::new(Spec::flat(1).network(HOST_GW))?;
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &tb.node("n1").ns])
+        .arg(&tb.bins.netdp)
+        .args(tb.agent_args("n1"))
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "the agent ran with a private bpffs: {said}"
+    );
+    assert!(
+        said.contains("mount namespace of its own") && said.contains("nsenter --net="),
+        "{said}"
+    );
+    let leases = tb.etcd().get_prefix(&format!("{}/subnets/", tb.prefix))?;
+    assert!(leases.is_empty(), "leased before refusing: {leases:?}");
+    Ok(())
+}

@@ -37,7 +37,7 @@ pub fn run(args: Args) -> Result<()> {
         anyhow::bail!("the demo creates network namespaces and loads BPF programs: run it as root");
     }
     step(1, "Installing what is missing and building netdp (release)");
-    setup::ensure()?;
+    setup::ensure_runtime()?;
     let bins = build::binaries()?;
 
     step(

@@ -17,7 +17,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what building and testing need (rust-src, bpf-linker, Debian packages).
+    /// Install what building and testing need (rust-src, bpf-linker, Debian packages) and check each by using it.
     Setup,
     /// Build the eBPF programs (nightly, bpfel-unknown-none).
     BuildEbpf,
@@ -41,7 +41,7 @@ fn main() {
         netdp_testbed::cleanup::install_signal_cleanup();
     }
     let result: Result<()> = match cli.command {
-        Command::Setup => setup::ensure(),
+        Command::Setup => setup::ensure_runtime(),
         Command::BuildEbpf => setup::ensure().and_then(|_| build::ebpf()),
         Command::Build { release } => setup::ensure().and_then(|_| build::all(release).map(|_| ())),
         Command::Test(args) => test::run(args),

@@ -24,7 +24,7 @@ pub fn run(args: Args) -> Result<()> {
             "the tests need root (network namespaces, BPF programs, bpffs); run `sudo -E cargo xtask test`"
         );
     }
-    setup::ensure()?;
+    setup::ensure_runtime()?;
     build::ebpf()?;
     let root = workspace();
     if !args.no_lint {

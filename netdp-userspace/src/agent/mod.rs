@@ -115,6 +115,8 @@ struct State {
 pub async fn run(args: AgentArgs) -> Result<()> {
     let node = node_name(args.node_name.as_deref())?;
     let pins = Pins::new(&args.bpf_root, &node)?;
+    // Before anything is leased: a bpffs the CNI plugin can't see is a setup error.
+    pins.create_dirs()?;
     let nl = Netlink::connect()?;
     let link = match &args.iface {
         Some(name) => nl.require_link(name).await?,

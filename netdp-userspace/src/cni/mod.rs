@@ -175,7 +175,8 @@ fn node_ready(conf: &NetConf) -> Result<(SubnetFile, Pins), CniError> {
         return Err(CniError::new(
             code::TRY_AGAIN_LATER,
             format!(
-                "the netdp agent has not set up the dataplane at {} yet",
+                "the netdp agent has not set up the dataplane at {} yet (is it running, \
+                 and does it see the host's /sys/fs/bpf?)",
                 pins.dir().display()
             ),
         ));

@@ -62,6 +62,17 @@ pub fn validate_node_name(node: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether this process's mount namespace differs from init's (`ip netns exec`, a container).
+fn private_mount_namespace() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/mnt"),
+        std::fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(own), Ok(init)) => own != init,
+        _ => false,
+    }
+}
+
 fn is_bpffs(path: &Path) -> Result<bool> {
     let st =
         nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
@@ -126,6 +137,17 @@ impl Pins {
     pub fn create_dirs(&self) -> Result<()> {
         let bpf = Path::new("/sys/fs/bpf");
         if self.dir.starts_with(bpf) && bpf.is_dir() && !is_bpffs(bpf)? {
+            if private_mount_namespace() {
+                // `ip netns exec` unshares the mount namespace and mounts a fresh /sys: a bpffs
+                // mounted there would be this process's alone and vanish with it, pins and all.
+                bail!(
+                    "/sys/fs/bpf here is not the host's: the agent runs in a mount namespace of \
+                     its own (started with `ip netns exec`?), so its pins would vanish when it \
+                     exits and the CNI plugin would not see them. Enter only the network \
+                     namespace instead: `nsenter --net=/run/netns/NAME netdp agent ...`, or, in \
+                     a container, mount the host's /sys/fs/bpf"
+                );
+            }
             nix::mount::mount(
                 Some("bpf"),
                 bpf,

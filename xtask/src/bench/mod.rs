@@ -95,7 +95,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("the benchmarks build namespaced clusters and load BPF programs: run them as root");
     }
     let started = std::time::Instant::now();
-    setup::ensure()?;
+    setup::ensure_runtime()?;
     let bins = build::binaries()?;
     plot::load_font()?;
     let sizes = Sizes::new(args.quick);

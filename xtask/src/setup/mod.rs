@@ -1,4 +1,7 @@
-//! Installs what is missing, or stops with a message naming the missing piece.
+//! Installs what is missing, then checks each prerequisite by using it (`probe`), so a
+//! missing piece is named before a long build starts.
+mod probe;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -11,6 +14,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
     ("protoc", "protobuf-compiler"),
+    // etcd-client's build imports google/protobuf/*.proto: protobuf-compiler lacks them.
+    (probe::WELL_KNOWN_PROTO, "libprotobuf-dev"),
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("bpftool", "bpftool"),
@@ -74,6 +79,7 @@ pub const FILES: &[(&str, &str)] = &[(
 )];
 
 /// Installs Debian packages whose tools (or files, for absolute paths) are missing.
+/// Presence is only the first test: `probe` then uses each one.
 pub fn apt(wanted: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
@@ -200,10 +206,18 @@ fn rust_src() -> Result<()> {
     Ok(())
 }
 
+/// What building needs: packages, rust-src, bpf-linker, each checked by using it.
 pub fn ensure() -> Result<()> {
     apt(PACKAGES)?;
     apt(FILES)?;
     rust_src()?;
     bpf_linker()?;
-    Ok(())
+    probe::build()
+}
+
+/// `ensure`, and what running the tests, the demo and the benchmarks needs on top (root,
+/// the BPF syscall and bpffs, network namespaces, a real etcd), each checked by using it.
+pub fn ensure_runtime() -> Result<()> {
+    ensure()?;
+    probe::runtime()
 }
