@@ -249,20 +249,33 @@ fn bad_input_gives_a_one_line_error_and_a_nonzero_exit() -> Result<()> {
 #[test]
 fn agent_under_ip_netns_exec_names_its_private_bpffs_and_leases_nothing() -> Result<()> {
     let tb = Testbed::new(Spec::flat(1).network(HOST_GW))?;
-    let out = std::process::Command::new("ip")
+    let log = tb.node("n1").agent_log();
+    let out = std::fs::File::create(&log)?;
+    let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", &tb.node("n1").ns])
         .arg(&tb.bins.netdp)
         .args(tb.agent_args("n1"))
         .stdin(std::process::Stdio::null())
-        .output()?;
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()?;
+    // It must refuse at once; an agent that runs instead is stopped and fails the test.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = std::fs::read_to_string(&log)?;
     assert!(
-        !out.status.success(),
-        "the agent ran with a private bpffs: {said}"
+        status.is_some_and(|s| !s.success()),
+        "the agent ran with a private bpffs ({status:?}): {said}"
     );
     assert!(
         said.contains("mount namespace of its own") && said.contains("nsenter --net="),

@@ -62,15 +62,19 @@ pub fn validate_node_name(node: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether this process's mount namespace differs from init's (`ip netns exec`, a container).
+/// Whether this process has a mount namespace of its own: it differs from init's, or from
+/// its parent's (`ip netns exec` unshares it and execs the command, so the parent, a shell,
+/// still has the host's; init's may not be readable in a sandbox).
 fn private_mount_namespace() -> bool {
-    match (
-        std::fs::read_link("/proc/self/ns/mnt"),
-        std::fs::read_link("/proc/1/ns/mnt"),
-    ) {
-        (Ok(own), Ok(init)) => own != init,
-        _ => false,
-    }
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let Some(own) = ns("self") else {
+        return false;
+    };
+    let parent = nix::unistd::getppid().to_string();
+    ["1", parent.as_str()]
+        .iter()
+        .filter_map(|pid| ns(pid))
+        .any(|other| other != own)
 }
 
 fn is_bpffs(path: &Path) -> Result<bool> {
