@@ -20,7 +20,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Result, bail};
 
 use crate::{build, setup};
-use report::{Header, Outcome, Row, Section};
+use report::{Header, Outcome, Pick, Row, Section};
 use runner::Plan;
 
 #[derive(clap::Args)]
@@ -35,7 +35,7 @@ pub struct Args {
     /// control-plane.
     #[arg(long)]
     only: Option<String>,
-    /// Also put this run's table and plots into README.md's Performance section.
+    /// Also put this run's headline rows and plots into README.md's Performance section.
     #[arg(long)]
     readme: bool,
 }
@@ -224,7 +224,12 @@ pub fn run(args: Args) -> Result<()> {
     println!("{text}");
     println!("bench: wrote {}", args.out.join("results.md").display());
     if args.readme {
-        readme(&args.out, &text)?;
+        let dir = args
+            .out
+            .strip_prefix(build::workspace())
+            .unwrap_or(&args.out);
+        let dir = dir.display().to_string();
+        readme(&report::headline(&header, &rows, HEADLINE, &plots, &dir))?;
     }
     let failed: Vec<String> = rows
         .iter()
@@ -328,8 +333,34 @@ fn machine(load_before: &str, samples: &str, took: Duration) -> Vec<(String, Str
     ]
 }
 
-/// Replaces README.md's Performance section body (between its markers) with this run.
-fn readme(out: &std::path::Path, results: &str) -> Result<()> {
+/// What README's Performance section shows of a run: per comparison with what clusters run
+/// today, netdp's row for the question it answers, at the smallest and largest size.
+const HEADLINE: &[Pick] = &[
+    Pick {
+        section: Section::Services,
+        subject: services::NETDP,
+        metric: report::CONN_RATE,
+    },
+    Pick {
+        section: Section::PodToPod,
+        subject: pod_to_pod::NETDP_HOST_GW,
+        metric: report::RR_RATE,
+    },
+    Pick {
+        section: Section::PodToPod,
+        subject: pod_to_pod::NETDP_VXLAN,
+        metric: report::RR_RATE,
+    },
+    Pick {
+        section: Section::ControlPlane,
+        // control_plane's NETDP_APPLY: service apply until every frontend is programmed.
+        subject: "netdp (service apply -> all in FRONTENDS)",
+        metric: report::SECONDS,
+    },
+];
+
+/// Replaces README.md's Performance section body (between its markers) with `body`.
+fn readme(body: &str) -> Result<()> {
     const BEGIN: &str = "<!-- bench:begin -->";
     const END: &str = "<!-- bench:end -->";
     let path = build::workspace().join("README.md");
@@ -337,17 +368,6 @@ fn readme(out: &std::path::Path, results: &str) -> Result<()> {
     let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) else {
         bail!("README.md has no {BEGIN} ... {END} markers");
     };
-    let rel = out
-        .strip_prefix(build::workspace())
-        .unwrap_or(out)
-        .display()
-        .to_string();
-    // The table's plot links are relative to the results directory.
-    let body = results
-        .replacen("# netdp benchmarks\n", "", 1)
-        .replace("](services.png)", &format!("]({rel}/services.png)"))
-        .replace("](pod_to_pod.png)", &format!("]({rel}/pod_to_pod.png)"))
-        .replace("\n## ", "\n### ");
     let new = format!("{}{BEGIN}\n{}\n{}", &text[..b], body.trim(), &text[e..]);
     std::fs::write(&path, new)?;
     println!(

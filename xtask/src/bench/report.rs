@@ -256,41 +256,9 @@ pub fn markdown(header: &Header, rows: &[Row], plots: &[(&str, &str)]) -> String
     sections.dedup();
     for s in sections {
         let _ = writeln!(out, "\n## {}\n", s.title());
-        let _ = writeln!(
-            out,
-            "| subject | case | metric | median | spread | n | ratio |"
-        );
-        let _ = writeln!(out, "|---|---|---|---:|---:|---:|---|");
+        let _ = writeln!(out, "{TABLE_HEAD}");
         for r in rows.iter().filter(|r| r.section == s) {
-            let metric = format!("{} ({})", r.metric.name, r.metric.unit);
-            let (median, spread, n, ratio_cell) = match &r.outcome {
-                Outcome::Measured(st) => (
-                    human(st.median()),
-                    format!("±{:.1}%", st.spread_pct()),
-                    st.samples.len().to_string(),
-                    ratio_cell(r, rows),
-                ),
-                Outcome::Skipped(why) => (
-                    "–".into(),
-                    String::new(),
-                    String::new(),
-                    format!("not measured: {why}"),
-                ),
-                Outcome::OverBudget(b) => (
-                    format!("> {}", human(*b)),
-                    String::new(),
-                    "1".into(),
-                    format!("stopped after {} {}", human(*b), r.metric.unit),
-                ),
-                Outcome::Failed(why) => {
-                    ("FAILED".into(), String::new(), String::new(), one_line(why))
-                }
-            };
-            let _ = writeln!(
-                out,
-                "| {} | {} | {metric} | {median} | {spread} | {n} | {ratio_cell} |",
-                r.subject, r.case
-            );
+            let _ = writeln!(out, "{}", table_row(r, rows));
         }
     }
     if !plots.is_empty() {
@@ -298,6 +266,105 @@ pub fn markdown(header: &Header, rows: &[Row], plots: &[(&str, &str)]) -> String
         for (file, alt) in plots {
             let _ = writeln!(out, "![{alt}]({file})\n");
         }
+    }
+    out
+}
+
+const TABLE_HEAD: &str =
+    "| subject | case | metric | median | spread | n | ratio |\n|---|---|---|---:|---:|---:|---|";
+
+/// One row of a table; `rows` are the ones its ratios are taken against.
+fn table_row(r: &Row, rows: &[Row]) -> String {
+    let metric = format!("{} ({})", r.metric.name, r.metric.unit);
+    let (median, spread, n, ratio_cell) = match &r.outcome {
+        Outcome::Measured(st) => (
+            human(st.median()),
+            format!("±{:.1}%", st.spread_pct()),
+            st.samples.len().to_string(),
+            ratio_cell(r, rows),
+        ),
+        Outcome::Skipped(why) => (
+            "–".into(),
+            String::new(),
+            String::new(),
+            format!("not measured: {why}"),
+        ),
+        Outcome::OverBudget(b) => (
+            format!("> {}", human(*b)),
+            String::new(),
+            "1".into(),
+            format!("stopped after {} {}", human(*b), r.metric.unit),
+        ),
+        Outcome::Failed(why) => ("FAILED".into(), String::new(), String::new(), one_line(why)),
+    };
+    format!(
+        "| {} | {} | {metric} | {median} | {spread} | {n} | {ratio_cell} |",
+        r.subject, r.case
+    )
+}
+
+/// A headline figure: `subject`'s rows with `metric` in `section`.
+pub struct Pick {
+    pub section: Section,
+    pub subject: &'static str,
+    pub metric: Metric,
+}
+
+/// The rows of each pick that were measured, first and last case only (the smallest and
+/// largest size; one row when there is one case), in pick order.
+pub fn headline_rows<'a>(rows: &'a [Row], picks: &[Pick]) -> Vec<&'a Row> {
+    let mut out = Vec::new();
+    for p in picks {
+        let mut measured = rows.iter().filter(|r| {
+            r.section == p.section
+                && r.subject == p.subject
+                && r.metric == p.metric
+                && r.stats().is_some()
+        });
+        let first = measured.next();
+        let last = measured.next_back();
+        out.extend(first.into_iter().chain(last));
+    }
+    out
+}
+
+/// README's Performance section: where it was measured, the headline rows with their
+/// ratios (taken against every row), and the plots, linked from `dir` (the results
+/// directory, relative to README), with a link to the full table there.
+pub fn headline(
+    header: &Header,
+    rows: &[Row],
+    picks: &[Pick],
+    plots: &[(&str, &str)],
+    dir: &str,
+) -> String {
+    let mut out = String::new();
+    let machine: Vec<String> = header
+        .lines
+        .iter()
+        .filter(|(k, _)| ["CPU", "Kernel", "netdp"].contains(&k.as_str()))
+        .map(|(k, v)| {
+            if k == "netdp" {
+                format!("netdp {v}")
+            } else {
+                v.clone()
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "Reproduce with `{}` (as root). Measured on {}. Medians of one run; a ratio above \
+         1.00x is better than the row named (more per second, or less time). Every row, its \
+         spread, the tools and the machine's load: [{dir}/results.md]({dir}/results.md).\n",
+        header.command,
+        machine.join("; ")
+    );
+    let _ = writeln!(out, "{TABLE_HEAD}");
+    for r in headline_rows(rows, picks) {
+        let _ = writeln!(out, "{}", table_row(r, rows));
+    }
+    for (file, alt) in plots {
+        let _ = writeln!(out, "\n![{alt}]({dir}/{file})");
     }
     out
 }
@@ -417,6 +484,82 @@ mod tests {
         );
         // A row of another case is named with its case.
         assert!(md.contains("| 0.50x vs iptables (10) |"), "{md}");
+    }
+
+    #[test]
+    fn headline_is_each_picks_smallest_and_largest_measured_case() {
+        let rows = vec![
+            measured("iptables", "10", CONN_RATE, &[100.0]),
+            measured("netdp", "10", CONN_RATE, &[150.0]).compared_to(&["iptables"]),
+            measured("netdp", "10", RR_RATE, &[1.0]),
+            measured("netdp", "1,000", CONN_RATE, &[140.0]).compared_to(&["iptables"]),
+            measured("iptables", "10,000", CONN_RATE, &[10.0]),
+            measured("netdp", "10,000", CONN_RATE, &[130.0]).compared_to(&["iptables"]),
+            Row::new(
+                Section::Services,
+                "netdp",
+                "100,000",
+                CONN_RATE,
+                Outcome::Skipped("budget".into()),
+            ),
+            Row {
+                section: Section::PodToPod,
+                ..measured("netdp vxlan", "rr", RR_RATE, &[5.0])
+            },
+        ];
+        let picks = [
+            Pick {
+                section: Section::Services,
+                subject: "netdp",
+                metric: CONN_RATE,
+            },
+            Pick {
+                section: Section::PodToPod,
+                subject: "netdp vxlan",
+                metric: RR_RATE,
+            },
+            Pick {
+                section: Section::ControlPlane,
+                subject: "netdp",
+                metric: SECONDS,
+            },
+        ];
+        let picked: Vec<(&str, &str)> = headline_rows(&rows, &picks)
+            .iter()
+            .map(|r| (r.subject.as_str(), r.case.as_str()))
+            .collect();
+        // Not the middle size, not the unmeasured largest one; one row for one case; none
+        // for a section that did not run.
+        assert_eq!(
+            picked,
+            vec![("netdp", "10"), ("netdp", "10,000"), ("netdp vxlan", "rr")]
+        );
+        let md = headline(
+            &Header {
+                command: "cargo xtask bench".into(),
+                lines: vec![
+                    ("CPU".into(), "a CPU".into()),
+                    ("Tools".into(), "many".into()),
+                    ("netdp".into(), "commit abc".into()),
+                ],
+            },
+            &rows,
+            &picks,
+            &[("services.png", "Services")],
+            "bench/results",
+        );
+        assert!(md.contains("Measured on a CPU; netdp commit abc."), "{md}");
+        assert!(
+            md.contains("[bench/results/results.md](bench/results/results.md)"),
+            "{md}"
+        );
+        // Ratios are taken against every row, not only the headline's.
+        assert!(md.contains("| netdp | 10,000 | new TCP connections/s (conn/s) | 130 | ±0.0% | 1 | 13.00x vs iptables |"), "{md}");
+        assert!(!md.contains("| 1,000 |"), "{md}");
+        assert!(
+            md.contains("![Services](bench/results/services.png)"),
+            "{md}"
+        );
     }
 
     #[test]
