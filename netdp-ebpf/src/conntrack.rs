@@ -120,10 +120,10 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<Found> {
         // The other direction's tuple may have gone to another flow since (a reclaimed
         // port): only ours is removed.
         // SAFETY: copied out at once.
-        if let Some(p) = unsafe { CONNTRACK.get(pk) }.copied() {
-            if pairs_with(&p, &pk, key) {
-                let _ = CONNTRACK.remove(&pk);
-            }
+        if let Some(p) = unsafe { CONNTRACK.get(pk) }.copied()
+            && pairs_with(&p, &pk, key)
+        {
+            let _ = CONNTRACK.remove(pk);
         }
         let _ = CONNTRACK.remove(key);
         return None;

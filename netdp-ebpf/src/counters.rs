@@ -49,9 +49,9 @@ pub fn drop(ctx: &TcContext, program: Program, reason: Reason) -> i32 {
 /// redirect is set up, dropped (`redirect_failed`) if not.
 #[inline(always)]
 pub fn redirected(ctx: &TcContext, program: Program, ret: i64, reason: Reason) -> i32 {
-    if ret as i32 != TC_ACT_REDIRECT as i32 {
+    if ret as i32 != TC_ACT_REDIRECT {
         return drop(ctx, program, Reason::RedirectFailed);
     }
     count(ctx, program, reason);
-    TC_ACT_REDIRECT as i32
+    TC_ACT_REDIRECT
 }

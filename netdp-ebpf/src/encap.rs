@@ -106,11 +106,12 @@ fn inner_flow_hash(ctx: &TcContext, frame: &Ipv4Frame) -> u32 {
     // SAFETY: bounds checked by the parser.
     let ip = unsafe { &*frame.ip };
     let mut ports = 0u32;
-    if ip.is_plain() && (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
-        if let Some(p) = ptr_at::<u32>(ctx, ETH_HLEN + IP_HLEN) {
-            // SAFETY: bounds checked by ptr_at.
-            ports = unsafe { *p };
-        }
+    if ip.is_plain()
+        && (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP)
+        && let Some(p) = ptr_at::<u32>(ctx, ETH_HLEN + IP_HLEN)
+    {
+        // SAFETY: bounds checked by ptr_at.
+        ports = unsafe { *p };
     }
     flow_hash(
         u32::from_ne_bytes(ip.saddr),

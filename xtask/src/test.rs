@@ -44,6 +44,8 @@ pub fn run(args: Args) -> Result<()> {
             "warnings",
         ]))
         .context("clippy found problems")?;
+        eprintln!("== lint: the eBPF crate (cargo +nightly fmt --check, clippy -D warnings)");
+        build::ebpf_lint()?;
     }
     eprintln!("== tests: unit, packet (BPF_PROG_TEST_RUN), end-to-end (namespaced clusters)");
     let mut c = cmd("cargo");

@@ -195,13 +195,17 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
-fn rust_src() -> Result<()> {
+/// Nightly's components for the eBPF crate: rust-src to build core, and the lints CI runs
+/// on it (clippy, rustfmt).
+fn nightly_components() -> Result<()> {
     let installed =
         output(cmd("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
             .context("rustup with a nightly toolchain is needed for the eBPF programs")?;
-    if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("setup: adding rust-src to nightly");
-        exec(cmd("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    for component in ["rust-src", "clippy", "rustfmt"] {
+        if !installed.lines().any(|l| l.starts_with(component)) {
+            eprintln!("setup: adding {component} to nightly");
+            exec(cmd("rustup").args(["component", "add", component, "--toolchain", "nightly"]))?;
+        }
     }
     Ok(())
 }
@@ -210,7 +214,7 @@ fn rust_src() -> Result<()> {
 pub fn ensure() -> Result<()> {
     apt(PACKAGES)?;
     apt(FILES)?;
-    rust_src()?;
+    nightly_components()?;
     bpf_linker()?;
     probe::build()
 }
