@@ -3,12 +3,12 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 
-use crate::{netns, process};
+use crate::{netns, process, wait::wait_until};
 
 /// TLS material for an etcd started with client certificate auth.
 #[derive(Debug, Clone)]
@@ -177,33 +177,35 @@ impl Etcd {
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let mut exited = None;
+        let healthy = wait_until("etcd to report itself healthy", timeout, || {
             if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "etcd exited ({status}) at startup: {}",
-                        process::tail(&self.log, 10)
-                    );
+                exited = child.try_wait()?;
+                if exited.is_some() {
+                    return Ok(true);
                 }
             }
-            if self.ctl(&["endpoint", "health"]).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "etcd not healthy after {timeout:?}: {}",
-                    process::tail(&self.log, 10)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
+            Ok(self.ctl(&["endpoint", "health"]).is_ok())
+        });
+        match (healthy, exited) {
+            (_, Some(status)) => bail!(
+                "etcd exited ({status}) at startup: {}",
+                process::tail(&self.log, 10)
+            ),
+            (Ok(_), None) => Ok(()),
+            (Err(e), None) => bail!("{e:#}: {}", process::tail(&self.log, 10)),
         }
     }
 
     /// Stops the server (its data stays), as an outage would.
     pub fn stop(&mut self) {
         if let Some(child) = self.child.take() {
-            process::terminate(child);
+            // Its data stays either way; a kill is only worth a line in the test's output.
+            match process::terminate(child) {
+                Ok(s) if s.killed => eprintln!("etcd {s}"),
+                Ok(_) => {}
+                Err(e) => eprintln!("stopping etcd: {e:#}"),
+            }
         }
     }
 

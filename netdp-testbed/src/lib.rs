@@ -11,5 +11,6 @@ pub mod services;
 pub mod testbed;
 pub mod tls;
 pub mod traffic;
+pub mod wait;
 
 pub use testbed::{BPF_ROOT, Binaries, Count, Node, Pod, Spec, Testbed};

@@ -7,15 +7,16 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
+        mpsc,
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
 
-use crate::{Testbed, netns, traffic::Pattern};
+use crate::{Testbed, netns, traffic::Pattern, wait::wait_until};
 
 impl Testbed {
     /// The etcd flags for a CLI call.
@@ -75,9 +76,9 @@ impl Testbed {
 
     /// Waits until every node with an agent has programmed every (valid) service as stored.
     pub fn wait_services_programmed(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut pending = Vec::new();
+        let mut pending = Vec::new();
+        wait_until("every node to program every service", timeout, || {
+            pending.clear();
             for n in self.nodes.iter().filter(|n| n.agent_running()) {
                 for s in self.service_status(&n.name)? {
                     if s.get("error").is_none() && s["programmed"] != Value::Bool(true) {
@@ -85,14 +86,10 @@ impl Testbed {
                     }
                 }
             }
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("services not programmed after {timeout:?}: {pending:?}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            Ok(pending.is_empty())
+        })
+        .map_err(|e| anyhow!("{e:#}; still pending: {pending:?}"))?;
+        Ok(())
     }
 }
 
@@ -201,12 +198,15 @@ impl Drop for EchoServer {
     }
 }
 
+/// How long an [`EchoServer`] waits for more of a client's bytes before it gives up on it.
+pub const SERVER_IDLE: Duration = Duration::from_secs(30);
+
 /// Greets, reads the length the client announces, echoes that many bytes and closes:
 /// the server closes first, so the client's port is free again at once (no TIME_WAIT on
 /// its side), which tests that reuse source ports rely on.
 fn serve(mut conn: TcpStream, who: &str) -> Result<()> {
     conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.set_read_timeout(Some(SERVER_IDLE))?;
     conn.write_all(format!("{who}\n").as_bytes())?;
     let mut len = [0u8; 8];
     conn.read_exact(&mut len)?;
@@ -331,6 +331,113 @@ fn socket2_like_connect(c: &Connect) -> std::io::Result<TcpStream> {
             return Err(std::io::Error::last_os_error());
         }
         Ok(stream)
+    }
+}
+
+/// One echo exchange held open halfway: the first half of its bytes has gone to the server
+/// and back (so the connection is established and who serves it is known), the second half
+/// goes when the test says so. One connection kept open across some event (a backend
+/// removed from a service, an agent restarted) by construction, not by timing. The server
+/// waits up to [`SERVER_IDLE`] for the rest.
+pub struct HeldEcho {
+    /// Who answered (the server's greeting).
+    pub who: String,
+    resume: mpsc::Sender<()>,
+    thread: JoinHandle<Result<String>>,
+}
+
+impl HeldEcho {
+    /// Connects from namespace `ns` as `c` says and exchanges the first half of `c.bytes`
+    /// (bytes of the pattern seeded with `seed`), checking every byte that came back.
+    pub fn start(ns: &str, c: Connect, seed: u64) -> Result<Self> {
+        let (held_tx, held_rx) = mpsc::channel();
+        let (resume, resume_rx) = mpsc::channel::<()>();
+        let label = ns.to_string();
+        let thread = netns::in_netns(ns, move || -> Result<String> {
+            let mut conn = socket2_like_connect(&c)
+                .with_context(|| format!("connecting from {label} to {}:{}", c.addr, c.port))?;
+            conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+            conn.set_write_timeout(Some(Duration::from_secs(20)))?;
+            let mut data = vec![0u8; c.bytes];
+            Pattern::new(seed).fill(&mut data);
+            let half = c.bytes / 2;
+            // Written by a thread of its own while this one reads the echo, so that neither
+            // side's buffers fill up.
+            let send = |conn: &TcpStream, header: bool, part: Vec<u8>| -> Result<_> {
+                let mut w = conn.try_clone()?;
+                let len = c.bytes as u64;
+                Ok(std::thread::spawn(move || -> std::io::Result<()> {
+                    if header {
+                        w.write_all(&len.to_be_bytes())?;
+                    }
+                    w.write_all(&part)
+                }))
+            };
+            let writer = send(&conn, true, data[..half].to_vec())?;
+            let mut who = Vec::new();
+            let mut byte = [0u8; 1];
+            while byte[0] != b'\n' {
+                conn.read_exact(&mut byte)
+                    .context("reading the server's greeting")?;
+                who.push(byte[0]);
+            }
+            let who = String::from_utf8_lossy(&who[..who.len() - 1]).into_owned();
+            let mut back = vec![0u8; half];
+            conn.read_exact(&mut back)
+                .with_context(|| format!("reading the first {half} bytes back from {who}"))?;
+            writer
+                .join()
+                .map_err(|_| anyhow!("writer panicked"))?
+                .context("sending the first half")?;
+            ensure!(
+                back == data[..half],
+                "the first half's echo from {who} differs"
+            );
+            let _ = held_tx.send(who.clone());
+            resume_rx
+                .recv()
+                .context("the held echo was dropped before it was resumed")?;
+            let writer = send(&conn, false, data[half..].to_vec())?;
+            let mut rest = Vec::with_capacity(c.bytes - half);
+            conn.read_to_end(&mut rest)
+                .with_context(|| format!("reading the second half back from {who}"))?;
+            writer
+                .join()
+                .map_err(|_| anyhow!("writer panicked"))?
+                .context("sending the second half")?;
+            ensure!(
+                rest == data[half..],
+                "the second half's echo from {who} differs: {} bytes back of {}",
+                rest.len(),
+                c.bytes - half
+            );
+            Ok(who)
+        })?;
+        match held_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(who) => Ok(HeldEcho {
+                who,
+                resume,
+                thread,
+            }),
+            Err(_) => {
+                drop(resume);
+                Err(match netns::join(thread) {
+                    Err(e) => e.context(format!(
+                        "the first half of an echo to {}:{}",
+                        c.addr, c.port
+                    )),
+                    Ok(who) => anyhow!("the echo with {who} ended without being held"),
+                })
+            }
+        }
+    }
+
+    /// Sends the second half and checks every byte that comes back, up to the server's
+    /// close; returns who answered.
+    pub fn finish(self) -> Result<String> {
+        // A thread that already failed has dropped its receiver; its join tells why.
+        let _ = self.resume.send(());
+        netns::join(self.thread)
     }
 }
 

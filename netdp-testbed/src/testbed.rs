@@ -10,13 +10,13 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::{cleanup, etcd::Etcd, netns, process};
+use crate::{cleanup, etcd::Etcd, netns, process, wait};
 
 /// Where the netdp binaries are.
 #[derive(Debug, Clone)]
@@ -581,31 +581,33 @@ impl Testbed {
             .map(|m| m.len() as usize)
             .unwrap_or(0);
         let child = self.spawn_agent(node, &args)?;
-        let n = self.node_mut(node);
-        n.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = std::fs::read(&log).unwrap_or_default();
-            if String::from_utf8_lossy(text.get(skip..).unwrap_or_default())
-                .contains("netdp agent ready")
-            {
-                return Ok(());
-            }
-            let n = self.node_mut(node);
-            if let Some(status) = n.agent.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                n.agent = None;
-                bail!(
-                    "agent on {node} exited ({status}): {}",
-                    process::tail(&log, 15)
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "agent on {node} not ready after 60s: {}",
-                    process::tail(&log, 15)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        self.node_mut(node).agent = Some(child);
+        let mut exited = None;
+        let ready = wait::wait_until(
+            &format!("the agent on {node} to log \"netdp agent ready\""),
+            Duration::from_secs(60),
+            || {
+                let text = std::fs::read(&log).unwrap_or_default();
+                if String::from_utf8_lossy(text.get(skip..).unwrap_or_default())
+                    .contains("netdp agent ready")
+                {
+                    return Ok(true);
+                }
+                let n = self.node_mut(node);
+                exited = n.agent.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                if exited.is_some() {
+                    n.agent = None;
+                }
+                Ok(exited.is_some())
+            },
+        );
+        match (ready, exited) {
+            (Ok(_), None) => Ok(()),
+            (_, Some(status)) => bail!(
+                "agent on {node} exited ({status}): {}",
+                process::tail(&log, 15)
+            ),
+            (Err(e), None) => bail!("{e:#}: {}", process::tail(&log, 15)),
         }
     }
 
@@ -641,11 +643,24 @@ impl Testbed {
         Ok(out)
     }
 
-    /// Stops a node's agent (SIGTERM; the dataplane stays pinned).
-    pub fn stop_agent(&mut self, node: &str) {
-        if let Some(child) = self.node_mut(node).agent.take() {
-            process::terminate(child);
+    /// Stops a node's agent as an operator would (SIGTERM; the dataplane stays pinned) and
+    /// fails unless it exited on its own, with status 0, within [`process::GRACE`]: an agent
+    /// that had to be killed, or that exited with an error, is a failure. Returns how it
+    /// stopped.
+    pub fn stop_agent(&mut self, node: &str) -> Result<process::Stopped> {
+        let child = self
+            .node_mut(node)
+            .agent
+            .take()
+            .ok_or_else(|| anyhow!("no agent runs on {node}"))?;
+        let stopped = process::terminate(child)?;
+        if !stopped.clean() {
+            bail!(
+                "the agent on {node} {stopped}: {}",
+                process::tail(&self.node(node).agent_log(), 15)
+            );
         }
+        Ok(stopped)
     }
 
     /// Kills a node's agent without warning.
@@ -841,26 +856,14 @@ impl Testbed {
         Ok(format!("{net}/{len}"))
     }
 
-    /// Polls `f` every 200 ms until it returns true or `timeout` passes.
+    /// [`wait::wait_until`], with the agents' logs in the error.
     pub fn wait_for(
         &self,
         what: &str,
         timeout: Duration,
-        mut f: impl FnMut() -> Result<bool>,
+        f: impl FnMut() -> Result<bool>,
     ) -> Result<Duration> {
-        let start = Instant::now();
-        loop {
-            if f()? {
-                return Ok(start.elapsed());
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "timed out after {timeout:?} waiting for {what}\n{}",
-                    self.agent_logs(20)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait::wait_until(what, timeout, f).map_err(|e| anyhow!("{e:#}\n{}", self.agent_logs(20)))
     }
 
     /// Adds a route on the router (e.g. a pod subnet via the node that leases it, as an
@@ -959,7 +962,13 @@ impl Drop for Testbed {
         }
         let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
         for n in names {
-            self.stop_agent(&n);
+            if let Some(child) = self.node_mut(&n).agent.take() {
+                match process::terminate(child) {
+                    Ok(s) if !s.clean() => eprintln!("agent on {n} {s}"),
+                    Ok(_) => {}
+                    Err(e) => eprintln!("stopping the agent on {n}: {e:#}"),
+                }
+            }
         }
         if let Some(mut e) = self.etcd.take() {
             e.stop();

@@ -2,13 +2,17 @@
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
-use crate::netns;
+use crate::{netns, wait::wait_until};
 
 /// `ping -c count` from namespace `ns`; Ok if every echo was answered.
 pub fn ping(ns: &str, dst: Ipv4Addr, count: u32) -> Result<()> {
@@ -124,6 +128,77 @@ pub fn tcp_transfer_paced(
     bytes: u64,
     pace: Duration,
 ) -> Result<Transfer> {
+    transfer(from_ns, to_ns, to, port, bytes, pace, Arc::default())
+}
+
+/// A paced TCP transfer running in a thread of its own (see [`tcp_transfer_paced`]) that
+/// tells how many bytes the receiver has checked so far, so a test can wait until it is
+/// under way, and see it move on after some event, instead of guessing times.
+pub struct Background {
+    received: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<Result<Transfer>>,
+}
+
+impl Background {
+    /// Starts the transfer; it runs until every byte arrived (or it failed).
+    pub fn start(
+        from_ns: &str,
+        to_ns: &str,
+        to: Ipv4Addr,
+        port: u16,
+        bytes: u64,
+        pace: Duration,
+    ) -> Self {
+        let received = Arc::new(AtomicU64::new(0));
+        let (from, into, r) = (from_ns.to_string(), to_ns.to_string(), received.clone());
+        let thread = std::thread::spawn(move || transfer(&from, &into, to, port, bytes, pace, r));
+        Background { received, thread }
+    }
+
+    /// Bytes the receiver has got and checked so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the receiver has checked at least `bytes` in all; fails after `timeout`,
+    /// or at once if the transfer ended short of them.
+    pub fn wait_received(&self, bytes: u64, timeout: Duration) -> Result<Duration> {
+        wait_until(
+            &format!("the receiver to get {bytes} bytes of the transfer"),
+            timeout,
+            || {
+                if self.received() >= bytes {
+                    return Ok(true);
+                }
+                if self.thread.is_finished() {
+                    bail!(
+                        "the transfer ended after {} bytes, short of {bytes}",
+                        self.received()
+                    );
+                }
+                Ok(false)
+            },
+        )
+        .map_err(|e| anyhow!("{e:#} ({} bytes received so far)", self.received()))
+    }
+
+    /// Waits for the whole transfer: every byte arrived, in order, unchanged.
+    pub fn join(self) -> Result<Transfer> {
+        self.thread
+            .join()
+            .map_err(|_| anyhow!("the transfer thread panicked"))?
+    }
+}
+
+fn transfer(
+    from_ns: &str,
+    to_ns: &str,
+    to: Ipv4Addr,
+    port: u16,
+    bytes: u64,
+    pace: Duration,
+    received: Arc<AtomicU64>,
+) -> Result<Transfer> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let seed = 0x5eed ^ port as u64;
     let server = netns::in_netns(to_ns, move || -> Result<u64> {
@@ -151,6 +226,7 @@ pub fn tcp_transfer_paced(
                 bail!("byte {} differs from what was sent", total + i as u64);
             }
             total += n as u64;
+            received.store(total, Ordering::Relaxed);
         }
         conn.write_all(&total.to_be_bytes())?;
         Ok(total)
@@ -260,7 +336,7 @@ pub struct Whoami {
 impl Whoami {
     /// Serves TCP and UDP on `port` in namespace `ns` until dropped.
     pub fn start(ns: &str, port: u16) -> Result<Self> {
-        use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering};
+        use std::sync::atomic::AtomicBool;
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let (s, tx) = (stop.clone(), ready_tx.clone());

@@ -42,13 +42,13 @@ fn restarts_keep_the_subnet_and_expired_leases_leave_every_map() -> Result<()> {
     );
 
     // A restarted agent gets its subnet back.
-    tb.stop_agent("n2");
+    tb.stop_agent("n2")?;
     tb.start_agent("n2", SHORT_TTL)?;
     assert_eq!(tb.subnet_of("n2")?, s2);
 
     // A stopped agent's lease expires and every other node drops its route within TTL + a
     // few seconds (TTL 4 s here).
-    tb.stop_agent("n3");
+    tb.stop_agent("n3")?;
     let gone = tb.wait_for(
         "n3's route to leave n1 and n2",
         Duration::from_secs(12),

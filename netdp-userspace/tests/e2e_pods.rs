@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::Result;
 use aya::programs::{SchedClassifier, TcAttachType};
-use netdp_testbed::{Spec, Testbed, netns, traffic};
+use netdp_testbed::{Spec, Testbed, netns, process, traffic};
 
 const HOST_GW: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#;
 
@@ -122,26 +122,57 @@ fn cni_del_makes_the_address_unreachable_and_free() -> Result<()> {
 
 #[test]
 fn agent_restart_keeps_traffic_flowing_and_adopts_the_dataplane() -> Result<()> {
+    const TOTAL: u64 = 48 << 20;
+    const MIB: u64 = 1 << 20;
     let mut tb = cluster(2, 1)?;
     let (a, b) = (tb.pod("n1", "p1").clone(), tb.pod("n2", "p1").clone());
     let node = tb.node("n1").ns.clone();
     let progs_before = tcx_ingress_programs(&node, "eth0")?;
     assert_eq!(progs_before.len(), 1, "one program on the underlay");
 
-    // One TCP connection, paced to last several seconds, across a stop and a restart.
-    let (from, to, ip) = (a.ns.clone(), b.ns.clone(), b.ip);
-    let flow = std::thread::spawn(move || {
-        traffic::tcp_transfer_paced(&from, &to, ip, 5010, 24 << 20, Duration::from_millis(25))
-    });
-    std::thread::sleep(Duration::from_millis(800));
-    tb.stop_agent("n1");
-    std::thread::sleep(Duration::from_millis(1500));
-    // With no agent at all, new flows still work too.
+    // One TCP connection, paced (64 KiB every 25 ms, about 20 s in all) across a stop and a
+    // restart of n1's agent.
+    let flow =
+        traffic::Background::start(&a.ns, &b.ns, b.ip, 5010, TOTAL, Duration::from_millis(25));
+    flow.wait_received(MIB, Duration::from_secs(20))?;
+
+    // SIGTERM: the agent exits on its own, with status 0, within the grace period (the
+    // testbed kills it only after that, and stop_agent fails if it had to).
+    let stopped = tb.stop_agent("n1")?;
+    println!("agent on n1 {stopped}");
+    assert!(!stopped.killed, "the agent had to be killed: {stopped}");
+    assert_eq!(stopped.status.code(), Some(0), "{stopped}");
+    assert!(stopped.took < process::GRACE, "{stopped}");
+    let log = std::fs::read_to_string(tb.node("n1").agent_log())?;
+    assert!(
+        log.contains("stopping; the dataplane stays in place"),
+        "the agent did not say it left the dataplane: {log}"
+    );
+
+    // With no agent at all the pinned programs keep forwarding (n1 does not forward by
+    // itself): the connection moves on, new flows work both ways, and the program on the
+    // underlay is still the one the agent attached.
+    let at_stop = flow.received();
+    flow.wait_received(at_stop + 2 * MIB, Duration::from_secs(20))?;
     traffic::ping(&a.ns, b.ip, 2)?;
+    traffic::tcp_transfer(&b.ns, &a.ns, a.ip, 5012, 2 * MIB)?;
+    assert_eq!(tcx_ingress_programs(&node, "eth0")?, progs_before);
+    assert!(!tb.node("n1").agent_running());
+
     tb.start_agent("n1", &[])?;
-    let t = flow.join().expect("flow thread")?;
+    // The connection was still going when the new agent took over, and goes on after it.
+    let at_restart = flow.received();
+    assert!(
+        at_restart < TOTAL,
+        "the transfer ended before the new agent was ready; nothing crossed the restart"
+    );
+    flow.wait_received(
+        at_restart.saturating_add(MIB).min(TOTAL),
+        Duration::from_secs(20),
+    )?;
+    let t = flow.join()?;
     println!(
-        "24 MiB over one connection across the restart in {:?}",
+        "48 MiB over one connection across the stop and the restart in {:?}",
         t.elapsed
     );
 

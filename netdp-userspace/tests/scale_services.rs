@@ -114,7 +114,7 @@ fn a_hundred_thousand_services() -> Result<()> {
     ensure!(fe.backends.len() == 1 && fe.backends[0].addr == backend.ip.octets());
 
     // A restarted agent reads the 100,000 services at once and adopts what is programmed.
-    tb.stop_agent("n1");
+    tb.stop_agent("n1")?;
     let restart = Instant::now();
     tb.start_agent("n1", &sizes)?;
     let ready = restart.elapsed();
