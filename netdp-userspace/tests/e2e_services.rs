@@ -7,11 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use netdp::dataplane::{Pins, conntrack::ConntrackMap, lb::LbMaps};
 use netdp_testbed::{
     BPF_ROOT, Spec, Testbed,
-    services::{Connect, EchoServer, connect_error, echo_many, udp_many},
+    services::{Connect, EchoServer, HeldEcho, connect_error, echo_many, udp_many},
     testbed::OUTSIDE_IP,
 };
 use serde_json::{Value, json};
@@ -291,23 +291,27 @@ fn maglev_keeps_flows_on_surviving_backends_when_one_goes() -> Result<()> {
         "maglev is not consistent"
     );
 
-    // A long transfer to n2 started before n2 is removed keeps going.
-    let n2 = tb.pod("n2", "backend").ip;
-    let long = {
-        let ns = client.ns.clone();
-        std::thread::spawn(move || {
-            echo_many(
-                &ns,
-                Connect {
-                    bytes: 8 << 20,
-                    ..Connect::new(n2, BACKEND_PORT)
-                },
-                1,
-            )
-        })
-    };
+    // A long transfer through the service address that landed on n2, held open halfway
+    // (so it is in flight by construction), goes on with n2 after n2 leaves the service:
+    // its conntrack entry keeps it. Source ports from 42000, apart from the tuples above.
+    let mut long = None;
+    for i in 0..30 {
+        let c = Connect {
+            bytes: 8 << 20,
+            sport: Some(42000 + i),
+            ..Connect::new(vip, 80)
+        };
+        let held = HeldEcho::start(&client.ns, c, 0x1_0e6 + u64::from(i))?;
+        if held.who == "n2" {
+            long = Some(held);
+            break;
+        }
+        held.finish()?;
+    }
+    let long = long.ok_or_else(|| anyhow!("none of 30 connections to {vip}:80 landed on n2"))?;
 
     // UDP flows on every backend: those to n2 have no end of their own.
+    let n2 = tb.pod("n2", "backend").ip;
     let answers = udp_many(&client.ns, vip, 53, 30)?;
     let udp = tally(&answers.into_iter().flatten().collect::<Vec<_>>());
     ensure!(
@@ -340,7 +344,11 @@ fn maglev_keeps_flows_on_surviving_backends_when_one_goes() -> Result<()> {
     }
     println!("removing n2 moved {moved} of 90 flows (those it had), and no other");
     ensure!(moved == counts["n2"]);
-    ensure!(long.join().expect("transfer thread")? == vec!["n2".to_string()]);
+    // The rest of the held transfer, after n2 left the service: byte-exact, from n2.
+    let who = long
+        .finish()
+        .context("the transfer held open across n2's removal")?;
+    ensure!(who == "n2", "the held transfer was finished by {who}");
     drop(servers);
     Ok(())
 }
@@ -541,31 +549,18 @@ fn bad_services_are_refused_or_skipped_and_the_rest_keep_working() -> Result<()>
         );
     }
     // Flows are over: their entries expire and the agent reclaims them.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ct.is_empty() {
-        ensure!(
-            Instant::now() < deadline,
-            "{} expired conntrack entries were not reclaimed",
-            ct.len()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    tb.wait_for(
+        "the expired conntrack entries to be reclaimed",
+        Duration::from_secs(30),
+        || Ok(ct.is_empty()),
+    )?;
 
     // Deleting a service removes its frontends.
     tb.delete_service("default", "good")?;
-    let deadline = Instant::now() + WAIT;
-    while String::from_utf8_lossy(
-        &tb.netdp("n1", &["lb", "list", &format!("--node-name={node}")])?
-            .stdout,
-    )
-    .contains("10.96.3.1:")
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "good's frontend outlived the service"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    tb.wait_for("good's frontend to go with the service", WAIT, || {
+        let lb = tb.netdp("n1", &["lb", "list", &format!("--node-name={node}")])?;
+        Ok(!String::from_utf8_lossy(&lb.stdout).contains("10.96.3.1:"))
+    })?;
     tb.kill_agent("n1");
     Ok(())
 }
