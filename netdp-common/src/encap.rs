@@ -14,8 +14,7 @@ pub const OUTER_FRAG_OFF: u16 = 0x4000;
 /// First word of the VXLAN header: the I flag (a valid VNI follows).
 pub const VXLAN_FLAGS: u32 = 0x0800_0000;
 
-pub const IPPROTO_IPIP: u8 = 4;
-pub const IPPROTO_UDP: u8 = 17;
+pub use crate::proto::{IPPROTO_IPIP, IPPROTO_UDP};
 
 /// Ones'-complement sum of the outer IPv4 header words that are the same for every
 /// packet of a route (all but total length and checksum; the ID is zero, as RFC 6864

@@ -13,45 +13,18 @@ pub mod counters;
 pub mod encap;
 pub mod endpoint;
 pub mod lb;
+pub mod maps;
 pub mod nat;
 pub mod node;
 pub mod peer;
 pub mod route;
 
+pub use maps::{capacity, names as map_names};
+
 /// An IPv4 address in network byte order, as it appears in a packet header.
 pub type Ipv4 = [u8; 4];
 /// An Ethernet address.
 pub type Mac = [u8; 6];
-
-/// Names of the pinned maps. The agent pins them under `<bpf-root>/<node>/maps/<name>`.
-pub mod map_names {
-    pub const ENDPOINTS: &str = "ENDPOINTS";
-    pub const ROUTES: &str = "ROUTES";
-    pub const COUNTERS: &str = "COUNTERS";
-    pub const PEERS: &str = "PEERS";
-    pub const FRONTENDS: &str = "FRONTENDS";
-    pub const BACKENDS: &str = "BACKENDS";
-    pub const MAGLEV: &str = "MAGLEV";
-    pub const AFFINITY: &str = "AFFINITY";
-    pub const AFFINITY_BACKENDS: &str = "AFFINITY_BACKENDS";
-    pub const CONNTRACK: &str = "CONNTRACK";
-    pub const LB_CONFIG: &str = "LB_CONFIG";
-    pub const SOCK_NAT: &str = "SOCK_NAT";
-    pub const ALL: &[&str] = &[
-        ENDPOINTS,
-        ROUTES,
-        COUNTERS,
-        PEERS,
-        FRONTENDS,
-        BACKENDS,
-        MAGLEV,
-        AFFINITY,
-        AFFINITY_BACKENDS,
-        CONNTRACK,
-        LB_CONFIG,
-        SOCK_NAT,
-    ];
-}
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {
@@ -79,25 +52,15 @@ pub mod program_names {
     pub const BENCH_REDIRECT: &str = "bench_redirect";
 }
 
-/// Default capacities; the agent can override each with a flag at load time.
-pub mod capacity {
-    pub const ENDPOINTS: u32 = 16_384;
-    pub const ROUTES: u32 = 16_384;
-    pub const PEERS: u32 = 16_384;
-    /// Service frontends (address, port, protocol).
-    pub const FRONTENDS: u32 = 65_536;
-    /// Backend slots of all services together.
-    pub const BACKENDS: u32 = 1 << 20;
-    /// Maglev tables (services asking for Maglev; each change needs a spare while it swaps).
-    pub const MAGLEV_TABLES: u32 = 256;
-    /// Session affinity entries (clients of services with sessionAffinity ClientIP).
-    pub const AFFINITY: u32 = 65_536;
-    /// Backends of services with session affinity.
-    pub const AFFINITY_BACKENDS: u32 = 65_536;
-    /// Conntrack entries: two per translated flow, load balanced or masqueraded.
-    pub const CONNTRACK: u32 = 262_144;
-    /// Node sockets sent to a backend by the socket programs.
-    pub const SOCK_NAT: u32 = 65_536;
+/// Where agents pin by default: `<BPF_ROOT>/<node>/{maps,progs,links}`.
+pub const BPF_ROOT: &str = "/sys/fs/bpf/netdp";
+
+/// IP protocol numbers, for headers and for the protocol field of map keys.
+pub mod proto {
+    pub const IPPROTO_ICMP: u8 = 1;
+    pub const IPPROTO_IPIP: u8 = 4;
+    pub const IPPROTO_TCP: u8 = 6;
+    pub const IPPROTO_UDP: u8 = 17;
 }
 
 /// Names of the globals the agent sets when it loads the programs.

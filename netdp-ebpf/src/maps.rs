@@ -1,19 +1,19 @@
-//! The maps, sized by the defaults in netdp-common; the agent can resize them at load
-//! time. Also the node's load-time settings.
+//! The maps, as netdp-common's catalogue (`netdp_common::maps`) declares them: names, types
+//! and capacities; the agent can resize them at load time. Also the node's load-time
+//! settings.
 use aya_ebpf::{
     Global,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use netdp_common::{
-    Ipv4,
+    Ipv4, capacity,
     conntrack::{CtEntry, CtKey, timeout},
-    counters::{CounterValue, SLOTS},
+    counters::CounterValue,
     endpoint::{Endpoint, EndpointKey},
     lb::{
         Affinity, AffinityBackendKey, AffinityKey, Backend, Frontend, FrontendKey, LbConfig,
         MAGLEV_TABLE_SIZE as DEFAULT_MAGLEV_TABLE_SIZE, MaglevRow, SockNat, SockNatKey,
-        maglev_rows,
     },
     node::NodeConfig,
     peer::{Peer, PeerKey},
@@ -21,43 +21,43 @@ use netdp_common::{
 };
 
 #[btf_map]
-pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, 16384> = HashMap::new();
+pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, { capacity::ENDPOINTS as usize }> = HashMap::new();
 
 #[btf_map]
-pub static ROUTES: LpmTrie<Ipv4, Route, 16384> = LpmTrie::new();
+pub static ROUTES: LpmTrie<Ipv4, Route, { capacity::ROUTES as usize }> = LpmTrie::new();
 
 #[btf_map]
-pub static COUNTERS: PerCpuArray<CounterValue, { SLOTS as usize }> = PerCpuArray::new();
+pub static COUNTERS: PerCpuArray<CounterValue, { capacity::COUNTERS as usize }> = PerCpuArray::new();
 
 #[btf_map]
-pub static PEERS: HashMap<PeerKey, Peer, 16384> = HashMap::new();
+pub static PEERS: HashMap<PeerKey, Peer, { capacity::PEERS as usize }> = HashMap::new();
 
 #[btf_map]
-pub static FRONTENDS: HashMap<FrontendKey, Frontend, 65536> = HashMap::new();
+pub static FRONTENDS: HashMap<FrontendKey, Frontend, { capacity::FRONTENDS as usize }> = HashMap::new();
 
 #[btf_map]
-pub static BACKENDS: Array<Backend, { 1 << 20 }> = Array::new();
+pub static BACKENDS: Array<Backend, { capacity::BACKENDS as usize }> = Array::new();
 
 #[btf_map]
-pub static MAGLEV: Array<MaglevRow, { 256 * maglev_rows(DEFAULT_MAGLEV_TABLE_SIZE) as usize }> =
+pub static MAGLEV: Array<MaglevRow, { capacity::MAGLEV as usize }> =
     Array::new();
 
 #[btf_map]
-pub static AFFINITY: LruHashMap<AffinityKey, Affinity, 65536> = LruHashMap::new();
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity, { capacity::AFFINITY as usize }> = LruHashMap::new();
 
 /// Value: the backend's flags.
 #[btf_map]
-pub static AFFINITY_BACKENDS: HashMap<AffinityBackendKey, u32, 65536> = HashMap::new();
+pub static AFFINITY_BACKENDS: HashMap<AffinityBackendKey, u32, { capacity::AFFINITY_BACKENDS as usize }> = HashMap::new();
 
 /// Translated flows of both kinds, services and masquerading (see netdp_common::conntrack).
 #[btf_map]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { capacity::CONNTRACK as usize }> = LruHashMap::new();
 
 #[btf_map]
-pub static LB_CONFIG: Array<LbConfig, 1> = Array::new();
+pub static LB_CONFIG: Array<LbConfig, { capacity::LB_CONFIG as usize }> = Array::new();
 
 #[btf_map]
-pub static SOCK_NAT: LruHashMap<SockNatKey, SockNat, 65536> = LruHashMap::new();
+pub static SOCK_NAT: LruHashMap<SockNatKey, SockNat, { capacity::SOCK_NAT as usize }> = LruHashMap::new();
 
 /// Conntrack lifetimes per state; the agent sets them at load time.
 #[unsafe(no_mangle)]

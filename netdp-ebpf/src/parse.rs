@@ -4,9 +4,7 @@ use aya_ebpf::programs::TcContext;
 pub const ETH_HLEN: usize = 14;
 pub const IP_HLEN: usize = 20;
 pub const ETH_P_IP: u16 = 0x0800;
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
+pub use netdp_common::proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 /// More-fragments flag and fragment offset of `frag_off` (host order).
 pub const IP_MF_OFFSET: u16 = 0x3fff;
 pub const IP_OFFSET: u16 = 0x1fff;

@@ -149,7 +149,7 @@ pub struct Node {
 
 /// Where agents pin their programs and maps (the agent's default `--bpf-root`), one
 /// directory per node name.
-pub const BPF_ROOT: &str = "/sys/fs/bpf/netdp";
+pub use netdp_common::BPF_ROOT;
 
 /// A map an agent pinned, opened for reading.
 pub fn open_pinned_map(pin: &Path) -> Result<aya::maps::Map> {

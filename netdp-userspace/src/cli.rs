@@ -1,6 +1,7 @@
 //! The `netdp` command line: the agent plus read-only views of etcd and the maps, and
 //! the services in etcd.
 mod conntrack;
+mod maps;
 mod services;
 
 use std::{net::Ipv4Addr, path::PathBuf};
@@ -59,6 +60,9 @@ pub enum Command {
     /// Translated flows, as the dataplane tracks them.
     #[command(subcommand)]
     Conntrack(conntrack::ConntrackCmd),
+    /// The BPF maps: what each holds, its size, where it is pinned.
+    #[command(subcommand)]
+    Map(maps::MapCmd),
     /// Remove a node's dataplane: detach its programs and delete its pinned maps.
     Teardown(NodeArgs),
 }
@@ -74,7 +78,7 @@ pub enum Output {
 pub struct NodeArgs {
     #[arg(long = "node-name", env = "NODE_NAME")]
     pub node_name: Option<String>,
-    #[arg(long = "bpf-root", default_value = "/sys/fs/bpf/netdp")]
+    #[arg(long = "bpf-root", default_value = netdp_common::BPF_ROOT)]
     pub bpf_root: PathBuf,
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Output,
@@ -143,6 +147,7 @@ pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Agent(args) => crate::agent::run(*args).await,
+        Command::Map(cmd) => maps::run(cmd),
         Command::Counters(args) => {
             let map = CounterMap::open(&args.pins()?)?;
             let (counters, events) = (map.all()?, map.events()?);

@@ -17,14 +17,7 @@ use rtnetlink::{
     },
 };
 
-/// An interface as the dataplane needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    pub name: String,
-    pub index: u32,
-    pub mac: [u8; 6],
-    pub mtu: u32,
-}
+pub use netdp_dataplane::Link;
 
 /// A route lookup result: where a packet to some address leaves, and via whom.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -42,7 +42,7 @@ fn served_by(lb: &Lb, vip: Ipv4Addr) -> Option<Vec<u8>> {
 }
 
 fn fresh(sizes: &MapSizes) -> Lb {
-    let mut dp = Dataplane::load(None, sizes).expect("programs load");
+    let mut dp = Dataplane::load(netdp::ebpf_object(), None, sizes).expect("programs load");
     Lb::new(LbMaps::take(&mut dp).unwrap(), sizes.maglev_table_size).unwrap()
 }
 
@@ -126,7 +126,7 @@ fn a_restarted_agent_adopts_what_is_programmed() {
         })
         .collect();
     let result = std::panic::catch_unwind(|| {
-        let mut dp = Dataplane::load(Some(&pins), &sizes).unwrap();
+        let mut dp = Dataplane::load(netdp::ebpf_object(), Some(&pins), &sizes).unwrap();
         let mut lb = Lb::new(LbMaps::take(&mut dp).unwrap(), sizes.maglev_table_size).unwrap();
         lb.set_config(Ipv4Addr::new(10, 244, 1, 1), 0).unwrap();
         let s = lb.adopt(plans.clone());
@@ -145,7 +145,7 @@ fn a_restarted_agent_adopts_what_is_programmed() {
         drop(dp);
 
         // The next agent: same maps (pinned), one service changed, one gone.
-        let mut dp = Dataplane::load(Some(&pins), &sizes).unwrap();
+        let mut dp = Dataplane::load(netdp::ebpf_object(), Some(&pins), &sizes).unwrap();
         let mut lb = Lb::new(LbMaps::take(&mut dp).unwrap(), sizes.maglev_table_size).unwrap();
         let mut next = plans.clone();
         next[7].1 = plan(Ipv4Addr::new(10, 96, 1, 7), &[99], false);

@@ -44,8 +44,8 @@ fn fixture(masquerade: bool, ports: (u16, u16)) -> Fixture {
         nat_port_max: ports.1,
         ..Default::default()
     };
-    let mut dp =
-        Dataplane::load_for(None, &MapSizes::default(), &node).expect("programs load and verify");
+    let mut dp = Dataplane::load_for(netdp::ebpf_object(), None, &MapSizes::default(), &node)
+        .expect("programs load and verify");
     let mut endpoints = EndpointMap::from_map(dp.take_map(map_names::ENDPOINTS).unwrap()).unwrap();
     for (ip, last) in [(POD_A, 3u8), (POD_B, 4)] {
         endpoints

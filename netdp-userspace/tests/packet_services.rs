@@ -58,7 +58,8 @@ fn backend(addr: Ipv4Addr, local: bool) -> Backend {
 }
 
 fn fixture() -> Fixture {
-    let mut dp = Dataplane::load(None, &MapSizes::default()).expect("programs load and verify");
+    let mut dp = Dataplane::load(netdp::ebpf_object(), None, &MapSizes::default())
+        .expect("programs load and verify");
     let mut endpoints = EndpointMap::from_map(dp.take_map(map_names::ENDPOINTS).unwrap()).unwrap();
     let mut routes = RouteMap::from_map(dp.take_map(map_names::ROUTES).unwrap()).unwrap();
     let counters = CounterMap::from_map(dp.take_map(map_names::COUNTERS).unwrap()).unwrap();

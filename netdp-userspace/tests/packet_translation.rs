@@ -79,8 +79,8 @@ fn fixture() -> Fixture {
         nat_port_max: PORT_MAX,
         vtep_mac: OUR_VTEP,
     };
-    let mut dp =
-        Dataplane::load_for(None, &MapSizes::default(), &node).expect("programs load and verify");
+    let mut dp = Dataplane::load_for(netdp::ebpf_object(), None, &MapSizes::default(), &node)
+        .expect("programs load and verify");
     let mut endpoints = EndpointMap::from_map(dp.take_map(map_names::ENDPOINTS).unwrap()).unwrap();
     let mut routes = RouteMap::from_map(dp.take_map(map_names::ROUTES).unwrap()).unwrap();
     let mut peers = PeerMap::from_map(dp.take_map(map_names::PEERS).unwrap()).unwrap();

@@ -19,7 +19,7 @@ use crate::{
     dataplane::{
         Dataplane, MapSizes, Pins,
         conntrack::ConntrackMap,
-        node_name,
+        node, node_name,
         peer::PeerMap,
         route::{RouteMap, Underlay},
     },
@@ -33,7 +33,6 @@ use crate::{
 pub mod conntrack;
 mod gateway;
 mod leases;
-mod node;
 mod routes;
 pub mod services;
 
@@ -58,7 +57,7 @@ pub struct AgentArgs {
     #[arg(long = "node-name", env = "NODE_NAME")]
     pub node_name: Option<String>,
     /// bpffs directory for netdp's pinned objects.
-    #[arg(long = "bpf-root", default_value = "/sys/fs/bpf/netdp")]
+    #[arg(long = "bpf-root", default_value = netdp_common::BPF_ROOT)]
     pub bpf_root: PathBuf,
     /// Masquerade pod traffic leaving the cluster Network.
     #[arg(long = "ip-masq")]
@@ -179,7 +178,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     args.services.map_sizes(&mut sizes);
     args.conntrack.map_sizes(&mut sizes);
     let node_config = node::node_config(&config, &underlay, vtep, args.ip_masq);
-    let mut dp = Dataplane::load_for(Some(&pins), &sizes, &node_config)?;
+    let mut dp = Dataplane::load_for(crate::ebpf_object(), Some(&pins), &sizes, &node_config)?;
     let installed = dp.install(&pins, &link.name)?;
     info!(
         "dataplane at {}: underlay {} {}, {} pod links adopted, {} stale removed",

@@ -61,7 +61,7 @@ pub enum ServiceCmd {
         /// Also check this node's maps.
         #[arg(long = "node-name")]
         node_name: Option<String>,
-        #[arg(long = "bpf-root", default_value = "/sys/fs/bpf/netdp")]
+        #[arg(long = "bpf-root", default_value = netdp_common::BPF_ROOT)]
         bpf_root: PathBuf,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,

@@ -56,7 +56,7 @@ impl From<anyhow::Error> for CniError {
 }
 
 fn default_bpf_root() -> String {
-    "/sys/fs/bpf/netdp".into()
+    netdp_common::BPF_ROOT.into()
 }
 fn default_subnet_file() -> String {
     "/run/flannel/subnet.env".into()

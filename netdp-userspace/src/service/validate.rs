@@ -14,8 +14,7 @@ pub const MAX_AFFINITY_TIMEOUT: u32 = 86400;
 /// want many more entries than backends).
 pub const MAX_ENDPOINTS: usize = 4096;
 
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
+pub use netdp_common::proto::{IPPROTO_TCP, IPPROTO_UDP};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceType {

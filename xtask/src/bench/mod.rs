@@ -321,6 +321,7 @@ fn machine(load_before: &str, samples: &str, took: Duration) -> Vec<(String, Str
             ),
         ),
         ("Load generators".into(), load::DESCRIPTION.into()),
+        ("Maps".into(), per_packet::MAPS_FILLED.into()),
         ("Samples".into(), samples.to_string()),
         (
             "Load average".into(),

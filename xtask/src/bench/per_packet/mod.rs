@@ -14,27 +14,29 @@
 //!
 //! Each backend gets its own load of the programs: the node's settings are a load-time
 //! constant, as the agent sets them. The service paths (`services`) get one more, with
-//! services in its maps.
+//! services in its maps. Every load and every map entry goes through the dataplane library
+//! the agent uses (`netdp-dataplane`): the node settings and the peer's route come from its
+//! planners (`node::node_config`, `route::mode_for`/`route::plan`) fed a Flannel network
+//! config and the peer's lease, the services from `lb::Lb::apply`, so the rows measure what
+//! the agent programs ([`MAPS_FILLED`] says so in the results).
 mod services;
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
-};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use ipnetwork::Ipv4Network;
 use netdp_common::{
-    Ipv4,
-    counters::{CounterValue, Program, Reason, index},
-    encap::{self, IPIP_OVERHEAD, UDP_OVERHEAD, VXLAN_OVERHEAD, outer_ip_sum},
-    endpoint::{Endpoint, EndpointKey},
-    global_names, map_names,
-    node::{NodeConfig, decap},
-    peer::{Peer, PeerKey},
+    Mac,
+    counters::{Program, Reason},
+    encap::{self, IPIP_OVERHEAD, UDP_OVERHEAD, VXLAN_OVERHEAD},
+    endpoint::Endpoint,
+    map_names,
     program_names::{BENCH_REDIRECT, FROM_NETDEV, FROM_POD},
-    route::{Route, flags, mode},
+};
+use netdp_dataplane::{
+    Dataplane, Link, MapSizes, config::NetworkConfig, counters::CounterMap, endpoint::EndpointMap,
+    lease::LeaseAttrs, node, peer::PeerMap, route, route::RouteMap,
 };
 use netdp_testbed::{
     flannel::{VNI, VXLAN_PORT},
@@ -53,20 +55,33 @@ const FLOOR: &str = "floor: redirect only";
 const FLOOR_CASE: &str = "bench_redirect";
 const FLOOR_ONCE_CASE: &str = "bench_redirect, 1 run per call";
 
-/// This node, its underlay interface and VTEP.
-const NODE_IP: Ipv4 = [192, 168, 10, 11];
+/// How every row's maps were filled, for the results' header.
+pub const MAPS_FILLED: &str = "per-packet rows: programs loaded and maps filled through netdp-dataplane, \
+the library the agent uses: node settings and the peer's route planned from a Flannel network config \
+and the peer's lease, the pod's endpoint as the CNI plugin writes it, services applied with lb::Lb";
+
+/// This node and its underlay interface.
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
 const UNDERLAY_IFINDEX: u32 = 7;
-const UNDERLAY_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
-const OUR_VTEP: [u8; 6] = [0x0e, 0x54, 0, 0, 0, 0x11];
+const UNDERLAY_MAC: Mac = [0x52, 0x54, 0, 0, 0, 0x11];
 /// The peer node leasing 10.1.2.0/24, on the same underlay.
-const PEER_IP: Ipv4 = [192, 168, 10, 12];
-const PEER_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x12];
-const PEER_VTEP: [u8; 6] = [0x0e, 0x54, 0, 0, 0, 0x12];
+const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 12);
+const PEER_MAC: Mac = [0x52, 0x54, 0, 0, 0, 0x12];
+const PEER_SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 1, 2, 0), 24);
 /// Two pods on this node and one on the peer.
 const POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
 const OTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 5);
 const UDP_PORT: u16 = 8285;
+
+/// The VTEP MACs the two nodes publish, as the agent derives them.
+fn our_vtep() -> Mac {
+    node::vtep_mac(UNDERLAY_MAC)
+}
+
+fn peer_vtep() -> Mac {
+    node::vtep_mac(PEER_MAC)
+}
 
 /// The backend the programs of a path were loaded for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,62 +95,43 @@ enum Backend {
 impl Backend {
     const ALL: [Backend; 4] = [Backend::HostGw, Backend::Vxlan, Backend::Ipip, Backend::Udp];
 
-    /// The node settings the agent would load the programs with.
-    fn node(self) -> NodeConfig {
-        let (decap, port, vni) = match self {
-            Backend::HostGw => (decap::NONE, 0, 0),
-            Backend::Vxlan => (decap::VXLAN, VXLAN_PORT, VNI),
-            Backend::Ipip => (decap::IPIP, 0, 0),
-            Backend::Udp => (decap::UDP, UDP_PORT, 0),
+    /// The network config in Flannel's format, defaults (VNI 1, ports 8472 and 8285) left
+    /// to the config parser as a user would.
+    fn network(self) -> Result<NetworkConfig> {
+        let kind = match self {
+            Backend::HostGw => "host-gw",
+            Backend::Vxlan => "vxlan",
+            Backend::Ipip => "ipip",
+            Backend::Udp => "udp",
         };
-        NodeConfig {
-            node_ip: NODE_IP,
-            cluster: [10, 1, 0, 0],
-            cluster_mask: [255, 255, 0, 0],
-            underlay_ifindex: UNDERLAY_IFINDEX,
-            decap,
-            port,
-            vni,
-            vtep_mac: OUR_VTEP,
-            ..Default::default()
-        }
+        let json = format!(r#"{{"Network": "10.1.0.0/16", "Backend": {{"Type": "{kind}"}}}}"#);
+        NetworkConfig::parse(&json).map_err(|e| anyhow!("network config {json}: {e}"))
     }
+}
 
-    /// The route to the peer's subnet, every field filled in as the agent plans it.
-    fn route(self) -> Route {
-        let (mode, overhead, proto, port, vni) = match self {
-            Backend::HostGw => (mode::DIRECT, 0, None, 0, 0),
-            Backend::Vxlan => (
-                mode::VXLAN,
-                VXLAN_OVERHEAD,
-                Some(encap::IPPROTO_UDP),
-                VXLAN_PORT,
-                VNI,
-            ),
-            Backend::Ipip => (mode::IPIP, IPIP_OVERHEAD, Some(encap::IPPROTO_IPIP), 0, 0),
-            Backend::Udp => (
-                mode::UDP,
-                UDP_OVERHEAD,
-                Some(encap::IPPROTO_UDP),
-                UDP_PORT,
-                0,
-            ),
-        };
-        Route {
-            node_ip: PEER_IP,
-            nexthop: PEER_IP,
-            ifindex: UNDERLAY_IFINDEX,
-            mode,
-            flags: flags::HAS_MAC,
-            dmac: PEER_MAC,
-            smac: UNDERLAY_MAC,
-            src_ip: NODE_IP,
-            vtep_mac: PEER_VTEP,
-            port,
-            vni,
-            ip_sum: proto.map_or(0, |p| outer_ip_sum(NODE_IP, PEER_IP, p)),
-            mtu: 1500 - overhead,
-        }
+/// This node's underlay as the agent finds it.
+fn underlay() -> Result<route::Underlay> {
+    Ok(route::Underlay {
+        link: Link {
+            name: "eth0".into(),
+            index: UNDERLAY_IFINDEX,
+            mac: UNDERLAY_MAC,
+            mtu: 1500,
+        },
+        addr: Ipv4Network::new(NODE_IP, 24)?,
+    })
+}
+
+/// One load of the programs for a backend, with the counters to check paths by.
+struct Node {
+    dp: Dataplane,
+    counters: CounterMap,
+}
+
+impl Node {
+    /// Packets a counter has counted, over every CPU.
+    fn counted(&self, (program, reason): (Program, Reason)) -> Result<u64> {
+        Ok(self.counters.get(program, reason)?.packets)
     }
 }
 
@@ -256,8 +252,8 @@ const PATHS: &[Path_] = &[
                 41234,
                 VXLAN_PORT,
                 VNI,
-                OUR_VTEP,
-                PEER_VTEP,
+                our_vtep(),
+                peer_vtep(),
                 &inner,
             )
         },
@@ -321,8 +317,8 @@ fn outer() -> Outer {
     Outer {
         src_mac: PEER_MAC,
         dst_mac: UNDERLAY_MAC,
-        src: PEER_IP.into(),
-        dst: NODE_IP.into(),
+        src: PEER_IP,
+        dst: NODE_IP,
     }
 }
 
@@ -331,71 +327,48 @@ pub fn object_path() -> std::path::PathBuf {
     crate::build::workspace().join("target/ebpf/bpfel-unknown-none/release/netdp")
 }
 
-fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name)
-        .ok_or_else(|| anyhow!("no {name} map in the eBPF object"))
-}
-
-/// The programs loaded for `backend`, with one local pod and one peer in their maps;
-/// `sizes` overrides map sizes (name, entries).
-fn load(object: &Path, backend: Backend, sizes: &[(&str, u32)]) -> Result<Ebpf> {
-    let node = backend.node();
-    let mut loader = EbpfLoader::new();
-    loader.override_global(global_names::NODE, &node, true);
-    for (name, entries) in sizes {
-        loader.map_max_entries(name, *entries);
-    }
-    let mut ebpf = loader
-        .load_file(object)
-        .with_context(|| format!("loading {}", object.display()))?;
-    for name in [FROM_POD, FROM_NETDEV, BENCH_REDIRECT] {
-        let p: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from {}", object.display()))?
-            .try_into()?;
-        p.load()
-            .with_context(|| format!("loading {name} for {backend:?} into the kernel"))?;
-    }
-    let mut endpoints: HashMap<_, EndpointKey, Endpoint> =
-        HashMap::try_from(map_mut(&mut ebpf, map_names::ENDPOINTS)?)?;
-    endpoints.insert(
-        EndpointKey { addr: POD.octets() },
-        Endpoint {
+/// The programs loaded for `backend` as the agent loads them, with one local pod and one
+/// peer in their maps, written by the library's planners and typed maps.
+fn load(object: &[u8], backend: Backend, sizes: &MapSizes) -> Result<Node> {
+    let config = backend.network()?;
+    let underlay = underlay()?;
+    let settings = node::node_config(&config, &underlay, our_vtep(), false);
+    let mut dp = Dataplane::load_for(object, None, sizes, &settings)
+        .with_context(|| format!("loading the programs for {backend:?}"))?;
+    dp.program(BENCH_REDIRECT)?
+        .load()
+        .context("loading the floor program")?;
+    EndpointMap::from_map(dp.take_map(map_names::ENDPOINTS)?)?.insert(
+        POD,
+        &Endpoint {
             ifindex: 42,
             flags: 0,
             mac: [0x0a, 0, 0, 0, 0, 2],
             host_mac: [0x0e, 0, 0, 0, 0, 2],
         },
-        0,
     )?;
-    let mut routes: LpmTrie<_, Ipv4, Route> =
-        LpmTrie::try_from(map_mut(&mut ebpf, map_names::ROUTES)?)?;
-    routes.insert(&Key::new(24, [10, 1, 2, 0]), backend.route(), 0)?;
-    let mut peers: HashMap<_, PeerKey, Peer> =
-        HashMap::try_from(map_mut(&mut ebpf, map_names::PEERS)?)?;
-    peers.insert(
-        PeerKey { addr: PEER_IP },
-        Peer {
-            subnet: [10, 1, 2, 0],
-            prefix_len: 24,
-        },
-        0,
-    )?;
-    Ok(ebpf)
-}
-
-/// What COUNTERS slot `slot` (a reason's or an event's) has counted, over every CPU.
-fn counted_at(ebpf: &Ebpf, slot: u32) -> Result<u64> {
-    let map = ebpf
-        .map(map_names::COUNTERS)
-        .ok_or_else(|| anyhow!("no COUNTERS map"))?;
-    let counters: PerCpuArray<_, CounterValue> = PerCpuArray::try_from(map)?;
-    Ok(counters.get(&slot, 0)?.iter().map(|c| c.packets).sum())
-}
-
-/// Packets a counter has counted, over every CPU.
-fn counted(ebpf: &Ebpf, (program, reason): (Program, Reason)) -> Result<u64> {
-    counted_at(ebpf, index(program, reason))
+    // The peer's lease as its agent writes it; the route as this node's agent plans it.
+    let peer = LeaseAttrs::new(
+        PEER_IP,
+        config.backend.type_name(),
+        node::backend_data(&config.backend, peer_vtep()),
+    );
+    let mode = route::mode_for(&underlay, &config.backend, &peer)
+        .map_err(|e| anyhow!("the peer is unreachable: {e}"))?;
+    let planned = route::plan(
+        &underlay,
+        &config.backend,
+        &peer,
+        mode,
+        PEER_IP,
+        Some(PEER_MAC),
+    );
+    let subnet = Ipv4Network::new(PEER_SUBNET.0, PEER_SUBNET.1)?;
+    RouteMap::from_map(dp.take_map(map_names::ROUTES)?)?
+        .sync(&HashMap::from([(subnet, planned)]))?;
+    PeerMap::from_map(dp.take_map(map_names::PEERS)?)?.sync(&HashMap::from([(PEER_IP, subnet)]))?;
+    let counters = CounterMap::from_map(dp.take_map(map_names::COUNTERS)?)?;
+    Ok(Node { dp, counters })
 }
 
 /// Checks what one call left behind; `Err` says how the path was left.
@@ -430,7 +403,7 @@ fn check_call(runs: Runs, frame: &[u8], out: &[u8]) -> Result<(), String> {
 /// over leave it as it is); every call must end in TC_ACT_REDIRECT, and `check(call,
 /// frame, out)` says whether its output is what the path writes.
 fn timed_calls(
-    ebpf: &Ebpf,
+    dp: &Dataplane,
     program: &str,
     per_call: u32,
     calls: u64,
@@ -438,10 +411,7 @@ fn timed_calls(
     mut next: impl FnMut(u64, &mut Vec<u8>) -> Result<()>,
     mut check: impl FnMut(u64, &[u8], &[u8]) -> Result<(), String>,
 ) -> Result<f64> {
-    let prog: &SchedClassifier = ebpf
-        .program(program)
-        .ok_or_else(|| anyhow!("no program {program}"))?
-        .try_into()?;
+    let prog: &SchedClassifier = dp.classifier(program)?;
     let mut out = vec![0u8; frame.len() + 256];
     let mut total_ns = 0f64;
     for call in 0..calls {
@@ -472,7 +442,7 @@ fn timed_calls(
 /// Average ns per run of `program` over about `packets` runs, checking every call and
 /// the path's counter.
 fn ns_per_packet(
-    ebpf: &Ebpf,
+    node: &Node,
     program: &str,
     frame: &[u8],
     runs: Runs,
@@ -484,9 +454,9 @@ fn ns_per_packet(
         Runs::Once { .. } => 1,
     };
     let calls = packets.div_ceil(per_call as u64);
-    let before = counter.map(|c| counted(ebpf, c)).transpose()?;
+    let before = counter.map(|c| node.counted(c)).transpose()?;
     let ns = timed_calls(
-        ebpf,
+        &node.dp,
         program,
         per_call,
         calls,
@@ -495,7 +465,7 @@ fn ns_per_packet(
         |_, frame, out| check_call(runs, frame, out),
     )?;
     if let (Some(c), Some(before)) = (counter, before) {
-        let n = counted(ebpf, c)? - before;
+        let n = node.counted(c)? - before;
         if n != calls * per_call as u64 {
             bail!(
                 "{program} counted {n} packets as {}, of {} runs",
@@ -508,10 +478,21 @@ fn ns_per_packet(
 }
 
 pub fn run(packets: u64, single_runs: u64, repeats: usize) -> Vec<Row> {
-    let object = object_path();
-    let loaded: Result<Vec<(Backend, Ebpf)>> = Backend::ALL
+    let object = match std::fs::read(object_path()) {
+        Ok(o) => o,
+        Err(e) => {
+            return vec![Row::new(
+                Section::PerPacket,
+                "netdp",
+                "all paths",
+                NS_PER_PACKET,
+                Outcome::Failed(format!("reading {}: {e}", object_path().display())),
+            )];
+        }
+    };
+    let loaded: Result<Vec<(Backend, Node)>> = Backend::ALL
         .iter()
-        .map(|&b| Ok((b, load(&object, b, &[])?)))
+        .map(|&b| Ok((b, load(&object, b, &MapSizes::default())?)))
         .collect();
     let nodes = match loaded {
         Ok(n) => n,

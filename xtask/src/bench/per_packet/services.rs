@@ -20,17 +20,20 @@
 //! Every call's output is checked: addresses, ports, TTL, MACs and both checksums.
 use std::net::Ipv4Addr;
 
+use std::collections::BTreeMap;
+
 use anyhow::{Result, anyhow, bail};
-use aya::{
-    Ebpf,
-    maps::{Array, HashMap, MapData},
-};
+use aya::maps::{HashMap, MapData};
 use netdp_common::{
     conntrack::{CtEntry, CtKey, state},
-    counters::{Event, Program, Reason, event_index, index},
-    lb::{Backend as LbBackend, Frontend, FrontendKey},
+    counters::{Event, Program, Reason},
+    lb::Backend as LbBackend,
     map_names,
     program_names::{FROM_NETDEV, FROM_POD},
+};
+use netdp_dataplane::{
+    Dataplane, MapSizes,
+    lb::{FrontendPlan, Lb, LbMaps, ServicePlan, frontend_key},
 };
 use netdp_testbed::packet::{self, IPPROTO_TCP, Ipv4View, PacketSpec};
 
@@ -40,7 +43,7 @@ use super::{
         report::{NS_PER_PACKET, Row, Section, count},
         runner::{self, Stats},
     },
-    Backend, PEER_MAC, POD, UNDERLAY_MAC, counted_at, load, timed_calls,
+    Backend, Node as Loaded, PEER_MAC, POD, UNDERLAY_MAC, load, timed_calls,
 };
 
 /// Services in the maps (the largest size of the services comparison).
@@ -52,8 +55,6 @@ const ENDPOINTS: [Ipv4Addr; 3] = [
 ];
 const PORT: u16 = 80;
 const TARGET_PORT: u16 = 8080;
-/// BACKENDS slots per service, as the agent rounds a range of 3.
-const SLOTS: u32 = 4;
 /// New flows between two emptyings of the conntrack map: 2 entries each, well under the
 /// map's 262,144, so the LRU never evicts.
 const FLOWS_PER_TABLE: u64 = 50_000;
@@ -109,52 +110,51 @@ fn from_backend(backend: Ipv4Addr, dport: u16, tcp_flags: u8, payload: usize) ->
     .build()
 }
 
-/// Programs the services as the agent would: service `i` has cluster IP `cluster_ip(i)`,
-/// its backends from slot `i * SLOTS`; the last one's are `ENDPOINTS`, the others' made-up
-/// pods of the peer's subnet.
-fn program(ebpf: &mut Ebpf) -> Result<()> {
-    let mut backends: Array<_, LbBackend> = Array::try_from(
-        ebpf.map_mut(map_names::BACKENDS)
-            .ok_or_else(|| anyhow!("no BACKENDS map"))?,
-    )?;
-    for i in 0..SERVICES as u32 {
-        for (j, ep) in ENDPOINTS.iter().enumerate() {
-            let addr = if i as usize + 1 == SERVICES {
-                ep.octets()
-            } else {
-                [10, 1, 3 + (i % 200) as u8, 1 + j as u8]
+/// Programs the services through the agent's own `Lb`: service `i` has cluster IP
+/// `cluster_ip(i)`; the last one's backends are `ENDPOINTS`, the others' made-up pods of the
+/// peer's subnet.
+fn program(dp: &mut Dataplane, sizes: &MapSizes) -> Result<()> {
+    let mut lb = Lb::new(LbMaps::take(dp)?, sizes.maglev_table_size)?;
+    let plans = (0..SERVICES)
+        .map(|i| {
+            let backends = ENDPOINTS
+                .iter()
+                .enumerate()
+                .map(|(j, ep)| LbBackend {
+                    addr: if i + 1 == SERVICES {
+                        ep.octets()
+                    } else {
+                        [10, 1, 3 + (i % 200) as u8, 1 + j as u8]
+                    },
+                    flags: 0,
+                })
+                .collect();
+            let plan = ServicePlan {
+                frontends: BTreeMap::from([(
+                    frontend_key(cluster_ip(i), PORT, IPPROTO_TCP),
+                    FrontendPlan {
+                        target_port: TARGET_PORT,
+                        external: false,
+                        local_only: false,
+                    },
+                )]),
+                backends,
+                local_count: 0,
+                maglev: false,
+                affinity_timeout: None,
             };
-            backends.set(i * SLOTS + j as u32, LbBackend { addr, flags: 0 }, 0)?;
-        }
-    }
-    let mut frontends: HashMap<_, FrontendKey, Frontend> = HashMap::try_from(
-        ebpf.map_mut(map_names::FRONTENDS)
-            .ok_or_else(|| anyhow!("no FRONTENDS map"))?,
-    )?;
-    for i in 0..SERVICES {
-        let key = FrontendKey {
-            addr: cluster_ip(i).octets(),
-            port: PORT,
-            proto: IPPROTO_TCP,
-            pad: 0,
-        };
-        let fe = Frontend {
-            service_id: i as u32 + 1,
-            backends: i as u32 * SLOTS,
-            count: ENDPOINTS.len() as u16,
-            target_port: TARGET_PORT,
-            ..Default::default()
-        };
-        frontends.insert(key, fe, 0)?;
+            (format!("bench/service-{i}"), Some(plan))
+        })
+        .collect();
+    let stats = lb.apply(plans);
+    if stats.added != SERVICES || stats.failed != 0 {
+        bail!("programming {SERVICES} services: {stats:?}");
     }
     Ok(())
 }
 
-fn conntrack(ebpf: &mut Ebpf) -> Result<HashMap<MapData, CtKey, CtEntry>> {
-    Ok(HashMap::try_from(
-        ebpf.take_map(map_names::CONNTRACK)
-            .ok_or_else(|| anyhow!("no CONNTRACK map"))?,
-    )?)
+fn conntrack(dp: &mut Dataplane) -> Result<HashMap<MapData, CtKey, CtEntry>> {
+    Ok(HashMap::try_from(dp.take_map(map_names::CONNTRACK)?)?)
 }
 
 /// Empties the conntrack map.
@@ -209,26 +209,31 @@ fn check_dnat(
 
 /// The loaded programs with the services, and the conntrack map (taken out to be emptied).
 struct Node {
-    ebpf: Ebpf,
+    node: Loaded,
     ct: HashMap<MapData, CtKey, CtEntry>,
 }
 
 impl Node {
-    fn counted(&self, slot: u32) -> Result<u64> {
-        counted_at(&self.ebpf, slot)
+    fn flows(&self) -> Result<u64> {
+        self.node
+            .counters
+            .event(Program::FromPod, Event::ServiceFlow)
+    }
+
+    fn counted(&self, counter: (Program, Reason)) -> Result<u64> {
+        self.node.counted(counter)
     }
 
     /// One sample of first packets: `calls` new flows.
     fn first_packets(&mut self, calls: u64, next_flow: &mut u64) -> Result<f64> {
-        let flows = event_index(Program::FromPod, Event::ServiceFlow);
-        let routed = index(Program::FromPod, Reason::Direct);
-        let (flows0, routed0) = (self.counted(flows)?, self.counted(routed)?);
+        let routed = (Program::FromPod, Reason::Direct);
+        let (flows0, routed0) = (self.flows()?, self.counted(routed)?);
         let mut chosen = [0u64; 3];
         let ct = &mut self.ct;
         let base = *next_flow;
         let sport = |flow: u64| FIRST_PORT + (flow % FLOWS_PER_TABLE) as u16;
         let ns = timed_calls(
-            &self.ebpf,
+            &self.node.dp,
             FROM_POD,
             1,
             calls,
@@ -250,10 +255,7 @@ impl Node {
             },
         )?;
         *next_flow += calls;
-        let (new, sent) = (
-            self.counted(flows)? - flows0,
-            self.counted(routed)? - routed0,
-        );
+        let (new, sent) = (self.flows()? - flows0, self.counted(routed)? - routed0);
         if new != calls || sent != calls {
             bail!("{calls} first packets counted {new} new service flows and {sent} routed");
         }
@@ -269,7 +271,7 @@ impl Node {
         clear(&mut self.ct)?;
         let mut backend = None;
         timed_calls(
-            &self.ebpf,
+            &self.node.dp,
             FROM_POD,
             1,
             1,
@@ -282,7 +284,7 @@ impl Node {
         )?;
         let backend = backend.ok_or_else(|| anyhow!("the SYN was not checked"))?;
         timed_calls(
-            &self.ebpf,
+            &self.node.dp,
             FROM_NETDEV,
             1,
             1,
@@ -318,11 +320,17 @@ impl Node {
         counter: (Program, Reason),
         check: impl FnMut(u64, &[u8], &[u8]) -> Result<(), String>,
     ) -> Result<f64> {
-        let flows = event_index(Program::FromPod, Event::ServiceFlow);
-        let slot = index(counter.0, counter.1);
-        let (flows0, n0) = (self.counted(flows)?, self.counted(slot)?);
-        let ns = timed_calls(&self.ebpf, program, 1, calls, frame, |_, _| Ok(()), check)?;
-        let (new, n) = (self.counted(flows)? - flows0, self.counted(slot)? - n0);
+        let (flows0, n0) = (self.flows()?, self.counted(counter)?);
+        let ns = timed_calls(
+            &self.node.dp,
+            program,
+            1,
+            calls,
+            frame,
+            |_, _| Ok(()),
+            check,
+        )?;
+        let (new, n) = (self.flows()? - flows0, self.counted(counter)? - n0);
         if new != 0 || n != calls {
             bail!(
                 "{calls} packets of one flow counted {n} as {} and {new} new service flows",
@@ -352,19 +360,19 @@ fn check_reverse(_: u64, input: &[u8], out: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-fn setup(object: &std::path::Path) -> Result<Node> {
-    let mut ebpf = load(
-        object,
-        Backend::HostGw,
-        &[(map_names::FRONTENDS, 2 * SERVICES as u32)],
-    )?;
-    program(&mut ebpf)?;
-    let ct = conntrack(&mut ebpf)?;
-    Ok(Node { ebpf, ct })
+fn setup(object: &[u8]) -> Result<Node> {
+    let sizes = MapSizes {
+        frontends: 2 * SERVICES as u32,
+        ..Default::default()
+    };
+    let mut node = load(object, Backend::HostGw, &sizes)?;
+    program(&mut node.dp, &sizes)?;
+    let ct = conntrack(&mut node.dp)?;
+    Ok(Node { node, ct })
 }
 
 /// The three service paths' rows, each compared with the floor `(subject, case)`.
-pub fn run(object: &std::path::Path, calls: u64, repeats: usize, floor: (&str, &str)) -> Vec<Row> {
+pub fn run(object: &[u8], calls: u64, repeats: usize, floor: (&str, &str)) -> Vec<Row> {
     let row = |case: &str, r: Result<Stats>| {
         let case = format!("{case}, 1 of {} services", count(SERVICES));
         Row::from_result(Section::PerPacket, "netdp", &case, NS_PER_PACKET, r)

@@ -7,7 +7,7 @@ use log::warn;
 use netdp_common::lb::{MAGLEV_LANES, MaglevRow};
 
 use super::{Lb, Release, Table};
-use crate::dataplane::maglev;
+use crate::maglev;
 
 impl Lb {
     /// The Maglev table over `backends`, kept if `old` already is one, else computed (and

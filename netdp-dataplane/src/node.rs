@@ -7,7 +7,11 @@ use netdp_common::{
 };
 use serde_json::{Value, json};
 
-use crate::{config::Backend, config::NetworkConfig, dataplane::route::Underlay, util::mac_string};
+use crate::{
+    config::{Backend, NetworkConfig},
+    route::Underlay,
+    util::mac_string,
+};
 
 /// The VTEP MAC: the underlay MAC with the locally administered bit set. Stable across
 /// restarts without any state, and unique as long as underlay MACs are.

@@ -10,7 +10,7 @@ use netdp_common::{
 };
 
 use super::{Pins, open_pinned};
-use crate::{config::Backend, lease::LeaseAttrs, netlink::Link};
+use crate::{Link, config::Backend, lease::LeaseAttrs};
 
 pub struct RouteMap(LpmTrie<MapData, Ipv4, Route>);
 

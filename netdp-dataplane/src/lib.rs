@@ -6,14 +6,18 @@
 //! tables, and `conntrack` reads and garbage-collects CONNTRACK (service and masquerade
 //! flows). `compat` deals with pinned maps an older build left.
 mod compat;
+pub mod config;
 pub mod conntrack;
 pub mod counters;
 pub mod endpoint;
 pub mod lb;
+pub mod lease;
 pub mod maglev;
+pub mod node;
 pub mod peer;
 pub mod pins;
 pub mod route;
+pub mod util;
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
@@ -27,14 +31,18 @@ use aya::{
 };
 use log::{info, warn};
 use netdp_common::{
-    capacity, global_names, lb::maglev_rows, map_names, node::NodeConfig, program_names,
+    capacity, global_names, lb::maglev_rows, map_names, maps, node::NodeConfig, program_names,
 };
 
 pub use pins::{Hook, Pins, node_name};
 
-/// The eBPF object, built by `cargo xtask build-ebpf` and embedded at compile time.
-pub fn object() -> &'static [u8] {
-    aya::include_bytes_aligned!(env!("NETDP_EBPF_OBJECT"))
+/// An interface as the dataplane needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    pub index: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
 }
 
 /// Map capacities (flags of the agent).
@@ -132,21 +140,27 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
 impl Dataplane {
     /// Loads the programs with no node settings: local delivery and direct routes only
     /// (no tunnels, no egress, no masquerading).
-    pub fn load(pins: Option<&Pins>, sizes: &MapSizes) -> Result<Self> {
-        Self::load_for(pins, sizes, &NodeConfig::default())
+    pub fn load(object: &[u8], pins: Option<&Pins>, sizes: &MapSizes) -> Result<Self> {
+        Self::load_for(object, pins, sizes, &NodeConfig::default())
     }
 
     /// Loads the programs for a node. With `pins`, maps are reused from (or pinned to) the
     /// node's bpffs directory so their contents survive agent restarts. `node` is baked
-    /// into the programs as a constant.
-    pub fn load_for(pins: Option<&Pins>, sizes: &MapSizes, node: &NodeConfig) -> Result<Self> {
+    /// into the programs as a constant. `object` is the eBPF object (`cargo xtask build-ebpf`
+    /// builds it; the binaries embed it, the benchmarks read it from the build).
+    pub fn load_for(
+        object: &[u8],
+        pins: Option<&Pins>,
+        sizes: &MapSizes,
+        node: &NodeConfig,
+    ) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         loader.override_global(global_names::NODE, node, true);
         if let Some(pins) = pins {
             pins.create_dirs()?;
             compat::drop_incompatible_pins(pins);
-            for name in map_names::ALL {
-                loader.map_pin_path(name, pins.map(name));
+            for spec in maps::CATALOGUE {
+                loader.map_pin_path(spec.name, pins.map(spec.name));
             }
         }
         for (name, size) in sizes.by_map() {
@@ -159,9 +173,7 @@ impl Dataplane {
                 true,
             )
             .override_global(global_names::CT_TIMEOUTS, &sizes.conntrack_timeouts, true);
-        let mut ebpf = loader
-            .load(object())
-            .context("loading netdp's eBPF object")?;
+        let mut ebpf = loader.load(object).context("loading netdp's eBPF object")?;
         for name in program_names::CLASSIFIERS {
             classifier(&mut ebpf, name)?
                 .load()
@@ -180,6 +192,21 @@ impl Dataplane {
 
     pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
         classifier(&mut self.ebpf, name)
+    }
+
+    /// A classifier to run on crafted packets (BPF_PROG_TEST_RUN), as the packet tests and
+    /// the per-packet benchmark do.
+    pub fn classifier(&self, name: &str) -> Result<&SchedClassifier> {
+        self.ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a tc classifier"))
+    }
+
+    /// Names of the maps still in the object (globals' sections such as `.rodata` included).
+    pub fn map_names(&self) -> Vec<String> {
+        self.ebpf.maps().map(|(name, _)| name.to_string()).collect()
     }
 
     /// Takes a map out of the object, to wrap it in its typed accessor.

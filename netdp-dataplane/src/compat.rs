@@ -2,56 +2,9 @@
 //! layout is this build's, replaced when it is not, reported when only their size differs.
 use aya::maps::{Map, MapData, MapInfo};
 use log::warn;
-use netdp_common::map_names;
+use netdp_common::maps::{CATALOGUE, spec_of};
 
 use super::{MapSizes, Pins};
-
-/// Key and value sizes of each map as this build's programs define them, and the number of
-/// entries of the fixed-size ones.
-fn layout(name: &str) -> Option<(usize, usize, Option<u32>)> {
-    use core::mem::size_of;
-    use netdp_common::{conntrack, counters, endpoint, lb, peer, route};
-    Some(match name {
-        map_names::ENDPOINTS => (
-            size_of::<endpoint::EndpointKey>(),
-            size_of::<endpoint::Endpoint>(),
-            None,
-        ),
-        // LPM keys: a 32-bit prefix length, then the address.
-        map_names::ROUTES => (
-            4 + size_of::<netdp_common::Ipv4>(),
-            size_of::<route::Route>(),
-            None,
-        ),
-        map_names::COUNTERS => (
-            4,
-            size_of::<counters::CounterValue>(),
-            Some(counters::SLOTS),
-        ),
-        map_names::PEERS => (size_of::<peer::PeerKey>(), size_of::<peer::Peer>(), None),
-        map_names::FRONTENDS => (
-            size_of::<lb::FrontendKey>(),
-            size_of::<lb::Frontend>(),
-            None,
-        ),
-        map_names::BACKENDS => (4, size_of::<lb::Backend>(), None),
-        map_names::MAGLEV => (4, size_of::<lb::MaglevRow>(), None),
-        map_names::AFFINITY => (
-            size_of::<lb::AffinityKey>(),
-            size_of::<lb::Affinity>(),
-            None,
-        ),
-        map_names::AFFINITY_BACKENDS => (size_of::<lb::AffinityBackendKey>(), 4, None),
-        map_names::CONNTRACK => (
-            size_of::<conntrack::CtKey>(),
-            size_of::<conntrack::CtEntry>(),
-            None,
-        ),
-        map_names::LB_CONFIG => (4, size_of::<lb::LbConfig>(), Some(1)),
-        map_names::SOCK_NAT => (size_of::<lb::SockNatKey>(), size_of::<lb::SockNat>(), None),
-        _ => return None,
-    })
-}
 
 /// Removes pinned maps this build's programs could not use (a grown route entry, conntrack
 /// entries of another design, more counter slots) and maps no longer in use (an older
@@ -60,7 +13,7 @@ pub(super) fn drop_incompatible_pins(pins: &Pins) {
     let dir = pins.dir().join("maps");
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !map_names::ALL.contains(&name.as_str()) {
+        if spec_of(&name).is_none() {
             warn!(
                 "removing map {} that this build no longer uses",
                 entry.path().display()
@@ -68,10 +21,12 @@ pub(super) fn drop_incompatible_pins(pins: &Pins) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    for name in map_names::ALL {
+    for spec in CATALOGUE {
+        let (name, key, value) = (spec.name, spec.key_size, spec.value_size);
+        // A fixed map's size is part of its layout (counter slots, one config entry).
+        let entries = (!spec.resizable).then_some(spec.capacity);
         let path = pins.map(name);
-        let (Some((key, value, entries)), Ok(info)) = (layout(name), MapInfo::from_pin(&path))
-        else {
+        let Ok(info) = MapInfo::from_pin(&path) else {
             continue;
         };
         let sizes_differ = (info.key_size() as usize, info.value_size() as usize) != (key, value);

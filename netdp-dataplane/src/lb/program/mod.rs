@@ -22,7 +22,7 @@ use super::{
     LbMaps,
     alloc::{IndexAllocator, RangeAllocator},
 };
-use crate::dataplane::maglev;
+use crate::maglev;
 
 /// How one frontend of a service behaves on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,50 @@
+//! A subnet lease's value, in Flannel's JSON: what the route planner reads of a peer.
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A lease's value, field for field as Flannel's `LeaseAttrs` marshals it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    #[serde(
+        rename = "PublicIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv6: Option<Value>,
+    #[serde(
+        rename = "BackendType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub backend_type: String,
+    #[serde(rename = "BackendData", default, skip_serializing_if = "is_null")]
+    pub backend_data: Option<Value>,
+    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "is_null")]
+    pub backend_v6_data: Option<Value>,
+}
+
+fn is_null(v: &Option<Value>) -> bool {
+    matches!(v, None | Some(Value::Null))
+}
+
+impl LeaseAttrs {
+    pub fn new(public_ip: Ipv4Addr, backend_type: &str, backend_data: Option<Value>) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: backend_type.to_string(),
+            backend_data,
+            backend_v6_data: None,
+        }
+    }
+
+    /// The peer's VTEP MAC for the vxlan backend (`BackendData.VtepMAC`).
+    pub fn vtep_mac(&self) -> Option<[u8; 6]> {
+        let s = self.backend_data.as_ref()?.get("VtepMAC")?.as_str()?;
+        crate::util::parse_mac(s)
+    }
+}
