@@ -1,6 +1,8 @@
 //! Conntrack of translated flows, load balanced and masqueraded alike (see
-//! netdp_common::conntrack): lookups that ignore expired entries, per-state lifetimes,
-//! keeping the two directions of a flow in step, and claiming the reply tuple of a new flow.
+//! netdp_common::conntrack). A lookup gives its caller one state, as Cilium's
+//! `ct_lookup4` does: new, established, reply, or related (an ICMP error about a flow);
+//! the translation stage switches on it. Also per-state lifetimes, keeping the two
+//! directions of a flow in step, and claiming the reply tuple of a new flow.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use netdp_common::{
     conntrack::{CtEntry, CtKey, flags, state, timeout},
@@ -95,19 +97,36 @@ fn pairs_with(p: &CtEntry, pk: &CtKey, key: &CtKey) -> bool {
     peer_key(p, pk.proto) == *key
 }
 
-/// A packet's live conntrack entry: where it is, what it held when looked up (read once),
-/// and the time then.
-pub struct Found {
-    ptr: *mut CtEntry,
-    pub entry: CtEntry,
-    now: u32,
+/// What conntrack says of a packet: the state its flow is in for it, with the flow's
+/// entry for the packet's direction (read once) when it has one.
+pub enum CtState {
+    /// No live flow has this tuple: the packet may start one.
+    New,
+    /// A packet of a tracked flow, in the direction that started it.
+    Established(CtEntry),
+    /// A packet of a tracked flow's reply direction.
+    Reply(CtEntry),
+    /// An ICMP error quoting a packet of a tracked flow; the entry is for the quoted
+    /// packet's reply direction (how its sender sees the flow).
+    Related(CtEntry),
 }
 
-/// The live entry for a packet. An expired entry, or a closing TCP entry hit by a fresh
-/// SYN (the tuple is being reused), is removed with its peer and reported as absent. The
-/// clock is only read when there is an entry (most packets have none).
+impl CtState {
+    #[inline(always)]
+    fn of(entry: CtEntry) -> Self {
+        if entry.flags & flags::REPLY != 0 {
+            CtState::Reply(entry)
+        } else {
+            CtState::Established(entry)
+        }
+    }
+}
+
+/// The live entry at `key` and the time. An expired entry, or a closing TCP entry hit by a
+/// fresh SYN (the tuple is being reused), is removed with its peer and reported as absent.
+/// The clock is only read when there is an entry (most packets have none).
 #[inline(always)]
-pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<Found> {
+fn live(key: &CtKey, tcp_flags: u8) -> Option<(*mut CtEntry, CtEntry, u32)> {
     let e = CONNTRACK.get_ptr_mut(key)?;
     let now = now();
     // SAFETY: a valid map value; read before any update of the map.
@@ -128,18 +147,41 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<Found> {
         let _ = CONNTRACK.remove(key);
         return None;
     }
-    Some(Found { ptr: e, entry, now })
+    Some((e, entry, now))
 }
 
-/// Advances the flow's state for a packet that matched `found` and pushes out its expiry. The
+/// The state of a packet's flow; a tracked packet also advances its flow ([`track`]).
+#[inline(always)]
+pub fn lookup(key: &CtKey, tcp_flags: u8) -> CtState {
+    match live(key, tcp_flags) {
+        Some((ptr, entry, now)) => {
+            track(ptr, &entry, now, key, tcp_flags);
+            CtState::of(entry)
+        }
+        None => CtState::New,
+    }
+}
+
+/// The state of the flow an ICMP error quotes (`quoted`, the packet as it was sent):
+/// related, with the entry of the direction the error travels, or new. An error does not
+/// advance its flow.
+#[inline(always)]
+pub fn lookup_related(quoted: &CtKey) -> CtState {
+    match live(&quoted.reversed(), 0) {
+        Some((_, entry, _)) => CtState::Related(entry),
+        None => CtState::New,
+    }
+}
+
+/// Advances the flow's state for a packet that matched `entry` (at `e`) and pushes out its
+/// expiry. The
 /// other direction's entry is only looked up when something changes for both: a state
 /// transition, or the expiry moving on (at most once a second). That is also when a lost
 /// other direction (evicted by the LRU) is written again; if its tuple went to another
 /// flow meanwhile, this direction is dropped too, so the next packet starts the flow anew
 /// (a new masquerade port, a backend chosen again) instead of sharing it.
 #[inline(always)]
-pub fn track(found: &Found, key: &CtKey, tcp_flags: u8) {
-    let (e, entry, now) = (found.ptr, &found.entry, found.now);
+fn track(e: *mut CtEntry, entry: &CtEntry, now: u32, key: &CtKey, tcp_flags: u8) {
     let mut st = entry.state;
     if key.proto == IPPROTO_TCP {
         if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -241,23 +283,30 @@ pub fn new_reply(key: &CtKey, now: u32, ifindex: u32, service_id: u32, kind: u8)
     )
 }
 
-/// Writes a new flow's original-direction entry `e`, its reply tuple claimed already, and
-/// returns the tuple its packets are rewritten to. If another CPU started the same flow
-/// first, the claim is given back and that flow's translation is followed.
+/// Starts a new flow `key` translated to `to`, whose reply tuple has been claimed with
+/// `reply` ([`claim`], [`new_reply`]): writes the original direction's entry, which follows
+/// from the reply's, and returns the tuple packets are rewritten to with that entry. If
+/// another CPU started the same flow first, the claim is given back and that flow's
+/// translation is followed.
 #[inline(always)]
-pub fn open(key: &CtKey, e: &CtEntry) -> Result<CtKey, ()> {
-    let reply_key = &peer_key(e, key.proto);
+pub fn open(key: &CtKey, to: &CtKey, reply: &CtEntry) -> Result<(CtKey, CtEntry), ()> {
+    let reply_key = &to.reversed();
+    let e = peer_entry(reply_key, reply);
     match CONNTRACK.insert(key, e, BPF_NOEXIST as u64) {
-        Ok(()) => Ok(e.nat_tuple(key.proto)),
+        Ok(()) => Ok((e.nat_tuple(key.proto), e)),
         Err(EEXIST) => {
             // SAFETY: copied out at once.
-            let won = unsafe { CONNTRACK.get(key) }.map(|w| w.nat_tuple(key.proto));
+            let won = unsafe { CONNTRACK.get(key) }.copied();
+            let tuple = won.map(|w| w.nat_tuple(key.proto));
             // Both may have picked the same tuple (the same flow hashes alike): then the
             // reply entry is the winner's as much as ours.
-            if won != Some(e.nat_tuple(key.proto)) {
+            if tuple != Some(e.nat_tuple(key.proto)) {
                 let _ = CONNTRACK.remove(reply_key);
             }
-            won.ok_or(())
+            match (tuple, won) {
+                (Some(t), Some(w)) => Ok((t, w)),
+                _ => Err(()),
+            }
         }
         Err(_) => {
             let _ = CONNTRACK.remove(reply_key);

@@ -9,7 +9,7 @@ use netdp_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, CtState},
     counters::{drop, pass, redirected},
     csum, maps,
     nat::{self, Outcome},
@@ -47,10 +47,14 @@ pub fn outside(ctx: &TcContext, frame: &Ipv4Frame, t: &Transport) -> i32 {
         // Echo requests only: the pod's identifier is translated like a source port.
         Transport::Echo(l4) if l4.sport != 0 => {
             let key = conntrack::key(frame, &l4);
-            match nat::follow(ctx, PROGRAM, &key, &l4) {
-                Some(Outcome::Done(verdict)) => return verdict,
-                Some(_) => Ok(()),
-                None => nat::masquerade(ctx, PROGRAM, &key, &l4, &node),
+            match conntrack::lookup(&key, l4.tcp_flags) {
+                CtState::New => nat::masquerade(ctx, PROGRAM, &key, &l4, &node),
+                CtState::Established(e) | CtState::Reply(e) | CtState::Related(e) => {
+                    match nat::follow(ctx, PROGRAM, &key, &l4, &e) {
+                        Outcome::Done(verdict) => return verdict,
+                        _ => Ok(()),
+                    }
+                }
             }
         }
         _ => Err(Reason::NatUnsupported),

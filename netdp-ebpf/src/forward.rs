@@ -11,7 +11,7 @@ use netdp_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, CtState},
     counters::{drop, pass},
     decap, egress, endpoint, icmp, maps,
     nat::{self, Outcome, Translated},
@@ -55,17 +55,24 @@ fn translate(
     match *t {
         Transport::Ports(l4) => {
             let key = conntrack::key(frame, &l4);
-            if let Some(outcome) = nat::follow(ctx, program, &key, &l4) {
-                return outcome;
-            }
-            match stage {
-                Stage::Decapsulated(_) => Outcome::Untouched,
-                _ => service::new_flow(ctx, program, &l4, &key),
+            match conntrack::lookup(&key, l4.tcp_flags) {
+                CtState::New => match stage {
+                    Stage::Decapsulated(_) => Outcome::Untouched,
+                    _ => service::new_flow(ctx, program, &l4, &key),
+                },
+                CtState::Established(e) | CtState::Reply(e) | CtState::Related(e) => {
+                    nat::follow(ctx, program, &key, &l4, &e)
+                }
             }
         }
         Transport::Echo(l4) if matches!(stage, Stage::Received { to_node: true }) => {
-            nat::follow(ctx, program, &conntrack::key(frame, &l4), &l4)
-                .unwrap_or(Outcome::Untouched)
+            let key = conntrack::key(frame, &l4);
+            match conntrack::lookup(&key, l4.tcp_flags) {
+                CtState::New => Outcome::Untouched,
+                CtState::Established(e) | CtState::Reply(e) | CtState::Related(e) => {
+                    nat::follow(ctx, program, &key, &l4, &e)
+                }
+            }
         }
         Transport::IcmpError(l4) => match icmp::translate_error(ctx, &l4) {
             Some(t) => Outcome::Translated(t),

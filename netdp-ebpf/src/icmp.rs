@@ -24,7 +24,7 @@ use netdp_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, CtState},
     counters::{drop, redirected},
     csum, maps,
     nat::{self, Translated},
@@ -264,7 +264,9 @@ pub fn translate_error(ctx: &TcContext, l4: &L4) -> Option<Translated> {
     let quoted = quoted_flow(&load::<28>(ctx, inner)?)?;
     // The quoted packet went one way; the entry for the other way says how the sender of
     // the quoted packet sees the flow.
-    let e = conntrack::lookup(&quoted.reversed(), 0)?.entry;
+    let CtState::Related(e) = conntrack::lookup_related(&quoted) else {
+        return None;
+    };
     let orig = e.nat_tuple(quoted.proto).reversed();
 
     let outer = load::<8>(ctx, IP_SADDR_OFF)?;

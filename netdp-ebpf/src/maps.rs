@@ -21,43 +21,52 @@ use netdp_common::{
 };
 
 #[btf_map]
-pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, { capacity::ENDPOINTS as usize }> = HashMap::new();
+pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, { capacity::ENDPOINTS as usize }> =
+    HashMap::new();
 
 #[btf_map]
 pub static ROUTES: LpmTrie<Ipv4, Route, { capacity::ROUTES as usize }> = LpmTrie::new();
 
 #[btf_map]
-pub static COUNTERS: PerCpuArray<CounterValue, { capacity::COUNTERS as usize }> = PerCpuArray::new();
+pub static COUNTERS: PerCpuArray<CounterValue, { capacity::COUNTERS as usize }> =
+    PerCpuArray::new();
 
 #[btf_map]
 pub static PEERS: HashMap<PeerKey, Peer, { capacity::PEERS as usize }> = HashMap::new();
 
 #[btf_map]
-pub static FRONTENDS: HashMap<FrontendKey, Frontend, { capacity::FRONTENDS as usize }> = HashMap::new();
+pub static FRONTENDS: HashMap<FrontendKey, Frontend, { capacity::FRONTENDS as usize }> =
+    HashMap::new();
 
 #[btf_map]
 pub static BACKENDS: Array<Backend, { capacity::BACKENDS as usize }> = Array::new();
 
 #[btf_map]
-pub static MAGLEV: Array<MaglevRow, { capacity::MAGLEV as usize }> =
-    Array::new();
+pub static MAGLEV: Array<MaglevRow, { capacity::MAGLEV as usize }> = Array::new();
 
 #[btf_map]
-pub static AFFINITY: LruHashMap<AffinityKey, Affinity, { capacity::AFFINITY as usize }> = LruHashMap::new();
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity, { capacity::AFFINITY as usize }> =
+    LruHashMap::new();
 
 /// Value: the backend's flags.
 #[btf_map]
-pub static AFFINITY_BACKENDS: HashMap<AffinityBackendKey, u32, { capacity::AFFINITY_BACKENDS as usize }> = HashMap::new();
+pub static AFFINITY_BACKENDS: HashMap<
+    AffinityBackendKey,
+    u32,
+    { capacity::AFFINITY_BACKENDS as usize },
+> = HashMap::new();
 
 /// Translated flows of both kinds, services and masquerading (see netdp_common::conntrack).
 #[btf_map]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { capacity::CONNTRACK as usize }> = LruHashMap::new();
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { capacity::CONNTRACK as usize }> =
+    LruHashMap::new();
 
 #[btf_map]
 pub static LB_CONFIG: Array<LbConfig, { capacity::LB_CONFIG as usize }> = Array::new();
 
 #[btf_map]
-pub static SOCK_NAT: LruHashMap<SockNatKey, SockNat, { capacity::SOCK_NAT as usize }> = LruHashMap::new();
+pub static SOCK_NAT: LruHashMap<SockNatKey, SockNat, { capacity::SOCK_NAT as usize }> =
+    LruHashMap::new();
 
 /// Conntrack lifetimes per state; the agent sets them at load time.
 #[unsafe(no_mangle)]

@@ -130,17 +130,14 @@ pub fn port(
     ctx.store(off, &new, 0).map_err(|_| ())
 }
 
-/// Translates a packet of a flow conntrack tracks (either direction, either kind) as its
-/// entry says; `None` if there is no such flow.
+/// Translates a packet of a tracked flow (either direction, either kind) as its entry `e`
+/// says (from [`conntrack::lookup`]).
 #[inline(always)]
-pub fn follow(ctx: &TcContext, program: Program, key: &CtKey, l4: &L4) -> Option<Outcome> {
-    let found = conntrack::lookup(key, l4.tcp_flags)?;
-    conntrack::track(&found, key, l4.tcp_flags);
-    let e = found.entry;
-    Some(match rewrite(ctx, l4, key, &e.nat_tuple(key.proto)) {
-        Ok(()) => Outcome::Translated(Translated::of(&e)),
+pub fn follow(ctx: &TcContext, program: Program, key: &CtKey, l4: &L4, e: &CtEntry) -> Outcome {
+    match rewrite(ctx, l4, key, &e.nat_tuple(key.proto)) {
+        Ok(()) => Outcome::Translated(Translated::of(e)),
         Err(()) => Outcome::Done(drop(ctx, program, Reason::AdjustFailed)),
-    })
+    }
 }
 
 /// Gives `to` (the new flow `key` translated, its source address set) a source port of
@@ -201,8 +198,7 @@ pub fn masquerade(
         now,
     )
     .ok_or(Reason::NatNoPort)?;
-    let forward = conntrack::peer_entry(&to.reversed(), &reply);
-    let to = conntrack::open(key, &forward).map_err(|()| Reason::NatNoPort)?;
+    let (to, _) = conntrack::open(key, &to, &reply).map_err(|()| Reason::NatNoPort)?;
     rewrite(ctx, l4, key, &to).map_err(|()| Reason::AdjustFailed)?;
     counters::event(ctx, program, Event::MasqueradeFlow);
     Ok(())

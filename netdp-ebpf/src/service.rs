@@ -1,7 +1,8 @@
 //! New service flows: the first packet of a flow to a frontend picks a backend, gets its
 //! destination (and, where replies must come back through this node, its source)
 //! translated, and creates the flow's two conntrack entries. Later packets, replies and
-//! ICMP errors follow those entries (`nat::follow`, `icmp::translate_error`).
+//! ICMP errors follow those entries (`conntrack::lookup`, then `nat::follow` or
+//! `icmp::translate_error`).
 use aya_ebpf::programs::TcContext;
 use netdp_common::{
     conntrack::{CtKey, flags},
@@ -99,8 +100,7 @@ fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
             }
         };
     }
-    let forward = conntrack::peer_entry(&to.reversed(), &reply);
-    let Ok(to) = conntrack::open(key, &forward) else {
+    let Ok((to, forward)) = conntrack::open(key, &to, &reply) else {
         return Outcome::Done(drop(ctx, program, Reason::ServiceConntrackFull));
     };
     if nat::rewrite(ctx, l4, key, &to).is_err() {
