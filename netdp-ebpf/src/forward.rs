@@ -13,10 +13,10 @@ use netdp_common::{
 use crate::{
     conntrack::{self, CtState},
     counters::{drop, pass},
-    decap, egress, endpoint, icmp, maps,
+    decap, egress, endpoint, icmp, lb, maps,
     nat::{self, Outcome, Translated},
     parse::{self, Ipv4Frame, Parsed, Transport},
-    route, service,
+    route,
 };
 
 /// The frame's Ethernet and IPv4 headers, pulled into the linear data first if need be.
@@ -58,7 +58,7 @@ fn translate(
             match conntrack::lookup(&key, l4.tcp_flags) {
                 CtState::New => match stage {
                     Stage::Decapsulated(_) => Outcome::Untouched,
-                    _ => service::new_flow(ctx, program, &l4, &key),
+                    _ => lb::new_flow(ctx, program, &l4, &key),
                 },
                 CtState::Established(e) | CtState::Reply(e) | CtState::Related(e) => {
                     nat::follow(ctx, program, &key, &l4, &e)

@@ -26,7 +26,6 @@ mod mtu;
 mod nat;
 mod parse;
 mod route;
-mod service;
 mod sock;
 
 use aya_ebpf::{

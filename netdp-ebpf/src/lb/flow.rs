@@ -13,7 +13,7 @@ use netdp_common::{
 use crate::{
     conntrack::{self, Claim},
     counters::{self, drop},
-    icmp, lb,
+    icmp,
     maps::LB_CONFIG,
     nat::{self, Outcome, Translated},
     parse::L4,
@@ -22,7 +22,7 @@ use crate::{
 /// The first packet of a flow (conntrack knows none) to a frontend, if `key` is one's.
 #[inline(always)]
 pub fn new_flow(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey) -> Outcome {
-    match lb::frontend(key) {
+    match super::frontend(key) {
         Some(fe) => start(ctx, program, l4, key, &fe),
         None => Outcome::Untouched,
     }
@@ -40,7 +40,7 @@ fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
         return Outcome::Done(drop(ctx, program, Reason::ServiceNoLocalBackend));
     }
     let now = conntrack::now();
-    let Some(be) = lb::select(fe, key, local_only, now) else {
+    let Some(be) = super::select(fe, key, local_only, now) else {
         return Outcome::Done(drop(ctx, program, Reason::ServiceBadBackend));
     };
     // A pod reaching itself through its service would see its own address as the source
