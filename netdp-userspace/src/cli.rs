@@ -1,5 +1,6 @@
 //! The `netdp` command line: the agent plus read-only views of etcd and the maps, and
 //! the services in etcd.
+mod check;
 mod conntrack;
 mod maps;
 mod services;
@@ -65,6 +66,8 @@ pub enum Command {
     Map(maps::MapCmd),
     /// Remove a node's dataplane: detach its programs and delete its pinned maps.
     Teardown(NodeArgs),
+    /// Load the programs into this kernel for every backend (nothing attached): can it run netdp?
+    Check,
 }
 
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
@@ -148,6 +151,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Agent(args) => crate::agent::run(*args).await,
         Command::Map(cmd) => maps::run(cmd),
+        Command::Check => check::run(),
         Command::Counters(args) => {
             let map = CounterMap::open(&args.pins()?)?;
             let (counters, events) = (map.all()?, map.events()?);
