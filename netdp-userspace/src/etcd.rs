@@ -1,4 +1,5 @@
 //! Connecting to etcd with flanneld's flags.
+pub mod decode;
 pub mod watch;
 
 use std::{path::PathBuf, time::Duration};

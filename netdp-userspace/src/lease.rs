@@ -1,13 +1,9 @@
 //! Subnet leases in etcd, in Flannel's layout: `<prefix>/subnets/<a.b.c.d>-<len>` holding
 //! Flannel's `LeaseAttrs` JSON, attached to an etcd lease so it expires unless renewed.
-use std::{
-    collections::{HashMap, HashSet},
-    net::Ipv4Addr,
-    time::Duration,
-};
+use std::{collections::HashSet, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Result, anyhow, bail};
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use ipnetwork::Ipv4Network;
 use log::{info, warn};
 use rand::Rng;
@@ -16,7 +12,10 @@ pub use netdp_dataplane::lease::LeaseAttrs;
 
 use crate::{
     config::NetworkConfig,
-    etcd::watch::{Change, PrefixWatch, Update},
+    etcd::{
+        decode::{Decode, Decoded, Event, Reported, decode, decode_all},
+        watch::{Kv, PrefixWatch, list_prefix},
+    },
     util::one_line,
 };
 
@@ -121,16 +120,61 @@ impl std::error::Error for AcquireError {}
 pub struct Registry {
     pub client: Client,
     prefix: String,
-    /// Malformed values already reported: (key, mod_revision).
-    reported: HashSet<(String, i64)>,
+    decoder: LeaseDecoder,
+}
+
+/// Reads lease keys and values under a prefix.
+struct LeaseDecoder {
+    prefix: String,
+    reported: Reported,
+}
+
+impl Decode for LeaseDecoder {
+    type Id = Ipv4Network;
+    type Item = PeerLease;
+
+    fn id(&self, key: &str) -> Option<Ipv4Network> {
+        parse_subnet_key(&self.prefix, key)
+    }
+
+    fn decode(&mut self, key: &str, kv: &Kv) -> Option<(Ipv4Network, PeerLease)> {
+        let parsed = parse_subnet_key(&self.prefix, key)
+            .ok_or_else(|| "key is not <ip>-<prefixlen>".to_string())
+            .and_then(|subnet| {
+                serde_json::from_slice::<LeaseAttrs>(&kv.value)
+                    .map(|attrs| (subnet, attrs))
+                    .map_err(|e| format!("value is not a lease: {e}"))
+            });
+        match parsed {
+            Ok((subnet, attrs)) => Some((
+                subnet,
+                PeerLease {
+                    subnet,
+                    attrs,
+                    etcd_lease: kv.lease,
+                    mod_revision: kv.mod_revision,
+                },
+            )),
+            Err(why) => {
+                if self.reported.first(key, kv.mod_revision) {
+                    warn!("skipping malformed lease {key}: {why}");
+                }
+                None
+            }
+        }
+    }
 }
 
 impl Registry {
     pub fn new(client: Client, prefix: &str) -> Self {
+        let prefix = prefix.trim_end_matches('/').to_string();
         Registry {
             client,
-            prefix: prefix.trim_end_matches('/').to_string(),
-            reported: HashSet::new(),
+            decoder: LeaseDecoder {
+                prefix: prefix.clone(),
+                reported: Reported::default(),
+            },
+            prefix,
         }
     }
 
@@ -164,58 +208,13 @@ impl Registry {
         Ok((config, kv.mod_revision()))
     }
 
-    fn parse_kv(&mut self, key: &[u8], value: &[u8], lease: i64, rev: i64) -> Option<PeerLease> {
-        let key = String::from_utf8_lossy(key).into_owned();
-        let parsed = parse_subnet_key(&self.prefix, &key)
-            .ok_or_else(|| "key is not <ip>-<prefixlen>".to_string())
-            .and_then(|subnet| {
-                serde_json::from_slice::<LeaseAttrs>(value)
-                    .map(|attrs| (subnet, attrs))
-                    .map_err(|e| format!("value is not a lease: {e}"))
-            });
-        match parsed {
-            Ok((subnet, attrs)) => Some(PeerLease {
-                subnet,
-                attrs,
-                etcd_lease: lease,
-                mod_revision: rev,
-            }),
-            Err(why) => {
-                if self.reported.insert((key.clone(), rev)) {
-                    warn!("skipping malformed lease {key}: {why}");
-                }
-                None
-            }
-        }
-    }
-
-    /// All parseable leases and the revision they were read at. Malformed ones are logged
-    /// once and skipped.
+    /// All parseable leases and the revision they were read at (page by page, at one
+    /// revision). Malformed ones are logged once and skipped.
     pub async fn leases(&mut self) -> Result<(Vec<PeerLease>, i64)> {
         let prefix = self.subnets_prefix();
-        let resp = self
-            .client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| anyhow!("listing leases under {prefix}: {}", one_line(&e)))?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let kvs: Vec<_> = resp
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    kv.key().to_vec(),
-                    kv.value().to_vec(),
-                    kv.lease(),
-                    kv.mod_revision(),
-                )
-            })
-            .collect();
-        let leases = kvs
-            .into_iter()
-            .filter_map(|(k, v, l, r)| self.parse_kv(&k, &v, l, r))
-            .collect();
-        Ok((leases, revision))
+        let (kvs, revision) = list_prefix(&mut self.client, &prefix).await?;
+        let leases = decode_all(&mut self.decoder, &kvs);
+        Ok((leases.into_iter().map(|(_, l)| l).collect(), revision))
     }
 
     /// Leases a subnet for `attrs.public_ip`: the one it already holds, else `hint` (the
@@ -442,22 +441,15 @@ fn random_free(
         .find(|s| !taken.contains(s) && !lost.contains(s))
 }
 
-/// What changed in the set of leases.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LeaseEvent {
-    Upsert(PeerLease),
-    Removed(Ipv4Network),
-}
+/// What changed in the set of leases: `Upsert(subnet, lease)` or `Removed(subnet)`.
+pub type LeaseEvent = Event<Ipv4Network, PeerLease>;
+
+/// One step of a [`LeaseWatch`]: lease events, or (after the watch had to start over) the
+/// complete current set. [`Decoded::apply_to`] applies it to a set of leases by subnet.
+pub type WatchUpdate = Decoded<Ipv4Network, PeerLease>;
 
 /// A lease watch that never goes stale (see [`PrefixWatch`]).
 pub struct LeaseWatch(PrefixWatch);
-
-/// One step of a [`LeaseWatch`].
-pub enum WatchUpdate {
-    Events(Vec<LeaseEvent>),
-    /// The watch had to start over: here is the complete current set.
-    Resync(Vec<PeerLease>),
-}
 
 impl LeaseWatch {
     pub fn new(revision: i64) -> Self {
@@ -473,66 +465,11 @@ impl LeaseWatch {
     pub async fn next(&mut self, registry: &mut Registry) -> Result<WatchUpdate> {
         let prefix = registry.subnets_prefix();
         loop {
-            let changes = match self.0.next(&mut registry.client, &prefix).await? {
-                Update::Resync(kvs) => {
-                    return Ok(WatchUpdate::Resync(
-                        kvs.into_iter()
-                            .filter_map(|kv| {
-                                registry.parse_kv(&kv.key, &kv.value, kv.lease, kv.mod_revision)
-                            })
-                            .collect(),
-                    ));
-                }
-                Update::Changes(changes) => changes,
-            };
-            let mut events = Vec::new();
-            for change in changes {
-                match change {
-                    Change::Put(kv) => {
-                        if let Some(l) =
-                            registry.parse_kv(&kv.key, &kv.value, kv.lease, kv.mod_revision)
-                        {
-                            events.push(LeaseEvent::Upsert(l));
-                        } else if let Some(subnet) =
-                            parse_subnet_key(registry.prefix(), &String::from_utf8_lossy(&kv.key))
-                        {
-                            // A lease overwritten with garbage is no longer a usable route.
-                            events.push(LeaseEvent::Removed(subnet));
-                        }
-                    }
-                    Change::Delete(key) => {
-                        if let Some(subnet) =
-                            parse_subnet_key(registry.prefix(), &String::from_utf8_lossy(&key))
-                        {
-                            events.push(LeaseEvent::Removed(subnet));
-                        }
-                    }
-                }
+            let update = self.0.next(&mut registry.client, &prefix).await?;
+            match decode(&mut registry.decoder, update) {
+                Decoded::Events(events) if events.is_empty() => continue,
+                decoded => return Ok(decoded),
             }
-            if !events.is_empty() {
-                return Ok(WatchUpdate::Events(events));
-            }
-        }
-    }
-}
-
-/// Applies watch output to a set of leases keyed by subnet.
-pub fn apply(set: &mut HashMap<Ipv4Network, PeerLease>, update: WatchUpdate) {
-    match update {
-        WatchUpdate::Events(events) => {
-            for ev in events {
-                match ev {
-                    LeaseEvent::Upsert(l) => {
-                        set.insert(l.subnet, l);
-                    }
-                    LeaseEvent::Removed(s) => {
-                        set.remove(&s);
-                    }
-                }
-            }
-        }
-        WatchUpdate::Resync(leases) => {
-            *set = leases.into_iter().map(|l| (l.subnet, l)).collect();
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::{
         route::{RouteMap, Underlay},
     },
     etcd::EtcdArgs,
-    lease::{self, Lease, LeaseAttrs, LeaseOptions, PeerLease, Registry},
+    lease::{Lease, LeaseAttrs, LeaseOptions, PeerLease, Registry},
     netlink::Netlink,
     subnet_file::SubnetFile,
     util::parse_duration,
@@ -254,7 +254,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             Some(update) = updates.recv() => {
-                lease::apply(&mut state.peers, update);
+                update.apply_to(&mut state.peers);
                 let own = state.peers.get(&state.lease.subnet);
                 if own.is_none_or(|l| l.attrs.public_ip != state.lease.attrs.public_ip) {
                     warn!("this node's lease {} is gone; acquiring a new one", state.lease.subnet);

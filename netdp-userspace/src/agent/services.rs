@@ -29,10 +29,13 @@ use crate::{
         maglev::is_prime,
         route::Underlay,
     },
-    etcd::watch::{Change, Follow, Kv, PrefixWatch, Update, forward},
+    etcd::{
+        decode::{decode, decode_all},
+        watch::{Follow, PrefixWatch, Update, forward, list_prefix},
+    },
     lease::Lease,
     netlink::Netlink,
-    service::{self, NodeInfo, ServiceDef, ServiceStore, store::parse_key},
+    service::{self, NodeInfo, ServiceDef, store::ServiceDecoder},
 };
 
 fn parse_prime(s: &str) -> Result<u32, String> {
@@ -156,10 +159,8 @@ fn cgroup_root(args: &ServiceArgs) -> Result<Option<PathBuf>> {
 pub struct Services {
     lb: Lb,
     node: NodeInfo,
-    prefix: String,
+    decoder: ServiceDecoder,
     defs: HashMap<String, ServiceDef>,
-    /// Invalid values already reported: (key, mod revision).
-    reported: HashSet<(String, i64)>,
 }
 
 impl Services {
@@ -170,52 +171,35 @@ impl Services {
         args: &ServiceArgs,
         dp: &mut Dataplane,
         pins: &Pins,
-        client: Client,
+        mut client: Client,
         host: Host<'_>,
     ) -> Result<(Self, i64)> {
         ensure_host_route(host.nl, host.network, host.lease).await?;
         dp.attach_host(pins, GATEWAY_PEER)?;
         let mut lb = Lb::new(LbMaps::take(dp)?, args.maglev_table_size)?;
         lb.set_config(host.gateway(), netns_cookie())?;
-        match cgroup_root(args)? {
-            Some(cg) => {
-                dp.attach_sockets(pins, &cg)?;
-                info!(
-                    "node sockets reach services directly (socket programs on cgroup {})",
-                    cg.display()
-                );
-            }
-            None => warn!(
-                "no cgroup2 hierarchy for the socket programs: the node itself cannot reach services"
-            ),
-        }
+        attach_sockets(args, dp, pins)?;
         let node = host.info().await;
-        let mut store = ServiceStore::new(client, &args.service_prefix);
-        let store = &mut store;
+        let mut decoder = ServiceDecoder::new(&args.service_prefix);
 
         let started = Instant::now();
-        let (kvs, revision) = store.list().await?;
+        let (kvs, revision) = list_prefix(&mut client, decoder.prefix()).await?;
         let listed = started.elapsed();
-        let mut s = Services {
+        let defs: HashMap<String, ServiceDef> =
+            decode_all(&mut decoder, &kvs).into_iter().collect();
+        let plans: Vec<(String, ServicePlan)> = defs
+            .iter()
+            .filter_map(|(id, d)| service::plan(d, &node).map(|p| (id.clone(), p)))
+            .collect();
+        let stats = lb.adopt(plans);
+        info!("read {} services from etcd in {listed:.1?}", defs.len());
+        lb.log_stats("programmed", &stats, started.elapsed());
+        let s = Services {
             lb,
             node,
-            prefix: store.prefix().to_string(),
-            defs: HashMap::new(),
-            reported: HashSet::new(),
+            decoder,
+            defs,
         };
-        for (key, value) in kvs {
-            if let Some((id, def)) = s.decode(&key, &value, 0) {
-                s.defs.insert(id, def);
-            }
-        }
-        let plans: Vec<(String, ServicePlan)> = s
-            .defs
-            .iter()
-            .filter_map(|(id, d)| service::plan(d, &s.node).map(|p| (id.clone(), p)))
-            .collect();
-        let stats = s.lb.adopt(plans);
-        info!("read {} services from etcd in {listed:.1?}", s.defs.len());
-        s.lb.log_stats("programmed", &stats, started.elapsed());
         Ok((s, revision))
     }
 
@@ -231,92 +215,13 @@ impl Services {
         }
     }
 
-    /// The valid service at `key`, or `None` (reported once per revision) if it is not one.
-    fn decode(&mut self, key: &str, value: &[u8], rev: i64) -> Option<(String, ServiceDef)> {
-        let Some(id) = parse_key(&self.prefix, key) else {
-            if self.reported.insert((key.to_string(), rev)) {
-                warn!(
-                    "skipping {key}: not a <namespace>/<name> key under {}",
-                    self.prefix
-                );
-            }
-            return None;
-        };
-        let result = service::decode(value).and_then(|def| {
-            if def.id() == id {
-                Ok(def)
-            } else {
-                Err(format!("metadata says {} but the key says {id}", def.id()))
-            }
-        });
-        match result {
-            Ok(def) => {
-                if !self.reported.is_empty() {
-                    self.reported.retain(|(k, _)| k != key);
-                }
-                Some((id.to_string(), def))
-            }
-            Err(e) => {
-                if self.reported.insert((key.to_string(), rev)) {
-                    warn!("skipping invalid service {key} (revision {rev}): {e}");
-                }
-                None
-            }
-        }
-    }
-
     /// Applies watch output, all of it in one batch. UDP flows to endpoints that are gone
     /// are dropped from `conntrack`.
     pub fn apply(&mut self, updates: Vec<Update>, conntrack: &mut ConntrackMap) {
         let started = Instant::now();
-        let mut changed: HashMap<String, Option<ServiceDef>> = HashMap::new();
-        for update in updates {
-            match update {
-                Update::Changes(changes) => {
-                    for c in changes {
-                        match c {
-                            Change::Put(Kv {
-                                key,
-                                value,
-                                mod_revision,
-                                ..
-                            }) => {
-                                let key = String::from_utf8_lossy(&key).into_owned();
-                                match self.decode(&key, &value, mod_revision) {
-                                    Some((id, def)) => {
-                                        changed.insert(id, Some(def));
-                                    }
-                                    None => {
-                                        // Overwritten with something invalid: no longer served.
-                                        if let Some(id) = parse_key(&self.prefix, &key) {
-                                            changed.insert(id.to_string(), None);
-                                        }
-                                    }
-                                }
-                            }
-                            Change::Delete(key) => {
-                                let key = String::from_utf8_lossy(&key).into_owned();
-                                if let Some(id) = parse_key(&self.prefix, &key) {
-                                    changed.insert(id.to_string(), None);
-                                }
-                            }
-                        }
-                    }
-                }
-                Update::Resync(kvs) => {
-                    changed = self.defs.keys().map(|id| (id.clone(), None)).collect();
-                    for kv in kvs {
-                        let key = String::from_utf8_lossy(&kv.key).into_owned();
-                        if let Some((id, def)) = self.decode(&key, &kv.value, kv.mod_revision) {
-                            changed.insert(id, Some(def));
-                        }
-                    }
-                }
-            }
-        }
-        let mut gone_udp: HashMap<String, HashSet<[u8; 4]>> = HashMap::new();
-        let mut batch = Vec::with_capacity(changed.len());
-        for (id, def) in changed {
+        let mut gone_udp = HashMap::new();
+        let mut batch = Vec::new();
+        for (id, def) in self.changes(updates) {
             let old = match &def {
                 Some(d) => self.defs.insert(id.clone(), d.clone()),
                 None => self.defs.remove(&id),
@@ -324,25 +229,8 @@ impl Services {
             if old.is_none() && def.is_none() {
                 continue;
             }
-            if let Some(o) = &old {
-                if o.ports
-                    .iter()
-                    .any(|p| p.proto == service::validate::IPPROTO_UDP)
-                {
-                    let keep: HashSet<Ipv4Addr> = def
-                        .iter()
-                        .flat_map(|d| d.ready_endpoints().map(|e| e.ip))
-                        .collect();
-                    let gone: HashSet<[u8; 4]> = o
-                        .ready_endpoints()
-                        .map(|e| e.ip)
-                        .filter(|ip| !keep.contains(ip))
-                        .map(|ip| ip.octets())
-                        .collect();
-                    if !gone.is_empty() {
-                        gone_udp.insert(id.clone(), gone);
-                    }
-                }
+            if let Some(gone) = old.and_then(|o| udp_endpoints_gone(&o, def.as_ref())) {
+                gone_udp.insert(id.clone(), gone);
             }
             let plan = def.as_ref().and_then(|d| service::plan(d, &self.node));
             batch.push((id, plan));
@@ -351,22 +239,19 @@ impl Services {
             return;
         }
         // Service ids as they were before the batch (the flows carry those).
-        let mut names = HashMap::new();
-        let gone: HashMap<u32, _> = gone_udp
-            .into_iter()
-            .filter_map(|(id, gone)| {
-                let sid = self.lb.service_id(&id)?;
-                names.insert(sid, id);
-                Some((sid, gone))
-            })
-            .collect();
+        let gone = GoneUdp::by_service_id(&self.lb, gone_udp);
         let stats = self.lb.apply(batch);
         self.lb.log_stats("updated", &stats, started.elapsed());
-        for (sid, n) in conntrack.purge_udp_backends(&gone) {
-            if let Some(id) = names.get(&sid).filter(|_| n > 0) {
-                info!("service {id}: dropped {n} UDP conntrack entries of removed endpoints");
-            }
+        gone.purge(conntrack);
+    }
+
+    /// What the updates change, service by service (`None`: no longer served).
+    fn changes(&mut self, updates: Vec<Update>) -> HashMap<String, Option<ServiceDef>> {
+        let mut changed = HashMap::new();
+        for update in updates {
+            decode(&mut self.decoder, update).merge_into(&mut changed, self.defs.keys().cloned());
         }
+        changed
     }
 
     /// Reprograms every service if the node's addresses or subnet changed.
@@ -388,6 +273,77 @@ impl Services {
         let stats = self.lb.apply(batch);
         self.lb.log_stats("reprogrammed", &stats, started.elapsed());
     }
+}
+
+/// The ready endpoints of a UDP service `old` that its new version `new` (`None`: the
+/// service is gone) no longer has, if there are any.
+fn udp_endpoints_gone(old: &ServiceDef, new: Option<&ServiceDef>) -> Option<HashSet<[u8; 4]>> {
+    if !old
+        .ports
+        .iter()
+        .any(|p| p.proto == service::validate::IPPROTO_UDP)
+    {
+        return None;
+    }
+    let keep: HashSet<Ipv4Addr> = new
+        .iter()
+        .flat_map(|d| d.ready_endpoints().map(|e| e.ip))
+        .collect();
+    let gone: HashSet<[u8; 4]> = old
+        .ready_endpoints()
+        .map(|e| e.ip)
+        .filter(|ip| !keep.contains(ip))
+        .map(|ip| ip.octets())
+        .collect();
+    (!gone.is_empty()).then_some(gone)
+}
+
+/// Endpoints whose UDP flows go, by the service id the flows carry.
+struct GoneUdp {
+    endpoints: HashMap<u32, HashSet<[u8; 4]>>,
+    names: HashMap<u32, String>,
+}
+
+impl GoneUdp {
+    /// `gone` (by service name) by the ids services have in `lb` now.
+    fn by_service_id(lb: &Lb, gone: HashMap<String, HashSet<[u8; 4]>>) -> Self {
+        let mut names = HashMap::new();
+        let endpoints = gone
+            .into_iter()
+            .filter_map(|(id, gone)| {
+                let sid = lb.service_id(&id)?;
+                names.insert(sid, id);
+                Some((sid, gone))
+            })
+            .collect();
+        GoneUdp { endpoints, names }
+    }
+
+    /// Drops the flows from `conntrack`, in one pass for all services.
+    fn purge(self, conntrack: &mut ConntrackMap) {
+        for (sid, n) in conntrack.purge_udp_backends(&self.endpoints) {
+            if let Some(id) = self.names.get(&sid).filter(|_| n > 0) {
+                info!("service {id}: dropped {n} UDP conntrack entries of removed endpoints");
+            }
+        }
+    }
+}
+
+/// Attaches the socket programs, so the node's own sockets reach services directly.
+fn attach_sockets(args: &ServiceArgs, dp: &mut Dataplane, pins: &Pins) -> Result<()> {
+    match cgroup_root(args)? {
+        Some(cg) => {
+            dp.attach_sockets(pins, &cg)?;
+            info!(
+                "node sockets reach services directly (socket programs on cgroup {})",
+                cg.display()
+            );
+        }
+        None => warn!(
+            "no cgroup2 hierarchy for the socket programs: the node itself cannot reach services"
+        ),
+    }
+    Ok(())
 }
 
 /// Service changes under the service prefix, on a connection of their own.

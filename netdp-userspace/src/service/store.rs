@@ -4,8 +4,16 @@ use anyhow::{Result, anyhow};
 use etcd_client::{Client, GetOptions, Txn, TxnOp};
 use futures::StreamExt;
 
-use super::schema::ServiceDoc;
-use crate::{etcd::watch::list_prefix, util::one_line};
+use log::warn;
+
+use super::{ServiceDef, schema::ServiceDoc};
+use crate::{
+    etcd::{
+        decode::{Decode, Reported},
+        watch::{Kv, list_prefix},
+    },
+    util::one_line,
+};
 
 /// The default prefix.
 pub const DEFAULT_PREFIX: &str = "/netdp/services/";
@@ -30,6 +38,68 @@ pub fn parse_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     let rest = key.strip_prefix(&normalize_prefix(prefix))?;
     let (ns, name) = rest.split_once('/')?;
     (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then_some(rest)
+}
+
+/// Reads service keys and values under a prefix: `namespace/name` ids and valid services.
+pub struct ServiceDecoder {
+    prefix: String,
+    reported: Reported,
+}
+
+impl ServiceDecoder {
+    pub fn new(prefix: &str) -> Self {
+        ServiceDecoder {
+            prefix: normalize_prefix(prefix),
+            reported: Reported::default(),
+        }
+    }
+
+    /// The prefix with exactly one trailing slash.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+impl Decode for ServiceDecoder {
+    type Id = String;
+    type Item = ServiceDef;
+
+    fn id(&self, key: &str) -> Option<String> {
+        parse_key(&self.prefix, key).map(str::to_string)
+    }
+
+    /// The valid service at `key`, or `None` (reported once per revision) if it is not one.
+    fn decode(&mut self, key: &str, kv: &Kv) -> Option<(String, ServiceDef)> {
+        let rev = kv.mod_revision;
+        let Some(id) = parse_key(&self.prefix, key) else {
+            if self.reported.first(key, rev) {
+                warn!(
+                    "skipping {key}: not a <namespace>/<name> key under {}",
+                    self.prefix
+                );
+            }
+            return None;
+        };
+        let result = super::decode(&kv.value).and_then(|def| {
+            if def.id() == id {
+                Ok(def)
+            } else {
+                Err(format!("metadata says {} but the key says {id}", def.id()))
+            }
+        });
+        match result {
+            Ok(def) => {
+                self.reported.forget(key);
+                Some((id.to_string(), def))
+            }
+            Err(e) => {
+                if self.reported.first(key, rev) {
+                    warn!("skipping invalid service {key} (revision {rev}): {e}");
+                }
+                None
+            }
+        }
+    }
 }
 
 pub struct ServiceStore {
