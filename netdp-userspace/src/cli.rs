@@ -3,11 +3,12 @@
 mod check;
 mod conntrack;
 mod maps;
+mod network;
 mod services;
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
@@ -49,9 +50,9 @@ pub enum Command {
     /// Subnet leases in etcd.
     #[command(subcommand)]
     Lease(LeaseCmd),
-    /// The network config in etcd.
+    /// The network config in etcd: show it, or apply one from a file.
     #[command(subcommand)]
-    Network(NetworkCmd),
+    Network(network::NetworkCmd),
     /// Kubernetes services in etcd: apply, list, get, delete.
     #[command(subcommand)]
     Service(services::ServiceCmd),
@@ -113,14 +114,6 @@ pub enum LeaseCmd {
         subnet_file: PathBuf,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum NetworkCmd {
-    Show {
-        #[command(flatten)]
-        etcd: EtcdArgs,
     },
 }
 
@@ -345,15 +338,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Network(NetworkCmd::Show { etcd }) => {
-            let mut registry = Registry::new(etcd.connect().await?, etcd.prefix());
-            let (config, _) = registry.config().await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&config).map_err(|e| anyhow!(e))?
-            );
-            Ok(())
-        }
+        Command::Network(cmd) => network::run(cmd).await,
         Command::Service(cmd) => services::service(cmd).await,
         Command::Lb(cmd) => services::lb(cmd),
         Command::Conntrack(cmd) => conntrack::conntrack(cmd),
