@@ -18,7 +18,6 @@ use netdp::{
 };
 use netdp_common::{
     counters::{Program, Reason},
-    encap::{flow_hash, vxlan_source_port},
     endpoint::Endpoint,
     map_names,
     node::{NodeConfig, decap},
@@ -164,20 +163,76 @@ fn outer_to_peer() -> Outer {
     }
 }
 
-/// The source port netdp must pick for a frame: the flow hash of its addresses, protocol
-/// and ports.
+/// MurmurHash3's 32-bit finalizer (`fmix32` in Austin Appleby's MurmurHash3), written here
+/// from its definition in 64-bit arithmetic reduced modulo 2^32, not taken from netdp.
+fn fmix32(h: u32) -> u32 {
+    const MOD: u64 = 1 << 32;
+    let mut h = u64::from(h);
+    h ^= h >> 16;
+    h = h * 0x85eb_ca6b % MOD;
+    h ^= h >> 13;
+    h = h * 0xc2b2_ae35 % MOD;
+    h ^= h >> 16;
+    h as u32
+}
+
+/// The inner-flow hash as netdp defines it (netdp-common's `encap::flow_hash`): the words
+/// source address, destination address, ports and protocol folded left to right as
+/// `h = (h * k) ^ next` modulo 2^32, with multipliers 0x9e3779b1 (the 32-bit golden-ratio
+/// prime), 0x85ebca6b and 0xc2b2ae35 (MurmurHash3's), then [`fmix32`].
+fn reference_flow_hash(words: [u32; 4]) -> u32 {
+    const K: [u64; 3] = [0x9e37_79b1, 0x85eb_ca6b, 0xc2b2_ae35];
+    let folded = words[1..]
+        .iter()
+        .zip(K)
+        .fold(u64::from(words[0]), |h, (w, k)| {
+            (h * k % (1 << 32)) ^ u64::from(*w)
+        });
+    fmix32(folded as u32)
+}
+
+/// A hash scaled into the source ports 32768-60999 the way Linux's `udp_flow_src_port`
+/// scales one into its range: `min + floor(hash * (max - min) / 2^32)`.
+fn reference_source_port(hash: u32) -> u16 {
+    let (min, max) = (32768u128, 61000u128);
+    (min + u128::from(hash) * (max - min) / (1u128 << 32)) as u16
+}
+
+/// A 32-bit word as the programs load it from the frame: bpfel loads are little-endian,
+/// so the bytes of a network-order field go in as they lie.
+fn word(frame: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])
+}
+
+/// The source port netdp must pick for a frame (Ethernet, IPv4 without options): the flow
+/// hash of its addresses, its ports (the word after the IPv4 header, for TCP and UDP;
+/// 0 for anything else) and its protocol.
 fn expected_sport(frame: &[u8]) -> u16 {
-    let ports = if frame[23] == packet::IPPROTO_ICMP {
-        0
+    let proto = frame[23];
+    let ports = if proto == packet::IPPROTO_TCP || proto == packet::IPPROTO_UDP {
+        word(frame, 34)
     } else {
-        u32::from_ne_bytes(frame[34..38].try_into().unwrap())
+        0
     };
-    vxlan_source_port(flow_hash(
-        u32::from_ne_bytes(frame[26..30].try_into().unwrap()),
-        u32::from_ne_bytes(frame[30..34].try_into().unwrap()),
+    reference_source_port(reference_flow_hash([
+        word(frame, 26),
+        word(frame, 30),
         ports,
-        frame[23],
-    ))
+        u32::from(proto),
+    ]))
+}
+
+#[test]
+fn the_reference_hash_matches_published_values() {
+    // MurmurHash3_x86_32 of no bytes is fmix32(seed): the reference implementation's
+    // values for seeds 0, 1 and 0xffffffff.
+    assert_eq!(fmix32(0), 0);
+    assert_eq!(fmix32(1), 0x514e_28b7);
+    assert_eq!(fmix32(0xffff_ffff), 0x81f1_6f39);
+    // The scaling spans the range and no more.
+    assert_eq!(reference_source_port(0), 32768);
+    assert_eq!(reference_source_port(u32::MAX), 60999);
+    assert_eq!(reference_source_port(1 << 31), 32768 + (61000 - 32768) / 2);
 }
 
 #[test]
