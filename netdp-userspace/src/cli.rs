@@ -2,6 +2,7 @@
 //! the services in etcd.
 mod check;
 mod conntrack;
+mod install_cni;
 mod maps;
 mod network;
 mod services;
@@ -69,6 +70,8 @@ pub enum Command {
     Teardown(NodeArgs),
     /// Load the programs into this kernel for every backend (nothing attached): can it run netdp?
     Check,
+    /// Install the CNI plugin and its config on the host, atomically (the DaemonSet's init step).
+    InstallCni(install_cni::InstallCniArgs),
 }
 
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
@@ -145,6 +148,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Agent(args) => crate::agent::run(*args).await,
         Command::Map(cmd) => maps::run(cmd),
         Command::Check => check::run(),
+        Command::InstallCni(args) => install_cni::run(args),
         Command::Counters(args) => {
             let map = CounterMap::open(&args.pins()?)?;
             let (counters, events) = (map.all()?, map.events()?);
