@@ -3,6 +3,10 @@
 //!
 //! Stopping the agent leaves the dataplane running (programs, links and maps are pinned);
 //! the next agent adopts them.
+//!
+//! [`run`] starts up in phases: the underlay (`find_underlay`), the node's lease
+//! (`lease_subnet`), the programs (`load_dataplane`), services, and routes to everybody
+//! else's leases; then `Agent::serve` follows the watches (`Watches`) until stopped.
 use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, anyhow};
@@ -23,8 +27,8 @@ use crate::{
         peer::PeerMap,
         route::{RouteMap, Underlay},
     },
-    etcd::EtcdArgs,
-    lease::{Lease, LeaseAttrs, LeaseOptions, PeerLease, Registry},
+    etcd::{EtcdArgs, watch::Update},
+    lease::{Lease, LeaseAttrs, LeaseOptions, PeerLease, Registry, WatchUpdate},
     netlink::Netlink,
     subnet_file::SubnetFile,
     util::parse_duration,
@@ -110,6 +114,19 @@ struct State {
     reported_unreachable: std::collections::HashSet<Ipv4Addr>,
 }
 
+impl State {
+    /// What the service loop needs to know about the node.
+    fn host<'a>(&'a self, node: &'a str) -> services::Host<'a> {
+        services::Host {
+            nl: &self.nl,
+            node,
+            underlay: &self.underlay,
+            lease: &self.lease,
+            network: self.config.network,
+        }
+    }
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(args: AgentArgs) -> Result<()> {
     let node = node_name(args.node_name.as_deref())?;
@@ -117,6 +134,78 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // Before anything is leased: a bpffs the CNI plugin can't see is a setup error.
     pins.create_dirs()?;
     let nl = Netlink::connect()?;
+    let (underlay, public_ip) = find_underlay(&nl, &args).await?;
+
+    let client = args.etcd.connect().await?;
+    let mut registry = Registry::new(client, args.etcd.prefix());
+    let (config, config_rev) = registry.config().await?;
+    let vtep = node::vtep_mac(underlay.link.mac);
+    let (lease, attrs) = lease_subnet(
+        &mut registry,
+        &args,
+        &config,
+        &underlay,
+        public_ip,
+        vtep,
+        &node,
+    )
+    .await?;
+
+    let mut dp = load_dataplane(&args, &pins, &config, &underlay, vtep)?;
+    let routes = RouteMap::from_map(dp.take_map(netdp_common::map_names::ROUTES)?)?;
+    let peer_map = PeerMap::from_map(dp.take_map(netdp_common::map_names::PEERS)?)?;
+    let conntrack = ConntrackMap::from_map(dp.take_map(netdp_common::map_names::CONNTRACK)?)?;
+    ensure_gateway(&nl, &lease).await?;
+    let mut state = State {
+        config,
+        config_rev,
+        underlay,
+        lease,
+        peers: HashMap::new(),
+        routes,
+        peer_map,
+        nl,
+        reported_unreachable: Default::default(),
+    };
+
+    let (services, service_rev) = services::Services::start(
+        &args.services,
+        &mut dp,
+        &pins,
+        registry.client.clone(),
+        state.host(&node),
+    )
+    .await?;
+
+    let (leases, lease_rev) = registry.leases().await?;
+    state.peers = leases.into_iter().map(|l| (l.subnet, l)).collect();
+    state.sync_routes().await?;
+    println!(
+        "netdp agent ready: node {node} subnet {}",
+        state.lease.subnet
+    );
+
+    let watches = Watches::spawn(&registry, &args, lease_rev, service_rev);
+    let agent = Agent {
+        opts: args.lease_options(),
+        args: &args,
+        node: &node,
+        registry,
+        state,
+        services,
+        conntrack,
+        attrs,
+    };
+    agent.serve(watches).await?;
+    info!("stopping; the dataplane stays in place for the next agent");
+    // The programs and maps loaded above stay loaded until here.
+    drop(dp);
+    Ok(())
+}
+
+/// The underlay interface (--iface, else the one holding the default route), this node's
+/// address on it, and the address other nodes reach it at.
+async fn find_underlay(nl: &Netlink, args: &AgentArgs) -> Result<(Underlay, Ipv4Addr)> {
     let link = match &args.iface {
         Some(name) => nl.require_link(name).await?,
         None => nl
@@ -134,16 +223,21 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         .copied()
         .ok_or_else(|| anyhow!("interface {} has no IPv4 address", link.name))?;
     let public_ip = args.public_ip.unwrap_or(addr.ip());
-    let underlay = Underlay {
-        link: link.clone(),
-        addr,
-    };
+    Ok((Underlay { link, addr }, public_ip))
+}
 
-    let client = args.etcd.connect().await?;
-    let mut registry = Registry::new(client, args.etcd.prefix());
-    let (config, config_rev) = registry.config().await?;
-    let opts = args.lease_options();
-    let vtep = node::vtep_mac(link.mac);
+/// Leases this node's subnet for `public_ip` and publishes it in the subnet file. Returns
+/// the lease and the attributes it was taken with (renewals use them again).
+async fn lease_subnet(
+    registry: &mut Registry,
+    args: &AgentArgs,
+    config: &NetworkConfig,
+    underlay: &Underlay,
+    public_ip: Ipv4Addr,
+    vtep: [u8; 6],
+    node: &str,
+) -> Result<(Lease, LeaseAttrs)> {
+    let link = &underlay.link;
     let attrs = LeaseAttrs::new(
         public_ip,
         config.backend.type_name(),
@@ -151,7 +245,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     );
     let hint = SubnetFile::read_subnet(&args.subnet_file);
     let lease = registry
-        .acquire(&config, &attrs, hint, &opts)
+        .acquire(config, &attrs, hint, &args.lease_options())
         .await
         .map_err(|e| anyhow!("{e}"))?;
     info!(
@@ -159,7 +253,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         lease.subnet,
         config.backend.type_name(),
         link.name,
-        addr,
+        underlay.addr,
         config.pod_mtu(link.mtu),
         match config.backend {
             crate::config::Backend::Vxlan { .. } =>
@@ -168,8 +262,20 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         },
         if args.ip_masq { ", masquerading" } else { "" },
     );
-    write_subnet_file(&args, &config, &lease, link.mtu)?;
+    write_subnet_file(args, config, &lease, link.mtu)?;
+    Ok((lease, attrs))
+}
 
+/// Loads the programs with the agent's map sizes and this node's settings, and installs
+/// them on the underlay (adopting what a previous agent left).
+fn load_dataplane(
+    args: &AgentArgs,
+    pins: &Pins,
+    config: &NetworkConfig,
+    underlay: &Underlay,
+    vtep: [u8; 6],
+) -> Result<Dataplane> {
+    let link = &underlay.link;
     let mut sizes = MapSizes {
         endpoints: args.endpoint_map_size,
         routes: args.route_map_size,
@@ -177,9 +283,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     };
     args.services.map_sizes(&mut sizes);
     args.conntrack.map_sizes(&mut sizes);
-    let node_config = node::node_config(&config, &underlay, vtep, args.ip_masq);
-    let mut dp = Dataplane::load_for(crate::ebpf_object(), Some(&pins), &sizes, &node_config)?;
-    let installed = dp.install(&pins, &link.name)?;
+    let node_config = node::node_config(config, underlay, vtep, args.ip_masq);
+    let mut dp = Dataplane::load_for(crate::ebpf_object(), Some(pins), &sizes, &node_config)?;
+    let installed = dp.install(pins, &link.name)?;
     info!(
         "dataplane at {}: underlay {} {}, {} pod links adopted, {} stale removed",
         pins.dir().display(),
@@ -192,111 +298,130 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         installed.pod_links_adopted,
         installed.pod_links_removed
     );
-    let routes = RouteMap::from_map(dp.take_map(netdp_common::map_names::ROUTES)?)?;
-    let peer_map = PeerMap::from_map(dp.take_map(netdp_common::map_names::PEERS)?)?;
-    let mut conntrack = ConntrackMap::from_map(dp.take_map(netdp_common::map_names::CONNTRACK)?)?;
-    ensure_gateway(&nl, &lease).await?;
+    Ok(dp)
+}
 
-    let host = services::Host {
-        nl: &nl,
-        node: &node,
-        underlay: &underlay,
-        lease: &lease,
-        network: config.network,
-    };
-    let (mut services, service_rev) = services::Services::start(
-        &args.services,
-        &mut dp,
-        &pins,
-        registry.client.clone(),
-        host,
-    )
-    .await?;
+/// The watches of leases and services, each a task of its own streaming into its channel.
+struct Watches {
+    leases: mpsc::Receiver<WatchUpdate>,
+    services: mpsc::Receiver<Update>,
+}
 
-    let (leases, revision) = registry.leases().await?;
-    let mut state = State {
-        config,
-        config_rev,
-        underlay,
-        lease,
-        peers: leases.into_iter().map(|l| (l.subnet, l)).collect(),
-        routes,
-        peer_map,
-        nl,
-        reported_unreachable: Default::default(),
-    };
-    state.sync_routes().await?;
-    println!(
-        "netdp agent ready: node {node} subnet {}",
-        state.lease.subnet
-    );
+impl Watches {
+    /// Starts both watches after the revisions the agent has read.
+    fn spawn(registry: &Registry, args: &AgentArgs, lease_rev: i64, service_rev: i64) -> Self {
+        let (tx, leases) = mpsc::channel(64);
+        tokio::spawn(watch_leases(
+            Registry::new(registry.client.clone(), registry.prefix()),
+            lease_rev,
+            tx,
+        ));
+        let (tx, services) = mpsc::channel(256);
+        tokio::spawn(services::watch_services(
+            registry.client.clone(),
+            args.services.service_prefix.clone(),
+            service_rev,
+            tx,
+        ));
+        Watches { leases, services }
+    }
+}
 
-    let (tx, mut updates) = mpsc::channel(64);
-    tokio::spawn(watch_leases(
-        Registry::new(registry.client.clone(), registry.prefix()),
-        revision,
-        tx,
-    ));
-    let (tx, mut service_updates) = mpsc::channel(256);
-    tokio::spawn(services::watch_services(
-        registry.client.clone(),
-        args.services.service_prefix.clone(),
-        service_rev,
-        tx,
-    ));
-    let mut gc = tokio::time::interval(args.conntrack.gc_interval);
+/// The running agent: what it follows and keeps in step.
+struct Agent<'a> {
+    args: &'a AgentArgs,
+    node: &'a str,
+    registry: Registry,
+    state: State,
+    services: services::Services,
+    conntrack: ConntrackMap,
+    /// This node's lease attributes.
+    attrs: LeaseAttrs,
+    opts: LeaseOptions,
+}
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut next_renew = Instant::now() + opts.renew_every();
-    let mut resync = tokio::time::interval(args.resync_interval);
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-            Some(update) = updates.recv() => {
-                update.apply_to(&mut state.peers);
-                let own = state.peers.get(&state.lease.subnet);
-                if own.is_none_or(|l| l.attrs.public_ip != state.lease.attrs.public_ip) {
-                    warn!("this node's lease {} is gone; acquiring a new one", state.lease.subnet);
-                    next_renew = Instant::now();
-                }
-                if let Err(e) = state.sync_routes().await {
-                    error!("programming routes: {e:#}");
-                }
-            }
-            _ = sleep_until(next_renew) => {
-                next_renew = match renew(&mut registry, &mut state, &args, &attrs, &opts).await {
-                    Ok(()) => Instant::now() + opts.renew_every(),
-                    Err(e) => {
-                        warn!("lease {}: {e:#}; retrying in {:?}", state.lease.subnet, opts.retry_interval);
-                        Instant::now() + opts.retry_interval
+impl Agent<'_> {
+    /// Follows leases and services, renews the lease, resyncs and collects conntrack
+    /// garbage, until SIGINT or SIGTERM.
+    async fn serve(mut self, mut watches: Watches) -> Result<()> {
+        let mut gc = tokio::time::interval(self.args.conntrack.gc_interval);
+        let mut sigterm =
+            signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        let mut next_renew = Instant::now() + self.opts.renew_every();
+        let mut resync = tokio::time::interval(self.args.resync_interval);
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = sigterm.recv() => break,
+                Some(update) = watches.leases.recv() => {
+                    if self.follow_leases(update).await {
+                        next_renew = Instant::now();
                     }
-                };
-            }
-            Some(update) = service_updates.recv() => {
-                // Whatever else has arrived goes in the same batch.
-                let mut batch = vec![update];
-                while let Ok(u) = service_updates.try_recv() {
-                    batch.push(u);
                 }
-                services.apply(batch, &mut conntrack);
-            }
-            _ = resync.tick() => {
-                check_config(&mut registry, &mut state).await;
-                if let Err(e) = state.sync_routes().await {
-                    error!("programming routes: {e:#}");
+                _ = sleep_until(next_renew) => next_renew = self.renew_lease().await,
+                Some(update) = watches.services.recv() => {
+                    // Whatever else has arrived goes in the same batch.
+                    let mut batch = vec![update];
+                    while let Ok(u) = watches.services.try_recv() {
+                        batch.push(u);
+                    }
+                    self.services.apply(batch, &mut self.conntrack);
                 }
-                services.resync(services::Host {
-                    nl: &state.nl,
-                    node: &node,
-                    underlay: &state.underlay,
-                    lease: &state.lease,
-                    network: state.config.network,
-                }).await;
+                _ = resync.tick() => self.resync().await,
+                _ = gc.tick() => conntrack::gc(&mut self.conntrack),
             }
-            _ = gc.tick() => conntrack::gc(&mut conntrack),
+        }
+        Ok(())
+    }
+
+    /// Applies lease changes and reroutes. `true` when this node's own lease is gone (to be
+    /// re-acquired at once).
+    async fn follow_leases(&mut self, update: WatchUpdate) -> bool {
+        let state = &mut self.state;
+        update.apply_to(&mut state.peers);
+        let own = state.peers.get(&state.lease.subnet);
+        let gone = own.is_none_or(|l| l.attrs.public_ip != state.lease.attrs.public_ip);
+        if gone {
+            warn!(
+                "this node's lease {} is gone; acquiring a new one",
+                state.lease.subnet
+            );
+        }
+        if let Err(e) = state.sync_routes().await {
+            error!("programming routes: {e:#}");
+        }
+        gone
+    }
+
+    /// Renews the lease (or re-acquires it); returns when to do so next.
+    async fn renew_lease(&mut self) -> Instant {
+        let renewed = renew(
+            &mut self.registry,
+            &mut self.state,
+            self.args,
+            &self.attrs,
+            &self.opts,
+        )
+        .await;
+        match renewed {
+            Ok(()) => Instant::now() + self.opts.renew_every(),
+            Err(e) => {
+                warn!(
+                    "lease {}: {e:#}; retrying in {:?}",
+                    self.state.lease.subnet, self.opts.retry_interval
+                );
+                Instant::now() + self.opts.retry_interval
+            }
         }
     }
-    info!("stopping; the dataplane stays in place for the next agent");
-    Ok(())
+
+    /// Re-checks the network config, the routes (next-hop MACs) and the node's side of
+    /// services.
+    async fn resync(&mut self) {
+        check_config(&mut self.registry, &mut self.state).await;
+        if let Err(e) = self.state.sync_routes().await {
+            error!("programming routes: {e:#}");
+        }
+        self.services.resync(self.state.host(self.node)).await;
+    }
 }
