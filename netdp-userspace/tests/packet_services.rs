@@ -3,7 +3,10 @@
 //! rejection without endpoints, ICMP error translation, and packets that are no service's
 //! business left alone. The programs run in the kernel; the maps are real and programmed by
 //! the agent's own code.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use netdp::dataplane::{
     Dataplane, MapSizes,
@@ -612,45 +615,90 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
 fn affinity_holds_until_its_timeout_and_never_outlives_the_backend() {
     let mut f = fixture();
     let backends: Vec<Ipv4Addr> = (1..=5).map(|i| Ipv4Addr::new(10, 1, 2, 10 + i)).collect();
-    let with = |bs: &[Ipv4Addr]| ServicePlan {
-        affinity_timeout: Some(1),
+    let sticky_vip = VIP;
+    let plain_vip = Ipv4Addr::new(10, 96, 0, 11);
+    let with = |vip: Ipv4Addr, bs: &[Ipv4Addr], affinity: Option<u32>| ServicePlan {
+        affinity_timeout: affinity,
         ..plan(
-            &[(VIP, 80, IPPROTO_TCP, false, false)],
+            &[(vip, 80, IPPROTO_TCP, false, false)],
             8080,
             bs.iter().map(|b| backend(*b, false)).collect(),
             true,
         )
     };
-    apply(&mut f, "sticky", with(&backends));
-    // Maglev alone would send each source port to its own table entry's backend.
-    let table = maglev::table(&backends, 16381);
-    let maglev_pick = |sport: u16| {
-        let h = flow_hash(CLIENT.octets(), VIP.octets(), sport, 80, IPPROTO_TCP);
-        backends[table[(h % 16381) as usize] as usize]
-    };
-    let go = |f: &mut Fixture, sport: u16| {
-        let (_, out) = run(
-            f,
-            FROM_POD,
-            &from_client(IPPROTO_TCP, VIP, 80, sport).build(),
+    apply(&mut f, "sticky", with(sticky_vip, &backends, Some(1)));
+    apply(&mut f, "plain", with(plain_vip, &backends, None));
+    // The backend a new flow (a SYN: every source port below is used once) from `client`
+    // is sent to.
+    let go = |f: &mut Fixture, client: Ipv4Addr, vip: Ipv4Addr, sport: u16| {
+        let input = PacketSpec {
+            src: client,
+            ..from_client(IPPROTO_TCP, vip, 80, sport)
+        }
+        .build();
+        let (verdict, out) = run(f, FROM_POD, &input);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{client}:{sport} -> {vip}");
+        let to = Ipv4View::parse(&out).unwrap().dst;
+        assert!(
+            backends.contains(&to),
+            "{client}:{sport} -> {vip} went to {to}"
         );
-        Ipv4View::parse(&out).unwrap().dst
+        to
     };
-    let first = go(&mut f, 30000);
-    assert_eq!(first, maglev_pick(30000));
-    let other = (30001..31000).find(|p| maglev_pick(*p) != first).unwrap();
-    assert_eq!(go(&mut f, other), first, "affinity overrides the hash");
+    let clients: Vec<Ipv4Addr> = (0..20).map(|i| Ipv4Addr::new(10, 1, 1, 100 + i)).collect();
 
-    // After the timeout the client is balanced again.
+    // Without affinity one client's flows spread over the backends by their source ports
+    // (so the single backend below is affinity's doing, not a hash blind to ports).
+    let spread: BTreeSet<Ipv4Addr> = (30000..30040)
+        .map(|p| go(&mut f, CLIENT, plain_vip, p))
+        .collect();
+    assert!(
+        spread.len() > 1,
+        "40 flows without affinity all went to {spread:?}"
+    );
+
+    // With affinity every flow of a client lands on one backend, and different clients
+    // spread over the backends.
+    let mut stuck = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let base = 31000 + 40 * i as u16;
+        let to: BTreeSet<Ipv4Addr> = (base..base + 40)
+            .map(|p| go(&mut f, *c, sticky_vip, p))
+            .collect();
+        assert_eq!(to.len(), 1, "{c}'s flows went to {to:?}");
+        stuck.extend(to);
+    }
+    let used: BTreeSet<&Ipv4Addr> = stuck.iter().collect();
+    assert!(used.len() > 1, "20 clients all stuck to {used:?}");
+
+    // After the timeout each client is balanced again: a new flow goes wherever its hash
+    // says, not where the client was stuck. (Waiting out the timeout is the point: the
+    // programs' clock is whole seconds, so 1 s of affinity may last until just under 2 s.)
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    let later = (31000..32000).find(|p| maglev_pick(*p) != first).unwrap();
-    let next = go(&mut f, later);
-    assert_eq!(next, maglev_pick(later), "affinity outlived its timeout");
+    let later: Vec<Ipv4Addr> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| go(&mut f, *c, sticky_vip, 33000 + i as u16))
+        .collect();
+    // Each stays on its old backend with probability 1/5 when balanced: all 20 staying
+    // means the affinity outlived its timeout.
+    assert!(
+        later.iter().zip(&stuck).any(|(l, s)| l != s),
+        "every client still went to the backend it was stuck to: affinity outlived its timeout"
+    );
+    // And the new choice sticks in turn.
+    for (i, c) in clients.iter().enumerate() {
+        let again = go(&mut f, *c, sticky_vip, 34000 + i as u16);
+        assert_eq!(again, later[i], "{c} did not stick to its new backend");
+    }
 
-    // Removing the backend a client is stuck to ends the affinity at once.
-    let rest: Vec<_> = backends.iter().copied().filter(|b| *b != next).collect();
-    apply(&mut f, "sticky", with(&rest));
-    let again = go(&mut f, 32500);
-    assert_ne!(again, next);
+    // Removing the backend a client is stuck to ends the affinity at once: its next flow
+    // goes to a remaining backend, and sticks there.
+    let (client, gone) = (clients[0], later[0]);
+    let rest: Vec<_> = backends.iter().copied().filter(|b| *b != gone).collect();
+    apply(&mut f, "sticky", with(sticky_vip, &rest, Some(1)));
+    let again = go(&mut f, client, sticky_vip, 35000);
+    assert_ne!(again, gone);
     assert!(rest.contains(&again));
+    assert_eq!(go(&mut f, client, sticky_vip, 35001), again);
 }
