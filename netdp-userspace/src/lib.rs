@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod lease;
 pub mod netlink;
 pub mod netns;
+pub mod observe;
 pub mod service;
 pub mod subnet_file;
 pub mod util;
