@@ -66,6 +66,14 @@ struct Table {
     entries: Option<Vec<u16>>,
 }
 
+/// Where a service's backends are written: its id, BACKENDS range and Maglev tables.
+struct Slots {
+    id: u32,
+    range: Option<u32>,
+    maglev: Option<Table>,
+    maglev_local: Option<Table>,
+}
+
 #[derive(Debug)]
 struct Programmed {
     plan: ServicePlan,
@@ -229,7 +237,7 @@ impl Lb {
             other => other,
         };
         let existed = old.is_some();
-        match self.program(name, plan, old, released) {
+        match self.write(name, plan, old, released) {
             Ok(p) => {
                 self.services.insert(name.to_string(), p);
                 if existed {
@@ -248,10 +256,11 @@ impl Lb {
         }
     }
 
-    /// Writes `plan`. On error nothing that `old` uses has been touched, and `old` is
-    /// handed back.
+    /// Writes `plan`: its backends first, then its frontends, flipped to them, then what
+    /// `old` held and the new version does not is released. On error nothing that `old`
+    /// uses has been touched, and `old` is handed back.
     #[allow(clippy::result_large_err)]
-    fn program(
+    fn write(
         &mut self,
         name: &str,
         plan: ServicePlan,
@@ -259,9 +268,8 @@ impl Lb {
         released: &mut Vec<FrontendKey>,
     ) -> std::result::Result<Programmed, (anyhow::Error, Option<Programmed>)> {
         let mut fresh: Vec<Release> = Vec::new();
-        let result = self.write_backends(&plan, old.as_mut(), &mut fresh);
-        let (id, range, maglev, maglev_local) = match result {
-            Ok(v) => v,
+        let slots = match self.write_backends(&plan, old.as_mut(), &mut fresh) {
+            Ok(slots) => slots,
             Err(e) => {
                 for r in fresh {
                     self.release(r);
@@ -270,32 +278,41 @@ impl Lb {
             }
         };
         // From here on the new backends are in place; flip the frontends.
+        let written = self.write_frontends(name, &plan, &slots);
+        let new = Programmed {
+            plan,
+            id: slots.id,
+            range: slots.range,
+            maglev: slots.maglev,
+            maglev_local: slots.maglev_local,
+            written,
+        };
+        if let Some(o) = old {
+            self.release_service(name, &o, Some(&new), released);
+        }
+        Ok(new)
+    }
+
+    /// Writes the frontends of `plan` that no other service owns, pointing at `slots`.
+    /// Returns the ones written.
+    fn write_frontends(
+        &mut self,
+        name: &str,
+        plan: &ServicePlan,
+        slots: &Slots,
+    ) -> BTreeSet<FrontendKey> {
         let mut written = BTreeSet::new();
         for (key, fp) in &plan.frontends {
-            match self.owners.get(key) {
-                Some(owner) if owner != name => {
-                    self.waiting
-                        .entry(*key)
-                        .or_default()
-                        .insert(name.to_string());
-                    let msg = format!(
-                        "{}:{}/{} is already served by {owner}; not programming it",
-                        Ipv4Addr::from(key.addr),
-                        key.port,
-                        super::proto_name(key.proto)
-                    );
-                    self.report(name, msg);
-                    continue;
-                }
-                _ => {}
+            if !self.may_write(name, key) {
+                continue;
             }
             let value = frontend_value(
-                id,
-                range.unwrap_or(0),
-                &plan,
+                slots.id,
+                slots.range.unwrap_or(0),
+                plan,
                 fp,
-                maglev.as_ref().map(|t| t.index * self.rows),
-                maglev_local.as_ref().map(|t| t.index * self.rows),
+                slots.maglev.as_ref().map(|t| t.index * self.rows),
+                slots.maglev_local.as_ref().map(|t| t.index * self.rows),
             );
             match self.maps.frontends.insert(key, value, 0) {
                 Ok(()) => {
@@ -315,69 +332,37 @@ impl Lb {
                 ),
             }
         }
-        if let Some(o) = old {
-            // Frontends the service no longer has (or could not rewrite: they must not
-            // point at the range about to be freed).
-            for key in o.written.difference(&written) {
-                let _ = self.maps.frontends.remove(key);
-                self.owners.remove(key);
-                released.push(*key);
-            }
-            for key in o.plan.frontends.keys() {
-                if !plan.frontends.contains_key(key) {
-                    if let Some(w) = self.waiting.get_mut(key) {
-                        w.remove(name);
-                    }
-                }
-            }
-            if o.range.is_some() && o.range != range {
-                self.deferred.push(Release::Range(
-                    o.range.unwrap_or(0),
-                    o.plan.backends.len() as u32,
-                ));
-            }
-            for (was, now) in [(&o.maglev, &maglev), (&o.maglev_local, &maglev_local)] {
-                if let Some(t) = was {
-                    if now.as_ref().map(|n| n.index) != Some(t.index) {
-                        self.deferred.push(Release::Table(t.index));
-                    }
-                }
-            }
-            if o.plan.affinity_timeout.is_some() {
-                let keep: HashSet<[u8; 4]> = if plan.affinity_timeout.is_some() {
-                    plan.backends.iter().map(|b| b.addr).collect()
-                } else {
-                    HashSet::new()
-                };
-                for b in &o.plan.backends {
-                    if !keep.contains(&b.addr) {
-                        self.deferred.push(Release::Member(AffinityBackendKey {
-                            service_id: id,
-                            backend: b.addr,
-                        }));
-                    }
-                }
-            }
-        }
-        Ok(Programmed {
-            plan,
-            id,
-            range,
-            maglev,
-            maglev_local,
-            written,
-        })
+        written
+    }
+
+    /// Whether service `name` may write frontend `key`: no other service owns it. If one
+    /// does, `name` waits for it (and is told once).
+    fn may_write(&mut self, name: &str, key: &FrontendKey) -> bool {
+        let Some(owner) = self.owners.get(key).filter(|owner| *owner != name) else {
+            return true;
+        };
+        let msg = format!(
+            "{}:{}/{} is already served by {owner}; not programming it",
+            Ipv4Addr::from(key.addr),
+            key.port,
+            super::proto_name(key.proto)
+        );
+        self.waiting
+            .entry(*key)
+            .or_default()
+            .insert(name.to_string());
+        self.report(name, msg);
+        false
     }
 
     /// Id, backend range and Maglev tables for `plan`, reusing what `old` has where nothing
     /// changed. What is newly taken is listed in `fresh`.
-    #[allow(clippy::type_complexity)]
     fn write_backends(
         &mut self,
         plan: &ServicePlan,
         old: Option<&mut Programmed>,
         fresh: &mut Vec<Release>,
-    ) -> Result<(u32, Option<u32>, Option<Table>, Option<Table>)> {
+    ) -> Result<Slots> {
         let n = plan.backends.len();
         if n > u16::MAX as usize || plan.local_count as usize > n {
             bail!("{n} backends is more than a service can have");
@@ -434,7 +419,12 @@ impl Lb {
             Some(_) => self.table(want_local, &local, old_local, fresh)?,
             None => None,
         };
-        Ok((id, range, maglev, maglev_local))
+        Ok(Slots {
+            id,
+            range,
+            maglev,
+            maglev_local,
+        })
     }
 
     fn add_members(&mut self, id: u32, backends: &[Backend]) {
@@ -451,33 +441,71 @@ impl Lb {
         let Some(o) = self.services.remove(name) else {
             return;
         };
-        for key in &o.written {
+        self.release_service(name, &o, None, released);
+        stats.removed += 1;
+    }
+
+    /// Releases what `old`, a service as it was, holds and its new version `new` (`None`:
+    /// the service is gone) does not: its frontends at once (listed in `released` for the
+    /// services waiting for them); after the batch's flips, its backend range, Maglev
+    /// tables, affinity memberships and id.
+    fn release_service(
+        &mut self,
+        name: &str,
+        old: &Programmed,
+        new: Option<&Programmed>,
+        released: &mut Vec<FrontendKey>,
+    ) {
+        let kept = BTreeSet::new();
+        // Frontends the service no longer has (or could not rewrite: they must not point
+        // at the range about to be freed).
+        for key in old.written.difference(new.map_or(&kept, |n| &n.written)) {
             let _ = self.maps.frontends.remove(key);
             self.owners.remove(key);
             released.push(*key);
         }
-        for key in o.plan.frontends.keys() {
-            if let Some(w) = self.waiting.get_mut(key) {
-                w.remove(name);
+        for key in old.plan.frontends.keys() {
+            if !new.is_some_and(|n| n.plan.frontends.contains_key(key)) {
+                if let Some(w) = self.waiting.get_mut(key) {
+                    w.remove(name);
+                }
             }
         }
-        if let Some(base) = o.range {
+        let range = new.and_then(|n| n.range);
+        if let Some(base) = old.range.filter(|base| Some(*base) != range) {
             self.deferred
-                .push(Release::Range(base, o.plan.backends.len() as u32));
+                .push(Release::Range(base, old.plan.backends.len() as u32));
         }
-        for t in [&o.maglev, &o.maglev_local].into_iter().flatten() {
-            self.deferred.push(Release::Table(t.index));
-        }
-        if o.plan.affinity_timeout.is_some() {
-            for b in &o.plan.backends {
-                self.deferred.push(Release::Member(AffinityBackendKey {
-                    service_id: o.id,
-                    backend: b.addr,
-                }));
+        let tables = [
+            (&old.maglev, new.and_then(|n| n.maglev.as_ref())),
+            (&old.maglev_local, new.and_then(|n| n.maglev_local.as_ref())),
+        ];
+        for (was, now) in tables {
+            if let Some(t) = was {
+                if now.map(|n| n.index) != Some(t.index) {
+                    self.deferred.push(Release::Table(t.index));
+                }
             }
         }
-        self.deferred.push(Release::Id(o.id));
-        stats.removed += 1;
+        if old.plan.affinity_timeout.is_some() {
+            let keep: HashSet<[u8; 4]> = match new {
+                Some(n) if n.plan.affinity_timeout.is_some() => {
+                    n.plan.backends.iter().map(|b| b.addr).collect()
+                }
+                _ => HashSet::new(),
+            };
+            for b in &old.plan.backends {
+                if !keep.contains(&b.addr) {
+                    self.deferred.push(Release::Member(AffinityBackendKey {
+                        service_id: old.id,
+                        backend: b.addr,
+                    }));
+                }
+            }
+        }
+        if new.is_none_or(|n| n.id != old.id) {
+            self.deferred.push(Release::Id(old.id));
+        }
     }
 
     fn release(&mut self, r: Release) {
