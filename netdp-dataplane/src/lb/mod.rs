@@ -1,7 +1,7 @@
 //! The service maps: FRONTENDS, BACKENDS, MAGLEV, AFFINITY_BACKENDS and LB_CONFIG, as the
-//! agent programs them ([`program::Lb`]) and the CLI lists them.
+//! agent writes them ([`writer::Lb`]) and the CLI lists them ([`LbMaps::list`]).
 pub mod alloc;
-pub mod program;
+pub mod writer;
 
 use std::net::Ipv4Addr;
 
@@ -17,7 +17,7 @@ use netdp_common::{
 
 use super::{Dataplane, Pins, open_pinned};
 
-pub use program::{FrontendPlan, Lb, ServicePlan, Stats};
+pub use writer::{FrontendPlan, Lb, ServicePlan, Stats};
 
 /// Typed handles on the service maps.
 pub struct LbMaps {
@@ -67,30 +67,30 @@ impl LbMaps {
     }
 
     /// Every frontend with the backends it currently balances over.
-    pub fn list(&self) -> Vec<ProgrammedFrontend> {
-        let mut out: Vec<ProgrammedFrontend> = self
+    pub fn list(&self) -> Vec<FrontendEntry> {
+        let mut out: Vec<FrontendEntry> = self
             .frontends
             .iter()
             .filter_map(|r| r.ok())
-            .map(|(key, fe)| self.programmed(key, fe))
+            .map(|(key, fe)| self.entry(key, fe))
             .collect();
         out.sort_by_key(|f| (f.key.addr, f.key.port, f.key.proto));
         out
     }
 
     /// The frontend at `addr:port/proto`, with its backends.
-    pub fn get(&self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<ProgrammedFrontend> {
+    pub fn get(&self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<FrontendEntry> {
         let key = frontend_key(addr, port, proto);
         let fe = self.frontends.get(&key, 0).ok()?;
-        Some(self.programmed(key, fe))
+        Some(self.entry(key, fe))
     }
 
     /// A frontend with the backends of its range.
-    fn programmed(&self, key: FrontendKey, fe: Frontend) -> ProgrammedFrontend {
+    fn entry(&self, key: FrontendKey, fe: Frontend) -> FrontendEntry {
         let backends = (0..fe.count as u32)
             .filter_map(|i| self.backends.get(&(fe.backends + i), 0).ok())
             .collect();
-        ProgrammedFrontend { key, fe, backends }
+        FrontendEntry { key, fe, backends }
     }
 }
 
@@ -104,15 +104,15 @@ pub fn frontend_key(addr: Ipv4Addr, port: u16, proto: u8) -> FrontendKey {
     }
 }
 
-/// A frontend as programmed.
+/// A FRONTENDS entry, with the backends of its range.
 #[derive(Debug, Clone)]
-pub struct ProgrammedFrontend {
+pub struct FrontendEntry {
     pub key: FrontendKey,
     pub fe: Frontend,
     pub backends: Vec<Backend>,
 }
 
-impl ProgrammedFrontend {
+impl FrontendEntry {
     pub fn addr(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.key.addr)
     }

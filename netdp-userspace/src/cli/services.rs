@@ -334,7 +334,7 @@ pub fn lb(cmd: LbCmd) -> Result<()> {
     let LbCmd::List(args) = cmd;
     let maps = LbMaps::open(&args.pins()?)?;
     let list = maps.list();
-    let backends = |f: &crate::dataplane::lb::ProgrammedFrontend| -> Vec<String> {
+    let backends = |f: &crate::dataplane::lb::FrontendEntry| -> Vec<String> {
         f.backends
             .iter()
             .map(|b| {

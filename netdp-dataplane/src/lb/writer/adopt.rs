@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use netdp_common::lb::{AffinityBackendKey, Frontend, FrontendKey, frontend_flags};
 
-use super::{Lb, Programmed, ServicePlan, Stats, Table, addrs, frontend_value};
+use super::{Lb, ServicePlan, Stats, Table, Written, addrs, frontend_value};
 
 impl Lb {
     /// Takes over what a previous agent programmed: services whose maps already match
@@ -118,7 +118,7 @@ impl Lb {
         existing: &HashMap<FrontendKey, Frontend>,
         tables_valid: bool,
         taken_ids: &HashSet<u32>,
-    ) -> Option<Programmed> {
+    ) -> Option<Written> {
         let first = existing.get(plan.frontends.keys().next()?)?;
         if taken_ids.contains(&first.service_id) {
             return None;
@@ -165,7 +165,7 @@ impl Lb {
         };
         let all = addrs(&plan.backends);
         let local = all[..plan.local_count as usize].to_vec();
-        Some(Programmed {
+        Some(Written {
             plan: plan.clone(),
             id: first.service_id,
             range: (count > 0).then_some(first.backends),

@@ -1,8 +1,8 @@
-//! Turning service plans into map contents, one service at a time and without disturbing
-//! any other: a changed backend set is written to fresh BACKENDS slots (and fresh Maglev
-//! tables) first, then each frontend is flipped to it, and only then is the old range
-//! freed. A restarted agent adopts what the previous one programmed instead of rewriting
-//! it.
+//! The writer of the service maps ([`Lb`]): service plans become map contents, one service
+//! at a time and without disturbing any other. A changed backend set is written to fresh
+//! BACKENDS slots (and fresh Maglev tables, [`tables`]) first, then each frontend is flipped
+//! to it ([`frontends`]), and only then is the old range freed ([`release`]). A restarted
+//! agent adopts what the previous one wrote instead of rewriting it ([`adopt`]).
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
@@ -11,12 +11,15 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::IterableMap;
 use log::{info, warn};
-use netdp_common::lb::{
-    AffinityBackendKey, Backend, Frontend, FrontendKey, LbConfig, frontend_flags, maglev_rows,
-};
+use netdp_common::lb::{AffinityBackendKey, Backend, FrontendKey, LbConfig, maglev_rows};
 
 mod adopt;
+mod frontends;
+mod release;
 mod tables;
+
+use frontends::frontend_value;
+use release::Release;
 
 use super::{
     LbMaps,
@@ -58,6 +61,7 @@ pub struct Stats {
     pub failed: usize,
 }
 
+/// A Maglev table in MAGLEV.
 #[derive(Debug)]
 struct Table {
     index: u32,
@@ -74,8 +78,9 @@ struct Slots {
     maglev_local: Option<Table>,
 }
 
+/// A service as written to the maps.
 #[derive(Debug)]
-struct Programmed {
+struct Written {
     plan: ServicePlan,
     id: u32,
     range: Option<u32>,
@@ -85,19 +90,12 @@ struct Programmed {
     written: BTreeSet<FrontendKey>,
 }
 
-enum Release {
-    Range(u32, u32),
-    Table(u32),
-    Id(u32),
-    Member(AffinityBackendKey),
-}
-
 /// The agent's view of the service maps of this node.
 pub struct Lb {
     maps: LbMaps,
     table_size: u32,
     rows: u32,
-    services: HashMap<String, Programmed>,
+    services: HashMap<String, Written>,
     owners: HashMap<FrontendKey, String>,
     /// Services that want a frontend another one owns.
     waiting: HashMap<FrontendKey, BTreeSet<String>>,
@@ -264,9 +262,9 @@ impl Lb {
         &mut self,
         name: &str,
         plan: ServicePlan,
-        mut old: Option<Programmed>,
+        mut old: Option<Written>,
         released: &mut Vec<FrontendKey>,
-    ) -> std::result::Result<Programmed, (anyhow::Error, Option<Programmed>)> {
+    ) -> std::result::Result<Written, (anyhow::Error, Option<Written>)> {
         let mut fresh: Vec<Release> = Vec::new();
         let slots = match self.write_backends(&plan, old.as_mut(), &mut fresh) {
             Ok(slots) => slots,
@@ -279,7 +277,7 @@ impl Lb {
         };
         // From here on the new backends are in place; flip the frontends.
         let written = self.write_frontends(name, &plan, &slots);
-        let new = Programmed {
+        let new = Written {
             plan,
             id: slots.id,
             range: slots.range,
@@ -293,74 +291,12 @@ impl Lb {
         Ok(new)
     }
 
-    /// Writes the frontends of `plan` that no other service owns, pointing at `slots`.
-    /// Returns the ones written.
-    fn write_frontends(
-        &mut self,
-        name: &str,
-        plan: &ServicePlan,
-        slots: &Slots,
-    ) -> BTreeSet<FrontendKey> {
-        let mut written = BTreeSet::new();
-        for (key, fp) in &plan.frontends {
-            if !self.may_write(name, key) {
-                continue;
-            }
-            let value = frontend_value(
-                slots.id,
-                slots.range.unwrap_or(0),
-                plan,
-                fp,
-                slots.maglev.as_ref().map(|t| t.index * self.rows),
-                slots.maglev_local.as_ref().map(|t| t.index * self.rows),
-            );
-            match self.maps.frontends.insert(key, value, 0) {
-                Ok(()) => {
-                    self.owners.insert(*key, name.to_string());
-                    if let Some(w) = self.waiting.get_mut(key) {
-                        w.remove(name);
-                    }
-                    written.insert(*key);
-                }
-                Err(e) => self.report(
-                    name,
-                    format!(
-                        "writing frontend {}:{}: {e} (is FRONTENDS full? raise --lb-frontend-map-size)",
-                        Ipv4Addr::from(key.addr),
-                        key.port
-                    ),
-                ),
-            }
-        }
-        written
-    }
-
-    /// Whether service `name` may write frontend `key`: no other service owns it. If one
-    /// does, `name` waits for it (and is told once).
-    fn may_write(&mut self, name: &str, key: &FrontendKey) -> bool {
-        let Some(owner) = self.owners.get(key).filter(|owner| *owner != name) else {
-            return true;
-        };
-        let msg = format!(
-            "{}:{}/{} is already served by {owner}; not programming it",
-            Ipv4Addr::from(key.addr),
-            key.port,
-            super::proto_name(key.proto)
-        );
-        self.waiting
-            .entry(*key)
-            .or_default()
-            .insert(name.to_string());
-        self.report(name, msg);
-        false
-    }
-
     /// Id, backend range and Maglev tables for `plan`, reusing what `old` has where nothing
     /// changed. What is newly taken is listed in `fresh`.
     fn write_backends(
         &mut self,
         plan: &ServicePlan,
-        old: Option<&mut Programmed>,
+        old: Option<&mut Written>,
         fresh: &mut Vec<Release>,
     ) -> Result<Slots> {
         let n = plan.backends.len();
@@ -437,96 +373,6 @@ impl Lb {
         }
     }
 
-    fn remove(&mut self, name: &str, stats: &mut Stats, released: &mut Vec<FrontendKey>) {
-        let Some(o) = self.services.remove(name) else {
-            return;
-        };
-        self.release_service(name, &o, None, released);
-        stats.removed += 1;
-    }
-
-    /// Releases what `old`, a service as it was, holds and its new version `new` (`None`:
-    /// the service is gone) does not: its frontends at once (listed in `released` for the
-    /// services waiting for them); after the batch's flips, its backend range, Maglev
-    /// tables, affinity memberships and id.
-    fn release_service(
-        &mut self,
-        name: &str,
-        old: &Programmed,
-        new: Option<&Programmed>,
-        released: &mut Vec<FrontendKey>,
-    ) {
-        let kept = BTreeSet::new();
-        // Frontends the service no longer has (or could not rewrite: they must not point
-        // at the range about to be freed).
-        for key in old.written.difference(new.map_or(&kept, |n| &n.written)) {
-            let _ = self.maps.frontends.remove(key);
-            self.owners.remove(key);
-            released.push(*key);
-        }
-        for key in old.plan.frontends.keys() {
-            if !new.is_some_and(|n| n.plan.frontends.contains_key(key)) {
-                if let Some(w) = self.waiting.get_mut(key) {
-                    w.remove(name);
-                }
-            }
-        }
-        let range = new.and_then(|n| n.range);
-        if let Some(base) = old.range.filter(|base| Some(*base) != range) {
-            self.deferred
-                .push(Release::Range(base, old.plan.backends.len() as u32));
-        }
-        let tables = [
-            (&old.maglev, new.and_then(|n| n.maglev.as_ref())),
-            (&old.maglev_local, new.and_then(|n| n.maglev_local.as_ref())),
-        ];
-        for (was, now) in tables {
-            if let Some(t) = was {
-                if now.map(|n| n.index) != Some(t.index) {
-                    self.deferred.push(Release::Table(t.index));
-                }
-            }
-        }
-        if old.plan.affinity_timeout.is_some() {
-            let keep: HashSet<[u8; 4]> = match new {
-                Some(n) if n.plan.affinity_timeout.is_some() => {
-                    n.plan.backends.iter().map(|b| b.addr).collect()
-                }
-                _ => HashSet::new(),
-            };
-            for b in &old.plan.backends {
-                if !keep.contains(&b.addr) {
-                    self.deferred.push(Release::Member(AffinityBackendKey {
-                        service_id: old.id,
-                        backend: b.addr,
-                    }));
-                }
-            }
-        }
-        if new.is_none_or(|n| n.id != old.id) {
-            self.deferred.push(Release::Id(old.id));
-        }
-    }
-
-    fn release(&mut self, r: Release) {
-        match r {
-            Release::Range(base, len) => self.ranges.free(base, len),
-            Release::Table(i) => self.tables.free(i),
-            Release::Id(i) => self.ids.free(i),
-            Release::Member(k) => {
-                let _ = self.maps.affinity_backends.remove(&k);
-            }
-        }
-    }
-
-    /// Frees what no frontend points at any more (after all of a batch's flips).
-    fn flush(&mut self) {
-        for r in std::mem::take(&mut self.deferred) {
-            self.release(r);
-        }
-        self.waiting.retain(|_, w| !w.is_empty());
-    }
-
     /// Logs a summary line.
     pub fn log_stats(&self, what: &str, stats: &Stats, elapsed: std::time::Duration) {
         let (used, cap) = self.backend_slots();
@@ -541,46 +387,5 @@ impl Lb {
             stats.failed,
             self.len()
         );
-    }
-}
-
-fn frontend_value(
-    id: u32,
-    base: u32,
-    plan: &ServicePlan,
-    fp: &FrontendPlan,
-    maglev_row: Option<u32>,
-    maglev_local_row: Option<u32>,
-) -> Frontend {
-    let mut flags = 0;
-    // A Local frontend only uses Maglev when its local table exists too.
-    let maglev = maglev_row.is_some()
-        && (!fp.local_only || plan.local_count == 0 || maglev_local_row.is_some());
-    if maglev {
-        flags |= frontend_flags::MAGLEV;
-    }
-    if plan.affinity_timeout.is_some() {
-        flags |= frontend_flags::AFFINITY;
-    }
-    if fp.external {
-        flags |= frontend_flags::EXTERNAL;
-    }
-    if fp.local_only {
-        flags |= frontend_flags::LOCAL_ONLY;
-    }
-    Frontend {
-        service_id: id,
-        backends: base,
-        count: plan.backends.len() as u16,
-        local_count: plan.local_count,
-        target_port: fp.target_port,
-        flags,
-        maglev: if maglev { maglev_row.unwrap_or(0) } else { 0 },
-        maglev_local: if maglev && fp.local_only {
-            maglev_local_row.unwrap_or(0)
-        } else {
-            0
-        },
-        affinity_timeout: plan.affinity_timeout.unwrap_or(0),
     }
 }
