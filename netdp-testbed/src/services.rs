@@ -131,6 +131,8 @@ impl EchoServer {
                             conns.push(std::thread::spawn(move || serve(conn, &who)));
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            // A non-blocking listener's poll, so the server sees `stop`;
+                            // nothing waits on it.
                             std::thread::sleep(Duration::from_millis(2));
                         }
                         Err(e) => return Err(e.into()),

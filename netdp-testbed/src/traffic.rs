@@ -255,6 +255,7 @@ fn transfer(
             conn.write_all(&buf[..n]).context("sending")?;
             left -= n as u64;
             if !pace.is_zero() {
+                // Pacing is the point: one connection kept busy for a while.
                 std::thread::sleep(pace);
             }
         }
@@ -351,6 +352,8 @@ impl Whoami {
                         let _ = conn.write_all(peer.to_string().as_bytes());
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // A non-blocking listener's poll, so the server sees `stop`;
+                        // nothing waits on it.
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     Err(e) => return Err(e.into()),

@@ -29,18 +29,14 @@ fn mixed_cluster(backend: &str, flannel: FlannelBackend) -> Result<(Testbed, Fla
     // The netdp agents pick up the Flannel lease from their watch.
     let (subnet, _) = f.subnet;
     let ns = tb.node("n1").ns.clone();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let out = tb.netdp("n1", &["route", "list", &format!("--node-name={ns}")])?;
-        if String::from_utf8_lossy(&out.stdout).contains(&subnet.to_string()) {
-            break;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "n1 has no route to the Flannel node's {subnet}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    tb.wait_for(
+        &format!("n1's route to the Flannel node's {subnet}"),
+        std::time::Duration::from_secs(10),
+        || {
+            let out = tb.netdp("n1", &["route", "list", &format!("--node-name={ns}")])?;
+            Ok(String::from_utf8_lossy(&out.stdout).contains(&subnet.to_string()))
+        },
+    )?;
     Ok((tb, f))
 }
 

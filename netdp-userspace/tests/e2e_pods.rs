@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::Result;
 use aya::programs::{SchedClassifier, TcAttachType};
-use netdp_testbed::{Spec, Testbed, netns, process, traffic};
+use netdp_testbed::{Spec, Testbed, netns, process, traffic, wait::wait_until};
 
 const HOST_GW: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#;
 
@@ -291,18 +291,19 @@ fn agent_under_ip_netns_exec_names_its_private_bpffs_and_leases_nothing() -> Res
         .stderr(out)
         .spawn()?;
     // It must refuse at once; an agent that runs instead is stopped and fails the test.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut status = None;
+    let exited = wait_until(
+        "the agent under ip netns exec to exit",
+        Duration::from_secs(20),
+        || {
+            status = child.try_wait()?;
+            Ok(status.is_some())
+        },
+    );
+    if exited.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let said = std::fs::read_to_string(&log)?;
     assert!(
         status.is_some_and(|s| !s.success()),

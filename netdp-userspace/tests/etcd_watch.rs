@@ -11,15 +11,23 @@ use netdp_testbed::etcd::Etcd;
 const PREFIX: &str = "/netdp/services/";
 
 async fn next(w: &mut PrefixWatch, c: &mut Client) -> Result<Update> {
-    // An outage shows as errors until etcd is back; the watch resumes on the next call.
-    for _ in 0..100 {
-        match tokio::time::timeout(Duration::from_secs(10), w.next(c, PREFIX)).await {
+    // An outage shows as errors until etcd is back; the watch resumes on the next call,
+    // which is retried until it gives an update or the deadline passes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, w.next(c, PREFIX)).await {
             Ok(Ok(u)) => return Ok(u),
-            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(_) => bail!("no update within 10s"),
+            Ok(Err(e)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    bail!("the watch did not recover within 30s: {e:#}");
+                }
+                // Between attempts against an etcd that is not back yet.
+                tokio::time::sleep(Duration::from_millis(100).min(left)).await;
+            }
+            Err(_) => bail!("timed out after 30s waiting for the watch's next update"),
         }
     }
-    bail!("the watch never recovered")
 }
 
 fn keys(u: &Update) -> Vec<String> {

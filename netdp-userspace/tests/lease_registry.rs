@@ -174,7 +174,8 @@ async fn leases_expire_without_renewal_and_survive_many_ttls_with_it() -> Result
     let mut reg = registry(&etcd).await?;
     let renewed = reg.acquire(&cfg, &attrs(1), None, &opts(2)).await?;
     let abandoned = reg.acquire(&cfg, &attrs(2), None, &opts(2)).await?;
-    // Renew the first every second for four TTLs; leave the second alone.
+    // Renew the first every second for four TTLs; leave the second alone. (Time passing is
+    // the point: the renewals must carry one lease across TTLs that expire the other.)
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(reg.renew(&renewed).await?, "renewal failed");

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use netdp::dataplane::{Pins, lb::LbMaps};
 use netdp_testbed::{
     BPF_ROOT, Spec, Testbed,
@@ -82,17 +82,16 @@ fn a_hundred_thousand_services() -> Result<()> {
         out.contains(&format!("{SERVICES} services configured")),
         "{out}"
     );
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let n = frontends(&pins)?;
-        if n == SERVICES as usize {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {n} of {SERVICES} frontends programmed after 5 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut n = 0;
+    tb.wait_for(
+        &format!("all {SERVICES} frontends in n1's FRONTENDS"),
+        Duration::from_secs(300),
+        || {
+            n = frontends(&pins)?;
+            Ok(n == SERVICES as usize)
+        },
+    )
+    .with_context(|| format!("{n} of {SERVICES} frontends programmed"))?;
     let programmed = start.elapsed();
     // The agent's own time: the batches it programmed, as it logged them.
     let log = std::fs::read_to_string(tb.node("n1").agent_log())?;
