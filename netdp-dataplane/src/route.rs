@@ -142,10 +142,10 @@ pub fn overhead(mode: u32) -> u32 {
     }
 }
 
-/// The route entry for a peer reached in `mode` (from [`mode_for`]) through `nexthop`,
+/// The ROUTES entry for a peer reached in `mode` (from [`mode_for`]) through `nexthop`,
 /// whose MAC is `nexthop_mac` if the neighbour table has it. Every header field the
-/// program writes is filled in here.
-pub fn plan(
+/// programs write is filled in here.
+pub fn entry_for(
     underlay: &Underlay,
     backend: &Backend,
     peer: &LeaseAttrs,

@@ -11,7 +11,7 @@ use netdp::{
         counters::CounterMap,
         endpoint::EndpointMap,
         peer::PeerMap,
-        route::{RouteMap, Underlay, mode_for, plan},
+        route::{RouteMap, Underlay, entry_for, mode_for},
     },
     lease::LeaseAttrs,
     netlink::Link,
@@ -111,7 +111,7 @@ fn fixture(backend: Backend) -> Fixture {
         Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:54:00:00:00:13"})),
     );
     let m = mode_for(&underlay(), &backend, &attrs).expect("peer reachable");
-    let route = plan(&underlay(), &backend, &attrs, m, ROUTER, Some(ROUTER_MAC));
+    let route = entry_for(&underlay(), &backend, &attrs, m, ROUTER, Some(ROUTER_MAC));
     let subnet = "10.1.2.0/24".parse().unwrap();
     routes
         .sync(&[(subnet, route)].into_iter().collect())
@@ -630,8 +630,9 @@ fn direct_routing_and_backend_mismatch_are_planned_by_the_agent() {
             .contains("\"host-gw\" backend")
     );
     // Route MTUs: the underlay's minus each encapsulation.
-    let route =
-        |b: &Backend, a: &LeaseAttrs| plan(&u, b, a, mode_for(&u, b, a).unwrap(), ROUTER, None);
+    let route = |b: &Backend, a: &LeaseAttrs| {
+        entry_for(&u, b, a, mode_for(&u, b, a).unwrap(), ROUTER, None)
+    };
     assert_eq!(route(&vxlan(), &across).mtu, 1450);
     assert_eq!(route(&dr, &adjacent).mtu, 1500);
     assert_eq!(route(&ipip_dr, &ipip_peer(PEER_IP)).mtu, 1480);

@@ -15,7 +15,7 @@ use netdp::{
         endpoint::EndpointMap,
         lb::{FrontendPlan, Lb, LbMaps, ServicePlan, frontend_key},
         peer::PeerMap,
-        route::{RouteMap, Underlay, mode_for, plan},
+        route::{RouteMap, Underlay, entry_for, mode_for},
     },
     lease::LeaseAttrs,
     netlink::Link,
@@ -114,7 +114,7 @@ fn fixture() -> Fixture {
         Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:54:00:00:00:13"})),
     );
     let m = mode_for(&underlay, &backend, &attrs).expect("peer reachable");
-    let route = plan(&underlay, &backend, &attrs, m, ROUTER, Some(ROUTER_MAC));
+    let route = entry_for(&underlay, &backend, &attrs, m, ROUTER, Some(ROUTER_MAC));
     let subnet = "10.1.2.0/24".parse().unwrap();
     routes
         .sync(&[(subnet, route)].into_iter().collect())

@@ -6,7 +6,7 @@ use log::{info, warn};
 use netdp_common::route::{flags, mode};
 
 use super::State;
-use crate::dataplane::route::{mode_for, plan};
+use crate::dataplane::route::{entry_for, mode_for};
 
 impl State {
     /// Recomputes every route from the leases and writes the difference to the maps.
@@ -47,7 +47,7 @@ impl State {
                         }
                     };
                     let mac = neighbours.get(&nexthop).copied();
-                    plan(
+                    entry_for(
                         &self.underlay,
                         &self.config.backend,
                         &peer.attrs,
@@ -64,7 +64,7 @@ impl State {
                             self.config.backend.type_name(),
                         );
                     }
-                    plan(
+                    entry_for(
                         &self.underlay,
                         &self.config.backend,
                         &peer.attrs,

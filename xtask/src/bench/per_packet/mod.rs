@@ -16,7 +16,7 @@
 //! constant, as the agent sets them. The service paths (`services`) get one more, with
 //! services in its maps. Every load and every map entry goes through the dataplane library
 //! the agent uses (`netdp-dataplane`): the node settings and the peer's route come from its
-//! planners (`node::node_config`, `route::mode_for`/`route::plan`) fed a Flannel network
+//! planners (`node::node_config`, `route::mode_for`/`route::entry_for`) fed a Flannel network
 //! config and the peer's lease, the services from `lb::Lb::apply`, so the rows measure what
 //! the agent programs ([`MAPS_FILLED`] says so in the results).
 mod services;
@@ -355,7 +355,7 @@ fn load(object: &[u8], backend: Backend, sizes: &MapSizes) -> Result<Node> {
     );
     let mode = route::mode_for(&underlay, &config.backend, &peer)
         .map_err(|e| anyhow!("the peer is unreachable: {e}"))?;
-    let planned = route::plan(
+    let planned = route::entry_for(
         &underlay,
         &config.backend,
         &peer,
