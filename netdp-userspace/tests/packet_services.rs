@@ -638,7 +638,9 @@ fn affinity_holds_until_its_timeout_and_never_outlives_the_backend() {
         .build();
         let (verdict, out) = run(f, FROM_POD, &input);
         assert_eq!(verdict, TC_ACT_REDIRECT, "{client}:{sport} -> {vip}");
-        let to = Ipv4View::parse(&out).unwrap().dst;
+        let to = Ipv4View::parse(&out)
+            .expect("the program passed on an IPv4 frame")
+            .dst;
         assert!(
             backends.contains(&to),
             "{client}:{sport} -> {vip} went to {to}"
