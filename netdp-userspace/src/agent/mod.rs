@@ -7,7 +7,13 @@
 //! [`run`] starts up in phases: the underlay (`find_underlay`), the node's lease
 //! (`lease_subnet`), the programs (`load_dataplane`), services, and routes to everybody
 //! else's leases; then `Agent::serve` follows the watches (`Watches`) until stopped.
-use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{Context, Result, anyhow};
 use ipnetwork::Ipv4Network;
@@ -23,6 +29,7 @@ use crate::{
     dataplane::{
         Dataplane, MapSizes, Pins,
         conntrack::ConntrackMap,
+        counters::CounterMap,
         node, node_name,
         peer::PeerMap,
         route::{RouteMap, Underlay},
@@ -30,6 +37,7 @@ use crate::{
     etcd::{EtcdArgs, watch::Update},
     lease::{Lease, LeaseAttrs, LeaseOptions, PeerLease, Registry, WatchUpdate},
     netlink::Netlink,
+    observe::{self, Health, Metrics},
     subnet_file::SubnetFile,
     util::parse_duration,
 };
@@ -84,10 +92,31 @@ pub struct AgentArgs {
     /// How often to re-check next-hop MACs and the network config.
     #[arg(long = "resync-interval", value_parser = parse_duration, default_value = "5s")]
     pub resync_interval: Duration,
+    /// Where to serve /healthz, /readyz and /status for probes ("off": nowhere).
+    #[arg(long = "healthz-addr", default_value = "0.0.0.0:9876", value_parser = parse_listen)]
+    pub healthz_addr: Listen,
+    /// Where to serve Prometheus /metrics ("off": nowhere); loopback by default, as
+    /// kube-proxy's, since the counters describe the node's traffic.
+    #[arg(long = "metrics-addr", default_value = "127.0.0.1:9962", value_parser = parse_listen)]
+    pub metrics_addr: Listen,
     #[command(flatten)]
     pub services: services::ServiceArgs,
     #[command(flatten)]
     pub conntrack: conntrack::ConntrackArgs,
+}
+
+/// An address to listen on, or none ("off").
+#[derive(Debug, Clone, Copy)]
+pub struct Listen(pub Option<std::net::SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    match s {
+        "off" | "" => Ok(Listen(None)),
+        _ => s
+            .parse()
+            .map(|a| Listen(Some(a)))
+            .map_err(|_| format!("{s:?} is not an address:port (like 0.0.0.0:9876) or \"off\"")),
+    }
 }
 
 impl AgentArgs {
@@ -133,6 +162,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let pins = Pins::new(&args.bpf_root, &node)?;
     // Before anything is leased: a bpffs the CNI plugin can't see is a setup error.
     pins.create_dirs()?;
+    // Probes get answers from the start: live, not ready until the first sync.
+    let health = Arc::new(Health::new());
+    observe::server::spawn(args.healthz_addr.0, None, health.clone(), None).await?;
     let nl = Netlink::connect()?;
     let (underlay, public_ip) = find_underlay(&nl, &args).await?;
 
@@ -151,7 +183,20 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     )
     .await?;
 
+    health.set_lease(Some(SystemTime::now() + args.lease_ttl));
     let mut dp = load_dataplane(&args, &pins, &config, &underlay, vtep)?;
+    health.set_attached();
+    let metrics = Arc::new(Metrics::new(
+        CounterMap::from_map(dp.take_map(netdp_common::map_names::COUNTERS)?)?,
+        health.clone(),
+    ));
+    observe::server::spawn(
+        None,
+        args.metrics_addr.0,
+        health.clone(),
+        Some(metrics.clone()),
+    )
+    .await?;
     let routes = RouteMap::from_map(dp.take_map(netdp_common::map_names::ROUTES)?)?;
     let peer_map = PeerMap::from_map(dp.take_map(netdp_common::map_names::PEERS)?)?;
     let conntrack = ConntrackMap::from_map(dp.take_map(netdp_common::map_names::CONNTRACK)?)?;
@@ -176,10 +221,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         state.host(&node),
     )
     .await?;
+    health.set_services_synced();
 
     let (leases, lease_rev) = registry.leases().await?;
     state.peers = leases.into_iter().map(|l| (l.subnet, l)).collect();
     state.sync_routes().await?;
+    health.set_leases_synced();
     println!(
         "netdp agent ready: node {node} subnet {}",
         state.lease.subnet
@@ -195,7 +242,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         services,
         conntrack,
         attrs,
+        health,
+        metrics,
     };
+    agent.publish();
     agent.serve(watches).await?;
     info!("stopping; the dataplane stays in place for the next agent");
     // The programs and maps loaded above stay loaded until here.
@@ -338,6 +388,8 @@ struct Agent<'a> {
     /// This node's lease attributes.
     attrs: LeaseAttrs,
     opts: LeaseOptions,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
 }
 
 impl Agent<'_> {
@@ -350,13 +402,16 @@ impl Agent<'_> {
         let mut next_renew = Instant::now() + self.opts.renew_every();
         let mut resync = tokio::time::interval(self.args.resync_interval);
         loop {
+            self.health.beat();
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
                 Some(update) = watches.leases.recv() => {
+                    let started = Instant::now();
                     if self.follow_leases(update).await {
                         next_renew = Instant::now();
                     }
+                    self.applied("leases", started);
                 }
                 _ = sleep_until(next_renew) => next_renew = self.renew_lease().await,
                 Some(update) = watches.services.recv() => {
@@ -365,13 +420,38 @@ impl Agent<'_> {
                     while let Ok(u) = watches.services.try_recv() {
                         batch.push(u);
                     }
+                    let started = Instant::now();
                     self.services.apply(batch, &mut self.conntrack);
+                    self.applied("services", started);
                 }
                 _ = resync.tick() => self.resync().await,
-                _ = gc.tick() => conntrack::gc(&mut self.conntrack),
+                _ = gc.tick() => {
+                    conntrack::gc(&mut self.conntrack);
+                    self.metrics.conntrack_entries.set(self.conntrack.len() as i64);
+                    self.metrics.masquerade_flows.set(self.conntrack.masqueraded().len() as i64);
+                }
             }
         }
         Ok(())
+    }
+
+    /// A change of `what` is in the maps: its latency and what is programmed now.
+    fn applied(&self, what: &'static str, started: Instant) {
+        self.metrics
+            .apply_duration
+            .get_or_create(&[("change", what)])
+            .observe(started.elapsed().as_secs_f64());
+        self.publish();
+    }
+
+    /// What is programmed, for the metrics.
+    fn publish(&self) {
+        let (services, backends) = self.services.programmed();
+        self.metrics.services.set(services as i64);
+        self.metrics.service_backends.set(backends as i64);
+        self.metrics
+            .routes
+            .set(self.state.routes.list().len() as i64);
     }
 
     /// Applies lease changes and reroutes. `true` when this node's own lease is gone (to be
@@ -404,7 +484,11 @@ impl Agent<'_> {
         )
         .await;
         match renewed {
-            Ok(()) => Instant::now() + self.opts.renew_every(),
+            Ok(()) => {
+                self.health
+                    .set_lease(Some(SystemTime::now() + self.args.lease_ttl));
+                Instant::now() + self.opts.renew_every()
+            }
             Err(e) => {
                 warn!(
                     "lease {}: {e:#}; retrying in {:?}",

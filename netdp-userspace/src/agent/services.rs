@@ -164,6 +164,11 @@ pub struct Services {
 }
 
 impl Services {
+    /// Services programmed and the backend slots they use, for the metrics.
+    pub fn programmed(&self) -> (usize, u64) {
+        (self.lb.len(), self.lb.backend_slots().0)
+    }
+
     /// Sets up the node's side (the path from the node into the pod network, the socket
     /// programs), reads every service and programs them, adopting what is already in the
     /// maps. Returns the revision to watch from.

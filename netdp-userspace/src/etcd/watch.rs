@@ -94,6 +94,10 @@ pub trait Follow {
     fn revision(&self) -> i64;
 }
 
+/// Times any watch of this process broke or had to re-list: a process-wide count because
+/// the watch tasks outlive every handle the agent could give them (read by the metrics).
+pub static RECONNECTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Streams a watch's updates to `tx` until its receiver is gone. A broken watch is
 /// resumed after a pause that doubles from 200 ms to 5 s, and is reset by a success.
 pub async fn forward<W: Follow>(mut watch: W, tx: tokio::sync::mpsc::Sender<W::Update>) {
@@ -108,6 +112,7 @@ pub async fn forward<W: Follow>(mut watch: W, tx: tokio::sync::mpsc::Sender<W::U
                 }
             }
             Err(e) => {
+                RECONNECTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(
                     "{e:#}; resuming after revision {} in {backoff:?}",
                     watch.revision()
@@ -180,6 +185,7 @@ impl PrefixWatch {
                     }
                 );
                 self.stream = None;
+                RECONNECTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (kvs, revision) = list_prefix(client, prefix).await?;
                 self.revision = revision;
                 return Ok(Update::Resync(kvs));

@@ -9,7 +9,7 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{
         MetricType,
-        counter::{ConstCounter, Counter},
+        counter::ConstCounter,
         family::Family,
         gauge::{ConstGauge, Gauge},
         histogram::{Histogram, exponential_buckets},
@@ -25,8 +25,6 @@ pub type ChangeLabels = [(&'static str, &'static str); 1];
 
 pub struct Metrics {
     registry: Registry,
-    /// Times a broken etcd watch was resumed or re-listed.
-    pub etcd_watch_reconnects: Counter,
     /// Remote subnets in ROUTES.
     pub routes: Gauge,
     /// Services and their backends programmed in the service maps.
@@ -55,7 +53,6 @@ impl Metrics {
     pub fn new(counters: CounterMap, health: Arc<Health>) -> Self {
         let mut registry = Registry::with_prefix("netdp");
         let m = Metrics {
-            etcd_watch_reconnects: Counter::default(),
             routes: Gauge::default(),
             services: Gauge::default(),
             service_backends: Gauge::default(),
@@ -64,11 +61,6 @@ impl Metrics {
             apply_duration: Family::new_with_constructor(apply_histogram),
             registry: Registry::default(),
         };
-        registry.register(
-            "etcd_watch_reconnects",
-            "Times a broken etcd watch was resumed or re-listed",
-            m.etcd_watch_reconnects.clone(),
-        );
         registry.register("routes", "Remote pod subnets in ROUTES", m.routes.clone());
         registry.register("services", "Services programmed", m.services.clone());
         registry.register(
@@ -167,7 +159,7 @@ impl Collector for Datapath {
     }
 }
 
-/// The node's lease: held or not, and how long until it expires.
+/// The node's lease (held or not, how long until it expires) and the etcd watches.
 struct Lease(Arc<Health>);
 
 impl fmt::Debug for Lease {
@@ -187,6 +179,16 @@ impl Collector for Lease {
                 MetricType::Gauge,
             )?;
             ConstGauge::new(i64::from(left.is_some())).encode(m)?;
+        }
+        {
+            let m = encoder.encode_descriptor(
+                "etcd_watch_reconnects",
+                "Times a broken etcd watch was resumed or had to re-list",
+                None,
+                MetricType::Counter,
+            )?;
+            let n = crate::etcd::watch::RECONNECTS.load(std::sync::atomic::Ordering::Relaxed);
+            ConstCounter::new(n).encode(m)?;
         }
         if let Some(left) = left {
             let m = encoder.encode_descriptor(

@@ -65,7 +65,7 @@ pub async fn spawn(
     healthz: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     health: Arc<Health>,
-    metrics: Arc<Metrics>,
+    metrics: Option<Arc<Metrics>>,
 ) -> Result<()> {
     if let Some(addr) = healthz {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -74,7 +74,7 @@ pub async fn spawn(
         info!("health on http://{addr}/healthz, /readyz, /status");
         serve(listener, health_routes(health.clone()));
     }
-    if let Some(addr) = metrics_addr {
+    if let (Some(addr), Some(metrics)) = (metrics_addr, metrics) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
