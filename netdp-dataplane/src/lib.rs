@@ -1,10 +1,11 @@
 //! Loading, pinning and attaching netdp's programs, and typed access to their maps.
 //!
-//! Module names follow the eBPF side: `endpoint` programs ENDPOINTS, `route` programs
-//! ROUTES, `peer` programs PEERS, `counters` reads COUNTERS, `lb` programs the service maps
-//! (FRONTENDS, BACKENDS, MAGLEV, AFFINITY_BACKENDS, LB_CONFIG) with `maglev` computing the
-//! tables, and `conntrack` reads and garbage-collects CONNTRACK (service and masquerade
-//! flows). `compat` deals with pinned maps an older build left.
+//! Module names follow the eBPF side: `endpoint` writes ENDPOINTS, `route` writes ROUTES,
+//! `peer` writes PEERS, `counters` reads COUNTERS, `lb` writes the service maps (FRONTENDS,
+//! BACKENDS, MAGLEV, AFFINITY_BACKENDS, LB_CONFIG; `lb::writer`) with `maglev` computing the
+//! tables, `conntrack` reads and garbage-collects CONNTRACK (service and masquerade flows),
+//! and `nat` lists the masqueraded ones. `compat` deals with pinned maps an older build
+//! left.
 mod compat;
 pub mod config;
 pub mod conntrack;
@@ -13,6 +14,7 @@ pub mod endpoint;
 pub mod lb;
 pub mod lease;
 pub mod maglev;
+pub mod nat;
 pub mod node;
 pub mod peer;
 pub mod pins;
