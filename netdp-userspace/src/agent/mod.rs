@@ -7,13 +7,7 @@
 //! [`run`] starts up in phases: the underlay (`find_underlay`), the node's lease
 //! (`lease_subnet`), the programs (`load_dataplane`), services, and routes to everybody
 //! else's leases; then `Agent::serve` follows the watches (`Watches`) until stopped.
-use std::{
-    collections::HashMap,
-    net::Ipv4Addr,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{collections::HashMap, net::Ipv4Addr, sync::Arc, time::SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 use ipnetwork::Ipv4Network;
@@ -34,100 +28,24 @@ use crate::{
         peer::PeerMap,
         route::{RouteMap, Underlay},
     },
-    etcd::{EtcdArgs, watch::Update},
+    etcd::watch::Update,
     lease::{Lease, LeaseAttrs, LeaseOptions, PeerLease, Registry, WatchUpdate},
     netlink::Netlink,
     observe::{self, Health, Metrics},
     subnet_file::SubnetFile,
-    util::parse_duration,
 };
 
+mod args;
 pub mod conntrack;
 mod gateway;
 mod leases;
 mod routes;
 pub mod services;
 
+pub use args::{AgentArgs, Listen};
 use gateway::ensure_gateway;
 pub use gateway::{GATEWAY_DEV, GATEWAY_PEER};
 use leases::{check_config, renew, watch_leases, write_subnet_file};
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct AgentArgs {
-    #[command(flatten)]
-    pub etcd: EtcdArgs,
-    /// Underlay interface (default: the one holding the default route).
-    #[arg(long)]
-    pub iface: Option<String>,
-    /// Address other nodes reach this one at (default: the first IPv4 address of --iface).
-    #[arg(long = "public-ip")]
-    pub public_ip: Option<Ipv4Addr>,
-    /// Where to write the node's lease for the CNI plugin.
-    #[arg(long = "subnet-file", default_value = "/run/flannel/subnet.env")]
-    pub subnet_file: PathBuf,
-    /// Name of this node; its pins live under <bpf-root>/<node-name>.
-    #[arg(long = "node-name", env = "NODE_NAME")]
-    pub node_name: Option<String>,
-    /// bpffs directory for netdp's pinned objects.
-    #[arg(long = "bpf-root", default_value = netdp_common::BPF_ROOT)]
-    pub bpf_root: PathBuf,
-    /// Masquerade pod traffic leaving the cluster Network.
-    #[arg(long = "ip-masq")]
-    pub ip_masq: bool,
-    /// Lifetime of the subnet lease.
-    #[arg(long = "subnet-lease-ttl", value_parser = parse_duration, default_value = "24h")]
-    pub lease_ttl: Duration,
-    /// Renew the lease this long before it expires.
-    #[arg(long = "subnet-lease-renew-margin", value_parser = parse_duration, default_value = "60m")]
-    pub renew_margin: Duration,
-    /// Pause between failed renewals.
-    #[arg(long = "subnet-lease-retry", value_parser = parse_duration, default_value = "1m")]
-    pub retry_interval: Duration,
-    /// Capacity of the endpoint map.
-    #[arg(long = "endpoint-map-size", default_value_t = netdp_common::capacity::ENDPOINTS)]
-    pub endpoint_map_size: u32,
-    /// Capacity of the route map.
-    #[arg(long = "route-map-size", default_value_t = netdp_common::capacity::ROUTES)]
-    pub route_map_size: u32,
-    /// How often to re-check next-hop MACs and the network config.
-    #[arg(long = "resync-interval", value_parser = parse_duration, default_value = "5s")]
-    pub resync_interval: Duration,
-    /// Where to serve /healthz, /readyz and /status for probes ("off": nowhere).
-    #[arg(long = "healthz-addr", default_value = "0.0.0.0:9876", value_parser = parse_listen)]
-    pub healthz_addr: Listen,
-    /// Where to serve Prometheus /metrics ("off": nowhere); loopback by default, as
-    /// kube-proxy's, since the counters describe the node's traffic.
-    #[arg(long = "metrics-addr", default_value = "127.0.0.1:9962", value_parser = parse_listen)]
-    pub metrics_addr: Listen,
-    #[command(flatten)]
-    pub services: services::ServiceArgs,
-    #[command(flatten)]
-    pub conntrack: conntrack::ConntrackArgs,
-}
-
-/// An address to listen on, or none ("off").
-#[derive(Debug, Clone, Copy)]
-pub struct Listen(pub Option<std::net::SocketAddr>);
-
-fn parse_listen(s: &str) -> Result<Listen, String> {
-    match s {
-        "off" | "" => Ok(Listen(None)),
-        _ => s
-            .parse()
-            .map(|a| Listen(Some(a)))
-            .map_err(|_| format!("{s:?} is not an address:port (like 0.0.0.0:9876) or \"off\"")),
-    }
-}
-
-impl AgentArgs {
-    fn lease_options(&self) -> LeaseOptions {
-        LeaseOptions {
-            ttl: self.lease_ttl,
-            renew_margin: self.renew_margin,
-            retry_interval: self.retry_interval,
-        }
-    }
-}
 
 /// What the agent keeps in step.
 struct State {
