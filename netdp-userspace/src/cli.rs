@@ -6,6 +6,7 @@ mod install_cni;
 mod maps;
 mod network;
 mod services;
+mod status;
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
@@ -37,6 +38,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the node agent.
     Agent(Box<AgentArgs>),
+    /// The agent's readiness, lease and dataplane on one screen (exit 1 when not ready).
+    Status(status::StatusArgs),
     /// Show what the programs did with packets (per program and reason).
     Counters(NodeArgs),
     /// Pods on this node, as the dataplane sees them.
@@ -147,6 +150,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Agent(args) => crate::agent::run(*args).await,
         Command::Map(cmd) => maps::run(cmd),
+        Command::Status(args) => status::run(args),
         Command::Check => check::run(),
         Command::InstallCni(args) => install_cni::run(args),
         Command::Counters(args) => {

@@ -118,6 +118,13 @@ fn readyz_waits_for_the_first_sync_and_metrics_count_what_was_sent() -> Result<(
     assert_eq!(packets, 20.0, "{}\n---\n{}", shown(&before), shown(&after));
     assert_eq!(bytes, 20.0 * 98.0, "{}", shown(&after));
     assert_eq!(sample(&after, "netdp_lease_held", &[]), 1.0);
+    // `netdp status` shows the same: ready, and the peer's route pinned.
+    let node = tb.node("n1").ns.clone();
+    let out = tb.netdp("n1", &["status", "--node-name", &node, "-o", "json"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["dataplane"]["routes"], 1, "{status}");
     assert!(sample(&after, "netdp_lease_expires_in_seconds", &[]) > 23.0 * 3600.0);
     Ok(())
 }
