@@ -1,27 +1,59 @@
 //! Small helpers shared by the agent, the CLI and the CNI plugin.
 use std::{fmt::Display, time::Duration};
 
-/// Parses `90`, `90s`, `5m`, `2h`, `1500ms`.
+/// Parses a duration in Go's syntax, as flanneld and kube-proxy take them: a sequence of
+/// decimal numbers each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), like `90s`,
+/// `1h30m` or `1.5h`; `0` alone needs none. Hand-written because no kept crate parses Go's
+/// format exactly (humantime accepts other units and spellings).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (like 30s, 5m, 24h)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a valid duration"));
+    let text = s.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let bad = || format!("{s:?} is not a duration (like 30s, 5m, 1h30m)");
+    if text.is_empty() || text.starts_with('-') {
+        return Err(bad());
+    }
+    let mut rest = text.strip_prefix('+').unwrap_or(text);
+    let mut secs = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(|| format!("{s:?}: a number needs a unit (ns, us, ms, s, m or h)"))?;
+        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            unit => {
+                return Err(format!(
+                    "{s:?}: unknown unit {unit:?} (use ns, us, ms, s, m or h)"
+                ));
+            }
+        };
+        secs += n * scale;
+        rest = &rest[unit_len..];
+    }
+    if !secs.is_finite() {
+        return Err(bad());
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// flanneld's `--subnet-lease-renew-margin` is a number of minutes; a Go duration is
+/// accepted as well.
+pub fn parse_minutes(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<u64>() {
+        Ok(min) => Ok(Duration::from_secs(min * 60)),
+        Err(_) => parse_duration(s),
+    }
 }
 
 /// An error on one line: gRPC and io errors like to carry newlines.
@@ -44,9 +76,20 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2m3.5s"), Ok(Duration::from_millis(123_500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        // As Go: a bare number other than 0 has no unit.
+        assert!(parse_duration("7").is_err());
         assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("").is_err());
+        // flanneld's renew margin: minutes.
+        assert_eq!(parse_minutes("60"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_minutes("90s"), Ok(Duration::from_secs(90)));
     }
 
     #[test]

@@ -2,7 +2,11 @@
 use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use super::{conntrack, services};
-use crate::{etcd::EtcdArgs, lease::LeaseOptions, util::parse_duration};
+use crate::{
+    etcd::EtcdArgs,
+    lease::LeaseOptions,
+    util::{parse_duration, parse_minutes},
+};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AgentArgs {
@@ -29,8 +33,8 @@ pub struct AgentArgs {
     /// Lifetime of the subnet lease.
     #[arg(long = "subnet-lease-ttl", value_parser = parse_duration, default_value = "24h")]
     pub lease_ttl: Duration,
-    /// Renew the lease this long before it expires.
-    #[arg(long = "subnet-lease-renew-margin", value_parser = parse_duration, default_value = "60m")]
+    /// Renew the lease this long before it expires: minutes, as flanneld, or a duration (1h30m).
+    #[arg(long = "subnet-lease-renew-margin", value_parser = parse_minutes, default_value = "60")]
     pub renew_margin: Duration,
     /// Pause between failed renewals.
     #[arg(long = "subnet-lease-retry", value_parser = parse_duration, default_value = "1m")]
