@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use netdp_common::lb::{AffinityBackendKey, Frontend, FrontendKey, frontend_flags};
 
-use super::{Lb, ServicePlan, Stats, Table, Written, addrs, frontend_value};
+use super::{Lb, ServicePlan, Slots, Stats, Table, Written, addrs, frontend_value};
 
 impl Lb {
     /// Takes over what a previous agent programmed: services whose maps already match
@@ -37,12 +37,12 @@ impl Lb {
         for (name, plan) in plans {
             match self.try_adopt(&plan, &existing, tables_valid, &adopted_ids) {
                 Some(p) => {
-                    adopted_ids.insert(p.id);
+                    adopted_ids.insert(p.slots.id);
                     for k in &p.written {
                         self.owners.insert(*k, name.clone());
                     }
                     if plan.affinity_timeout.is_some() {
-                        self.add_members(p.id, &plan.backends);
+                        self.add_members(p.slots.id, &plan.backends);
                     }
                     self.services.insert(name, p);
                     stats.adopted += 1;
@@ -80,7 +80,7 @@ impl Lb {
                 }
             }
         }
-        let mut in_use: HashSet<u32> = self.services.values().map(|p| p.id).collect();
+        let mut in_use: HashSet<u32> = self.services.values().map(|p| p.slots.id).collect();
         for fe in existing.values() {
             // Freed once each: the set grows as ids are handed back.
             if in_use.insert(fe.service_id) {
@@ -94,7 +94,7 @@ impl Lb {
             .filter(|p| p.plan.affinity_timeout.is_some())
             .flat_map(|p| {
                 p.plan.backends.iter().map(|b| AffinityBackendKey {
-                    service_id: p.id,
+                    service_id: p.slots.id,
                     backend: b.addr,
                 })
             })
@@ -167,10 +167,12 @@ impl Lb {
         let local = all[..plan.local_count as usize].to_vec();
         Some(Written {
             plan: plan.clone(),
-            id: first.service_id,
-            range: (count > 0).then_some(first.backends),
-            maglev: uses_maglev.then(|| table(first.maglev, all)),
-            maglev_local: local_table.then(|| table(first.maglev_local, local)),
+            slots: Slots {
+                id: first.service_id,
+                range: (count > 0).then_some(first.backends),
+                maglev: uses_maglev.then(|| table(first.maglev, all)),
+                maglev_local: local_table.then(|| table(first.maglev_local, local)),
+            },
             written: plan.frontends.keys().copied().collect(),
         })
     }

@@ -71,6 +71,7 @@ struct Table {
 }
 
 /// Where a service's backends are written: its id, BACKENDS range and Maglev tables.
+#[derive(Debug)]
 struct Slots {
     id: u32,
     range: Option<u32>,
@@ -82,10 +83,7 @@ struct Slots {
 #[derive(Debug)]
 struct Written {
     plan: ServicePlan,
-    id: u32,
-    range: Option<u32>,
-    maglev: Option<Table>,
-    maglev_local: Option<Table>,
+    slots: Slots,
     /// Frontends this service owns and has written.
     written: BTreeSet<FrontendKey>,
 }
@@ -156,7 +154,7 @@ impl Lb {
 
     /// The number a programmed service goes by in the maps.
     pub fn service_id(&self, name: &str) -> Option<u32> {
-        self.services.get(name).map(|p| p.id)
+        self.services.get(name).map(|p| p.slots.id)
     }
 
     /// BACKENDS slots in use and available.
@@ -279,10 +277,7 @@ impl Lb {
         let written = self.write_frontends(name, &plan, &slots);
         let new = Written {
             plan,
-            id: slots.id,
-            range: slots.range,
-            maglev: slots.maglev,
-            maglev_local: slots.maglev_local,
+            slots,
             written,
         };
         if let Some(o) = old {
@@ -303,7 +298,7 @@ impl Lb {
         if n > u16::MAX as usize || plan.local_count as usize > n {
             bail!("{n} backends is more than a service can have");
         }
-        let id = match old.as_ref().map(|o| o.id) {
+        let id = match old.as_ref().map(|o| o.slots.id) {
             Some(id) => id,
             None => {
                 let id = self
@@ -314,13 +309,13 @@ impl Lb {
                 id
             }
         };
-        let same = old
-            .as_ref()
-            .is_some_and(|o| o.plan.backends == plan.backends && o.range.is_some() == (n > 0));
+        let same = old.as_ref().is_some_and(|o| {
+            o.plan.backends == plan.backends && o.slots.range.is_some() == (n > 0)
+        });
         let range = if n == 0 {
             None
         } else if same {
-            old.as_ref().and_then(|o| o.range)
+            old.as_ref().and_then(|o| o.slots.range)
         } else {
             let base = self.ranges.alloc(n as u32).ok_or_else(|| {
                 anyhow!(
@@ -342,7 +337,7 @@ impl Lb {
             self.add_members(id, &plan.backends);
         }
         let (old_all, old_local) = match old {
-            Some(o) => (o.maglev.take(), o.maglev_local.take()),
+            Some(o) => (o.slots.maglev.take(), o.slots.maglev_local.take()),
             None => (None, None),
         };
         let all = addrs(&plan.backends);

@@ -56,14 +56,17 @@ impl Lb {
                 }
             }
         }
-        let range = new.and_then(|n| n.range);
-        if let Some(base) = old.range.filter(|base| Some(*base) != range) {
+        let range = new.and_then(|n| n.slots.range);
+        if let Some(base) = old.slots.range.filter(|base| Some(*base) != range) {
             self.deferred
                 .push(Release::Range(base, old.plan.backends.len() as u32));
         }
         let tables = [
-            (&old.maglev, new.and_then(|n| n.maglev.as_ref())),
-            (&old.maglev_local, new.and_then(|n| n.maglev_local.as_ref())),
+            (&old.slots.maglev, new.and_then(|n| n.slots.maglev.as_ref())),
+            (
+                &old.slots.maglev_local,
+                new.and_then(|n| n.slots.maglev_local.as_ref()),
+            ),
         ];
         for (was, now) in tables {
             if let Some(t) = was {
@@ -82,14 +85,14 @@ impl Lb {
             for b in &old.plan.backends {
                 if !keep.contains(&b.addr) {
                     self.deferred.push(Release::Member(AffinityBackendKey {
-                        service_id: old.id,
+                        service_id: old.slots.id,
                         backend: b.addr,
                     }));
                 }
             }
         }
-        if new.is_none_or(|n| n.id != old.id) {
-            self.deferred.push(Release::Id(old.id));
+        if new.is_none_or(|n| n.slots.id != old.slots.id) {
+            self.deferred.push(Release::Id(old.slots.id));
         }
     }
 
