@@ -30,8 +30,18 @@ use crate::{
     about = "eBPF pod networking with Flannel-compatible subnet leases"
 )]
 pub struct Cli {
+    /// Log lines as text, or as one JSON object per event (kube-proxy's --logging-format=json).
+    #[arg(long = "log-format", global = true, value_enum, default_value_t)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

@@ -61,7 +61,25 @@ fn metrics(tb: &Testbed, node: &str) -> Result<String> {
 #[test]
 fn readyz_waits_for_the_first_sync_and_metrics_count_what_was_sent() -> Result<()> {
     let mut tb = Testbed::new(Spec::flat(2).network(HOST_GW))?;
-    tb.start_agent("n2", &[])?;
+    tb.start_agent("n2", &["--log-format=json"])?;
+    // Every log line of a JSON-logging agent is one event with its fields.
+    let log = std::fs::read_to_string(tb.node("n2").agent_log())?;
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(
+        events.iter().any(
+            |e| e["level"] == "info" && e["msg"].as_str().is_some_and(|m| m.contains("leased"))
+        ),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .all(|l| l.starts_with('{') || l.starts_with("netdp agent ready")),
+        "a line that is not an event: {log}"
+    );
     // Watch n1's endpoints from before its agent starts until it is ready.
     let watcher = netns::in_netns(&tb.node("n1").ns, || {
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -121,7 +139,11 @@ fn readyz_waits_for_the_first_sync_and_metrics_count_what_was_sent() -> Result<(
     // `netdp status` shows the same: ready, and the peer's route pinned.
     let node = tb.node("n1").ns.clone();
     let out = tb.netdp("n1", &["status", "--node-name", &node, "-o", "json"])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(status["ready"], true, "{status}");
     assert_eq!(status["dataplane"]["routes"], 1, "{status}");

@@ -2,10 +2,25 @@
 use clap::Parser;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
     let cli = netdp::cli::Cli::parse();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    match cli.log_format {
+        netdp::cli::LogFormat::Text => logger.format_timestamp_millis(),
+        // One event per line with its fields, for log pipelines.
+        netdp::cli::LogFormat::Json => logger.format(|buf, record| {
+            use std::io::Write;
+            let ts = buf.timestamp_millis().to_string();
+            let event = serde_json::json!({
+                "ts": ts,
+                "level": record.level().as_str().to_lowercase(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{event}")
+        }),
+    };
+    logger.init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
