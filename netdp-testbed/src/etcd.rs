@@ -8,17 +8,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+pub use crate::tls::TlsFiles;
 use crate::{netns, process, wait::wait_until};
-
-/// TLS material for an etcd started with client certificate auth.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-}
 
 pub struct Etcd {
     pub endpoint: String,
@@ -239,7 +230,7 @@ impl LocalEtcd {
 
     /// With `tls`, etcd serves HTTPS and requires client certificates from a fresh CA.
     pub fn start_with(tls: bool) -> Result<Self> {
-        crate::testbed::require_privileges()?;
+        crate::base::require_privileges()?;
         crate::cleanup::remove_stale();
         let id = format!("etcd-{}-{:x}", std::process::id(), rand_u32());
         let dir = crate::cleanup::runs_dir().join(&id);

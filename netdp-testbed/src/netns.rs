@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::testbed::Count;
+use crate::base::Count;
 
 /// Path of a named namespace, as `ip netns` creates it.
 pub fn path(name: &str) -> PathBuf {

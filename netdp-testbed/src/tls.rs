@@ -1,9 +1,23 @@
 //! A throwaway PKI (CA, server and client certificates) made with openssl, for etcd with TLS.
-use std::{net::Ipv4Addr, path::Path, process::Command};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result};
 
-use crate::{etcd::TlsFiles, netns::sh};
+use crate::netns::sh;
+
+/// TLS material for an etcd started with client certificate auth.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     sh(Command::new("openssl").current_dir(dir).args(args))
