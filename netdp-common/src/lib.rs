@@ -14,6 +14,7 @@ pub mod encap;
 pub mod endpoint;
 pub mod lb;
 pub mod maps;
+pub mod monitor;
 pub mod nat;
 pub mod node;
 pub mod peer;
@@ -97,4 +98,5 @@ mod pod_impls {
     unsafe impl aya::Pod for lb::SockNat {}
     unsafe impl aya::Pod for conntrack::CtKey {}
     unsafe impl aya::Pod for conntrack::CtEntry {}
+    unsafe impl aya::Pod for monitor::DropEvent {}
 }

@@ -6,6 +6,9 @@ use core::mem::size_of;
 
 use crate::{Ipv4, conntrack, counters, endpoint, lb, peer, route};
 
+/// Ring buffers have no key or value (their records are `monitor::DropEvent`s).
+struct NoKey;
+
 /// Names of the pinned maps. The agent pins them under `<bpf-root>/<node>/maps/<name>`.
 pub mod names {
     pub const ENDPOINTS: &str = "ENDPOINTS";
@@ -20,6 +23,8 @@ pub mod names {
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const LB_CONFIG: &str = "LB_CONFIG";
     pub const SOCK_NAT: &str = "SOCK_NAT";
+    pub const EVENTS: &str = "EVENTS";
+    pub const MONITOR: &str = "MONITOR";
 }
 
 /// Default capacities, as the programs declare them; the agent can override the
@@ -53,6 +58,10 @@ pub mod capacity {
     pub const LB_CONFIG: u32 = 1;
     /// Node sockets sent to a backend by the socket programs.
     pub const SOCK_NAT: u32 = 65_536;
+    /// Bytes of the drop-event ring buffer (a power of two of pages): 8,192 events.
+    pub const EVENTS: u32 = 256 * 1024;
+    /// The monitor switch: one entry.
+    pub const MONITOR: u32 = 1;
 }
 
 /// The kernel's map types netdp uses (`enum bpf_map_type`).
@@ -64,6 +73,7 @@ pub enum MapKind {
     PerCpuArray = 6,
     LruHash = 9,
     LpmTrie = 11,
+    RingBuf = 27,
 }
 
 impl MapKind {
@@ -74,6 +84,7 @@ impl MapKind {
             MapKind::PerCpuArray => "percpu_array",
             MapKind::LruHash => "lru_hash",
             MapKind::LpmTrie => "lpm_trie",
+            MapKind::RingBuf => "ringbuf",
         }
     }
 }
@@ -203,6 +214,20 @@ pub const CATALOGUE: &[MapSpec] = &[
         true,
         "node socket -> the service it connected to, for replies (socket programs)",
     ),
+    spec::<NoKey, NoKey>(
+        names::EVENTS,
+        MapKind::RingBuf,
+        capacity::EVENTS,
+        false,
+        "drop events for netdp monitor, while MONITOR counts a listener (programs)",
+    ),
+    spec::<u32, u32>(
+        names::MONITOR,
+        MapKind::Array,
+        capacity::MONITOR,
+        false,
+        "how many netdp monitor listeners want drop events (netdp monitor)",
+    ),
 ];
 
 /// The catalogue entry of map `name`.
@@ -222,10 +247,9 @@ mod tests {
                 "{}",
                 m.name
             );
-            assert!(
-                m.capacity > 0 && m.key_size > 0 && m.value_size > 0,
-                "{m:?}"
-            );
+            // Ring buffers alone have neither key nor value.
+            let sized = m.kind == MapKind::RingBuf || (m.key_size > 0 && m.value_size > 0);
+            assert!(m.capacity > 0 && sized, "{m:?}");
         }
         assert_eq!(spec_of(names::ROUTES).map(|m| m.key_size), Some(8));
     }

@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod lb;
 pub mod lease;
 pub mod maglev;
+pub mod monitor;
 pub mod nat;
 pub mod node;
 pub mod peer;

@@ -1,12 +1,18 @@
 //! Counting what the programs do; one per-CPU slot per (program, reason) and per (program,
 //! event), no atomics.
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     programs::TcContext,
 };
-use netdp_common::counters::{Event, Program, Reason, event_index, index};
+use netdp_common::{
+    counters::{Event, Program, Reason, event_index, index},
+    monitor::{DropEvent, LISTENERS},
+};
 
-use crate::maps::COUNTERS;
+use crate::{
+    maps::{COUNTERS, EVENTS, MONITOR},
+    parse::{ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP},
+};
 
 #[inline(always)]
 fn bump(ctx: &TcContext, slot: u32) {
@@ -38,11 +44,44 @@ pub fn pass(ctx: &TcContext, program: Program, reason: Reason) -> i32 {
     TC_ACT_OK
 }
 
-/// Drop the packet, counting why.
+/// Drop the packet, counting why, and telling `netdp monitor` if one listens.
 #[inline(always)]
 pub fn drop(ctx: &TcContext, program: Program, reason: Reason) -> i32 {
     count(ctx, program, reason);
+    if MONITOR.get(LISTENERS).is_some_and(|n| *n > 0) {
+        report(ctx.skb.skb, program as u32, reason as u32);
+    }
     TC_ACT_SHOT
+}
+
+/// Writes a drop event. A function of its own (a BPF call), so the many places that drop
+/// share one copy of it instead of each inlining it.
+#[inline(never)]
+fn report(skb: *mut __sk_buff, program: u32, reason: u32) {
+    let ctx = TcContext::new(skb);
+    // SAFETY: the program's own skb.
+    let (ifindex, len) = unsafe { ((*skb).ifindex, (*skb).len) };
+    let mut ev = DropEvent {
+        program,
+        reason,
+        ifindex,
+        len,
+        ..Default::default()
+    };
+    // Ethernet type IPv4, then the IPv4 header: the helper checks every offset.
+    if let (Ok(0x0008u16), Ok(ip)) = (ctx.load::<u16>(12), ctx.load::<[u8; 20]>(ETH_HLEN)) {
+        ev.proto = ip[9];
+        ev.saddr = [ip[12], ip[13], ip[14], ip[15]];
+        ev.daddr = [ip[16], ip[17], ip[18], ip[19]];
+        let l4 = ETH_HLEN + ((ip[0] & 0x0f) as usize) * 4;
+        if (ev.proto == IPPROTO_TCP || ev.proto == IPPROTO_UDP)
+            && let Ok(ports) = ctx.load::<[u8; 4]>(l4)
+        {
+            ev.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            ev.dport = u16::from_be_bytes([ports[2], ports[3]]);
+        }
+    }
+    let _ = EVENTS.output(&ev, 0);
 }
 
 /// The verdict after a redirect helper returned `ret`: counted under `reason` if the

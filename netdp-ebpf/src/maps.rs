@@ -3,7 +3,7 @@
 //! settings.
 use aya_ebpf::{
     Global,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use netdp_common::{
@@ -15,6 +15,7 @@ use netdp_common::{
         Affinity, AffinityBackendKey, AffinityKey, Backend, Frontend, FrontendKey, LbConfig,
         MAGLEV_TABLE_SIZE as DEFAULT_MAGLEV_TABLE_SIZE, MaglevRow, SockNat, SockNatKey,
     },
+    monitor::DropEvent,
     node::NodeConfig,
     peer::{Peer, PeerKey},
     route::Route,
@@ -67,6 +68,14 @@ pub static LB_CONFIG: Array<LbConfig, { capacity::LB_CONFIG as usize }> = Array:
 #[btf_map]
 pub static SOCK_NAT: LruHashMap<SockNatKey, SockNat, { capacity::SOCK_NAT as usize }> =
     LruHashMap::new();
+
+/// Drop events for `netdp monitor` (see netdp_common::monitor).
+#[btf_map]
+pub static EVENTS: RingBuf<DropEvent, { capacity::EVENTS as usize }> = RingBuf::new();
+
+/// How many `netdp monitor` listeners want drop events.
+#[btf_map]
+pub static MONITOR: Array<u32, { capacity::MONITOR as usize }> = Array::new();
 
 /// Conntrack lifetimes per state; the agent sets them at load time.
 #[unsafe(no_mangle)]

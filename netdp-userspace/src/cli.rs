@@ -4,6 +4,7 @@ mod check;
 mod conntrack;
 mod install_cni;
 mod maps;
+mod monitor;
 mod network;
 mod services;
 mod status;
@@ -52,6 +53,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Show what the programs did with packets (per program and reason).
     Counters(NodeArgs),
+    /// Stream the datapath's drop events as they happen, filtered by reason, pod, program.
+    Monitor(monitor::MonitorArgs),
     /// Pods on this node, as the dataplane sees them.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
@@ -160,6 +163,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Agent(args) => crate::agent::run(*args).await,
         Command::Map(cmd) => maps::run(cmd),
+        Command::Monitor(args) => monitor::run(args).await,
         Command::Status(args) => status::run(args),
         Command::Check => check::run(),
         Command::InstallCni(args) => install_cni::run(args),

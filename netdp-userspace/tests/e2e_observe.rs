@@ -150,3 +150,64 @@ fn readyz_waits_for_the_first_sync_and_metrics_count_what_was_sent() -> Result<(
     assert!(sample(&after, "netdp_lease_expires_in_seconds", &[]) > 23.0 * 3600.0);
     Ok(())
 }
+
+/// A drop caused on purpose (a peer's truncated VXLAN packet) shows in `netdp monitor`
+/// with its reason, program and addresses; filters keep other drops out.
+#[test]
+fn monitor_shows_a_drop_caused_on_purpose_with_its_reason() -> Result<()> {
+    let mut tb = Testbed::new(
+        Spec::flat(2).network(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#),
+    )?;
+    tb.start_all_agents(&[])?;
+    let (n1_ns, n1_ip) = (tb.node("n1").ns.clone(), tb.node("n1").ip);
+    let (n2_ns, n2_ip) = (tb.node("n2").ns.clone(), tb.node("n2").ip);
+    let mut monitor = netns::command(&n1_ns, &tb.bins.netdp)?
+        .args(["monitor", "--node-name", &n1_ns, "-o", "json"])
+        .args(["--reason", "malformed", "--count", "1", "--duration", "30s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stderr = monitor.stderr.take().context("monitor stderr")?;
+    let mut line = [0u8; 64];
+    let n = stderr.read(&mut line)?;
+    assert!(
+        String::from_utf8_lossy(&line[..n]).starts_with("listening"),
+        "{}",
+        String::from_utf8_lossy(&line[..n])
+    );
+    // n2, a known peer, sends 16 bytes (too short for VXLAN) to n1's VXLAN port until the monitor
+    // has seen it (it exits after one event).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sending = stop.clone();
+    let sender = netns::in_netns(&n2_ns, move || {
+        let sock = std::net::UdpSocket::bind(("0.0.0.0", 40000))?;
+        for _ in 0..300 {
+            if sending.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            sock.send_to(&[0u8; 16], (n1_ip, 8472))?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    })?;
+    let out = monitor.wait_with_output()?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    netns::join(sender)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(first) = text.lines().next() else {
+        bail!("no event; n1's counters: {:?}", tb.counters("n1")?);
+    };
+    let event: serde_json::Value = serde_json::from_str(first)?;
+    assert_eq!(event["reason"], "malformed", "{event}");
+    assert_eq!(event["program"], "from_netdev", "{event}");
+    assert_eq!(event["source"], n2_ip.to_string(), "{event}");
+    assert_eq!(event["destinationPort"], 8472, "{event}");
+    assert_eq!(event["protocol"], "udp", "{event}");
+    assert!(tb.counter("n1", "from_netdev", "malformed")? >= 1);
+    Ok(())
+}

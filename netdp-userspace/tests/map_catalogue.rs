@@ -12,6 +12,7 @@ fn kind(t: MapType) -> Option<MapKind> {
         MapType::PerCpuArray => MapKind::PerCpuArray,
         MapType::LruHash => MapKind::LruHash,
         MapType::LpmTrie => MapKind::LpmTrie,
+        MapType::RingBuf => MapKind::RingBuf,
         _ => return None,
     })
 }
@@ -22,7 +23,8 @@ fn data(map: &Map) -> Option<&MapData> {
         | Map::LruHashMap(d)
         | Map::LpmTrie(d)
         | Map::Array(d)
-        | Map::PerCpuArray(d) => Some(d),
+        | Map::PerCpuArray(d)
+        | Map::RingBuf(d) => Some(d),
         _ => None,
     }
 }

@@ -104,6 +104,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     health.set_lease(Some(SystemTime::now() + args.lease_ttl));
     let mut dp = load_dataplane(&args, &pins, &config, &underlay, vtep)?;
     health.set_attached();
+    // A monitor that died without saying so would leave drop events on for good.
+    crate::dataplane::monitor::reset(&pins)?;
     let metrics = Arc::new(Metrics::new(
         CounterMap::from_map(dp.take_map(netdp_common::map_names::COUNTERS)?)?,
         health.clone(),
