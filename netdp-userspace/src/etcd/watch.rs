@@ -3,7 +3,7 @@
 //! saw when the stream breaks, and re-lists (handing back the complete set) when that
 //! revision was compacted away. Leases and services both follow their prefix with it.
 use anyhow::{Context, Result, anyhow, bail};
-use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
+use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchStream};
 use log::warn;
 
 use crate::util::one_line;
@@ -19,6 +19,17 @@ pub struct Kv {
     /// The etcd lease the key is attached to (0: none).
     pub lease: i64,
     pub mod_revision: i64,
+}
+
+impl From<&KeyValue> for Kv {
+    fn from(kv: &KeyValue) -> Self {
+        Kv {
+            key: kv.key().to_vec(),
+            value: kv.value().to_vec(),
+            lease: kv.lease(),
+            mod_revision: kv.mod_revision(),
+        }
+    }
 }
 
 /// One change under the prefix.
@@ -67,14 +78,7 @@ pub async fn list_prefix(client: &mut Client, prefix: &str) -> Result<(Vec<Kv>, 
         if revision == 0 {
             revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         }
-        for kv in resp.kvs() {
-            out.push(Kv {
-                key: kv.key().to_vec(),
-                value: kv.value().to_vec(),
-                lease: kv.lease(),
-                mod_revision: kv.mod_revision(),
-            });
-        }
+        out.extend(resp.kvs().iter().map(Kv::from));
         match (resp.more(), out.last()) {
             (true, Some(last)) => {
                 start = last.key.clone();
@@ -202,12 +206,7 @@ impl PrefixWatch {
                 let Some(kv) = ev.kv() else { continue };
                 self.revision = self.revision.max(kv.mod_revision());
                 changes.push(match ev.event_type() {
-                    EventType::Put => Change::Put(Kv {
-                        key: kv.key().to_vec(),
-                        value: kv.value().to_vec(),
-                        lease: kv.lease(),
-                        mod_revision: kv.mod_revision(),
-                    }),
+                    EventType::Put => Change::Put(Kv::from(kv)),
                     EventType::Delete => Change::Delete(kv.key().to_vec()),
                 });
             }
