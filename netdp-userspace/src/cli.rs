@@ -95,6 +95,42 @@ pub enum Output {
     #[default]
     Table,
     Json,
+    Yaml,
+}
+
+/// Why a command failed, as its exit code, so scripts can tell these apart (1 is any
+/// other failure; clap's own usage errors exit 2 too). Attached as an error's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    BadInput = 2,
+    NotFound = 3,
+    Unreachable = 4,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Failure::BadInput => "bad input",
+            Failure::NotFound => "not found",
+            Failure::Unreachable => "unreachable",
+        })
+    }
+}
+
+/// The exit code for a failed command.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    e.downcast_ref::<Failure>().map_or(1, |f| *f as i32)
+}
+
+/// Prints a value as JSON (one line) or YAML (one document); the same field names either way.
+pub(crate) fn print_value(output: Output, value: &serde_json::Value) {
+    match output {
+        Output::Yaml => match serde_yaml_ng::to_string(value) {
+            Ok(y) => print!("---\n{y}"),
+            Err(_) => println!("{value}"),
+        },
+        _ => println!("{value}"),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -171,7 +207,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let map = CounterMap::open(&args.pins()?)?;
             let (counters, events) = (map.all()?, map.events()?);
             match args.output {
-                Output::Json => {
+                Output::Json | Output::Yaml => {
                     let reasons = counters.iter().map(|c| {
                         json!({
                             "program": c.program.name(), "verdict": c.reason.verdict().name(),
@@ -181,7 +217,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     let events = events.iter().map(|e| {
                         json!({"program": e.program.name(), "event": e.event.name(), "count": e.count})
                     });
-                    println!("{}", json!(reasons.chain(events).collect::<Vec<_>>()))
+                    print_value(
+                        args.output,
+                        &json!(reasons.chain(events).collect::<Vec<_>>()),
+                    )
                 }
                 Output::Table => {
                     print_table(
@@ -222,16 +261,16 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Endpoint(EndpointCmd::List(args)) => {
             let eps = EndpointMap::open(&args.pins()?)?.list();
             match args.output {
-                Output::Json => println!(
-                    "{}",
-                    json!(
+                Output::Json | Output::Yaml => print_value(
+                    args.output,
+                    &json!(
                         eps.iter()
                             .map(|(ip, e)| json!({
                                 "ip": ip.to_string(), "ifindex": e.ifindex,
                                 "mac": mac_string(&e.mac), "hostMac": mac_string(&e.host_mac),
                             }))
                             .collect::<Vec<_>>()
-                    )
+                    ),
                 ),
                 Output::Table => print_table(
                     &["POD IP", "IFINDEX", "POD MAC", "HOST MAC"],
@@ -267,14 +306,14 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
             };
             match args.output {
-                Output::Json => println!(
-                    "{}",
-                    json!(routes.iter().map(|(n, r)| json!({
+                Output::Json | Output::Yaml => print_value(
+                    args.output,
+                    &json!(routes.iter().map(|(n, r)| json!({
                         "subnet": n.to_string(), "node": Ipv4Addr::from(r.node_ip).to_string(),
                         "nexthop": Ipv4Addr::from(r.nexthop).to_string(), "ifindex": r.ifindex,
                         "mode": mode(r.mode), "nexthopMac": mac(r), "vtepMac": vtep(r),
                         "mtu": r.mtu,
-                    })).collect::<Vec<_>>())
+                    })).collect::<Vec<_>>()),
                 ),
                 Output::Table => print_table(
                     &[
@@ -330,13 +369,13 @@ pub async fn run(cli: Cli) -> Result<()> {
                 rows.push((l, ttl));
             }
             match output {
-                Output::Json => println!(
-                    "{}",
-                    json!(rows.iter().map(|(l, ttl)| json!({
+                Output::Json | Output::Yaml => print_value(
+                    output,
+                    &json!(rows.iter().map(|(l, ttl)| json!({
                         "subnet": l.subnet.to_string(), "publicIP": l.attrs.public_ip.to_string(),
                         "backend": l.attrs.backend_type, "ttlSeconds": ttl,
                         "mine": mine == Some(l.subnet),
-                    })).collect::<Vec<_>>())
+                    })).collect::<Vec<_>>()),
                 ),
                 Output::Table => print_table(
                     &["SUBNET", "PUBLIC IP", "BACKEND", "TTL", "THIS NODE"],

@@ -4,7 +4,7 @@ pub mod watch;
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 /// etcd connection flags, named as flanneld names them.
@@ -107,14 +107,16 @@ impl EtcdArgs {
         };
         match tokio::time::timeout(self.timeout, connect).await {
             Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => bail!(
+            Ok(Err(e)) => Err(anyhow!(
                 "cannot reach etcd at {endpoints}: {}",
                 crate::util::one_line(&e)
-            ),
-            Err(_) => bail!(
+            ))
+            .context(crate::cli::Failure::Unreachable),
+            Err(_) => Err(anyhow!(
                 "cannot reach etcd at {endpoints}: no answer within {:?}",
                 self.timeout
-            ),
+            ))
+            .context(crate::cli::Failure::Unreachable),
         }
     }
 }

@@ -75,3 +75,32 @@ fn apply_creates_once_keeps_the_same_and_replaces_only_when_asked() -> Result<()
     assert_eq!(etcd.get(key)?.as_deref(), Some(second_text));
     Ok(())
 }
+
+/// Scripts tell failures apart by exit code: 2 bad input, 3 not found, 4 etcd unreachable.
+#[test]
+fn exit_codes_say_what_went_wrong() -> Result<()> {
+    let etcd = LocalEtcd::start()?;
+    let netdp = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_netdp"))
+            .args(args)
+            .output()
+    };
+    let endpoint = format!("--etcd-endpoints={}", etcd.endpoint);
+    let bad = etcd.dir.join("bad.json");
+    std::fs::write(&bad, r#"{"Network": "10.244.0.0/33"}"#)?;
+    let bad = bad.display().to_string();
+    let cases: [(Vec<&str>, i32); 4] = [
+        (vec!["network", "apply", "-f", &bad, &endpoint], 2),
+        (vec!["service", "get", "nope", &endpoint], 3),
+        (vec!["service", "delete", "nope", &endpoint], 3),
+        (
+            vec!["lease", "list", "--etcd-endpoints=http://127.0.0.1:1"],
+            4,
+        ),
+    ];
+    for (args, code) in cases {
+        let out = netdp(&args)?;
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", said(&out));
+    }
+    Ok(())
+}

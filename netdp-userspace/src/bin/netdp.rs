@@ -34,6 +34,6 @@ fn main() {
     };
     if let Err(e) = rt.block_on(netdp::cli::run(cli)) {
         eprintln!("error: {}", netdp::util::one_line(&format!("{e:#}")));
-        std::process::exit(1);
+        std::process::exit(netdp::cli::exit_code(&e));
     }
 }

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{NodeArgs, Output, print_table};
+use super::{NodeArgs, Output, print_table, print_value};
 use crate::dataplane::{
     conntrack::{ConntrackMap, Flow, now},
     lb::proto_name,
@@ -45,9 +45,9 @@ pub fn conntrack(cmd: ConntrackCmd) -> Result<()> {
                 )
             };
             match args.output {
-                Output::Json => println!(
-                    "{}",
-                    json!(flows.iter().map(|f| {
+                Output::Json | Output::Yaml => print_value(
+                    args.output,
+                    &json!(flows.iter().map(|f| {
                         let (from, to) = row(f);
                         json!({
                             "protocol": proto_name(f.key.proto), "packet": from, "rewrittenTo": to,
@@ -57,7 +57,7 @@ pub fn conntrack(cmd: ConntrackCmd) -> Result<()> {
                             "serviceId": f.entry.service_id,
                             "snat": f.entry.flags & netdp_common::conntrack::flags::SNAT != 0,
                         })
-                    }).collect::<Vec<_>>())
+                    }).collect::<Vec<_>>()),
                 ),
                 Output::Table => print_table(
                     &[
@@ -101,17 +101,17 @@ pub fn nat(cmd: NatCmd) -> Result<()> {
     let NatCmd::List(args) = cmd;
     let flows = ConntrackMap::open(&args.pins()?)?.masqueraded();
     match args.output {
-        Output::Json => println!(
-            "{}",
-            json!(
+        Output::Json | Output::Yaml => print_value(
+            args.output,
+            &json!(
                 flows
                     .iter()
                     .map(|t| json!({
-                        "proto": proto_name(t.proto), "pod": t.pod.to_string(),
+                        "protocol": proto_name(t.proto), "pod": t.pod.to_string(),
                         "remote": t.remote.to_string(), "nat": t.nat.to_string(),
                     }))
                     .collect::<Vec<_>>()
-            )
+            ),
         ),
         Output::Table => print_table(
             &["PROTO", "POD", "REMOTE", "AS"],

@@ -5,7 +5,7 @@ use aya::maps::MapInfo;
 use netdp_common::maps::CATALOGUE;
 use serde_json::json;
 
-use super::{NodeArgs, Output, print_table};
+use super::{NodeArgs, Output, print_table, print_value};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum MapCmd {
@@ -25,9 +25,9 @@ pub fn run(cmd: MapCmd) -> Result<()> {
         })
         .collect();
     match args.output {
-        Output::Json => println!(
-            "{}",
-            json!(
+        Output::Json | Output::Yaml => print_value(
+            args.output,
+            &json!(
                 rows.iter()
                     .map(|(m, path, pinned)| json!({
                         "name": m.name, "kind": m.kind.name(), "keySize": m.key_size,
@@ -36,7 +36,7 @@ pub fn run(cmd: MapCmd) -> Result<()> {
                         "pin": path.display().to_string(), "doc": m.doc,
                     }))
                     .collect::<Vec<_>>()
-            )
+            ),
         ),
         Output::Table => print_table(
             &[

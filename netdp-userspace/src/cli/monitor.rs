@@ -6,14 +6,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, anyhow};
 use netdp_common::{
     counters::{Program, Reason},
     monitor::DropEvent,
 };
 use serde_json::json;
 
-use super::{NodeArgs, Output};
+use super::{NodeArgs, Output, print_value};
 use crate::{dataplane::monitor::Monitor, util::parse_duration};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -82,15 +82,19 @@ pub async fn run(args: MonitorArgs) -> Result<()> {
             .filter(|x| x.verdict() == netdp_common::counters::Verdict::Dropped)
             .map(|x| x.name())
             .collect();
-        bail!(
+        return Err(anyhow!(
             "--reason {r:?} is no drop reason; one of: {}",
             names.join(", ")
-        );
+        ))
+        .context(super::Failure::BadInput);
     }
     if let Some(p) = &args.program
         && !Program::ALL.iter().any(|x| x.name() == p)
     {
-        bail!("--program {p:?} is none of from_pod, from_netdev, from_host");
+        return Err(anyhow!(
+            "--program {p:?} is none of from_pod, from_netdev, from_host"
+        ))
+        .context(super::Failure::BadInput);
     }
     let mut monitor = Monitor::open(&args.node.pins()?)?;
     let wanted = |ev: &DropEvent| {
@@ -116,15 +120,15 @@ pub async fn run(args: MonitorArgs) -> Result<()> {
             let program = program_of(ev.program).map_or("?", |p| p.name());
             let reason = reason_of(ev.reason).map_or("?", |r| r.name());
             match args.node.output {
-                Output::Json => println!(
-                    "{}",
-                    json!({
+                Output::Json | Output::Yaml => print_value(
+                    args.node.output,
+                    &json!({
                         "type": "drop", "program": program, "reason": reason,
                         "source": Ipv4Addr::from(ev.saddr).to_string(), "sourcePort": ev.sport,
                         "destination": Ipv4Addr::from(ev.daddr).to_string(),
                         "destinationPort": ev.dport, "protocol": proto_name(ev.proto),
                         "ifindex": ev.ifindex, "length": ev.len,
-                    })
+                    }),
                 ),
                 Output::Table => println!(
                     "DROP  {program:<11}  {reason:<24}  {} -> {}  {}  ifindex {}  {} bytes",

@@ -52,7 +52,8 @@ async fn apply(etcd: &EtcdArgs, file: &PathBuf, overwrite: bool) -> Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let wanted = NetworkConfig::parse(&text)
-        .map_err(|e| anyhow!("invalid network config in {}: {e}", file.display()))?;
+        .map_err(|e| anyhow!("invalid network config in {}: {e}", file.display()))
+        .context(super::Failure::BadInput)?;
     let key = format!("{}/config", etcd.prefix());
     let mut client = etcd.connect().await?;
     let etcd_err = |e: etcd_client::Error| anyhow!("writing {key} to etcd: {}", one_line(&e));

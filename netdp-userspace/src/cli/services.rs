@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{NodeArgs, Output, print_table};
+use super::{Failure, NodeArgs, Output, print_table, print_value};
 use crate::{
     dataplane::lb::{LbMaps, proto_name as proto},
     etcd::EtcdArgs,
@@ -120,7 +120,8 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
             let v = s
                 .get(&namespace, &name)
                 .await?
-                .ok_or_else(|| anyhow!("service {namespace}/{name} not found"))?;
+                .ok_or_else(|| anyhow!("service {namespace}/{name} not found"))
+                .context(Failure::NotFound)?;
             let doc: serde_json::Value = serde_json::from_slice(&v)
                 .with_context(|| format!("service {namespace}/{name} in etcd is not JSON"))?;
             println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -135,7 +136,7 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
                 println!("service {namespace}/{name} deleted");
                 Ok(())
             } else {
-                bail!("service {namespace}/{name} not found")
+                Err(anyhow!("service {namespace}/{name} not found")).context(Failure::NotFound)
             }
         }
     }
@@ -143,7 +144,9 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
 
 async fn apply(store: StoreArgs, file: PathBuf) -> Result<()> {
     let text = read_input(&file)?;
-    let docs = service::parse_file(&text).with_context(|| format!("{}", file.display()))?;
+    let docs = service::parse_file(&text)
+        .with_context(|| format!("{}", file.display()))
+        .context(Failure::BadInput)?;
     let mut defs: Vec<(ServiceDoc, ServiceDef)> = Vec::with_capacity(docs.len());
     let mut ids = HashSet::new();
     for (i, doc) in docs.into_iter().enumerate() {
@@ -154,6 +157,7 @@ async fn apply(store: StoreArgs, file: PathBuf) -> Result<()> {
                 i + 1,
                 doc.metadata.name
             )
+            .context(Failure::BadInput)
         })?;
         if !ids.insert(def.id()) {
             bail!(
@@ -288,7 +292,7 @@ async fn list(
         rows.push(row);
     }
     match output {
-        Output::Json => println!("{}", json!(json_rows)),
+        Output::Json | Output::Yaml => print_value(output, &json!(json_rows)),
         Output::Table => {
             let mut header = vec![
                 "NAMESPACE",
@@ -344,15 +348,15 @@ pub fn lb(cmd: LbCmd) -> Result<()> {
             .collect()
     };
     match args.output {
-        Output::Json => println!(
-            "{}",
-            json!(list.iter().map(|f| json!({
+        Output::Json | Output::Yaml => print_value(
+            args.output,
+            &json!(list.iter().map(|f| json!({
                 "address": f.addr().to_string(), "port": f.port(), "protocol": f.proto_name(),
                 "serviceId": f.fe.service_id, "targetPort": f.target_port(),
                 "algorithm": f.algorithm(), "flags": f.flag_names(),
                 "localBackends": f.fe.local_count, "backends": backends(f),
                 "affinityTimeout": f.fe.affinity_timeout,
-            })).collect::<Vec<_>>())
+            })).collect::<Vec<_>>()),
         ),
         Output::Table => print_table(
             &[

@@ -50,14 +50,14 @@ pub fn run(args: StatusArgs) -> Result<()> {
         })
     });
     match args.node.output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let mut out = status.clone();
             out["dataplane"] = serde_json::json!({
                 "pins": pins.dir().display().to_string(),
                 "routes": routes,
                 "droppedPackets": dropped,
             });
-            println!("{out}");
+            super::print_value(args.node.output, &out);
         }
         Output::Table => {
             let ready = status["ready"].as_bool().unwrap_or(false);
