@@ -135,10 +135,13 @@ pub(crate) fn print_value(output: Output, value: &serde_json::Value) {
 
 #[derive(clap::Args, Debug)]
 pub struct NodeArgs {
+    /// The node whose pinned dataplane to read (default: the hostname).
     #[arg(long = "node-name", env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// bpffs directory the agent pins under.
     #[arg(long = "bpf-root", default_value = netdp_common::BPF_ROOT)]
     pub bpf_root: PathBuf,
+    /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -151,11 +154,13 @@ impl NodeArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum EndpointCmd {
+    /// Every pod on this node: address, veth, MACs.
     List(NodeArgs),
 }
 
 #[derive(Subcommand, Debug)]
 pub enum RouteCmd {
+    /// Every remote subnet: peer, next hop, mode, VTEP MAC, MTU.
     List(NodeArgs),
 }
 
@@ -167,6 +172,7 @@ pub enum LeaseCmd {
         /// The subnet file of this node, to mark its own lease.
         #[arg(long = "subnet-file", default_value = "/run/flannel/subnet.env")]
         subnet_file: PathBuf,
+        /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -418,5 +424,29 @@ mod tests {
     fn flags_are_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// Every command and every flag says what it is for in `--help`.
+    #[test]
+    fn every_command_and_flag_has_a_help_line() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let here = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(here.clone());
+                }
+                for arg in sub.get_arguments() {
+                    let id = arg.get_id().as_str();
+                    if arg.get_help().is_none() && !["help", "version"].contains(&id) {
+                        missing.push(format!("{here} --{id}"));
+                    }
+                }
+                walk(sub, &here, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "netdp", &mut missing);
+        assert!(missing.is_empty(), "no help line: {missing:#?}");
     }
 }

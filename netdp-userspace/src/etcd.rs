@@ -34,8 +34,10 @@ pub struct EtcdArgs {
     /// Client key for etcd.
     #[arg(long = "etcd-keyfile")]
     pub keyfile: Option<PathBuf>,
+    /// etcd user (with --etcd-password).
     #[arg(long = "etcd-username")]
     pub username: Option<String>,
+    /// etcd password (or the ETCDCTL_PASSWORD environment variable).
     #[arg(
         long = "etcd-password",
         env = "NETDP_ETCD_PASSWORD",

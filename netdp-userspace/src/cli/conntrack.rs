@@ -20,6 +20,7 @@ pub enum ConntrackCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum NatCmd {
+    /// Masqueraded flows: pod, remote, and the node port each uses.
     List(NodeArgs),
 }
 

@@ -49,6 +49,7 @@ pub enum ServiceCmd {
     Apply {
         #[command(flatten)]
         store: StoreArgs,
+        /// The file (Kubernetes-shaped Services, JSON or YAML; `-`: standard input).
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
@@ -56,13 +57,16 @@ pub enum ServiceCmd {
     List {
         #[command(flatten)]
         store: StoreArgs,
+        /// Only this namespace.
         #[arg(short = 'n', long)]
         namespace: Option<String>,
         /// Also check this node's maps.
         #[arg(long = "node-name")]
         node_name: Option<String>,
+        /// bpffs directory the agent pins under.
         #[arg(long = "bpf-root", default_value = netdp_common::BPF_ROOT)]
         bpf_root: PathBuf,
+        /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -70,7 +74,9 @@ pub enum ServiceCmd {
     Get {
         #[command(flatten)]
         store: StoreArgs,
+        /// The service's name.
         name: String,
+        /// Its namespace.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
@@ -78,7 +84,9 @@ pub enum ServiceCmd {
     Delete {
         #[command(flatten)]
         store: StoreArgs,
+        /// The service's name.
         name: String,
+        /// Its namespace.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
