@@ -478,24 +478,17 @@ fn ns_per_packet(
 }
 
 pub fn run(packets: u64, single_runs: u64, repeats: usize) -> Vec<Row> {
-    let object = match std::fs::read(object_path()) {
-        Ok(o) => o,
-        Err(e) => {
-            return vec![Row::new(
-                Section::PerPacket,
-                "netdp",
-                "all paths",
-                NS_PER_PACKET,
-                Outcome::Failed(format!("reading {}: {e}", object_path().display())),
-            )];
-        }
-    };
-    let loaded: Result<Vec<(Backend, Node)>> = Backend::ALL
-        .iter()
-        .map(|&b| Ok((b, load(&object, b, &MapSizes::default())?)))
-        .collect();
-    let nodes = match loaded {
-        Ok(n) => n,
+    let loaded = std::fs::read(object_path())
+        .with_context(|| format!("reading {}", object_path().display()))
+        .and_then(|object| {
+            let nodes = Backend::ALL
+                .iter()
+                .map(|&b| Ok((b, load(&object, b, &MapSizes::default())?)))
+                .collect::<Result<Vec<(Backend, Node)>>>()?;
+            Ok((object, nodes))
+        });
+    let (object, nodes) = match loaded {
+        Ok(l) => l,
         Err(e) => {
             return vec![Row::new(
                 Section::PerPacket,
