@@ -2,24 +2,21 @@
 //! the wire for vxlan, ipip and udp (outer headers, checksums, VNI, ports, inner MACs),
 //! what `from_netdev` accepts and strips, and ICMP "fragmentation needed" for packets
 //! too big for the tunnel. Routes are planned by the agent's own code.
+mod common;
+
 use std::net::Ipv4Addr;
 
+use common::{
+    Fixture, NODE_IP, OUR_VTEP, PEER_IP, PEER_VTEP, ROUTER, outer_from_peer, outer_to_peer,
+    pod_mac, pod_sends, underlay, veth_mac,
+};
 use netdp::{
     config::Backend,
-    dataplane::{
-        Dataplane, MapSizes,
-        counters::CounterMap,
-        endpoint::EndpointMap,
-        peer::PeerMap,
-        route::{RouteMap, Underlay, entry_for, mode_for},
-    },
+    dataplane::route::{entry_for, mode_for},
     lease::LeaseAttrs,
-    netlink::Link,
 };
 use netdp_common::{
     counters::{Program, Reason},
-    endpoint::Endpoint,
-    map_names,
     node::{NodeConfig, decap},
     program_names::{FROM_NETDEV, FROM_POD},
     route::mode,
@@ -28,43 +25,17 @@ use netdp_testbed::packet::{
     self, Ipv4View, Outer, PacketSpec, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
 };
 
-const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
-const UNDERLAY_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
-const OUR_VTEP: [u8; 6] = [0x0e, 0x54, 0, 0, 0, 0x11];
-/// A peer across the router, and the router's MAC (the next hop).
-const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 20, 13);
-const PEER_VTEP: [u8; 6] = [0x0e, 0x54, 0, 0, 0, 0x13];
-const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 1);
-const ROUTER_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x01];
 /// A local pod and its host-side veth.
 const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
-const POD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x03];
-const HOST_VETH_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0x03];
+const POD_MAC: [u8; 6] = pod_mac(3);
+const HOST_VETH_MAC: [u8; 6] = veth_mac(3);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 5);
-
-struct Fixture {
-    dp: Dataplane,
-    counters: CounterMap,
-    _maps: (EndpointMap, RouteMap, PeerMap),
-}
 
 fn vxlan() -> Backend {
     Backend::Vxlan {
         vni: 1,
         port: 8472,
         direct_routing: false,
-    }
-}
-
-fn underlay() -> Underlay {
-    Underlay {
-        link: Link {
-            name: "eth0".into(),
-            index: 7,
-            mac: UNDERLAY_MAC,
-            mtu: 1500,
-        },
-        addr: "192.168.10.11/24".parse().unwrap(),
     }
 }
 
@@ -77,90 +48,29 @@ fn fixture(backend: Backend) -> Fixture {
         Backend::Udp { port } => (decap::UDP, port, 0),
         Backend::HostGw => (decap::NONE, 0, 0),
     };
-    let node = NodeConfig {
-        node_ip: NODE_IP.octets(),
-        cluster: [10, 1, 0, 0],
-        cluster_mask: [255, 255, 0, 0],
-        underlay_ifindex: 7,
+    let mut f = Fixture::load(&NodeConfig {
         decap,
         port,
         vni,
         vtep_mac: OUR_VTEP,
-        ..Default::default()
-    };
-    let mut dp = Dataplane::load_for(netdp::ebpf_object(), None, &MapSizes::default(), &node)
-        .expect("programs load and verify");
-    let mut endpoints = EndpointMap::from_map(dp.take_map(map_names::ENDPOINTS).unwrap()).unwrap();
-    let mut routes = RouteMap::from_map(dp.take_map(map_names::ROUTES).unwrap()).unwrap();
-    let mut peers = PeerMap::from_map(dp.take_map(map_names::PEERS).unwrap()).unwrap();
-    let counters = CounterMap::from_map(dp.take_map(map_names::COUNTERS).unwrap()).unwrap();
-    endpoints
-        .insert(
-            POD_IP,
-            &Endpoint {
-                ifindex: 42,
-                flags: 0,
-                mac: POD_MAC,
-                host_mac: HOST_VETH_MAC,
-            },
-        )
-        .unwrap();
-    let attrs = LeaseAttrs::new(
-        PEER_IP,
-        backend.type_name(),
-        Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:54:00:00:00:13"})),
-    );
-    let m = mode_for(&underlay(), &backend, &attrs).expect("peer reachable");
-    let route = entry_for(&underlay(), &backend, &attrs, m, ROUTER, Some(ROUTER_MAC));
-    let subnet = "10.1.2.0/24".parse().unwrap();
-    routes
-        .sync(&[(subnet, route)].into_iter().collect())
-        .unwrap();
-    peers
-        .sync(&[(PEER_IP, subnet)].into_iter().collect())
-        .unwrap();
-    Fixture {
-        dp,
-        counters,
-        _maps: (endpoints, routes, peers),
-    }
-}
-
-fn run_ctx(f: &mut Fixture, prog: &str, input: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
-    packet::test_run(f.dp.program(prog).unwrap(), input, ctx)
-}
-
-fn run(f: &mut Fixture, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
-    run_ctx(f, prog, input, None)
-}
-
-fn count(f: &Fixture, p: Program, r: Reason) -> u64 {
-    f.counters.get(p, r).unwrap().packets
+        ..common::node_config()
+    });
+    f.add_pod(POD_IP, 42, POD_MAC, HOST_VETH_MAC);
+    f.route_to_peer(&backend);
+    f
 }
 
 /// A pod's packet to the remote pod, with host veth MACs as the pod sends it.
 fn from_pod(proto: u8, sport: u16, payload: usize) -> Vec<u8> {
     PacketSpec {
-        src_mac: POD_MAC,
-        dst_mac: HOST_VETH_MAC,
-        src: POD_IP,
         dst: REMOTE_POD,
         proto,
         sport,
         dport: 8080,
         payload: (0..payload).map(|i| i as u8).collect(),
-        ..Default::default()
+        ..pod_sends(POD_IP, POD_MAC, HOST_VETH_MAC)
     }
     .build()
-}
-
-fn outer_to_peer() -> Outer {
-    Outer {
-        src_mac: UNDERLAY_MAC,
-        dst_mac: ROUTER_MAC,
-        src: NODE_IP,
-        dst: PEER_IP,
-    }
 }
 
 /// MurmurHash3's 32-bit finalizer (`fmix32` in Austin Appleby's MurmurHash3), written here
@@ -246,7 +156,7 @@ fn vxlan_encapsulation_is_byte_exact() {
         (packet::IPPROTO_UDP, 40002, 1422), // exactly the pod MTU of 1450
     ] {
         let input = from_pod(proto, sport, len);
-        let (verdict, out) = run(&mut f, FROM_POD, &input);
+        let (verdict, out) = f.run(FROM_POD, &input);
         assert_eq!(verdict, TC_ACT_REDIRECT, "proto {proto}");
         let sport = expected_sport(&input);
         assert!((32768..61000).contains(&sport));
@@ -269,10 +179,10 @@ fn vxlan_encapsulation_is_byte_exact() {
     }
     assert_eq!(sports.len(), 4, "different flows spread over source ports");
     // One flow, one source port.
-    let (_, a) = run(&mut f, FROM_POD, &from_pod(packet::IPPROTO_UDP, 40000, 10));
-    let (_, b) = run(&mut f, FROM_POD, &from_pod(packet::IPPROTO_UDP, 40000, 900));
+    let (_, a) = f.run(FROM_POD, &from_pod(packet::IPPROTO_UDP, 40000, 10));
+    let (_, b) = f.run(FROM_POD, &from_pod(packet::IPPROTO_UDP, 40000, 900));
     assert_eq!(a[34..36], b[34..36]);
-    assert_eq!(count(&f, Program::FromPod, Reason::EncapVxlan), 6);
+    assert_eq!(f.count(Program::FromPod, Reason::EncapVxlan), 6);
 }
 
 #[test]
@@ -286,7 +196,7 @@ fn ipip_encapsulation_is_byte_exact() {
         packet::IPPROTO_ICMP,
     ] {
         let input = from_pod(proto, 40000, 300);
-        let (verdict, out) = run(&mut f, FROM_POD, &input);
+        let (verdict, out) = f.run(FROM_POD, &input);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let inner = packet::routed(&input, [0; 6], [0; 6]);
         assert_eq!(out, packet::ipip(&outer_to_peer(), &inner), "proto {proto}");
@@ -295,7 +205,7 @@ fn ipip_encapsulation_is_byte_exact() {
         assert!(packet::ipv4_checksum_ok(&out, 34));
         assert!(packet::l4_checksum_ok(&out, 34));
     }
-    assert_eq!(count(&f, Program::FromPod, Reason::EncapIpip), 3);
+    assert_eq!(f.count(Program::FromPod, Reason::EncapIpip), 3);
 }
 
 #[test]
@@ -303,7 +213,7 @@ fn udp_encapsulation_is_byte_exact() {
     let mut f = fixture(Backend::Udp { port: 8285 });
     for proto in [packet::IPPROTO_UDP, packet::IPPROTO_TCP] {
         let input = from_pod(proto, 40000, 500);
-        let (verdict, out) = run(&mut f, FROM_POD, &input);
+        let (verdict, out) = f.run(FROM_POD, &input);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let inner = packet::routed(&input, [0; 6], [0; 6]);
         // Flannel's format: source and destination port both 8285, no header of its own.
@@ -312,7 +222,7 @@ fn udp_encapsulation_is_byte_exact() {
         assert!(packet::ipv4_checksum_ok(&out, 42));
         assert!(packet::l4_checksum_ok(&out, 42));
     }
-    assert_eq!(count(&f, Program::FromPod, Reason::EncapUdp), 2);
+    assert_eq!(f.count(Program::FromPod, Reason::EncapUdp), 2);
 }
 
 /// A frame as the peer would send it to us for our pod.
@@ -329,15 +239,6 @@ fn to_our_pod(proto: u8) -> Vec<u8> {
     .build()
 }
 
-fn outer_from_peer() -> Outer {
-    Outer {
-        src_mac: ROUTER_MAC,
-        dst_mac: UNDERLAY_MAC,
-        src: PEER_IP,
-        dst: NODE_IP,
-    }
-}
-
 /// Decapsulated and delivered: exactly the inner packet, routed into the pod.
 fn assert_delivered(out: &[u8], inner: &[u8]) {
     assert_eq!(out, packet::routed(inner, POD_MAC, HOST_VETH_MAC));
@@ -349,93 +250,58 @@ fn assert_delivered(out: &[u8], inner: &[u8]) {
 fn vxlan_decapsulation_accepts_only_peers_vni_and_our_vtep() {
     let mut f = fixture(vxlan());
     let inner = to_our_pod(packet::IPPROTO_TCP);
-    let good = packet::vxlan(
-        &outer_from_peer(),
-        41234,
-        8472,
-        1,
-        OUR_VTEP,
-        PEER_VTEP,
-        &inner,
-    );
-    let (verdict, out) = run(&mut f, FROM_NETDEV, &good);
+    // The peer's VXLAN packet (source port 41234) to `port`, VNI `vni`, inner frame to `vtep`.
+    let tunnel = |outer: &Outer, port: u16, vni: u32, vtep: [u8; 6], inner: &[u8]| {
+        packet::vxlan(outer, 41234, port, vni, vtep, PEER_VTEP, inner)
+    };
+    let good = tunnel(&outer_from_peer(), 8472, 1, OUR_VTEP, &inner);
+    let (verdict, out) = f.run(FROM_NETDEV, &good);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_delivered(&out, &inner);
-    assert_eq!(count(&f, Program::FromNetdev, Reason::DecapVxlan), 1);
+    assert_eq!(f.count(Program::FromNetdev, Reason::DecapVxlan), 1);
 
     let stranger = Outer {
         src: Ipv4Addr::new(192, 168, 20, 99),
         ..outer_from_peer()
     };
+    let no_pod = PacketSpec {
+        dst: Ipv4Addr::new(10, 1, 1, 99),
+        ..Default::default()
+    }
+    .build();
     let rejects = [
         (
-            packet::vxlan(&stranger, 41234, 8472, 1, OUR_VTEP, PEER_VTEP, &inner),
+            tunnel(&stranger, 8472, 1, OUR_VTEP, &inner),
             Reason::DecapUnknownPeer,
         ),
         (
-            packet::vxlan(
-                &outer_from_peer(),
-                41234,
-                8472,
-                2,
-                OUR_VTEP,
-                PEER_VTEP,
-                &inner,
-            ),
+            tunnel(&outer_from_peer(), 8472, 2, OUR_VTEP, &inner),
             Reason::DecapBadHeader,
         ),
         (
-            packet::vxlan(
-                &outer_from_peer(),
-                41234,
-                8472,
-                1,
-                PEER_VTEP,
-                PEER_VTEP,
-                &inner,
-            ),
+            tunnel(&outer_from_peer(), 8472, 1, PEER_VTEP, &inner),
             Reason::DecapWrongVtep,
         ),
         (
-            packet::vxlan(
-                &outer_from_peer(),
-                41234,
-                8472,
-                1,
-                OUR_VTEP,
-                PEER_VTEP,
-                &PacketSpec {
-                    dst: Ipv4Addr::new(10, 1, 1, 99),
-                    ..Default::default()
-                }
-                .build(),
-            ),
+            tunnel(&outer_from_peer(), 8472, 1, OUR_VTEP, &no_pod),
             Reason::DecapNoEndpoint,
         ),
     ];
     for (frame, reason) in rejects {
-        let (verdict, _) = run(&mut f, FROM_NETDEV, &frame);
+        let (verdict, _) = f.run(FROM_NETDEV, &frame);
         assert_eq!(verdict, TC_ACT_SHOT, "{reason:?}");
-        assert_eq!(count(&f, Program::FromNetdev, reason), 1, "{reason:?}");
+        assert_eq!(f.count(Program::FromNetdev, reason), 1, "{reason:?}");
     }
     // The VXLAN header without the I flag is no valid VXLAN packet.
     let mut no_flag = good.clone();
     no_flag[42] = 0;
-    assert_eq!(run(&mut f, FROM_NETDEV, &no_flag).0, TC_ACT_SHOT);
-    assert_eq!(count(&f, Program::FromNetdev, Reason::DecapBadHeader), 2);
+    assert_eq!(f.run(FROM_NETDEV, &no_flag).0, TC_ACT_SHOT);
+    assert_eq!(f.count(Program::FromNetdev, Reason::DecapBadHeader), 2);
 
     // Another UDP port is not ours to decapsulate: the kernel gets it unchanged.
-    let other = packet::vxlan(
-        &outer_from_peer(),
-        41234,
-        4789,
-        1,
-        OUR_VTEP,
-        PEER_VTEP,
-        &inner,
-    );
-    assert_eq!(run(&mut f, FROM_NETDEV, &other), (TC_ACT_OK, other));
-    assert_eq!(count(&f, Program::FromNetdev, Reason::ToHost), 1);
+    let other = tunnel(&outer_from_peer(), 4789, 1, OUR_VTEP, &inner);
+    assert_eq!(f.run(FROM_NETDEV, &other), (TC_ACT_OK, other));
+    assert_eq!(f.count(Program::FromNetdev, Reason::ToHost), 1);
     // A fragmented tunnel packet cannot be decapsulated here.
     let mut frag = good.clone();
     frag[20] = 0x20; // MF
@@ -443,9 +309,9 @@ fn vxlan_decapsulation_accepts_only_peers_vni_and_our_vtep() {
     frag[25] = 0;
     let c = packet::checksum(&frag[14..34], 0);
     frag[24..26].copy_from_slice(&c.to_be_bytes());
-    assert_eq!(run(&mut f, FROM_NETDEV, &frag), (TC_ACT_OK, frag));
-    assert_eq!(count(&f, Program::FromNetdev, Reason::DecapFragment), 1);
-    assert_eq!(count(&f, Program::FromNetdev, Reason::DecapVxlan), 1);
+    assert_eq!(f.run(FROM_NETDEV, &frag), (TC_ACT_OK, frag));
+    assert_eq!(f.count(Program::FromNetdev, Reason::DecapFragment), 1);
+    assert_eq!(f.count(Program::FromNetdev, Reason::DecapVxlan), 1);
 }
 
 #[test]
@@ -459,42 +325,37 @@ fn ipip_and_udp_decapsulation_accept_only_peers() {
     let mut f = fixture(Backend::Ipip {
         direct_routing: false,
     });
-    let (verdict, out) = run(
-        &mut f,
-        FROM_NETDEV,
-        &packet::ipip(&outer_from_peer(), &inner),
-    );
+    let (verdict, out) = f.run(FROM_NETDEV, &packet::ipip(&outer_from_peer(), &inner));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_delivered(&out, &inner);
-    assert_eq!(count(&f, Program::FromNetdev, Reason::DecapIpip), 1);
-    let (verdict, _) = run(&mut f, FROM_NETDEV, &packet::ipip(&stranger, &inner));
+    assert_eq!(f.count(Program::FromNetdev, Reason::DecapIpip), 1);
+    let (verdict, _) = f.run(FROM_NETDEV, &packet::ipip(&stranger, &inner));
     assert_eq!(verdict, TC_ACT_SHOT);
-    assert_eq!(count(&f, Program::FromNetdev, Reason::DecapUnknownPeer), 1);
+    assert_eq!(f.count(Program::FromNetdev, Reason::DecapUnknownPeer), 1);
     // An ipip node leaves UDP tunnels alone.
     let udp = packet::udp_encap(&outer_from_peer(), 8285, 8285, &inner);
-    assert_eq!(run(&mut f, FROM_NETDEV, &udp), (TC_ACT_OK, udp));
+    assert_eq!(f.run(FROM_NETDEV, &udp), (TC_ACT_OK, udp));
 
     let mut f = fixture(Backend::Udp { port: 8285 });
     let good = packet::udp_encap(&outer_from_peer(), 8285, 8285, &inner);
-    let (verdict, out) = run(&mut f, FROM_NETDEV, &good);
+    let (verdict, out) = f.run(FROM_NETDEV, &good);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_delivered(&out, &inner);
-    assert_eq!(count(&f, Program::FromNetdev, Reason::DecapUdp), 1);
-    let (verdict, _) = run(
-        &mut f,
+    assert_eq!(f.count(Program::FromNetdev, Reason::DecapUdp), 1);
+    let (verdict, _) = f.run(
         FROM_NETDEV,
         &packet::udp_encap(&stranger, 8285, 8285, &inner),
     );
     assert_eq!(verdict, TC_ACT_SHOT);
-    assert_eq!(count(&f, Program::FromNetdev, Reason::DecapUnknownPeer), 1);
+    assert_eq!(f.count(Program::FromNetdev, Reason::DecapUnknownPeer), 1);
     // A payload that is not IPv4 is no udp-backend packet.
     let mut bad = good.clone();
     bad[42] = 0x60;
-    assert_eq!(run(&mut f, FROM_NETDEV, &bad).0, TC_ACT_SHOT);
-    assert_eq!(count(&f, Program::FromNetdev, Reason::DecapBadHeader), 1);
+    assert_eq!(f.run(FROM_NETDEV, &bad).0, TC_ACT_SHOT);
+    assert_eq!(f.count(Program::FromNetdev, Reason::DecapBadHeader), 1);
     // An IPIP packet means nothing to a udp node.
     let ipip = packet::ipip(&outer_from_peer(), &inner);
-    assert_eq!(run(&mut f, FROM_NETDEV, &ipip), (TC_ACT_OK, ipip));
+    assert_eq!(f.run(FROM_NETDEV, &ipip), (TC_ACT_OK, ipip));
 }
 
 /// The ICMP error the pod must get for `input` with a path MTU of `mtu`.
@@ -533,18 +394,18 @@ fn too_big_for_the_tunnel_gets_icmp_fragmentation_needed() {
     ] {
         let mut f = fixture(backend);
         let fits = from_pod(packet::IPPROTO_UDP, 40000, mtu as usize - 28);
-        assert_eq!(run(&mut f, FROM_POD, &fits).0, TC_ACT_REDIRECT);
+        assert_eq!(f.run(FROM_POD, &fits).0, TC_ACT_REDIRECT);
         for proto in [packet::IPPROTO_UDP, packet::IPPROTO_TCP] {
             // One byte more than the path takes, DF set (PacketSpec always sets it).
             let hdr = if proto == packet::IPPROTO_UDP { 28 } else { 40 };
             let big = from_pod(proto, 40000, mtu as usize - hdr + 1);
-            let (verdict, out) = run(&mut f, FROM_POD, &big);
+            let (verdict, out) = f.run(FROM_POD, &big);
             assert_eq!(verdict, TC_ACT_REDIRECT, "back out of the pod's veth");
             assert_eq!(out, frag_needed(&big, mtu), "mtu {mtu} proto {proto}");
             assert!(packet::ipv4_checksum_ok(&out, 14));
             assert!(packet::l4_checksum_ok(&out, 14), "ICMP checksum");
         }
-        assert_eq!(count(&f, Program::FromPod, Reason::FragNeeded), 2);
+        assert_eq!(f.count(Program::FromPod, Reason::FragNeeded), 2);
         // Without DF netdp would have to fragment, which it does not: dropped, counted.
         let mut no_df = from_pod(packet::IPPROTO_UDP, 40000, mtu as usize);
         no_df[20] = 0;
@@ -552,8 +413,8 @@ fn too_big_for_the_tunnel_gets_icmp_fragmentation_needed() {
         no_df[25] = 0;
         let c = packet::checksum(&no_df[14..34], 0);
         no_df[24..26].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(run(&mut f, FROM_POD, &no_df).0, TC_ACT_SHOT);
-        assert_eq!(count(&f, Program::FromPod, Reason::TooBig), 1);
+        assert_eq!(f.run(FROM_POD, &no_df).0, TC_ACT_SHOT);
+        assert_eq!(f.count(Program::FromPod, Reason::TooBig), 1);
     }
 }
 
@@ -573,14 +434,14 @@ fn gso_packets_are_checked_per_segment() {
         c
     };
     // 20 + 20 + 1448 = 1488 > 1450: the pod's MTU is wrong for the tunnel.
-    let (verdict, out) = run_ctx(&mut f, FROM_POD, &input, Some(&ctx(1448)));
+    let (verdict, out) = f.run_ctx(FROM_POD, &input, Some(&ctx(1448)));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(out, frag_needed(&input, 1450));
-    assert_eq!(count(&f, Program::FromPod, Reason::FragNeeded), 1);
+    assert_eq!(f.count(Program::FromPod, Reason::FragNeeded), 1);
     // 20 + 20 + 1410 = 1450: every segment fits, so no ICMP error.
-    let (_, out) = run_ctx(&mut f, FROM_POD, &input, Some(&ctx(1410)));
+    let (_, out) = f.run_ctx(FROM_POD, &input, Some(&ctx(1410)));
     assert_ne!(Ipv4View::parse(&out).map(|v| v.proto), Some(1));
-    assert_eq!(count(&f, Program::FromPod, Reason::FragNeeded), 1);
+    assert_eq!(f.count(Program::FromPod, Reason::FragNeeded), 1);
 }
 
 #[test]

@@ -1,96 +1,52 @@
 //! Packet tests (BPF_PROG_TEST_RUN) of pod forwarding: local delivery, direct routing to a
 //! peer node, unknown destinations and bad frames. The programs run in the kernel on crafted
 //! frames; the maps are real.
+mod common;
+
 use std::net::Ipv4Addr;
 
-use netdp::dataplane::{
-    Dataplane, MapSizes, counters::CounterMap, endpoint::EndpointMap, route::RouteMap,
-};
+use common::{ADJACENT_PEER_MAC, Fixture, UNDERLAY_MAC, direct_route, pod_mac, veth_mac};
 use netdp_common::{
     counters::{Program, Reason},
-    endpoint::Endpoint,
-    map_names,
+    node::NodeConfig,
     program_names::{FROM_NETDEV, FROM_POD},
-    route::{Route, flags, mode},
+    route::{Route, mode},
 };
 use netdp_testbed::packet::{self, Ipv4View, PacketSpec, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 
-struct Fixture {
-    dp: Dataplane,
-    endpoints: EndpointMap,
-    routes: RouteMap,
-    counters: CounterMap,
-}
+const POD_MAC: [u8; 6] = pod_mac(2);
+const HOST_VETH_MAC: [u8; 6] = veth_mac(2);
 
-const POD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x02];
-const HOST_VETH_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0x02];
-const PEER_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x12];
-const UNDERLAY_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
-
+/// A node without settings (direct routes only) with pod 10.1.1.3 and three peer
+/// subnets: 10.1.2.0/24 with its next hop's MAC known, 10.1.3.0/24 without, and
+/// 10.1.4.0/24 unreachable.
 fn fixture() -> Fixture {
-    let mut dp = Dataplane::load(netdp::ebpf_object(), None, &MapSizes::default())
-        .expect("programs load and verify");
-    let mut endpoints = EndpointMap::from_map(dp.take_map(map_names::ENDPOINTS).unwrap()).unwrap();
-    let mut routes = RouteMap::from_map(dp.take_map(map_names::ROUTES).unwrap()).unwrap();
-    let counters = CounterMap::from_map(dp.take_map(map_names::COUNTERS).unwrap()).unwrap();
-    endpoints
-        .insert(
-            Ipv4Addr::new(10, 1, 1, 3),
-            &Endpoint {
-                ifindex: 42,
+    let mut f = Fixture::load(&NodeConfig::default());
+    f.add_pod(Ipv4Addr::new(10, 1, 1, 3), 42, POD_MAC, HOST_VETH_MAC);
+    let route = direct_route();
+    f.set_routes(&[
+        ("10.1.2.0/24", route),
+        (
+            "10.1.3.0/24",
+            Route {
                 flags: 0,
-                mac: POD_MAC,
-                host_mac: HOST_VETH_MAC,
+                dmac: [0; 6],
+                nexthop: [192, 168, 10, 13],
+                node_ip: [192, 168, 10, 13],
+                ..route
             },
-        )
-        .unwrap();
-    let route = Route {
-        node_ip: [192, 168, 10, 12],
-        nexthop: [192, 168, 10, 12],
-        ifindex: 7,
-        mode: mode::DIRECT,
-        flags: flags::HAS_MAC,
-        dmac: PEER_MAC,
-        smac: UNDERLAY_MAC,
-        mtu: 1500,
-        ..Default::default()
-    };
-    let mut desired = std::collections::HashMap::new();
-    desired.insert("10.1.2.0/24".parse().unwrap(), route);
-    desired.insert(
-        "10.1.3.0/24".parse().unwrap(),
-        Route {
-            flags: 0,
-            dmac: [0; 6],
-            nexthop: [192, 168, 10, 13],
-            node_ip: [192, 168, 10, 13],
-            ..route
-        },
-    );
-    desired.insert(
-        "10.1.4.0/24".parse().unwrap(),
-        Route {
-            mode: mode::UNREACHABLE,
-            nexthop: [192, 168, 20, 14],
-            node_ip: [192, 168, 20, 14],
-            ..route
-        },
-    );
-    routes.sync(&desired).unwrap();
-    Fixture {
-        dp,
-        endpoints,
-        routes,
-        counters,
-    }
-}
-
-fn run(f: &mut Fixture, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
-    packet::test_run(f.dp.program(prog).unwrap(), input, None)
-}
-
-fn count(f: &Fixture, p: Program, r: Reason) -> u64 {
-    f.counters.get(p, r).unwrap().packets
+        ),
+        (
+            "10.1.4.0/24",
+            Route {
+                mode: mode::UNREACHABLE,
+                nexthop: [192, 168, 20, 14],
+                node_ip: [192, 168, 20, 14],
+                ..route
+            },
+        ),
+    ]);
+    f
 }
 
 #[test]
@@ -108,10 +64,10 @@ fn remote_pod_is_routed_to_peer_with_macs_ttl_and_checksum() {
             ..Default::default()
         };
         let input = spec.build();
-        let (verdict, out) = run(&mut f, FROM_POD, &input);
+        let (verdict, out) = f.run(FROM_POD, &input);
         assert_eq!(verdict, TC_ACT_REDIRECT, "proto {proto}");
         let v = Ipv4View::parse(&out).unwrap();
-        assert_eq!(v.dst_mac, PEER_MAC);
+        assert_eq!(v.dst_mac, ADJACENT_PEER_MAC);
         assert_eq!(v.src_mac, UNDERLAY_MAC);
         assert_eq!(v.ttl, 63);
         assert!(
@@ -127,7 +83,7 @@ fn remote_pod_is_routed_to_peer_with_macs_ttl_and_checksum() {
         assert_eq!(out[23..24], input[23..24]);
         assert_eq!(out[26..], input[26..]);
     }
-    assert_eq!(count(&f, Program::FromPod, Reason::Direct), 3);
+    assert_eq!(f.count(Program::FromPod, Reason::Direct), 3);
 }
 
 #[test]
@@ -140,14 +96,14 @@ fn local_pod_is_delivered_with_its_macs() {
     }
     .build();
     for prog in [FROM_POD, FROM_NETDEV] {
-        let (verdict, out) = run(&mut f, prog, &input);
+        let (verdict, out) = f.run(prog, &input);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let v = Ipv4View::parse(&out).unwrap();
         assert_eq!((v.dst_mac, v.src_mac, v.ttl), (POD_MAC, HOST_VETH_MAC, 1));
         assert!(packet::ipv4_checksum_ok(&out, 14));
     }
-    assert_eq!(count(&f, Program::FromPod, Reason::LocalDelivery), 1);
-    assert_eq!(count(&f, Program::FromNetdev, Reason::LocalDelivery), 1);
+    assert_eq!(f.count(Program::FromPod, Reason::LocalDelivery), 1);
+    assert_eq!(f.count(Program::FromNetdev, Reason::LocalDelivery), 1);
 }
 
 #[test]
@@ -158,11 +114,11 @@ fn unresolved_next_hop_goes_through_redirect_neigh() {
         ..Default::default()
     }
     .build();
-    let (verdict, out) = run(&mut f, FROM_POD, &input);
+    let (verdict, out) = f.run(FROM_POD, &input);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(Ipv4View::parse(&out).unwrap().ttl, 63);
     assert!(packet::ipv4_checksum_ok(&out, 14));
-    assert_eq!(count(&f, Program::FromPod, Reason::DirectNeigh), 1);
+    assert_eq!(f.count(Program::FromPod, Reason::DirectNeigh), 1);
 }
 
 #[test]
@@ -177,10 +133,10 @@ fn unknown_destination_and_unreachable_peer_pass_unchanged() {
             ..Default::default()
         }
         .build();
-        let (verdict, out) = run(&mut f, FROM_POD, &input);
+        let (verdict, out) = f.run(FROM_POD, &input);
         assert_eq!(verdict, TC_ACT_OK);
         assert_eq!(out, input, "passed packets are not modified");
-        assert_eq!(count(&f, Program::FromPod, reason), 1);
+        assert_eq!(f.count(Program::FromPod, reason), 1);
     }
     // The node's interface never routes transit traffic to remote subnets.
     let input = PacketSpec {
@@ -188,7 +144,7 @@ fn unknown_destination_and_unreachable_peer_pass_unchanged() {
         ..Default::default()
     }
     .build();
-    let (verdict, out) = run(&mut f, FROM_NETDEV, &input);
+    let (verdict, out) = f.run(FROM_NETDEV, &input);
     assert_eq!((verdict, out), (TC_ACT_OK, input));
 }
 
@@ -201,9 +157,9 @@ fn expiring_ttl_is_left_to_the_kernel() {
         ..Default::default()
     }
     .build();
-    let (verdict, out) = run(&mut f, FROM_POD, &input);
+    let (verdict, out) = f.run(FROM_POD, &input);
     assert_eq!((verdict, out), (TC_ACT_OK, input));
-    assert_eq!(count(&f, Program::FromPod, Reason::TtlExceeded), 1);
+    assert_eq!(f.count(Program::FromPod, Reason::TtlExceeded), 1);
 }
 
 #[test]
@@ -214,9 +170,9 @@ fn non_ipv4_passes_and_truncated_frames_drop() {
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
     arp.extend_from_slice(&packet::ETH_P_ARP.to_be_bytes());
     arp.extend_from_slice(&[0u8; 28]);
-    let (verdict, out) = run(&mut f, FROM_POD, &arp);
+    let (verdict, out) = f.run(FROM_POD, &arp);
     assert_eq!((verdict, out), (TC_ACT_OK, arp));
-    assert_eq!(count(&f, Program::FromPod, Reason::NonIpv4), 1);
+    assert_eq!(f.count(Program::FromPod, Reason::NonIpv4), 1);
 
     let full = PacketSpec {
         dst: Ipv4Addr::new(10, 1, 2, 5),
@@ -227,7 +183,7 @@ fn non_ipv4_passes_and_truncated_frames_drop() {
     // Every truncation from a bare IPv4 header up to one byte short of the IP length.
     // (BPF_PROG_TEST_RUN itself refuses IPv4 frames shorter than an IP header.)
     for len in 34..full.len() {
-        let (verdict, _) = run(&mut f, FROM_POD, &full[..len]);
+        let (verdict, _) = f.run(FROM_POD, &full[..len]);
         assert_eq!(verdict, TC_ACT_SHOT, "frame truncated to {len} bytes");
         dropped += 1;
     }
@@ -238,14 +194,13 @@ fn non_ipv4_passes_and_truncated_frames_drop() {
         if off == 17 {
             bad[16] = 0;
         }
-        let (verdict, _) = run(&mut f, FROM_POD, &bad);
+        let (verdict, _) = f.run(FROM_POD, &bad);
         assert_eq!(verdict, TC_ACT_SHOT, "byte {off} = {val:#x}");
         dropped += 1;
     }
-    assert_eq!(count(&f, Program::FromPod, Reason::Malformed), dropped);
+    assert_eq!(f.count(Program::FromPod, Reason::Malformed), dropped);
     // Ethernet padding after the IP packet is fine.
     let mut padded = full.clone();
     padded.extend_from_slice(&[0; 8]);
-    assert_eq!(run(&mut f, FROM_POD, &padded).0, TC_ACT_REDIRECT);
-    let _ = (&f.endpoints, &f.routes);
+    assert_eq!(f.run(FROM_POD, &padded).0, TC_ACT_REDIRECT);
 }

@@ -1,98 +1,52 @@
 //! Packet tests (BPF_PROG_TEST_RUN) of traffic leaving the cluster: masquerading to the
 //! node's address with collision-free ports, replies translated back into the pod, and
 //! plain egress without `--ip-masq`.
+mod common;
+
 use std::net::Ipv4Addr;
 
-use netdp::dataplane::{
-    Dataplane, MapSizes, conntrack::ConntrackMap, counters::CounterMap, endpoint::EndpointMap,
-};
+use common::{Fixture, NODE_IP, ROUTER_MAC, UNDERLAY_MAC, pod_mac, pod_sends, veth_mac};
 use netdp_common::{
     conntrack::CtKey,
     counters::{Program, Reason},
-    endpoint::Endpoint,
-    map_names,
     nat::{PORT_MAX, PORT_MIN},
     node::{NodeConfig, flags},
     program_names::{FROM_NETDEV, FROM_POD},
 };
 use netdp_testbed::packet::{self, Ipv4View, PacketSpec, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 
-const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 4);
-const POD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x03];
-const HOST_VETH_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0x03];
-const ROUTER_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x01];
-const UNDERLAY_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
+const POD_MAC: [u8; 6] = pod_mac(3);
+const HOST_VETH_MAC: [u8; 6] = veth_mac(3);
 
-struct Fixture {
-    dp: Dataplane,
-    counters: CounterMap,
-    nat: ConntrackMap,
-    _endpoints: EndpointMap,
-}
-
+/// A node, masquerading to ports `ports` or not, with pods A and B.
 fn fixture(masquerade: bool, ports: (u16, u16)) -> Fixture {
-    let node = NodeConfig {
-        node_ip: NODE_IP.octets(),
-        cluster: [10, 1, 0, 0],
-        cluster_mask: [255, 255, 0, 0],
-        underlay_ifindex: 7,
+    let mut f = Fixture::load(&NodeConfig {
         flags: if masquerade { flags::MASQUERADE } else { 0 },
         nat_port_min: ports.0,
         nat_port_max: ports.1,
-        ..Default::default()
-    };
-    let mut dp = Dataplane::load_for(netdp::ebpf_object(), None, &MapSizes::default(), &node)
-        .expect("programs load and verify");
-    let mut endpoints = EndpointMap::from_map(dp.take_map(map_names::ENDPOINTS).unwrap()).unwrap();
+        ..common::node_config()
+    });
     for (ip, last) in [(POD_A, 3u8), (POD_B, 4)] {
-        endpoints
-            .insert(
-                ip,
-                &Endpoint {
-                    ifindex: 40 + last as u32,
-                    flags: 0,
-                    mac: [0x0a, 0, 0, 0, 0, last],
-                    host_mac: [0x0e, 0, 0, 0, 0, last],
-                },
-            )
-            .unwrap();
+        f.add_pod(ip, 40 + last as u32, pod_mac(last), veth_mac(last));
     }
-    let counters = CounterMap::from_map(dp.take_map(map_names::COUNTERS).unwrap()).unwrap();
-    let nat = ConntrackMap::from_map(dp.take_map(map_names::CONNTRACK).unwrap()).unwrap();
-    Fixture {
-        dp,
-        counters,
-        nat,
-        _endpoints: endpoints,
-    }
+    f
 }
 
 fn masq() -> Fixture {
     fixture(true, (PORT_MIN, PORT_MAX))
 }
 
-fn run(f: &mut Fixture, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
-    packet::test_run(f.dp.program(prog).unwrap(), input, None)
-}
-
-fn count(f: &Fixture, p: Program, r: Reason) -> u64 {
-    f.counters.get(p, r).unwrap().packets
-}
-
 fn out_of(pod: Ipv4Addr, proto: u8, sport: u16, dst: Ipv4Addr, dport: u16) -> PacketSpec {
     PacketSpec {
-        src_mac: POD_MAC,
-        dst_mac: HOST_VETH_MAC,
-        src: pod,
         dst,
         proto,
         sport,
         dport,
         payload: b"to the outside".to_vec(),
-        ..Default::default()
+        ..pod_sends(pod, POD_MAC, HOST_VETH_MAC)
     }
 }
 
@@ -137,15 +91,15 @@ fn pod_flows_leave_with_the_node_address_and_distinct_ports() {
     let mut f = masq();
     for proto in [packet::IPPROTO_UDP, packet::IPPROTO_TCP] {
         let a = out_of(POD_A, proto, 5555, OUTSIDE, 9999).build();
-        let (verdict, out_a) = run(&mut f, FROM_POD, &a);
+        let (verdict, out_a) = f.run(FROM_POD, &a);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let port_a = translated(&a, &out_a);
         // The same flow keeps its port.
-        let (_, again) = run(&mut f, FROM_POD, &a);
+        let (_, again) = f.run(FROM_POD, &a);
         assert_eq!(translated(&a, &again), port_a);
         // Another pod with the same source port to the same destination gets another.
         let b = out_of(POD_B, proto, 5555, OUTSIDE, 9999).build();
-        let (_, out_b) = run(&mut f, FROM_POD, &b);
+        let (_, out_b) = f.run(FROM_POD, &b);
         let port_b = translated(&b, &out_b);
         assert_ne!(port_a, port_b, "proto {proto}: two pods share a port");
 
@@ -162,7 +116,7 @@ fn pod_flows_leave_with_the_node_address_and_distinct_ports() {
                 ..Default::default()
             }
             .build();
-            let (verdict, back) = run(&mut f, FROM_NETDEV, &reply);
+            let (verdict, back) = f.run(FROM_NETDEV, &reply);
             assert_eq!(verdict, TC_ACT_REDIRECT, "reply to {pod}");
             let v = Ipv4View::parse(&back).unwrap();
             assert_eq!((v.src, v.dst, v.ttl), (OUTSIDE, pod, 63));
@@ -172,19 +126,19 @@ fn pod_flows_leave_with_the_node_address_and_distinct_ports() {
             assert!(packet::l4_checksum_ok(&back, 14));
         }
     }
-    assert_eq!(count(&f, Program::FromPod, Reason::Masquerade), 6);
-    assert_eq!(count(&f, Program::FromNetdev, Reason::Unmasquerade), 4);
-    let flows = f.nat.masqueraded();
+    assert_eq!(f.count(Program::FromPod, Reason::Masquerade), 6);
+    assert_eq!(f.count(Program::FromNetdev, Reason::Unmasquerade), 4);
+    let flows = f.conntrack.masqueraded();
     assert_eq!(flows.len(), 4, "{flows:?}");
     assert!(flows.iter().all(|t| *t.nat.ip() == NODE_IP));
-    assert_eq!(f.nat.unmasqueraded().len(), 4);
+    assert_eq!(f.conntrack.unmasqueraded().len(), 4);
 }
 
 #[test]
 fn icmp_echo_is_masqueraded_by_identifier() {
     let mut f = masq();
     let ping = out_of(POD_A, packet::IPPROTO_ICMP, 0, OUTSIDE, 0).build();
-    let (verdict, out) = run(&mut f, FROM_POD, &ping);
+    let (verdict, out) = f.run(FROM_POD, &ping);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let id = translated(&ping, &out);
     // The echo reply, as the outside host would answer (type 0, same id and payload).
@@ -202,7 +156,7 @@ fn icmp_echo_is_masqueraded_by_identifier() {
     reply[37] = 0;
     let c = packet::checksum(&reply[34..], 0);
     reply[36..38].copy_from_slice(&c.to_be_bytes());
-    let (verdict, back) = run(&mut f, FROM_NETDEV, &reply);
+    let (verdict, back) = f.run(FROM_NETDEV, &reply);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let v = Ipv4View::parse(&back).unwrap();
     assert_eq!((v.src, v.dst), (OUTSIDE, POD_A));
@@ -215,12 +169,12 @@ fn icmp_echo_is_masqueraded_by_identifier() {
 fn without_ip_masq_pod_traffic_leaves_unchanged_but_routed() {
     let mut f = fixture(false, (PORT_MIN, PORT_MAX));
     let sent = out_of(POD_A, packet::IPPROTO_UDP, 5555, OUTSIDE, 9999).build();
-    let (verdict, out) = run(&mut f, FROM_POD, &sent);
+    let (verdict, out) = f.run(FROM_POD, &sent);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     // Only TTL and checksum changed; MACs are the kernel neighbour table's business.
     assert_eq!(out[14..], packet::routed(&sent, [0; 6], [0; 6])[14..]);
-    assert_eq!(count(&f, Program::FromPod, Reason::Egress), 1);
-    assert!(f.nat.masqueraded().is_empty());
+    assert_eq!(f.count(Program::FromPod, Reason::Egress), 1);
+    assert!(f.conntrack.masqueraded().is_empty());
 }
 
 #[test]
@@ -231,8 +185,8 @@ fn cluster_addresses_and_the_node_itself_are_not_masqueraded() {
         (NODE_IP, Reason::ToHost),
     ] {
         let p = out_of(POD_A, packet::IPPROTO_UDP, 5555, dst, 53).build();
-        assert_eq!(run(&mut f, FROM_POD, &p), (TC_ACT_OK, p));
-        assert_eq!(count(&f, Program::FromPod, reason), 1);
+        assert_eq!(f.run(FROM_POD, &p), (TC_ACT_OK, p));
+        assert_eq!(f.count(Program::FromPod, reason), 1);
     }
     // Packets to the node that are no replies to masqueraded flows are the node's own.
     for dport in [22, PORT_MIN + 7, 40000] {
@@ -244,10 +198,10 @@ fn cluster_addresses_and_the_node_itself_are_not_masqueraded() {
             ..Default::default()
         }
         .build();
-        assert_eq!(run(&mut f, FROM_NETDEV, &p), (TC_ACT_OK, p));
+        assert_eq!(f.run(FROM_NETDEV, &p), (TC_ACT_OK, p));
     }
-    assert_eq!(count(&f, Program::FromNetdev, Reason::ToHost), 3);
-    assert!(f.nat.masqueraded().is_empty());
+    assert_eq!(f.count(Program::FromNetdev, Reason::ToHost), 3);
+    assert!(f.conntrack.masqueraded().is_empty());
 }
 
 #[test]
@@ -261,10 +215,10 @@ fn untranslatable_packets_are_dropped_not_leaked() {
     let mut gre = out_of(POD_A, packet::IPPROTO_UDP, 5555, OUTSIDE, 9999).build();
     gre[23] = 47;
     for p in [unreachable, fragment, gre] {
-        assert_eq!(run(&mut f, FROM_POD, &p).0, TC_ACT_SHOT);
+        assert_eq!(f.run(FROM_POD, &p).0, TC_ACT_SHOT);
     }
-    assert_eq!(count(&f, Program::FromPod, Reason::NatUnsupported), 3);
-    assert_eq!(count(&f, Program::FromPod, Reason::Masquerade), 0);
+    assert_eq!(f.count(Program::FromPod, Reason::NatUnsupported), 3);
+    assert_eq!(f.count(Program::FromPod, Reason::Masquerade), 0);
 }
 
 #[test]
@@ -272,16 +226,16 @@ fn ports_are_unique_per_destination_and_reclaimed_from_forgotten_flows() {
     // A range of one port.
     let mut f = fixture(true, (PORT_MIN, PORT_MIN));
     let a = out_of(POD_A, packet::IPPROTO_UDP, 1000, OUTSIDE, 53).build();
-    let (verdict, out) = run(&mut f, FROM_POD, &a);
+    let (verdict, out) = f.run(FROM_POD, &a);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(ports(&out).0, PORT_MIN);
     // The only port is taken for OUTSIDE:53 by a live flow: no port for another flow.
     let b = out_of(POD_B, packet::IPPROTO_UDP, 1000, OUTSIDE, 53).build();
-    assert_eq!(run(&mut f, FROM_POD, &b).0, TC_ACT_SHOT);
-    assert_eq!(count(&f, Program::FromPod, Reason::NatNoPort), 1);
+    assert_eq!(f.run(FROM_POD, &b).0, TC_ACT_SHOT);
+    assert_eq!(f.count(Program::FromPod, Reason::NatNoPort), 1);
     // Another destination (port) is another collision domain: the same port is fine.
     let c = out_of(POD_B, packet::IPPROTO_UDP, 1000, OUTSIDE, 54).build();
-    let (verdict, out) = run(&mut f, FROM_POD, &c);
+    let (verdict, out) = f.run(FROM_POD, &c);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(ports(&out).0, PORT_MIN);
 
@@ -295,8 +249,8 @@ fn ports_are_unique_per_destination_and_reclaimed_from_forgotten_flows() {
         proto: packet::IPPROTO_UDP,
         pad: [0; 3],
     };
-    f.nat.remove(&key).expect("flow A is tracked");
-    let (verdict, out) = run(&mut f, FROM_POD, &b);
+    f.conntrack.remove(&key).expect("flow A is tracked");
+    let (verdict, out) = f.run(FROM_POD, &b);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(ports(&out).0, PORT_MIN);
     let reply = PacketSpec {
@@ -307,7 +261,7 @@ fn ports_are_unique_per_destination_and_reclaimed_from_forgotten_flows() {
         ..Default::default()
     }
     .build();
-    let (verdict, back) = run(&mut f, FROM_NETDEV, &reply);
+    let (verdict, back) = f.run(FROM_NETDEV, &reply);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(
         Ipv4View::parse(&back).unwrap().dst,
@@ -323,7 +277,7 @@ fn ports_are_unique_per_destination_and_reclaimed_from_forgotten_flows() {
 fn icmp_errors_about_masqueraded_flows_reach_the_pod() {
     let mut f = masq();
     let sent = out_of(POD_A, packet::IPPROTO_TCP, 5555, OUTSIDE, 9999).build();
-    let (_, out) = run(&mut f, FROM_POD, &sent);
+    let (_, out) = f.run(FROM_POD, &sent);
     let port = translated(&sent, &out);
     let router = Ipv4Addr::new(192, 168, 10, 1);
     // Type 3 code 4, next-hop MTU 1400, quoting the translated packet's header and
@@ -345,7 +299,7 @@ fn icmp_errors_about_masqueraded_flows_reach_the_pod() {
     err.extend_from_slice(&ip);
     err.extend_from_slice(&icmp);
 
-    let (verdict, back) = run(&mut f, FROM_NETDEV, &err);
+    let (verdict, back) = f.run(FROM_NETDEV, &err);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let v = Ipv4View::parse(&back).unwrap();
     assert_eq!((v.src, v.dst), (router, POD_A));
@@ -362,7 +316,7 @@ fn icmp_errors_about_masqueraded_flows_reach_the_pod() {
     );
     assert_eq!(back[40..42], [0x05, 0x78], "the MTU is passed on");
     assert_ne!(port, 5555);
-    assert_eq!(count(&f, Program::FromNetdev, Reason::Unmasquerade), 1);
+    assert_eq!(f.count(Program::FromNetdev, Reason::Unmasquerade), 1);
 
     // An error quoting a packet the node sent for itself is the node's business.
     let mut own = err.clone();
@@ -373,5 +327,5 @@ fn icmp_errors_about_masqueraded_flows_reach_the_pod() {
         packet::checksum(&own[34..], 0)
     };
     own[36..38].copy_from_slice(&c.to_be_bytes());
-    assert_eq!(run(&mut f, FROM_NETDEV, &own), (TC_ACT_OK, own));
+    assert_eq!(f.run(FROM_NETDEV, &own), (TC_ACT_OK, own));
 }

@@ -3,27 +3,20 @@
 //! rejection without endpoints, ICMP error translation, and packets that are no service's
 //! business left alone. The programs run in the kernel; the maps are real and programmed by
 //! the agent's own code.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-};
+mod common;
 
-use netdp::dataplane::{
-    Dataplane, MapSizes,
-    conntrack::ConntrackMap,
-    counters::CounterMap,
-    endpoint::EndpointMap,
-    lb::{FrontendPlan, Lb, LbMaps, ServicePlan, frontend_key},
-    maglev,
-    route::RouteMap,
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use common::{
+    ADJACENT_PEER_MAC, Fixture, GATEWAY, NODE_IP, UNDERLAY_MAC, cluster_ip, direct_route, local,
+    node_port, plan, pod_mac, pod_sends, remote, veth_mac,
 };
+use netdp::dataplane::{lb::ServicePlan, maglev};
 use netdp_common::{
     counters::{Program, Reason},
-    endpoint::Endpoint,
-    lb::{Backend, backend_flags, flow_hash},
-    map_names,
+    lb::{Backend as LbBackend, flow_hash},
+    node::NodeConfig,
     program_names::{FROM_NETDEV, FROM_POD},
-    route::{Route, flags, mode},
 };
 use netdp_testbed::packet::{
     self, IPPROTO_TCP, IPPROTO_UDP, Ipv4View, PacketSpec, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
@@ -33,140 +26,39 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
 const LOCAL_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
 const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 5);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 1);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 
-const CLIENT_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x02];
-const CLIENT_VETH_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0x02];
-const BACKEND_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x03];
-const BACKEND_VETH_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0x03];
-const PEER_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x12];
-const UNDERLAY_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
+const CLIENT_MAC: [u8; 6] = pod_mac(2);
+const CLIENT_VETH_MAC: [u8; 6] = veth_mac(2);
+const BACKEND_MAC: [u8; 6] = pod_mac(3);
+const BACKEND_VETH_MAC: [u8; 6] = veth_mac(3);
+/// The next hop to remote backends: the peer on the underlay leasing 10.1.2.0/24.
+const PEER_MAC: [u8; 6] = ADJACENT_PEER_MAC;
 
-struct Fixture {
-    dp: Dataplane,
-    lb: Lb,
-    conntrack: ConntrackMap,
-    counters: CounterMap,
-    _endpoints: EndpointMap,
-    _routes: RouteMap,
-}
-
-fn backend(addr: Ipv4Addr, local: bool) -> Backend {
-    Backend {
-        addr: addr.octets(),
-        flags: if local { backend_flags::LOCAL } else { 0 },
-    }
-}
-
+/// A node without settings, with a client pod, a backend pod, the route to the peer that
+/// runs the remote backend, and service source NAT to the gateway address.
 fn fixture() -> Fixture {
-    let mut dp = Dataplane::load(netdp::ebpf_object(), None, &MapSizes::default())
-        .expect("programs load and verify");
-    let mut endpoints = EndpointMap::from_map(dp.take_map(map_names::ENDPOINTS).unwrap()).unwrap();
-    let mut routes = RouteMap::from_map(dp.take_map(map_names::ROUTES).unwrap()).unwrap();
-    let counters = CounterMap::from_map(dp.take_map(map_names::COUNTERS).unwrap()).unwrap();
-    let conntrack = ConntrackMap::from_map(dp.take_map(map_names::CONNTRACK).unwrap()).unwrap();
-    let mut lb = Lb::new(LbMaps::take(&mut dp).unwrap(), 16381).unwrap();
-    lb.set_config(GATEWAY, 0).unwrap();
-    for (ip, mac, host_mac, ifindex) in [
-        (CLIENT, CLIENT_MAC, CLIENT_VETH_MAC, 42),
-        (LOCAL_BACKEND, BACKEND_MAC, BACKEND_VETH_MAC, 43),
-    ] {
-        endpoints
-            .insert(
-                ip,
-                &Endpoint {
-                    ifindex,
-                    flags: 0,
-                    mac,
-                    host_mac,
-                },
-            )
-            .unwrap();
-    }
-    let mut desired = std::collections::HashMap::new();
-    desired.insert(
-        "10.1.2.0/24".parse().unwrap(),
-        Route {
-            node_ip: [192, 168, 10, 12],
-            nexthop: [192, 168, 10, 12],
-            ifindex: 7,
-            mode: mode::DIRECT,
-            flags: flags::HAS_MAC,
-            dmac: PEER_MAC,
-            smac: UNDERLAY_MAC,
-            mtu: 1500,
-            ..Default::default()
-        },
-    );
-    routes.sync(&desired).unwrap();
-    Fixture {
-        dp,
-        lb,
-        conntrack,
-        counters,
-        _endpoints: endpoints,
-        _routes: routes,
-    }
+    let mut f = Fixture::load(&NodeConfig::default());
+    f.lb.set_config(GATEWAY, 0).expect("writing LB_CONFIG");
+    f.add_pod(CLIENT, 42, CLIENT_MAC, CLIENT_VETH_MAC);
+    f.add_pod(LOCAL_BACKEND, 43, BACKEND_MAC, BACKEND_VETH_MAC);
+    f.set_routes(&[("10.1.2.0/24", direct_route())]);
+    f
 }
 
-/// A service with frontends `(addr, port, proto, external, local_only)`.
-fn plan(
-    frontends: &[(Ipv4Addr, u16, u8, bool, bool)],
-    target_port: u16,
-    backends: Vec<Backend>,
-    maglev: bool,
-) -> ServicePlan {
-    let local_count = backends
-        .iter()
-        .take_while(|b| b.flags & backend_flags::LOCAL != 0)
-        .count() as u16;
-    ServicePlan {
-        frontends: frontends
-            .iter()
-            .map(|(a, p, proto, external, local_only)| {
-                (
-                    frontend_key(*a, *p, *proto),
-                    FrontendPlan {
-                        target_port,
-                        external: *external,
-                        local_only: *local_only,
-                    },
-                )
-            })
-            .collect::<BTreeMap<_, _>>(),
-        backends,
-        local_count,
-        maglev,
-        affinity_timeout: None,
-    }
-}
-
-fn apply(f: &mut Fixture, name: &str, p: ServicePlan) {
-    let stats = f.lb.apply(vec![(name.to_string(), Some(p))]);
-    assert_eq!(stats.failed, 0, "{stats:?}");
-}
-
-fn run(f: &mut Fixture, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
-    packet::test_run(f.dp.program(prog).unwrap(), input, None)
-}
-
-fn count(f: &Fixture, p: Program, r: Reason) -> u64 {
-    f.counters.get(p, r).unwrap().packets
+/// A service on VIP:80 (`proto`) to port 8080 of `backends`.
+fn vip_80(proto: u8, backends: &[LbBackend]) -> ServicePlan {
+    plan(&[cluster_ip(VIP, 80, proto)], 8080, backends)
 }
 
 fn from_client(proto: u8, dst: Ipv4Addr, dport: u16, sport: u16) -> PacketSpec {
     PacketSpec {
-        src_mac: CLIENT_MAC,
-        dst_mac: CLIENT_VETH_MAC,
-        src: CLIENT,
         dst,
         proto,
         sport,
         dport,
         payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
-        ..Default::default()
+        ..pod_sends(CLIENT, CLIENT_MAC, CLIENT_VETH_MAC)
     }
 }
 
@@ -211,41 +103,30 @@ fn cluster_ip_dnat_rewrites_tcp_and_udp_with_valid_checksums() {
     let mut f = fixture();
     for proto in [IPPROTO_TCP, IPPROTO_UDP] {
         let name = format!("web-{proto}");
-        apply(
-            &mut f,
-            &name,
-            plan(
-                &[(VIP, 80, proto, false, false)],
-                8080,
-                vec![backend(LOCAL_BACKEND, true)],
-                false,
-            ),
-        );
+        f.apply(&name, vip_80(proto, &[local(LOCAL_BACKEND)]));
         let input = from_client(proto, VIP, 80, 40000).build();
-        let (verdict, out) = run(&mut f, FROM_POD, &input);
+        let (verdict, out) = f.run(FROM_POD, &input);
         assert_eq!(verdict, TC_ACT_REDIRECT, "proto {proto}");
         let v = assert_only_tuple_changed(&input, &out);
         assert_eq!((v.src, v.dst, v.ttl), (CLIENT, LOCAL_BACKEND, 63));
         assert_eq!(packet::ports(&out), (40000, 8080));
         assert_eq!((v.dst_mac, v.src_mac), (BACKEND_MAC, BACKEND_VETH_MAC));
     }
-    assert_eq!(count(&f, Program::FromPod, Reason::LocalDelivery), 2);
+    assert_eq!(f.count(Program::FromPod, Reason::LocalDelivery), 2);
     // Both directions of both flows are tracked.
     assert_eq!(f.conntrack.list().len(), 4);
 
     // A backend on another node: translated, then routed to its node.
-    apply(
-        &mut f,
+    f.apply(
         "remote",
         plan(
-            &[(VIP, 81, IPPROTO_TCP, false, false)],
+            &[cluster_ip(VIP, 81, IPPROTO_TCP)],
             9090,
-            vec![backend(REMOTE_BACKEND, false)],
-            false,
+            &[remote(REMOTE_BACKEND)],
         ),
     );
     let input = from_client(IPPROTO_TCP, VIP, 81, 40001).build();
-    let (verdict, out) = run(&mut f, FROM_POD, &input);
+    let (verdict, out) = f.run(FROM_POD, &input);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let v = assert_only_tuple_changed(&input, &out);
     assert_eq!(
@@ -253,24 +134,16 @@ fn cluster_ip_dnat_rewrites_tcp_and_udp_with_valid_checksums() {
         (REMOTE_BACKEND, PEER_MAC, UNDERLAY_MAC)
     );
     assert_eq!(packet::ports(&out), (40001, 9090));
-    assert_eq!(count(&f, Program::FromPod, Reason::Direct), 1);
+    assert_eq!(f.count(Program::FromPod, Reason::Direct), 1);
 }
 
 #[test]
 fn replies_are_translated_back_and_flows_keep_their_backend() {
     let mut f = fixture();
-    apply(
-        &mut f,
-        "web",
-        plan(
-            &[(VIP, 80, IPPROTO_TCP, false, false)],
-            8080,
-            vec![backend(LOCAL_BACKEND, true), backend(REMOTE_BACKEND, false)],
-            false,
-        ),
-    );
+    let both = [local(LOCAL_BACKEND), remote(REMOTE_BACKEND)];
+    f.apply("web", vip_80(IPPROTO_TCP, &both));
     let syn = from_client(IPPROTO_TCP, VIP, 80, 41000).build();
-    let (_, out) = run(&mut f, FROM_POD, &syn);
+    let (_, out) = f.run(FROM_POD, &syn);
     let backend_ip = Ipv4View::parse(&out).unwrap().dst;
     // Every later packet of the flow goes to the same backend (random selection would
     // scatter them otherwise).
@@ -280,7 +153,7 @@ fn replies_are_translated_back_and_flows_keep_their_backend() {
             ..from_client(IPPROTO_TCP, VIP, 80, 41000)
         }
         .build();
-        let (_, out) = run(&mut f, FROM_POD, &ack);
+        let (_, out) = f.run(FROM_POD, &ack);
         assert_eq!(Ipv4View::parse(&out).unwrap().dst, backend_ip);
     }
 
@@ -303,7 +176,7 @@ fn replies_are_translated_back_and_flows_keep_their_backend() {
     } else {
         FROM_NETDEV
     };
-    let (verdict, out) = run(&mut f, prog, &reply);
+    let (verdict, out) = f.run(prog, &reply);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let v = assert_only_tuple_changed(&reply, &out);
     assert_eq!((v.src, v.dst), (VIP, CLIENT));
@@ -318,11 +191,7 @@ fn replies_are_translated_back_and_flows_keep_their_backend() {
     // Many flows spread over both backends.
     let mut seen = std::collections::HashSet::new();
     for sport in 42000..42064 {
-        let (_, out) = run(
-            &mut f,
-            FROM_POD,
-            &from_client(IPPROTO_TCP, VIP, 80, sport).build(),
-        );
+        let (_, out) = f.run(FROM_POD, &from_client(IPPROTO_TCP, VIP, 80, sport).build());
         seen.insert(Ipv4View::parse(&out).unwrap().dst);
     }
     assert_eq!(seen.len(), 2, "random selection used one backend only");
@@ -331,23 +200,14 @@ fn replies_are_translated_back_and_flows_keep_their_backend() {
 #[test]
 fn packets_for_no_service_are_untouched() {
     let mut f = fixture();
-    apply(
-        &mut f,
-        "web",
-        plan(
-            &[(VIP, 80, IPPROTO_TCP, false, false)],
-            8080,
-            vec![backend(LOCAL_BACKEND, true)],
-            false,
-        ),
-    );
+    f.apply("web", vip_80(IPPROTO_TCP, &[local(LOCAL_BACKEND)]));
     for (proto, dst, dport) in [
         (IPPROTO_TCP, VIP, 81),                          // another port of the VIP
         (IPPROTO_UDP, VIP, 80),                          // another protocol
         (IPPROTO_TCP, Ipv4Addr::new(10, 96, 0, 11), 80), // another address
     ] {
         let input = from_client(proto, dst, dport, 40000).build();
-        let (verdict, out) = run(&mut f, FROM_POD, &input);
+        let (verdict, out) = f.run(FROM_POD, &input);
         assert_eq!(
             (verdict, &out),
             (TC_ACT_OK, &input),
@@ -356,14 +216,14 @@ fn packets_for_no_service_are_untouched() {
     }
     // ICMP echo to the VIP, and fragments, are not load balanced either.
     let ping = from_client(packet::IPPROTO_ICMP, VIP, 0, 0).build();
-    assert_eq!(run(&mut f, FROM_POD, &ping), (TC_ACT_OK, ping));
+    assert_eq!(f.run(FROM_POD, &ping), (TC_ACT_OK, ping));
     let mut frag = from_client(IPPROTO_TCP, VIP, 80, 40000).build();
     frag[20] = 0x20; // more fragments
     frag[24..26].copy_from_slice(&[0, 0]);
     let c = packet::checksum(&frag[14..34], 0);
     frag[24..26].copy_from_slice(&c.to_be_bytes());
-    assert_eq!(run(&mut f, FROM_POD, &frag), (TC_ACT_OK, frag));
-    assert_eq!(count(&f, Program::FromPod, Reason::UnknownDestination), 5);
+    assert_eq!(f.run(FROM_POD, &frag), (TC_ACT_OK, frag));
+    assert_eq!(f.count(Program::FromPod, Reason::UnknownDestination), 5);
     assert!(f.conntrack.list().is_empty());
 }
 
@@ -371,13 +231,9 @@ fn packets_for_no_service_are_untouched() {
 fn service_without_endpoints_rejects_with_port_unreachable() {
     let mut f = fixture();
     for proto in [IPPROTO_TCP, IPPROTO_UDP] {
-        apply(
-            &mut f,
-            &format!("empty-{proto}"),
-            plan(&[(VIP, 80, proto, false, false)], 8080, vec![], false),
-        );
+        f.apply(&format!("empty-{proto}"), vip_80(proto, &[]));
         let input = from_client(proto, VIP, 80, 40000).build();
-        let (verdict, out) = run(&mut f, FROM_POD, &input);
+        let (verdict, out) = f.run(FROM_POD, &input);
         assert_eq!(verdict, TC_ACT_REDIRECT, "sent back, proto {proto}");
         let v = Ipv4View::parse(&out).unwrap();
         assert_eq!((v.dst_mac, v.src_mac), (CLIENT_MAC, CLIENT_VETH_MAC));
@@ -397,37 +253,35 @@ fn service_without_endpoints_rejects_with_port_unreachable() {
             "quotes the IP header and 8 bytes"
         );
     }
-    assert_eq!(count(&f, Program::FromPod, Reason::ServiceReject), 2);
+    assert_eq!(f.count(Program::FromPod, Reason::ServiceReject), 2);
     assert!(f.conntrack.list().is_empty());
 }
 
 #[test]
 fn node_port_to_a_remote_backend_is_source_natted_and_replies_go_back_out() {
     let mut f = fixture();
-    apply(
-        &mut f,
+    f.apply(
         "np",
         plan(
-            &[(NODE_IP, 30080, IPPROTO_TCP, true, false)],
+            &[node_port(NODE_IP, 30080, IPPROTO_TCP)],
             8080,
-            vec![backend(REMOTE_BACKEND, false)],
-            false,
+            &[remote(REMOTE_BACKEND)],
         ),
     );
     let input = from_underlay(OUTSIDE, NODE_IP, 50000, 30080).build();
-    let (verdict, out) = run(&mut f, FROM_NETDEV, &input);
+    let (verdict, out) = f.run(FROM_NETDEV, &input);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let v = assert_only_tuple_changed(&input, &out);
     assert_eq!((v.src, v.dst), (GATEWAY, REMOTE_BACKEND));
     assert_eq!(packet::ports(&out), (50000, 8080));
-    assert_eq!(count(&f, Program::FromNetdev, Reason::Direct), 1);
+    assert_eq!(f.count(Program::FromNetdev, Reason::Direct), 1);
 
     let reply = PacketSpec {
         tcp_flags: 0x12,
         ..from_underlay(REMOTE_BACKEND, GATEWAY, 8080, 50000)
     }
     .build();
-    let (verdict, out) = run(&mut f, FROM_NETDEV, &reply);
+    let (verdict, out) = f.run(FROM_NETDEV, &reply);
     assert_eq!(
         verdict, TC_ACT_REDIRECT,
         "out to the client via the kernel's neighbours"
@@ -435,11 +289,11 @@ fn node_port_to_a_remote_backend_is_source_natted_and_replies_go_back_out() {
     let v = assert_only_tuple_changed(&reply, &out);
     assert_eq!((v.src, v.dst), (NODE_IP, OUTSIDE));
     assert_eq!(packet::ports(&out), (30080, 50000));
-    assert_eq!(count(&f, Program::FromNetdev, Reason::ServiceReply), 1);
+    assert_eq!(f.count(Program::FromNetdev, Reason::ServiceReply), 1);
 
     // Another client on the same port to the same backend gets another source port.
     let input2 = from_underlay(Ipv4Addr::new(203, 0, 113, 3), NODE_IP, 50000, 30080).build();
-    let (verdict, out) = run(&mut f, FROM_NETDEV, &input2);
+    let (verdict, out) = f.run(FROM_NETDEV, &input2);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let v = assert_only_tuple_changed(&input2, &out);
     let (sport, _) = packet::ports(&out);
@@ -453,22 +307,20 @@ fn node_port_to_a_remote_backend_is_source_natted_and_replies_go_back_out() {
 #[test]
 fn external_traffic_policy_local_keeps_the_client_or_drops() {
     let mut f = fixture();
-    apply(
-        &mut f,
+    f.apply(
         "local",
         plan(
             &[
-                (NODE_IP, 30081, IPPROTO_TCP, true, true),
-                (VIP, 80, IPPROTO_TCP, false, false),
+                node_port(NODE_IP, 30081, IPPROTO_TCP).local_only(),
+                cluster_ip(VIP, 80, IPPROTO_TCP),
             ],
             8080,
-            vec![backend(LOCAL_BACKEND, true), backend(REMOTE_BACKEND, false)],
-            false,
+            &[local(LOCAL_BACKEND), remote(REMOTE_BACKEND)],
         ),
     );
     for sport in 50000..50016 {
         let input = from_underlay(OUTSIDE, NODE_IP, sport, 30081).build();
-        let (verdict, out) = run(&mut f, FROM_NETDEV, &input);
+        let (verdict, out) = f.run(FROM_NETDEV, &input);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let v = assert_only_tuple_changed(&input, &out);
         assert_eq!(
@@ -478,20 +330,18 @@ fn external_traffic_policy_local_keeps_the_client_or_drops() {
         );
     }
     // Without a local endpoint the node drops, and says so.
-    apply(
-        &mut f,
+    f.apply(
         "local",
         plan(
-            &[(NODE_IP, 30081, IPPROTO_TCP, true, true)],
+            &[node_port(NODE_IP, 30081, IPPROTO_TCP).local_only()],
             8080,
-            vec![backend(REMOTE_BACKEND, false)],
-            false,
+            &[remote(REMOTE_BACKEND)],
         ),
     );
     let input = from_underlay(OUTSIDE, NODE_IP, 51000, 30081).build();
-    assert_eq!(run(&mut f, FROM_NETDEV, &input).0, TC_ACT_SHOT);
+    assert_eq!(f.run(FROM_NETDEV, &input).0, TC_ACT_SHOT);
     assert_eq!(
-        count(&f, Program::FromNetdev, Reason::ServiceNoLocalBackend),
+        f.count(Program::FromNetdev, Reason::ServiceNoLocalBackend),
         1
     );
 }
@@ -499,35 +349,23 @@ fn external_traffic_policy_local_keeps_the_client_or_drops() {
 #[test]
 fn hairpin_is_source_natted_to_the_node() {
     let mut f = fixture();
-    apply(
-        &mut f,
-        "self",
-        plan(
-            &[(VIP, 80, IPPROTO_TCP, false, false)],
-            8080,
-            vec![backend(CLIENT, true)],
-            false,
-        ),
-    );
+    f.apply("self", vip_80(IPPROTO_TCP, &[local(CLIENT)]));
     let input = from_client(IPPROTO_TCP, VIP, 80, 40000).build();
-    let (verdict, out) = run(&mut f, FROM_POD, &input);
+    let (verdict, out) = f.run(FROM_POD, &input);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let v = assert_only_tuple_changed(&input, &out);
     assert_eq!((v.src, v.dst), (GATEWAY, CLIENT));
     // The pod answers the node; it gets the answer as coming from the service.
     let reply = PacketSpec {
-        src_mac: CLIENT_MAC,
-        dst_mac: CLIENT_VETH_MAC,
-        src: CLIENT,
         dst: GATEWAY,
         proto: IPPROTO_TCP,
         sport: 8080,
         dport: packet::ports(&out).0,
         tcp_flags: 0x12,
-        ..Default::default()
+        ..pod_sends(CLIENT, CLIENT_MAC, CLIENT_VETH_MAC)
     }
     .build();
-    let (verdict, out) = run(&mut f, FROM_POD, &reply);
+    let (verdict, out) = f.run(FROM_POD, &reply);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let v = assert_only_tuple_changed(&reply, &out);
     assert_eq!((v.src, v.dst), (VIP, CLIENT));
@@ -538,20 +376,18 @@ fn hairpin_is_source_natted_to_the_node() {
 fn maglev_picks_the_backend_its_table_says() {
     let mut f = fixture();
     let backends: Vec<Ipv4Addr> = (1..=5).map(|i| Ipv4Addr::new(10, 1, 2, 10 + i)).collect();
-    apply(
-        &mut f,
+    let remotes: Vec<_> = backends.iter().map(|b| remote(*b)).collect();
+    f.apply(
         "mg",
-        plan(
-            &[(VIP, 80, IPPROTO_TCP, false, false)],
-            8080,
-            backends.iter().map(|b| backend(*b, false)).collect(),
-            true,
-        ),
+        ServicePlan {
+            maglev: true,
+            ..vip_80(IPPROTO_TCP, &remotes)
+        },
     );
     let table = maglev::table(&backends, 16381);
     for sport in 30000..30100u16 {
         let input = from_client(IPPROTO_TCP, VIP, 80, sport).build();
-        let (_, out) = run(&mut f, FROM_POD, &input);
+        let (_, out) = f.run(FROM_POD, &input);
         let h = flow_hash(CLIENT.octets(), VIP.octets(), sport, 80, IPPROTO_TCP);
         let want = backends[table[(h % 16381) as usize] as usize];
         assert_eq!(Ipv4View::parse(&out).unwrap().dst, want, "sport {sport}");
@@ -561,22 +397,13 @@ fn maglev_picks_the_backend_its_table_says() {
 #[test]
 fn icmp_errors_about_translated_flows_are_translated_back() {
     let mut f = fixture();
-    apply(
-        &mut f,
-        "web",
-        plan(
-            &[(VIP, 80, IPPROTO_UDP, false, false)],
-            8080,
-            vec![backend(REMOTE_BACKEND, false)],
-            false,
-        ),
-    );
+    f.apply("web", vip_80(IPPROTO_UDP, &[remote(REMOTE_BACKEND)]));
     let request = from_client(IPPROTO_UDP, VIP, 80, 40000).build();
-    let (_, sent) = run(&mut f, FROM_POD, &request);
+    let (_, sent) = f.run(FROM_POD, &request);
     // A router on the way says the translated datagram was too big.
     let router = Ipv4Addr::new(192, 168, 10, 1);
     let err = packet::icmp_error(router, CLIENT, 3, 4, 1400, &sent);
-    let (verdict, out) = run(&mut f, FROM_NETDEV, &err);
+    let (verdict, out) = f.run(FROM_NETDEV, &err);
     assert_eq!(verdict, TC_ACT_REDIRECT, "delivered to the client");
     assert!(packet::ipv4_checksum_ok(&out, 14));
     assert!(packet::l4_checksum_ok(&out, 14), "ICMP checksum");
@@ -597,7 +424,7 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
 
     // The backend itself refusing: the error comes from the service too.
     let refused = packet::icmp_error(REMOTE_BACKEND, CLIENT, 3, 3, 0, &sent);
-    let (verdict, out) = run(&mut f, FROM_NETDEV, &refused);
+    let (verdict, out) = f.run(FROM_NETDEV, &refused);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert!(packet::ipv4_checksum_ok(&out, 14) && packet::l4_checksum_ok(&out, 14));
     let v = Ipv4View::parse(&out).unwrap();
@@ -607,7 +434,7 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
     // An error about some other flow is left alone.
     let other = from_client(IPPROTO_UDP, REMOTE_BACKEND, 9999, 40000).build();
     let err = packet::icmp_error(router, CLIENT, 3, 4, 1400, &other);
-    let (_, out) = run(&mut f, FROM_NETDEV, &err);
+    let (_, out) = f.run(FROM_NETDEV, &err);
     assert_eq!(out[42..70], other[14..42]);
 }
 
@@ -617,17 +444,16 @@ fn affinity_holds_until_its_timeout_and_never_outlives_the_backend() {
     let backends: Vec<Ipv4Addr> = (1..=5).map(|i| Ipv4Addr::new(10, 1, 2, 10 + i)).collect();
     let sticky_vip = VIP;
     let plain_vip = Ipv4Addr::new(10, 96, 0, 11);
-    let with = |vip: Ipv4Addr, bs: &[Ipv4Addr], affinity: Option<u32>| ServicePlan {
-        affinity_timeout: affinity,
-        ..plan(
-            &[(vip, 80, IPPROTO_TCP, false, false)],
-            8080,
-            bs.iter().map(|b| backend(*b, false)).collect(),
-            true,
-        )
+    let with = |vip: Ipv4Addr, bs: &[Ipv4Addr], affinity: Option<u32>| {
+        let remotes: Vec<_> = bs.iter().map(|b| remote(*b)).collect();
+        ServicePlan {
+            affinity_timeout: affinity,
+            maglev: true,
+            ..plan(&[cluster_ip(vip, 80, IPPROTO_TCP)], 8080, &remotes)
+        }
     };
-    apply(&mut f, "sticky", with(sticky_vip, &backends, Some(1)));
-    apply(&mut f, "plain", with(plain_vip, &backends, None));
+    f.apply("sticky", with(sticky_vip, &backends, Some(1)));
+    f.apply("plain", with(plain_vip, &backends, None));
     // The backend a new flow (a SYN: every source port below is used once) from `client`
     // is sent to.
     let go = |f: &mut Fixture, client: Ipv4Addr, vip: Ipv4Addr, sport: u16| {
@@ -636,7 +462,7 @@ fn affinity_holds_until_its_timeout_and_never_outlives_the_backend() {
             ..from_client(IPPROTO_TCP, vip, 80, sport)
         }
         .build();
-        let (verdict, out) = run(f, FROM_POD, &input);
+        let (verdict, out) = f.run(FROM_POD, &input);
         assert_eq!(verdict, TC_ACT_REDIRECT, "{client}:{sport} -> {vip}");
         let to = Ipv4View::parse(&out)
             .expect("the program passed on an IPv4 frame")
@@ -698,7 +524,7 @@ fn affinity_holds_until_its_timeout_and_never_outlives_the_backend() {
     // goes to a remaining backend, and sticks there.
     let (client, gone) = (clients[0], later[0]);
     let rest: Vec<_> = backends.iter().copied().filter(|b| *b != gone).collect();
-    apply(&mut f, "sticky", with(sticky_vip, &rest, Some(1)));
+    f.apply("sticky", with(sticky_vip, &rest, Some(1)));
     let again = go(&mut f, client, sticky_vip, 35000);
     assert_ne!(again, gone);
     assert!(rest.contains(&again));

@@ -4,73 +4,38 @@
 //! for a translated packet quotes what the client sent; masqueraded flows and service
 //! flows share conntrack without taking each other's packets. Routes are planned, and
 //! services programmed, by the agent's own code.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+mod common;
 
-use netdp::{
-    config::Backend,
-    dataplane::{
-        Dataplane, MapSizes,
-        conntrack::ConntrackMap,
-        counters::CounterMap,
-        endpoint::EndpointMap,
-        lb::{FrontendPlan, Lb, LbMaps, ServicePlan, frontend_key},
-        peer::PeerMap,
-        route::{RouteMap, Underlay, entry_for, mode_for},
-    },
-    lease::LeaseAttrs,
-    netlink::Link,
+use std::net::Ipv4Addr;
+
+use common::{
+    Fixture, Frontend, GATEWAY, NODE_IP, OUR_VTEP, PEER_IP, PEER_VTEP, ROUTER_MAC, UNDERLAY_MAC,
+    cluster_ip, node_port, outer_from_peer, plan, pod_mac, pod_sends, remote, veth_mac,
 };
+use netdp::{config::Backend, dataplane::lb::ServicePlan};
 use netdp_common::{
     counters::{Event, Program, Reason},
-    endpoint::Endpoint,
-    lb::Backend as LbBackend,
-    map_names,
     nat::{PORT_MAX, PORT_MIN},
     node::{NodeConfig, decap, flags},
     program_names::{FROM_NETDEV, FROM_POD},
 };
 use netdp_testbed::packet::{
-    self, IPPROTO_TCP, IPPROTO_UDP, Ipv4View, Outer, PacketSpec, TC_ACT_OK, TC_ACT_REDIRECT,
+    self, IPPROTO_TCP, IPPROTO_UDP, Ipv4View, PacketSpec, TC_ACT_OK, TC_ACT_REDIRECT,
 };
 
-const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 1);
-const UNDERLAY_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
-const OUR_VTEP: [u8; 6] = [0x0e, 0x54, 0, 0, 0, 0x11];
-const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 20, 13);
-const PEER_VTEP: [u8; 6] = [0x0e, 0x54, 0, 0, 0, 0x13];
-const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 1);
-const ROUTER_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x01];
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
-const CLIENT_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x03];
-const CLIENT_VETH_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0x03];
+const CLIENT_MAC: [u8; 6] = pod_mac(3);
+const CLIENT_VETH_MAC: [u8; 6] = veth_mac(3);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 5);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 /// Inner frames start after the outer Ethernet, IPv4, UDP and VXLAN headers.
 const INNER: usize = 14 + 20 + 8 + 8;
 
-struct Fixture {
-    dp: Dataplane,
-    counters: CounterMap,
-    conntrack: ConntrackMap,
-    lb: Lb,
-    _maps: (EndpointMap, RouteMap, PeerMap),
-}
-
 /// A vxlan node masquerading, with a client pod, and a peer across the router leasing
 /// 10.1.2.0/24 (where the backend runs).
 fn fixture() -> Fixture {
-    let backend = Backend::Vxlan {
-        vni: 1,
-        port: 8472,
-        direct_routing: false,
-    };
-    let node = NodeConfig {
-        node_ip: NODE_IP.octets(),
-        cluster: [10, 1, 0, 0],
-        cluster_mask: [255, 255, 0, 0],
-        underlay_ifindex: 7,
+    let mut f = Fixture::load(&NodeConfig {
         decap: decap::VXLAN,
         flags: flags::MASQUERADE,
         vni: 1,
@@ -78,106 +43,31 @@ fn fixture() -> Fixture {
         nat_port_min: PORT_MIN,
         nat_port_max: PORT_MAX,
         vtep_mac: OUR_VTEP,
-    };
-    let mut dp = Dataplane::load_for(netdp::ebpf_object(), None, &MapSizes::default(), &node)
-        .expect("programs load and verify");
-    let mut endpoints = EndpointMap::from_map(dp.take_map(map_names::ENDPOINTS).unwrap()).unwrap();
-    let mut routes = RouteMap::from_map(dp.take_map(map_names::ROUTES).unwrap()).unwrap();
-    let mut peers = PeerMap::from_map(dp.take_map(map_names::PEERS).unwrap()).unwrap();
-    let counters = CounterMap::from_map(dp.take_map(map_names::COUNTERS).unwrap()).unwrap();
-    let conntrack = ConntrackMap::from_map(dp.take_map(map_names::CONNTRACK).unwrap()).unwrap();
-    let mut lb = Lb::new(LbMaps::take(&mut dp).unwrap(), 16381).unwrap();
-    lb.set_config(GATEWAY, 0).unwrap();
-    endpoints
-        .insert(
-            CLIENT,
-            &Endpoint {
-                ifindex: 42,
-                flags: 0,
-                mac: CLIENT_MAC,
-                host_mac: CLIENT_VETH_MAC,
-            },
-        )
-        .unwrap();
-    let underlay = Underlay {
-        link: Link {
-            name: "eth0".into(),
-            index: 7,
-            mac: UNDERLAY_MAC,
-            mtu: 1500,
-        },
-        addr: "192.168.10.11/24".parse().unwrap(),
-    };
-    let attrs = LeaseAttrs::new(
-        PEER_IP,
-        backend.type_name(),
-        Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:54:00:00:00:13"})),
-    );
-    let m = mode_for(&underlay, &backend, &attrs).expect("peer reachable");
-    let route = entry_for(&underlay, &backend, &attrs, m, ROUTER, Some(ROUTER_MAC));
-    let subnet = "10.1.2.0/24".parse().unwrap();
-    routes
-        .sync(&[(subnet, route)].into_iter().collect())
-        .unwrap();
-    peers
-        .sync(&[(PEER_IP, subnet)].into_iter().collect())
-        .unwrap();
-    Fixture {
-        dp,
-        counters,
-        conntrack,
-        lb,
-        _maps: (endpoints, routes, peers),
-    }
+        ..common::node_config()
+    });
+    f.lb.set_config(GATEWAY, 0).expect("writing LB_CONFIG");
+    f.add_pod(CLIENT, 42, CLIENT_MAC, CLIENT_VETH_MAC);
+    f.route_to_peer(&Backend::Vxlan {
+        vni: 1,
+        port: 8472,
+        direct_routing: false,
+    });
+    f
 }
 
-/// A service with frontends `(addr, port, proto, external)` on the remote backend's 8080.
-fn service(f: &mut Fixture, name: &str, frontends: &[(Ipv4Addr, u16, u8, bool)]) {
-    let plan = ServicePlan {
-        frontends: frontends
-            .iter()
-            .map(|(a, p, proto, external)| {
-                (
-                    frontend_key(*a, *p, *proto),
-                    FrontendPlan {
-                        target_port: 8080,
-                        external: *external,
-                        local_only: false,
-                    },
-                )
-            })
-            .collect::<BTreeMap<_, _>>(),
-        backends: vec![LbBackend {
-            addr: BACKEND.octets(),
-            flags: 0,
-        }],
-        local_count: 0,
-        maglev: false,
-        affinity_timeout: None,
-    };
-    let stats = f.lb.apply(vec![(name.to_string(), Some(plan))]);
-    assert_eq!(stats.failed, 0, "{stats:?}");
-}
-
-fn run(f: &mut Fixture, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
-    packet::test_run(f.dp.program(prog).unwrap(), input, None)
-}
-
-fn count(f: &Fixture, p: Program, r: Reason) -> u64 {
-    f.counters.get(p, r).unwrap().packets
+/// A service sending `frontends` to the remote backend's 8080.
+fn to_backend(frontends: &[Frontend]) -> ServicePlan {
+    plan(frontends, 8080, &[remote(BACKEND)])
 }
 
 fn from_client(proto: u8, dst: Ipv4Addr, dport: u16, payload: usize) -> PacketSpec {
     PacketSpec {
-        src_mac: CLIENT_MAC,
-        dst_mac: CLIENT_VETH_MAC,
-        src: CLIENT,
         dst,
         proto,
         sport: 40000,
         dport,
         payload: (0..payload).map(|i| i as u8).collect(),
-        ..Default::default()
+        ..pod_sends(CLIENT, CLIENT_MAC, CLIENT_VETH_MAC)
     }
 }
 
@@ -198,21 +88,23 @@ fn to_node(src: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
 
 /// `inner` (a frame) as the peer's node sends it to us in VXLAN.
 fn from_peer(inner: &[u8]) -> Vec<u8> {
-    let outer = Outer {
-        src_mac: ROUTER_MAC,
-        dst_mac: UNDERLAY_MAC,
-        src: PEER_IP,
-        dst: NODE_IP,
-    };
-    packet::vxlan(&outer, 50123, 8472, 1, OUR_VTEP, PEER_VTEP, inner)
+    packet::vxlan(
+        &outer_from_peer(),
+        50123,
+        8472,
+        1,
+        OUR_VTEP,
+        PEER_VTEP,
+        inner,
+    )
 }
 
 #[test]
 fn a_service_flow_to_a_remote_backend_is_encapsulated_and_its_reply_translated_after_decap() {
     let mut f = fixture();
-    service(&mut f, "web", &[(VIP, 80, IPPROTO_TCP, false)]);
+    f.apply("web", to_backend(&[cluster_ip(VIP, 80, IPPROTO_TCP)]));
     let syn = from_client(IPPROTO_TCP, VIP, 80, 100).build();
-    let (verdict, out) = run(&mut f, FROM_POD, &syn);
+    let (verdict, out) = f.run(FROM_POD, &syn);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     // VXLAN to the backend's node, around the translated packet.
     let outer = Ipv4View::parse(&out).unwrap();
@@ -227,14 +119,9 @@ fn a_service_flow_to_a_remote_backend_is_encapsulated_and_its_reply_translated_a
     assert_eq!(packet::ports(inner), (40000, 8080));
     assert!(packet::ipv4_checksum_ok(inner, 14) && packet::l4_checksum_ok(inner, 14));
     assert_eq!(inner[34 + 20..], syn[34 + 20..], "payload untouched");
-    assert_eq!(count(&f, Program::FromPod, Reason::EncapVxlan), 1);
-    assert_eq!(
-        f.counters
-            .event(Program::FromPod, Event::ServiceFlow)
-            .unwrap(),
-        1
-    );
-    assert_eq!(count(&f, Program::FromPod, Reason::Masquerade), 0);
+    assert_eq!(f.count(Program::FromPod, Reason::EncapVxlan), 1);
+    assert_eq!(f.event(Program::FromPod, Event::ServiceFlow), 1);
+    assert_eq!(f.count(Program::FromPod, Reason::Masquerade), 0);
 
     // The backend answers; its node encapsulates the reply to us.
     let reply = PacketSpec {
@@ -250,7 +137,7 @@ fn a_service_flow_to_a_remote_backend_is_encapsulated_and_its_reply_translated_a
         payload: b"HTTP/1.1 200 OK".to_vec(),
     }
     .build();
-    let (verdict, back) = run(&mut f, FROM_NETDEV, &from_peer(&reply));
+    let (verdict, back) = f.run(FROM_NETDEV, &from_peer(&reply));
     assert_eq!(verdict, TC_ACT_REDIRECT, "delivered to the client");
     let v = Ipv4View::parse(&back).unwrap();
     assert_eq!((v.src, v.dst, v.ttl), (VIP, CLIENT, 62));
@@ -258,7 +145,7 @@ fn a_service_flow_to_a_remote_backend_is_encapsulated_and_its_reply_translated_a
     assert_eq!((v.dst_mac, v.src_mac), (CLIENT_MAC, CLIENT_VETH_MAC));
     assert!(packet::ipv4_checksum_ok(&back, 14) && packet::l4_checksum_ok(&back, 14));
     assert_eq!(back[34 + 20..], reply[34 + 20..]);
-    assert_eq!(count(&f, Program::FromNetdev, Reason::DecapVxlan), 1);
+    assert_eq!(f.count(Program::FromNetdev, Reason::DecapVxlan), 1);
     let flows = f.conntrack.list();
     assert!(
         flows.iter().all(|fl| fl.state_name() == "established"),
@@ -269,10 +156,10 @@ fn a_service_flow_to_a_remote_backend_is_encapsulated_and_its_reply_translated_a
 #[test]
 fn frag_needed_for_a_translated_packet_quotes_what_the_client_sent() {
     let mut f = fixture();
-    service(&mut f, "web", &[(VIP, 80, IPPROTO_TCP, false)]);
+    f.apply("web", to_backend(&[cluster_ip(VIP, 80, IPPROTO_TCP)]));
     // 1500 bytes from the pod, for a tunnel that carries 1450.
     let big = from_client(IPPROTO_TCP, VIP, 80, 1500 - 40).build();
-    let (verdict, out) = run(&mut f, FROM_POD, &big);
+    let (verdict, out) = f.run(FROM_POD, &big);
     assert_eq!(verdict, TC_ACT_REDIRECT, "sent back to the pod");
     let v = Ipv4View::parse(&out).unwrap();
     assert_eq!(
@@ -295,51 +182,48 @@ fn frag_needed_for_a_translated_packet_quotes_what_the_client_sent() {
         big[50..52],
         "quoted TCP checksum as sent"
     );
-    assert_eq!(count(&f, Program::FromPod, Reason::FragNeeded), 1);
+    assert_eq!(f.count(Program::FromPod, Reason::FragNeeded), 1);
 }
 
 #[test]
 fn masqueraded_and_service_flows_share_conntrack_without_taking_each_others_packets() {
     let mut f = fixture();
-    service(
-        &mut f,
-        "web",
-        &[
-            (VIP, 80, IPPROTO_UDP, false),
-            (NODE_IP, 30080, IPPROTO_UDP, true),
-        ],
-    );
+    let frontends = [
+        cluster_ip(VIP, 80, IPPROTO_UDP),
+        node_port(NODE_IP, 30080, IPPROTO_UDP),
+    ];
+    f.apply("web", to_backend(&frontends));
     // A pod's flow to a service address (outside the cluster Network) is load balanced,
     // never masqueraded; its flow to the outside host is masqueraded.
     let to_vip = from_client(IPPROTO_UDP, VIP, 80, 20).build();
-    let (_, out) = run(&mut f, FROM_POD, &to_vip);
+    let (_, out) = f.run(FROM_POD, &to_vip);
     assert_eq!(Ipv4View::parse(&out[INNER..]).unwrap().dst, BACKEND);
     let to_outside = from_client(IPPROTO_UDP, OUTSIDE, 53, 20).build();
-    let (verdict, out) = run(&mut f, FROM_POD, &to_outside);
+    let (verdict, out) = f.run(FROM_POD, &to_outside);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(Ipv4View::parse(&out).unwrap().src, NODE_IP);
     let masq_port = packet::ports(&out).0;
     assert!((PORT_MIN..=PORT_MAX).contains(&masq_port));
-    assert_eq!(count(&f, Program::FromPod, Reason::Masquerade), 1);
+    assert_eq!(f.count(Program::FromPod, Reason::Masquerade), 1);
 
     // The outside host, from the very address and port the pod talks to, reaches the node
     // port: source NAT to the gateway address (not the node's, which masquerading uses).
-    let (verdict, out) = run(&mut f, FROM_NETDEV, &to_node(OUTSIDE, 53, 30080));
+    let (verdict, out) = f.run(FROM_NETDEV, &to_node(OUTSIDE, 53, 30080));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let inner = Ipv4View::parse(&out[INNER..]).unwrap();
     assert_eq!((inner.src, inner.dst), (GATEWAY, BACKEND));
-    assert_eq!(count(&f, Program::FromNetdev, Reason::EncapVxlan), 1);
+    assert_eq!(f.count(Program::FromNetdev, Reason::EncapVxlan), 1);
 
     // The outside host's answer to the pod still reaches the pod.
-    let (verdict, back) = run(&mut f, FROM_NETDEV, &to_node(OUTSIDE, 53, masq_port));
+    let (verdict, back) = f.run(FROM_NETDEV, &to_node(OUTSIDE, 53, masq_port));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let v = Ipv4View::parse(&back).unwrap();
     assert_eq!((v.src, v.dst), (OUTSIDE, CLIENT));
     assert_eq!(packet::ports(&back), (53, 40000));
-    assert_eq!(count(&f, Program::FromNetdev, Reason::Unmasquerade), 1);
+    assert_eq!(f.count(Program::FromNetdev, Reason::Unmasquerade), 1);
     // The masquerade port is nothing the node listens on for anyone else.
     let stranger = to_node(Ipv4Addr::new(203, 0, 113, 3), 53, masq_port);
-    assert_eq!(run(&mut f, FROM_NETDEV, &stranger), (TC_ACT_OK, stranger));
+    assert_eq!(f.run(FROM_NETDEV, &stranger), (TC_ACT_OK, stranger));
 
     // Three flows, two entries each, of both kinds.
     let flows = f.conntrack.list();
@@ -348,10 +232,5 @@ fn masqueraded_and_service_flows_share_conntrack_without_taking_each_others_pack
     let masq = f.conntrack.masqueraded();
     assert_eq!(masq.len(), 1);
     assert_eq!((*masq[0].pod.ip(), *masq[0].nat.ip()), (CLIENT, NODE_IP));
-    assert_eq!(
-        f.counters
-            .event(Program::FromNetdev, Event::ServiceSnat)
-            .unwrap(),
-        1
-    );
+    assert_eq!(f.event(Program::FromNetdev, Event::ServiceSnat), 1);
 }
