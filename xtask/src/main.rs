@@ -2,6 +2,8 @@
 mod bench;
 mod build;
 mod demo;
+mod deploy;
+mod image;
 mod setup;
 mod test;
 
@@ -30,13 +32,20 @@ enum Command {
     Test(test::Args),
     /// Build a namespaced 3-node cluster with real etcd and agents, and show it working.
     Demo(demo::Args),
+    /// Validate deploy/ offline: the Kubernetes 1.37 schema, checkov, what netdp needs of it.
+    DeployCheck,
+    /// Build the OCI image (FROM scratch, target/netdp-image.tar) and run it once with podman.
+    Image(image::Args),
     /// Benchmarks next to kube-proxy (iptables, nftables), Flannel and the bare underlay.
     Bench(bench::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Demo(_) | Command::Bench(_)) {
+    if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Bench(_) | Command::Image(_)
+    ) {
         // Before any thread exists: Ctrl-C tears the clusters down.
         netdp_testbed::cleanup::install_signal_cleanup();
     }
@@ -46,6 +55,8 @@ fn main() {
         Command::Build { release } => setup::ensure().and_then(|_| build::all(release).map(|_| ())),
         Command::Test(args) => test::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::DeployCheck => deploy::run(),
+        Command::Image(args) => image::run(args),
         Command::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {

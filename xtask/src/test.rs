@@ -13,6 +13,9 @@ pub struct Args {
     /// Skip fmt and clippy.
     #[arg(long)]
     no_lint: bool,
+    /// Skip building and running the OCI image (`cargo xtask image`).
+    #[arg(long)]
+    no_image: bool,
     /// Only run tests whose name contains this.
     filter: Option<String>,
 }
@@ -46,6 +49,8 @@ pub fn run(args: Args) -> Result<()> {
         .context("clippy found problems")?;
         eprintln!("== lint: the eBPF crate (cargo +nightly fmt --check, clippy -D warnings)");
         build::ebpf_lint()?;
+        eprintln!("== lint: the Kubernetes manifests in deploy/ (cargo xtask deploy-check)");
+        crate::deploy::run()?;
     }
     eprintln!("== tests: unit, packet (BPF_PROG_TEST_RUN), end-to-end (namespaced clusters)");
     let mut c = cmd("cargo");
@@ -58,6 +63,12 @@ pub fn run(args: Args) -> Result<()> {
     // Two at a time: each end-to-end test runs its own cluster on a 2-core machine.
     c.arg("--test-threads=2");
     exec(&mut c).context("tests failed")?;
+    // The image the DaemonSet runs, built from scratch and run once; a filtered run is
+    // about its tests only.
+    if !args.no_image && args.filter.is_none() {
+        eprintln!("== image: build the OCI image and run it (cargo xtask image)");
+        crate::image::run(crate::image::Args::default())?;
+    }
     eprintln!("== all tests passed in {:.0?}", start.elapsed());
     Ok(())
 }

@@ -72,6 +72,23 @@ pub fn output(c: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// What `cargo xtask deploy-check` needs: Python for the pinned linters' venv.
+pub const DEPLOY_PACKAGES: &[(&str, &str)] = &[("python3", "python3")];
+
+/// Debian's python3 makes venvs only with python3-venv installed.
+pub const PYTHON_VENV_PACKAGES: &[(&str, &str)] =
+    &[("/usr/share/doc/python3-venv", "python3-venv")];
+
+/// What `cargo xtask image` needs: an OCI image built from scratch and run, no registry
+/// (each checked by using it in `image.rs`).
+pub const IMAGE_PACKAGES: &[(&str, &str)] = &[
+    ("buildah", "buildah"),
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("umoci", "umoci"),
+    ("skopeo", "skopeo"),
+];
+
 /// Files (not tools) the benchmarks need, and their Debian packages.
 pub const FILES: &[(&str, &str)] = &[(
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
