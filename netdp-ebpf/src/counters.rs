@@ -81,7 +81,7 @@ fn report(skb: *mut __sk_buff, program: u32, reason: u32) {
             ev.dport = u16::from_be_bytes([ports[2], ports[3]]);
         }
     }
-    let _ = EVENTS.output(&ev, 0);
+    let _ = EVENTS.output(ev, 0);
 }
 
 /// The verdict after a redirect helper returned `ret`: counted under `reason` if the
