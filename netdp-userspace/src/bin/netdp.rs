@@ -3,6 +3,12 @@ use clap::Parser;
 
 fn main() {
     let cli = netdp::cli::Cli::parse();
+    if !matches!(cli.command, netdp::cli::Command::Agent(_)) {
+        // A CLI piped into `head` ends quietly, as other tools do (Rust ignores SIGPIPE,
+        // so println! would panic). The agent keeps ignoring it: its sockets may close.
+        // SAFETY: restores the default disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     match cli.log_format {
