@@ -26,13 +26,13 @@ pub struct EtcdArgs {
     )]
     pub prefix: String,
     /// CA bundle to verify etcd's certificate.
-    #[arg(long = "etcd-cafile")]
+    #[arg(long = "etcd-cafile", env = "NETDP_ETCD_CAFILE")]
     pub cafile: Option<PathBuf>,
     /// Client certificate for etcd.
-    #[arg(long = "etcd-certfile")]
+    #[arg(long = "etcd-certfile", env = "NETDP_ETCD_CERTFILE")]
     pub certfile: Option<PathBuf>,
     /// Client key for etcd.
-    #[arg(long = "etcd-keyfile")]
+    #[arg(long = "etcd-keyfile", env = "NETDP_ETCD_KEYFILE")]
     pub keyfile: Option<PathBuf>,
     /// etcd user (with --etcd-password).
     #[arg(long = "etcd-username")]

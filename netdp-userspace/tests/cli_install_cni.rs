@@ -58,6 +58,29 @@ fn installs_plugin_and_config_whole_and_refuses_a_foreign_config() -> Result<()>
             std::fs::read_to_string(root.join("etc/cni/net.d/10-netdp.conf"))?,
             conf
         );
+        // With the node's name (the DaemonSet passes spec.nodeName), the config carries it.
+        let out = Command::new(env!("CARGO_BIN_EXE_netdp"))
+            .arg("install-cni")
+            .arg("--plugin")
+            .arg(env!("CARGO_BIN_EXE_netdp-cni"))
+            .arg("--cni-bin-dir")
+            .arg(root.join("opt/cni/bin"))
+            .arg("--cni-conf-dir")
+            .arg(root.join("etc/cni/net.d"))
+            .arg("--conf-file")
+            .arg(&good)
+            .env("NODE_NAME", "node-7")
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let installed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            root.join("etc/cni/net.d/10-netdp.conf"),
+        )?)?;
+        assert_eq!(installed["nodeName"], "node-7");
+        assert_eq!(installed["type"], "netdp-cni");
         for dir in ["opt/cni/bin", "etc/cni/net.d"] {
             let left: Vec<_> = std::fs::read_dir(root.join(dir))?
                 .flatten()

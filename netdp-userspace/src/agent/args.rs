@@ -13,10 +13,10 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub etcd: EtcdArgs,
     /// Underlay interface (default: the one holding the default route).
-    #[arg(long)]
+    #[arg(long, env = "NETDP_IFACE")]
     pub iface: Option<String>,
     /// Address other nodes reach this one at (default: the first IPv4 address of --iface).
-    #[arg(long = "public-ip")]
+    #[arg(long = "public-ip", env = "NETDP_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
     /// Where to write the node's lease for the CNI plugin.
     #[arg(long = "subnet-file", default_value = "/run/flannel/subnet.env")]
@@ -28,7 +28,7 @@ pub struct AgentArgs {
     #[arg(long = "bpf-root", default_value = netdp_common::BPF_ROOT)]
     pub bpf_root: PathBuf,
     /// Masquerade pod traffic leaving the cluster Network.
-    #[arg(long = "ip-masq")]
+    #[arg(long = "ip-masq", env = "NETDP_IP_MASQ")]
     pub ip_masq: bool,
     /// Lifetime of the subnet lease.
     #[arg(long = "subnet-lease-ttl", value_parser = parse_duration, default_value = "24h")]
@@ -49,11 +49,21 @@ pub struct AgentArgs {
     #[arg(long = "resync-interval", value_parser = parse_duration, default_value = "5s")]
     pub resync_interval: Duration,
     /// Where to serve /healthz, /readyz and /status for probes ("off": nowhere).
-    #[arg(long = "healthz-addr", default_value = "0.0.0.0:9876", value_parser = parse_listen)]
+    #[arg(
+        long = "healthz-addr",
+        env = "NETDP_HEALTHZ_ADDR",
+        default_value = "0.0.0.0:9876",
+        value_parser = parse_listen
+    )]
     pub healthz_addr: Listen,
     /// Where to serve Prometheus /metrics ("off": nowhere); loopback by default, as
     /// kube-proxy's, since the counters describe the node's traffic.
-    #[arg(long = "metrics-addr", default_value = "127.0.0.1:9962", value_parser = parse_listen)]
+    #[arg(
+        long = "metrics-addr",
+        env = "NETDP_METRICS_ADDR",
+        default_value = "127.0.0.1:9962",
+        value_parser = parse_listen
+    )]
     pub metrics_addr: Listen,
     #[command(flatten)]
     pub services: services::ServiceArgs,

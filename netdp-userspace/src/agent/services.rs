@@ -76,7 +76,7 @@ pub struct ServiceArgs {
     /// cgroup (v2) whose sockets get services translated at connect time; only sockets in
     /// the agent's network namespace are touched (default: the cgroup2 root, found at
     /// /sys/fs/cgroup or /sys/fs/cgroup/unified; "none" turns it off).
-    #[arg(long = "cgroup-root")]
+    #[arg(long = "cgroup-root", env = "NETDP_CGROUP_ROOT")]
     pub cgroup_root: Option<PathBuf>,
 }
 

@@ -2,6 +2,14 @@
 use clap::Parser;
 
 fn main() {
+    // An empty NETDP_* variable counts as unset: a DaemonSet cannot leave a variable out
+    // when its ConfigMap value is empty, and clap would take "" as the flag's value.
+    for (name, value) in std::env::vars_os() {
+        if value.is_empty() && name.to_string_lossy().starts_with("NETDP_") {
+            // SAFETY: before any thread exists.
+            unsafe { std::env::remove_var(&name) };
+        }
+    }
     let cli = netdp::cli::Cli::parse();
     if !matches!(cli.command, netdp::cli::Command::Agent(_)) {
         // A CLI piped into `head` ends quietly, as other tools do (Rust ignores SIGPIPE,

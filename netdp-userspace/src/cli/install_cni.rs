@@ -30,6 +30,10 @@ pub struct InstallCniArgs {
     /// The config's file name there (runtimes take the first in lexical order).
     #[arg(long = "conf-name", default_value = "10-netdp.conf")]
     conf_name: String,
+    /// Written into the config as `nodeName`, so pods find this node's dataplane where the
+    /// hostname is not the node's name (kubelet's --hostname-override).
+    #[arg(long = "node-name", env = "NODE_NAME")]
+    node_name: Option<String>,
 }
 
 pub fn run(args: InstallCniArgs) -> Result<()> {
@@ -40,8 +44,17 @@ pub fn run(args: InstallCniArgs) -> Result<()> {
             .with_file_name("netdp-cni"),
     };
     let binary = fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;
-    let conf = fs::read_to_string(&args.conf_file)
+    let mut conf = fs::read_to_string(&args.conf_file)
         .with_context(|| format!("reading {}", args.conf_file.display()))?;
+    if let Some(node) = &args.node_name {
+        let mut v: serde_json::Value = serde_json::from_str(&conf)
+            .map_err(|e| anyhow!("{} is not JSON: {e}", args.conf_file.display()))?;
+        let obj = v
+            .as_object_mut()
+            .ok_or_else(|| anyhow!("{} is not a JSON object", args.conf_file.display()))?;
+        obj.insert("nodeName".into(), node.clone().into());
+        conf = serde_json::to_string_pretty(&v)?;
+    }
     let parsed: NetConf = serde_json::from_str(&conf).map_err(|e| {
         anyhow!(
             "{} is not a netdp CNI config: {e}",
