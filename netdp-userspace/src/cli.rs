@@ -99,7 +99,7 @@ pub enum Output {
 }
 
 /// Why a command failed, as its exit code, so scripts can tell these apart (1 is any
-/// other failure; clap's own usage errors exit 2 too). Attached as an error's context.
+/// other failure; clap's own usage errors exit 2 too). Attached with [`Classify`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     BadInput = 2,
@@ -117,9 +117,35 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// An error that says which [`Failure`] it is; it reads exactly as the error it wraps.
+#[derive(Debug)]
+pub struct Classified {
+    pub kind: Failure,
+    error: anyhow::Error,
+}
+
+impl std::fmt::Display for Classified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for Classified {}
+
+/// Marks a result's error as a [`Failure`] of some kind.
+pub trait Classify<T> {
+    fn classify(self, kind: Failure) -> anyhow::Result<T>;
+}
+
+impl<T> Classify<T> for anyhow::Result<T> {
+    fn classify(self, kind: Failure) -> anyhow::Result<T> {
+        self.map_err(|error| anyhow::Error::new(Classified { kind, error }))
+    }
+}
+
 /// The exit code for a failed command.
 pub fn exit_code(e: &anyhow::Error) -> i32 {
-    e.downcast_ref::<Failure>().map_or(1, |f| *f as i32)
+    e.downcast_ref::<Classified>().map_or(1, |c| c.kind as i32)
 }
 
 /// Prints a value as JSON (one line) or YAML (one document); the same field names either way.

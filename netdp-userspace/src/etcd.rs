@@ -4,6 +4,7 @@ pub mod watch;
 
 use std::{path::PathBuf, time::Duration};
 
+use crate::cli::Classify;
 use anyhow::{Context, Result, anyhow, bail};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
@@ -113,12 +114,12 @@ impl EtcdArgs {
                 "cannot reach etcd at {endpoints}: {}",
                 crate::util::one_line(&e)
             ))
-            .context(crate::cli::Failure::Unreachable),
+            .classify(crate::cli::Failure::Unreachable),
             Err(_) => Err(anyhow!(
                 "cannot reach etcd at {endpoints}: no answer within {:?}",
                 self.timeout
             ))
-            .context(crate::cli::Failure::Unreachable),
+            .classify(crate::cli::Failure::Unreachable),
         }
     }
 }

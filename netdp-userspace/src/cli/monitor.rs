@@ -6,7 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, anyhow};
+use crate::cli::Classify;
+use anyhow::{Result, anyhow};
 use netdp_common::{
     counters::{Program, Reason},
     monitor::DropEvent,
@@ -86,7 +87,7 @@ pub async fn run(args: MonitorArgs) -> Result<()> {
             "--reason {r:?} is no drop reason; one of: {}",
             names.join(", ")
         ))
-        .context(super::Failure::BadInput);
+        .classify(super::Failure::BadInput);
     }
     if let Some(p) = &args.program
         && !Program::ALL.iter().any(|x| x.name() == p)
@@ -94,7 +95,7 @@ pub async fn run(args: MonitorArgs) -> Result<()> {
         return Err(anyhow!(
             "--program {p:?} is none of from_pod, from_netdev, from_host"
         ))
-        .context(super::Failure::BadInput);
+        .classify(super::Failure::BadInput);
     }
     let mut monitor = Monitor::open(&args.node.pins()?)?;
     let wanted = |ev: &DropEvent| {

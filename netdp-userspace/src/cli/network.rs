@@ -2,6 +2,7 @@
 //! applied from a file (what the DaemonSet's init container does with its ConfigMap).
 use std::path::PathBuf;
 
+use crate::cli::Classify;
 use anyhow::{Context, Result, anyhow, bail};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
@@ -53,7 +54,7 @@ async fn apply(etcd: &EtcdArgs, file: &PathBuf, overwrite: bool) -> Result<()> {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let wanted = NetworkConfig::parse(&text)
         .map_err(|e| anyhow!("invalid network config in {}: {e}", file.display()))
-        .context(super::Failure::BadInput)?;
+        .classify(super::Failure::BadInput)?;
     let key = format!("{}/config", etcd.prefix());
     let mut client = etcd.connect().await?;
     let etcd_err = |e: etcd_client::Error| anyhow!("writing {key} to etcd: {}", one_line(&e));

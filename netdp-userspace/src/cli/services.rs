@@ -5,6 +5,7 @@ use std::{
     path::PathBuf,
 };
 
+use crate::cli::Classify;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
 use serde_json::json;
@@ -129,7 +130,7 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
                 .get(&namespace, &name)
                 .await?
                 .ok_or_else(|| anyhow!("service {namespace}/{name} not found"))
-                .context(Failure::NotFound)?;
+                .classify(Failure::NotFound)?;
             let doc: serde_json::Value = serde_json::from_slice(&v)
                 .with_context(|| format!("service {namespace}/{name} in etcd is not JSON"))?;
             println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -144,7 +145,7 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
                 println!("service {namespace}/{name} deleted");
                 Ok(())
             } else {
-                Err(anyhow!("service {namespace}/{name} not found")).context(Failure::NotFound)
+                Err(anyhow!("service {namespace}/{name} not found")).classify(Failure::NotFound)
             }
         }
     }
@@ -154,19 +155,20 @@ async fn apply(store: StoreArgs, file: PathBuf) -> Result<()> {
     let text = read_input(&file)?;
     let docs = service::parse_file(&text)
         .with_context(|| format!("{}", file.display()))
-        .context(Failure::BadInput)?;
+        .classify(Failure::BadInput)?;
     let mut defs: Vec<(ServiceDoc, ServiceDef)> = Vec::with_capacity(docs.len());
     let mut ids = HashSet::new();
     for (i, doc) in docs.into_iter().enumerate() {
-        let def = service::validate(&doc).map_err(|e| {
-            anyhow!(
-                "{}: service {} ({}): {e}",
-                file.display(),
-                i + 1,
-                doc.metadata.name
-            )
-            .context(Failure::BadInput)
-        })?;
+        let def = service::validate(&doc)
+            .map_err(|e| {
+                anyhow!(
+                    "{}: service {} ({}): {e}",
+                    file.display(),
+                    i + 1,
+                    doc.metadata.name
+                )
+            })
+            .classify(Failure::BadInput)?;
         if !ids.insert(def.id()) {
             bail!(
                 "{}: service {} is in the file twice",
