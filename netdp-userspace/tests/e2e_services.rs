@@ -1,6 +1,7 @@
 //! End to end: services applied with the CLI, programmed by real agents, used by pods and
 //! by an outside host. Nodes run with IP forwarding off and nothing listens on service
 //! addresses, so every connection that works was translated and carried by netdp's programs.
+//! (Over 500 lines: one test binary shares its clusters' setup; each test is one behaviour.)
 use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,

@@ -2,6 +2,8 @@
 //! the wire for vxlan, ipip and udp (outer headers, checksums, VNI, ports, inner MACs),
 //! what `from_netdev` accepts and strips, and ICMP "fragmentation needed" for packets
 //! too big for the tunnel. Routes are planned by the agent's own code.
+//! (Over 500 lines: each backend's expected outer bytes are written out field by field,
+//! independently of the code under test; the shared setup is in `common`.)
 mod common;
 
 use std::net::Ipv4Addr;

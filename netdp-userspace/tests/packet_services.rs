@@ -3,6 +3,8 @@
 //! rejection without endpoints, ICMP error translation, and packets that are no service's
 //! business left alone. The programs run in the kernel; the maps are real and programmed by
 //! the agent's own code.
+//! (Over 500 lines: each test builds its expected bytes itself, independently of the code
+//! under test, which takes room; the shared setup is in `common`.)
 mod common;
 
 use std::{collections::BTreeSet, net::Ipv4Addr};

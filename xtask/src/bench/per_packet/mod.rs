@@ -19,6 +19,8 @@
 //! planners (`node::node_config`, `route::mode_for`/`route::entry_for`) fed a Flannel network
 //! config and the peer's lease, the services from `lb::Lb::apply`, so the rows measure what
 //! the agent programs ([`MAPS_FILLED`] says so in the results).
+//! (Over 500 lines: most of it is the PATHS table, one entry per measured path with the
+//! bytes it must write; a path's frame, runs and checks stay side by side.)
 mod services;
 
 use std::{collections::HashMap, net::Ipv4Addr};
