@@ -148,6 +148,17 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
     e.downcast_ref::<Classified>().map_or(1, |c| c.kind as i32)
 }
 
+/// Prints one document (a config, a service): indented JSON, or YAML.
+pub(crate) fn print_document(output: Output, value: &serde_json::Value) {
+    match output {
+        Output::Yaml => print_value(output, value),
+        _ => match serde_json::to_string_pretty(value) {
+            Ok(text) => println!("{text}"),
+            Err(_) => println!("{value}"),
+        },
+    }
+}
+
 /// Prints a value as JSON (one line) or YAML (one document); the same field names either way.
 pub(crate) fn print_value(output: Output, value: &serde_json::Value) {
     match output {

@@ -14,6 +14,9 @@ pub enum NetworkCmd {
     Show {
         #[command(flatten)]
         etcd: EtcdArgs,
+        /// Output format (a document: table prints it as JSON).
+        #[arg(short = 'o', long, value_enum, default_value = "json")]
+        output: super::Output,
     },
     /// Write a config (Flannel's net-conf.json) to etcd after validating it: created if
     /// there is none, left alone if the same; a different one is only replaced with
@@ -32,12 +35,12 @@ pub enum NetworkCmd {
 
 pub async fn run(cmd: NetworkCmd) -> Result<()> {
     match cmd {
-        NetworkCmd::Show { etcd } => {
+        NetworkCmd::Show { etcd, output } => {
             let mut registry = Registry::new(etcd.connect().await?, etcd.prefix());
             let (config, _) = registry.config().await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&config).map_err(|e| anyhow!(e))?
+            super::print_document(
+                output,
+                &serde_json::to_value(&config).map_err(|e| anyhow!(e))?,
             );
             Ok(())
         }

@@ -80,6 +80,9 @@ pub enum ServiceCmd {
         /// Its namespace.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        /// Output format (a document: table prints it as JSON).
+        #[arg(short = 'o', long, value_enum, default_value = "json")]
+        output: Output,
     },
     /// Delete a service.
     Delete {
@@ -124,6 +127,7 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
             store,
             name,
             namespace,
+            output,
         } => {
             let mut s = store.store().await?;
             let v = s
@@ -133,7 +137,7 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
                 .classify(Failure::NotFound)?;
             let doc: serde_json::Value = serde_json::from_slice(&v)
                 .with_context(|| format!("service {namespace}/{name} in etcd is not JSON"))?;
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            super::print_document(output, &doc);
             Ok(())
         }
         ServiceCmd::Delete {
