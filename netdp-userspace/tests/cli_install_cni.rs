@@ -5,8 +5,17 @@ use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 use anyhow::Result;
 
 fn install(root: &Path, conf: &Path) -> Result<std::process::Output> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_netdp"))
-        .arg("install-cni")
+    install_as(root, conf, None)
+}
+
+/// `netdp install-cni` into `root`, with NODE_NAME set to `node` if given.
+fn install_as(root: &Path, conf: &Path, node: Option<&str>) -> Result<std::process::Output> {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_netdp"));
+    match node {
+        Some(node) => c.env("NODE_NAME", node),
+        None => c.env_remove("NODE_NAME"),
+    };
+    Ok(c.arg("install-cni")
         .arg("--plugin")
         .arg(env!("CARGO_BIN_EXE_netdp-cni"))
         .arg("--cni-bin-dir")
@@ -59,18 +68,7 @@ fn installs_plugin_and_config_whole_and_refuses_a_foreign_config() -> Result<()>
             conf
         );
         // With the node's name (the DaemonSet passes spec.nodeName), the config carries it.
-        let out = Command::new(env!("CARGO_BIN_EXE_netdp"))
-            .arg("install-cni")
-            .arg("--plugin")
-            .arg(env!("CARGO_BIN_EXE_netdp-cni"))
-            .arg("--cni-bin-dir")
-            .arg(root.join("opt/cni/bin"))
-            .arg("--cni-conf-dir")
-            .arg(root.join("etc/cni/net.d"))
-            .arg("--conf-file")
-            .arg(&good)
-            .env("NODE_NAME", "node-7")
-            .output()?;
+        let out = install_as(&root, &good, Some("node-7"))?;
         assert!(
             out.status.success(),
             "{}",
