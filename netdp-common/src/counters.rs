@@ -116,6 +116,18 @@ pub enum Reason {
     NatUnsupported = 88,
     /// Every candidate masquerade port for this destination is in use.
     NatNoPort = 89,
+    /// A pod sent with a source address or MAC that is not its own (another pod's, the
+    /// node's, an outside address): source verification.
+    SpoofedSource = 90,
+    /// A plain packet from the underlay to a pod whose source is neither a pod of a peer
+    /// routed directly to this node (from that peer's MAC) nor in a `--routed-networks`
+    /// network.
+    UnderlayForeignSource = 91,
+    /// A tunnel packet whose inner source is outside the sending peer's subnet.
+    DecapSpoofedSource = 92,
+    /// A TCP packet other than a SYN for a flow masquerading does not track: it cannot
+    /// start one (Linux's conntrack calls it invalid).
+    NatNotSyn = 93,
     /// externalTrafficPolicy Local and no endpoint on this node.
     ServiceNoLocalBackend = 104,
     /// Source NAT found no free port towards the chosen backend.
@@ -126,10 +138,13 @@ pub enum Reason {
     ServiceBadBackend = 107,
     /// The ICMP error for a rejected connection could not be built.
     ServiceRejectFailed = 108,
+    /// A TCP packet other than a SYN to a frontend, for no tracked flow: it cannot start
+    /// one (kube-proxy drops these as conntrack-invalid).
+    ServiceNotSyn = 109,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 38] = [
+    pub const ALL: [Reason; 43] = [
         Reason::LocalDelivery,
         Reason::Direct,
         Reason::DirectNeigh,
@@ -163,11 +178,16 @@ impl Reason {
         Reason::AdjustFailed,
         Reason::NatUnsupported,
         Reason::NatNoPort,
+        Reason::SpoofedSource,
+        Reason::UnderlayForeignSource,
+        Reason::DecapSpoofedSource,
+        Reason::NatNotSyn,
         Reason::ServiceNoLocalBackend,
         Reason::ServiceSnatExhausted,
         Reason::ServiceConntrackFull,
         Reason::ServiceBadBackend,
         Reason::ServiceRejectFailed,
+        Reason::ServiceNotSyn,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -213,11 +233,16 @@ impl Reason {
             Reason::AdjustFailed => "adjust_failed",
             Reason::NatUnsupported => "nat_unsupported",
             Reason::NatNoPort => "nat_no_port",
+            Reason::SpoofedSource => "spoofed_source",
+            Reason::UnderlayForeignSource => "underlay_foreign_source",
+            Reason::DecapSpoofedSource => "decap_spoofed_source",
+            Reason::NatNotSyn => "nat_not_syn",
             Reason::ServiceNoLocalBackend => "service_no_local_backend",
             Reason::ServiceSnatExhausted => "service_snat_exhausted",
             Reason::ServiceConntrackFull => "service_conntrack_full",
             Reason::ServiceBadBackend => "service_bad_backend",
             Reason::ServiceRejectFailed => "service_reject_failed",
+            Reason::ServiceNotSyn => "service_not_syn",
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod names {
     pub const SOCK_NAT: &str = "SOCK_NAT";
     pub const EVENTS: &str = "EVENTS";
     pub const MONITOR: &str = "MONITOR";
+    pub const ROUTED_NETWORKS: &str = "ROUTED_NETWORKS";
 }
 
 /// Default capacities, as the programs declare them; the agent can override the
@@ -62,6 +63,8 @@ pub mod capacity {
     pub const EVENTS: u32 = 256 * 1024;
     /// The monitor switch: one entry.
     pub const MONITOR: u32 = 1;
+    /// Networks outside the cluster allowed to send straight to pods (`--routed-networks`).
+    pub const ROUTED_NETWORKS: u32 = 256;
 }
 
 /// The kernel's map types netdp uses (`enum bpf_map_type`).
@@ -227,6 +230,13 @@ pub const CATALOGUE: &[MapSpec] = &[
         capacity::MONITOR,
         false,
         "how many netdp monitor listeners want drop events (netdp monitor)",
+    ),
+    spec::<LpmKey, u32>(
+        names::ROUTED_NETWORKS,
+        MapKind::LpmTrie,
+        capacity::ROUTED_NETWORKS,
+        false,
+        "networks outside the cluster that may send straight to pods (agent, --routed-networks)",
     ),
 ];
 

@@ -20,6 +20,7 @@ pub mod node;
 pub mod peer;
 pub mod pins;
 pub mod route;
+pub mod routed;
 pub mod util;
 
 use anyhow::{Context, Result, anyhow};

@@ -1,6 +1,5 @@
 //! This node's settings as the programs see them (baked in at load time), and the VTEP
 //! MAC it publishes for the vxlan backend.
-use log::warn;
 use netdp_common::{
     nat,
     node::{NodeConfig, decap, flags},
@@ -41,9 +40,6 @@ pub fn node_config(
         Backend::Ipip { .. } => (decap::IPIP, 0, 0),
         Backend::Udp { port } => (decap::UDP, *port, 0),
     };
-    if ip_masq {
-        check_port_range();
-    }
     NodeConfig {
         node_ip: underlay.addr.ip().octets(),
         cluster: config.network.network().octets(),
@@ -53,30 +49,10 @@ pub fn node_config(
         flags: if ip_masq { flags::MASQUERADE } else { 0 },
         vni,
         port,
+        // The agent picks the range against the node's ephemeral ports (`--masquerade-ports`).
         nat_port_min: nat::PORT_MIN,
         nat_port_max: nat::PORT_MAX,
         vtep_mac: vtep,
-    }
-}
-
-/// Masquerade ports must not be ones the kernel hands to the node's own sockets.
-fn check_port_range() {
-    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
-        return;
-    };
-    let mut it = text
-        .split_whitespace()
-        .filter_map(|s| s.parse::<u32>().ok());
-    if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
-        let (min, max) = (u32::from(nat::PORT_MIN), u32::from(nat::PORT_MAX));
-        if hi >= min && lo <= max {
-            warn!(
-                "net.ipv4.ip_local_port_range {lo}-{hi} overlaps the masquerade ports {}-{}: \
-                 replies to the node's own connections on those ports could be taken for pods'",
-                nat::PORT_MIN,
-                nat::PORT_MAX
-            );
-        }
     }
 }
 

@@ -11,7 +11,7 @@ use netdp_common::{
     counters::{Program, Reason},
     encap::{IPIP_OVERHEAD, IPPROTO_IPIP, UDP_OVERHEAD, VXLAN_FLAGS, VXLAN_OVERHEAD},
     node::{NodeConfig, decap},
-    peer::PeerKey,
+    peer::{Peer, PeerKey},
 };
 
 use crate::{
@@ -29,14 +29,15 @@ const PROGRAM: Program = Program::FromNetdev;
 const L4: usize = ETH_HLEN + IP_HLEN;
 
 /// Decapsulates `frame` if it is a tunnel packet for this node's backend: `Ok` with the
-/// reason to count the inner packet's delivery under, or the verdict for a packet it
-/// refused. `None` if it is no tunnel packet at all.
+/// reason to count the inner packet's delivery under and the sending peer (whose subnet
+/// the inner source must be in), or the verdict for a packet it refused. `None` if it is
+/// no tunnel packet at all.
 #[inline(always)]
 pub fn receive(
     ctx: &TcContext,
     frame: &Ipv4Frame,
     node: &NodeConfig,
-) -> Option<Result<Reason, i32>> {
+) -> Option<Result<(Reason, Peer), i32>> {
     // SAFETY: bounds checked by the parser.
     let ip = unsafe { &*frame.ip };
     let (overhead, reason) = match node.decap {
@@ -77,14 +78,14 @@ fn strip(
     node: &NodeConfig,
     overhead: usize,
     ok: Reason,
-) -> Result<Reason, i32> {
+) -> Result<(Reason, Peer), i32> {
     if !outer.is_plain() {
         return Err(pass(ctx, PROGRAM, Reason::DecapFragment));
     }
-    // SAFETY: the value is only tested for presence.
-    if unsafe { maps::PEERS.get(PeerKey { addr: outer.saddr }) }.is_none() {
+    // SAFETY: copied out at once.
+    let Some(peer) = unsafe { maps::PEERS.get(PeerKey { addr: outer.saddr }) }.copied() else {
         return Err(drop(ctx, PROGRAM, Reason::DecapUnknownPeer));
-    }
+    };
     if node.decap == decap::VXLAN {
         check_vxlan(ctx, node).map_err(|reason| drop(ctx, PROGRAM, reason))?;
     }
@@ -116,7 +117,7 @@ fn strip(
     {
         return Err(drop(ctx, PROGRAM, Reason::AdjustFailed));
     }
-    Ok(ok)
+    Ok((ok, peer))
 }
 
 #[repr(C)]

@@ -8,6 +8,7 @@ use netdp_common::{
     conntrack::flags,
     counters::{Program, Reason},
     endpoint::EndpointKey,
+    peer::Peer,
 };
 
 use crate::{
@@ -16,7 +17,7 @@ use crate::{
     decap, egress, endpoint, icmp, lb, maps,
     nat::{self, Outcome, Translated},
     parse::{self, Ipv4Frame, Parsed, Transport},
-    route,
+    route, source,
 };
 
 /// The frame's Ethernet and IPv4 headers, pulled into the linear data first if need be.
@@ -123,15 +124,21 @@ pub fn from_host(ctx: &TcContext) -> i32 {
     sent(ctx, Program::FromHost)
 }
 
-/// What pods and the node send: translated first, then to a pod here or the node leasing
-/// the destination's subnet; anything else leaves the cluster (pods) or goes to the kernel
-/// (the node, whose own routes brought it here).
+/// What pods and the node send: a pod's only with its own source address and MAC, then
+/// translated, then to a pod here or the node leasing the destination's subnet; anything
+/// else leaves the cluster (pods) or goes to the kernel (the node, whose own routes
+/// brought it here).
 #[inline(always)]
 fn sent(ctx: &TcContext, program: Program) -> i32 {
     let frame = match parse(ctx, program) {
         Ok(f) => f,
         Err(verdict) => return verdict,
     };
+    if program == Program::FromPod
+        && let Err(verdict) = source::pod(ctx, &frame)
+    {
+        return verdict;
+    }
     let t = parse::transport(ctx, &frame);
     let frame = match translated_or(ctx, program, &frame, &t, Stage::Sent) {
         Ok(f) => f,
@@ -169,7 +176,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     let to_node = daddr == node.node_ip;
     if to_node {
         match decap::receive(ctx, &frame, &node) {
-            Some(Ok(reason)) => return inner(ctx, reason),
+            Some(Ok((reason, peer))) => return inner(ctx, reason, &peer),
             Some(Err(verdict)) => return verdict,
             None => {}
         }
@@ -184,20 +191,27 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     }
     // SAFETY: as above.
     if let Some(ep) = unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) } {
+        if let Err(verdict) = source::underlay(ctx, &frame) {
+            return verdict;
+        }
         return endpoint::deliver(ctx, program, &frame, ep, Reason::LocalDelivery);
     }
     pass(ctx, program, Reason::UnknownDestination)
 }
 
-/// A decapsulated packet: for a pod here, or a reply of a flow this node translated (a
-/// service's remote backend answering). Delivery is counted under the tunnel's `reason`.
+/// A decapsulated packet from `peer`, with a source in its subnet: for a pod here, or a
+/// reply of a flow this node translated (a service's remote backend answering). Delivery
+/// is counted under the tunnel's `reason`.
 #[inline(always)]
-fn inner(ctx: &TcContext, reason: Reason) -> i32 {
+fn inner(ctx: &TcContext, reason: Reason, peer: &Peer) -> i32 {
     let program = Program::FromNetdev;
     let frame = match parse(ctx, program) {
         Ok(f) => f,
         Err(verdict) => return verdict,
     };
+    if let Err(verdict) = source::decapsulated(ctx, &frame, peer) {
+        return verdict;
+    }
     let t = parse::transport(ctx, &frame);
     let frame = match translated_or(ctx, program, &frame, &t, Stage::Decapsulated(reason)) {
         Ok(f) => f,

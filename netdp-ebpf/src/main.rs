@@ -27,6 +27,7 @@ mod nat;
 mod parse;
 mod route;
 mod sock;
+mod source;
 
 use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier},

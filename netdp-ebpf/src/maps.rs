@@ -77,6 +77,11 @@ pub static EVENTS: RingBuf<DropEvent, { capacity::EVENTS as usize }> = RingBuf::
 #[btf_map]
 pub static MONITOR: Array<u32, { capacity::MONITOR as usize }> = Array::new();
 
+/// Networks outside the cluster that may send straight to pods (value unused).
+#[btf_map]
+pub static ROUTED_NETWORKS: LpmTrie<Ipv4, u32, { capacity::ROUTED_NETWORKS as usize }> =
+    LpmTrie::new();
+
 /// Conntrack lifetimes per state; the agent sets them at load time.
 #[unsafe(no_mangle)]
 pub static CT_TIMEOUTS: Global<[u32; 4]> = Global::new(timeout::DEFAULTS);

@@ -20,7 +20,7 @@ use netdp_common::{
 use crate::{
     conntrack::{self, Claim},
     counters::{self, drop},
-    parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP, IPPROTO_TCP, L4},
+    parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP, IPPROTO_TCP, L4, only_syn},
 };
 
 /// How a translated packet goes on: what its conntrack entry says about the flow.
@@ -182,6 +182,9 @@ pub fn masquerade(
     l4: &L4,
     node: &NodeConfig,
 ) -> Result<(), Reason> {
+    if l4.proto == IPPROTO_TCP && !only_syn(l4.tcp_flags) {
+        return Err(Reason::NatNotSyn);
+    }
     let now = conntrack::now();
     let reply = conntrack::new_reply(key, now, 0, 0, flags::MASQ);
     let to = CtKey {

@@ -57,7 +57,8 @@ fn fixture(backend: Backend) -> Fixture {
         vtep_mac: OUR_VTEP,
         ..common::node_config()
     });
-    f.add_pod(POD_IP, 42, POD_MAC, HOST_VETH_MAC);
+    f.add_pod(POD_IP, common::TEST_RUN_IFINDEX, POD_MAC, HOST_VETH_MAC);
+    f.add_default_sender();
     f.route_to_peer(&backend);
     f
 }
@@ -267,10 +268,20 @@ fn vxlan_decapsulation_accepts_only_peers_vni_and_our_vtep() {
         ..outer_from_peer()
     };
     let no_pod = PacketSpec {
+        src: Ipv4Addr::new(10, 1, 2, 2),
         dst: Ipv4Addr::new(10, 1, 1, 99),
         ..Default::default()
     }
     .build();
+    // The peer leases 10.1.2.0/24: an inner source outside it is spoofed.
+    let spoofed = |src: Ipv4Addr| {
+        PacketSpec {
+            src,
+            dst: POD_IP,
+            ..Default::default()
+        }
+        .build()
+    };
     let rejects = [
         (
             tunnel(&stranger, 8472, 1, OUR_VTEP, &inner),
@@ -287,6 +298,16 @@ fn vxlan_decapsulation_accepts_only_peers_vni_and_our_vtep() {
         (
             tunnel(&outer_from_peer(), 8472, 1, OUR_VTEP, &no_pod),
             Reason::DecapNoEndpoint,
+        ),
+        (
+            tunnel(
+                &outer_from_peer(),
+                8472,
+                1,
+                OUR_VTEP,
+                &spoofed(Ipv4Addr::new(10, 1, 3, 9)),
+            ),
+            Reason::DecapSpoofedSource,
         ),
     ];
     for (frame, reason) in rejects {

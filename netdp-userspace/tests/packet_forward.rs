@@ -23,6 +23,7 @@ const HOST_VETH_MAC: [u8; 6] = veth_mac(2);
 fn fixture() -> Fixture {
     let mut f = Fixture::load(&NodeConfig::default());
     f.add_pod(Ipv4Addr::new(10, 1, 1, 3), 42, POD_MAC, HOST_VETH_MAC);
+    f.add_default_sender();
     let route = direct_route();
     f.set_routes(&[
         ("10.1.2.0/24", route),
@@ -95,9 +96,18 @@ fn local_pod_is_delivered_with_its_macs() {
         ..Default::default()
     }
     .build();
-    for prog in [FROM_POD, FROM_NETDEV] {
-        let (verdict, out) = f.run(prog, &input);
-        assert_eq!(verdict, TC_ACT_REDIRECT);
+    // From the underlay, the same packet comes from a pod of the adjacent peer.
+    let from_peer = PacketSpec {
+        src: Ipv4Addr::new(10, 1, 2, 7),
+        src_mac: ADJACENT_PEER_MAC,
+        dst: Ipv4Addr::new(10, 1, 1, 3),
+        ttl: 2,
+        ..Default::default()
+    }
+    .build();
+    for (prog, input) in [(FROM_POD, &input), (FROM_NETDEV, &from_peer)] {
+        let (verdict, out) = f.run(prog, input);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{prog}");
         let v = Ipv4View::parse(&out).unwrap();
         assert_eq!((v.dst_mac, v.src_mac, v.ttl), (POD_MAC, HOST_VETH_MAC, 1));
         assert!(packet::ipv4_checksum_ok(&out, 14));

@@ -18,8 +18,6 @@ use netdp_testbed::packet::{self, Ipv4View, PacketSpec, TC_ACT_OK, TC_ACT_REDIRE
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 4);
-const POD_MAC: [u8; 6] = pod_mac(3);
-const HOST_VETH_MAC: [u8; 6] = veth_mac(3);
 
 /// A node, masquerading to ports `ports` or not, with pods A and B.
 fn fixture(masquerade: bool, ports: (u16, u16)) -> Fixture {
@@ -30,7 +28,7 @@ fn fixture(masquerade: bool, ports: (u16, u16)) -> Fixture {
         ..common::node_config()
     });
     for (ip, last) in [(POD_A, 3u8), (POD_B, 4)] {
-        f.add_pod(ip, 40 + last as u32, pod_mac(last), veth_mac(last));
+        f.add_pod(ip, common::TEST_RUN_IFINDEX, pod_mac(last), veth_mac(last));
     }
     f
 }
@@ -46,7 +44,7 @@ fn out_of(pod: Ipv4Addr, proto: u8, sport: u16, dst: Ipv4Addr, dport: u16) -> Pa
         sport,
         dport,
         payload: b"to the outside".to_vec(),
-        ..pod_sends(pod, POD_MAC, HOST_VETH_MAC)
+        ..pod_sends(pod, pod_mac(pod.octets()[3]), veth_mac(pod.octets()[3]))
     }
 }
 

@@ -42,8 +42,18 @@ const PEER_MAC: [u8; 6] = ADJACENT_PEER_MAC;
 fn fixture() -> Fixture {
     let mut f = Fixture::load(&NodeConfig::default());
     f.lb.set_config(GATEWAY, 0).expect("writing LB_CONFIG");
-    f.add_pod(CLIENT, 42, CLIENT_MAC, CLIENT_VETH_MAC);
-    f.add_pod(LOCAL_BACKEND, 43, BACKEND_MAC, BACKEND_VETH_MAC);
+    f.add_pod(
+        CLIENT,
+        common::TEST_RUN_IFINDEX,
+        CLIENT_MAC,
+        CLIENT_VETH_MAC,
+    );
+    f.add_pod(
+        LOCAL_BACKEND,
+        common::TEST_RUN_IFINDEX,
+        BACKEND_MAC,
+        BACKEND_VETH_MAC,
+    );
     f.set_routes(&[("10.1.2.0/24", direct_route())]);
     f
 }
@@ -476,6 +486,9 @@ fn affinity_holds_until_its_timeout_and_never_outlives_the_backend() {
         to
     };
     let clients: Vec<Ipv4Addr> = (0..20).map(|i| Ipv4Addr::new(10, 1, 1, 100 + i)).collect();
+    for c in &clients {
+        f.add_pod(*c, common::TEST_RUN_IFINDEX, CLIENT_MAC, CLIENT_VETH_MAC);
+    }
 
     // Without affinity one client's flows spread over the backends by their source ports
     // (so the single backend below is affinity's doing, not a hash blind to ports).

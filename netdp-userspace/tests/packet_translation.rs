@@ -46,7 +46,13 @@ fn fixture() -> Fixture {
         ..common::node_config()
     });
     f.lb.set_config(GATEWAY, 0).expect("writing LB_CONFIG");
-    f.add_pod(CLIENT, 42, CLIENT_MAC, CLIENT_VETH_MAC);
+    f.add_pod(
+        CLIENT,
+        common::TEST_RUN_IFINDEX,
+        CLIENT_MAC,
+        CLIENT_VETH_MAC,
+    );
+    f.add_default_sender();
     f.route_to_peer(&Backend::Vxlan {
         vni: 1,
         port: 8472,

@@ -16,7 +16,7 @@ use crate::{
     icmp,
     maps::LB_CONFIG,
     nat::{self, Outcome, Translated},
-    parse::L4,
+    parse::{IPPROTO_TCP, L4, only_syn},
 };
 
 /// The first packet of a flow (conntrack knows none) to a frontend, if `key` is one's.
@@ -33,6 +33,11 @@ fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
     // Node ports, external and load-balancer IPs reached from outside the node.
     let external = program == Program::FromNetdev && fe.flags & frontend_flags::EXTERNAL != 0;
     let local_only = external && fe.flags & frontend_flags::LOCAL_ONLY != 0;
+    // Only a SYN starts a TCP flow: anything else would pick a backend mid-connection (a
+    // flow conntrack lost), or let a flood of stray segments fill the table.
+    if l4.proto == IPPROTO_TCP && !only_syn(l4.tcp_flags) {
+        return Outcome::Done(drop(ctx, program, Reason::ServiceNotSyn));
+    }
     if fe.count == 0 {
         return Outcome::Done(icmp::reject(ctx, program, l4));
     }

@@ -69,6 +69,8 @@ pub struct AgentArgs {
     pub services: services::ServiceArgs,
     #[command(flatten)]
     pub conntrack: conntrack::ConntrackArgs,
+    #[command(flatten)]
+    pub underlay: super::underlay::UnderlayArgs,
 }
 
 /// An address to listen on, or none ("off").

@@ -41,6 +41,7 @@ mod gateway;
 mod leases;
 mod routes;
 pub mod services;
+pub mod underlay;
 
 pub use args::{AgentArgs, Listen};
 use gateway::ensure_gateway;
@@ -253,8 +254,13 @@ fn load_dataplane(
     };
     args.services.map_sizes(&mut sizes);
     args.conntrack.map_sizes(&mut sizes);
-    let node_config = node::node_config(config, underlay, vtep, args.ip_masq);
+    let mut node_config = node::node_config(config, underlay, vtep, args.ip_masq);
+    if args.ip_masq {
+        args.underlay.masquerade_ports(&mut node_config)?;
+    }
+    args.underlay.check(config)?;
     let mut dp = Dataplane::load_for(crate::ebpf_object(), Some(pins), &sizes, &node_config)?;
+    args.underlay.program(&mut dp)?;
     let installed = dp.install(pins, &link.name)?;
     info!(
         "dataplane at {}: underlay {} {}, {} pod links adopted, {} stale removed",

@@ -25,6 +25,7 @@ use netdp::{
         lb::{FrontendPlan, Lb, LbMaps, ServicePlan, frontend_key},
         peer::PeerMap,
         route::{RouteMap, Underlay, entry_for, mode_for},
+        routed::RoutedNetworks,
     },
     lease::LeaseAttrs,
     netlink::Link,
@@ -56,6 +57,11 @@ pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 20, 13);
 pub const PEER_VTEP: [u8; 6] = [0x0e, 0x54, 0, 0, 0, 0x13];
 /// The subnet a peer leases (10.1.2.0/24).
 pub const PEER_SUBNET: &str = "10.1.2.0/24";
+
+/// The device BPF_PROG_TEST_RUN runs tc programs on (lo). `from_pod` accepts a pod's
+/// packets only from the veth its endpoint names, so a pod whose packets a test sends
+/// through `from_pod` is attached here.
+pub const TEST_RUN_IFINDEX: u32 = 1;
 
 /// The MAC of pod number `n` on this node (`0a:00:00:00:00:n`).
 pub const fn pod_mac(n: u8) -> [u8; 6] {
@@ -147,6 +153,7 @@ pub struct Fixture {
     pub peers: PeerMap,
     pub counters: CounterMap,
     pub conntrack: ConntrackMap,
+    pub routed_networks: RoutedNetworks,
     /// The service maps' writer; nothing is written until a test applies a service.
     pub lb: Lb,
 }
@@ -166,6 +173,8 @@ impl Fixture {
             .expect("COUNTERS is the counter map");
         let conntrack = ConntrackMap::from_map(take(&mut dp, map_names::CONNTRACK))
             .expect("CONNTRACK is the conntrack map");
+        let routed_networks = RoutedNetworks::from_map(take(&mut dp, map_names::ROUTED_NETWORKS))
+            .expect("ROUTED_NETWORKS is the routed network map");
         let lb = Lb::new(
             LbMaps::take(&mut dp).expect("the object has the service maps"),
             16381,
@@ -178,6 +187,7 @@ impl Fixture {
             peers,
             counters,
             conntrack,
+            routed_networks,
             lb,
         }
     }
@@ -191,6 +201,12 @@ impl Fixture {
             host_mac,
         };
         self.endpoints.insert(ip, &ep).expect("adding an endpoint");
+    }
+
+    /// Adds the pod a default [`PacketSpec`] comes from, attached where test runs arrive.
+    pub fn add_default_sender(&mut self) {
+        let spec = PacketSpec::default();
+        self.add_pod(spec.src, TEST_RUN_IFINDEX, spec.src_mac, spec.dst_mac);
     }
 
     /// Replaces ROUTES with `routes` (subnet, route), as the agent syncs it.

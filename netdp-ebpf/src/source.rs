@@ -1,0 +1,75 @@
+//! Source verification: a packet is accepted only from where its source address can
+//! legitimately be. A pod sends with its own address and MAC; the underlay delivers plain
+//! packets to pods only from the pods of peers routed directly to this node (and from
+//! `--routed-networks`); a tunnel carries only its sending peer's pods. Without these
+//! checks a pod or an outside host could spoof any address: reach pods past the tunnel
+//! checks, and poison conntrack and session affinity.
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
+use netdp_common::{
+    counters::{Program, Reason},
+    endpoint::EndpointKey,
+    peer::Peer,
+    route::{flags, mode},
+};
+
+use crate::{counters::drop, maps, parse::Ipv4Frame};
+
+/// A pod's packet (on its host-side veth, `from_pod`): the source address must be an
+/// endpoint of this node attached to this very veth, and the source MAC that endpoint's.
+/// One ENDPOINTS lookup.
+#[inline(always)]
+pub fn pod(ctx: &TcContext, frame: &Ipv4Frame) -> Result<(), i32> {
+    // SAFETY: headers bounds checked by the parser; our own skb.
+    let (saddr, smac, ifindex) =
+        unsafe { ((*frame.ip).saddr, (*frame.eth).src, (*ctx.skb.skb).ifindex) };
+    // SAFETY: the value is only read.
+    match unsafe { maps::ENDPOINTS.get(EndpointKey { addr: saddr }) } {
+        Some(ep) if ep.ifindex == ifindex && ep.mac == smac => Ok(()),
+        _ => Err(drop(ctx, Program::FromPod, Reason::SpoofedSource)),
+    }
+}
+
+/// A plain (not encapsulated) packet from the underlay for a pod here, not part of a
+/// translated flow: its source must be a pod of a peer this node routes to directly, sent
+/// from that peer's MAC, or in a network `--routed-networks` lets reach pods.
+#[inline(always)]
+pub fn underlay(ctx: &TcContext, frame: &Ipv4Frame) -> Result<(), i32> {
+    // SAFETY: headers bounds checked by the parser.
+    let (saddr, smac) = unsafe { ((*frame.ip).saddr, (*frame.eth).src) };
+    let key = Key::new(32, saddr);
+    if let Some(rt) = maps::ROUTES.get(&key) {
+        // A direct route's next hop is the peer itself (it is on our underlay).
+        if rt.mode == mode::DIRECT && (rt.flags & flags::HAS_MAC == 0 || rt.dmac == smac) {
+            return Ok(());
+        }
+    } else if !in_cluster(saddr) && maps::ROUTED_NETWORKS.get(&key).is_some() {
+        return Ok(());
+    }
+    Err(drop(
+        ctx,
+        Program::FromNetdev,
+        Reason::UnderlayForeignSource,
+    ))
+}
+
+/// A decapsulated packet: its inner source must lie in the subnet of the peer that sent
+/// the tunnel packet.
+#[inline(always)]
+pub fn decapsulated(ctx: &TcContext, frame: &Ipv4Frame, peer: &Peer) -> Result<(), i32> {
+    // SAFETY: the header was bounds checked by the parser.
+    let saddr = u32::from_be_bytes(unsafe { (*frame.ip).saddr });
+    let len = peer.prefix_len.min(32);
+    let mask = (u64::from(u32::MAX) << (32 - len)) as u32;
+    if saddr & mask == u32::from_be_bytes(peer.subnet) & mask {
+        Ok(())
+    } else {
+        Err(drop(ctx, Program::FromNetdev, Reason::DecapSpoofedSource))
+    }
+}
+
+#[inline(always)]
+fn in_cluster(addr: [u8; 4]) -> bool {
+    let node = maps::node();
+    u32::from_ne_bytes(addr) & u32::from_ne_bytes(node.cluster_mask)
+        == u32::from_ne_bytes(node.cluster)
+}
