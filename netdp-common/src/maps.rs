@@ -21,6 +21,7 @@ pub mod names {
     pub const AFFINITY: &str = "AFFINITY";
     pub const AFFINITY_BACKENDS: &str = "AFFINITY_BACKENDS";
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const HALF_OPEN: &str = "HALF_OPEN";
     pub const LB_CONFIG: &str = "LB_CONFIG";
     pub const SOCK_NAT: &str = "SOCK_NAT";
     pub const EVENTS: &str = "EVENTS";
@@ -55,6 +56,9 @@ pub mod capacity {
     pub const AFFINITY_BACKENDS: u32 = 65_536;
     /// Conntrack entries: two per translated flow, load balanced or masqueraded.
     pub const CONNTRACK: u32 = 262_144;
+    /// Conntrack entries of TCP flows until their SYN is answered (two per flow): a SYN
+    /// flood fills this table, not CONNTRACK.
+    pub const HALF_OPEN: u32 = 65_536;
     /// The load balancer's node-wide settings: one entry.
     pub const LB_CONFIG: u32 = 1;
     /// Node sockets sent to a backend by the socket programs.
@@ -202,6 +206,13 @@ pub const CATALOGUE: &[MapSpec] = &[
         capacity::CONNTRACK,
         true,
         "translated flows, both directions, services and masquerading (programs; agent GC)",
+    ),
+    spec::<conntrack::CtKey, conntrack::CtEntry>(
+        names::HALF_OPEN,
+        MapKind::LruHash,
+        capacity::HALF_OPEN,
+        true,
+        "TCP flows until their SYN is answered, then moved to CONNTRACK (programs; agent GC)",
     ),
     spec::<u32, lb::LbConfig>(
         names::LB_CONFIG,

@@ -1,6 +1,7 @@
-//! The CONNTRACK map from userspace (service flows and masqueraded flows alike): listing
-//! flows and reclaiming expired entries (the programs ignore them; the LRU would only evict
-//! them once the table is full). Masqueraded flows as pod/remote/node translations are
+//! The conntrack maps from userspace (service flows and masqueraded flows alike):
+//! CONNTRACK, and HALF_OPEN where TCP flows wait for the answer to their SYN. Listing flows
+//! and reclaiming expired entries (the programs ignore them; the LRU would only evict them
+//! once a table is full). Masqueraded flows as pod/remote/node translations are
 //! [`crate::nat`]'s.
 use std::net::Ipv4Addr;
 
@@ -12,9 +13,15 @@ use netdp_common::{
     map_names,
 };
 
-use super::{Pins, open_pinned};
+use super::{Dataplane, Pins, open_pinned};
 
-pub struct ConntrackMap(HashMap<MapData, CtKey, CtEntry>);
+type Table = HashMap<MapData, CtKey, CtEntry>;
+
+/// Both conntrack tables, read and cleaned as one.
+pub struct ConntrackMap {
+    established: Table,
+    half_open: Table,
+}
 
 /// Seconds of CLOCK_MONOTONIC, the clock the programs stamp entries with.
 pub fn now() -> u32 {
@@ -75,23 +82,40 @@ impl Flow {
 }
 
 impl ConntrackMap {
-    pub fn from_map(map: Map) -> Result<Self> {
-        Ok(ConntrackMap(
-            HashMap::try_from(map).context("CONNTRACK has an unexpected type")?,
-        ))
+    pub fn from_maps(conntrack: Map, half_open: Map) -> Result<Self> {
+        Ok(ConntrackMap {
+            established: HashMap::try_from(conntrack)
+                .context("CONNTRACK has an unexpected type")?,
+            half_open: HashMap::try_from(half_open).context("HALF_OPEN has an unexpected type")?,
+        })
+    }
+
+    /// Takes both tables out of loaded programs.
+    pub fn take(dp: &mut Dataplane) -> Result<Self> {
+        Self::from_maps(
+            dp.take_map(map_names::CONNTRACK)?,
+            dp.take_map(map_names::HALF_OPEN)?,
+        )
     }
 
     pub fn open(pins: &Pins) -> Result<Self> {
-        Self::from_map(open_pinned(pins, map_names::CONNTRACK)?)
+        Self::from_maps(
+            open_pinned(pins, map_names::CONNTRACK)?,
+            open_pinned(pins, map_names::HALF_OPEN)?,
+        )
     }
 
-    /// Live entries (expired ones are left out).
+    fn tables(&self) -> [&Table; 2] {
+        [&self.established, &self.half_open]
+    }
+
+    /// Live entries of both tables (expired ones are left out).
     pub fn list(&self) -> Vec<Flow> {
         let now = now();
         let mut v: Vec<Flow> = self
-            .0
-            .iter()
-            .filter_map(|r| r.ok())
+            .tables()
+            .into_iter()
+            .flat_map(|t| t.iter().filter_map(|r| r.ok()))
             .filter(|(_, e)| e.expires >= now)
             .map(|(key, entry)| Flow { key, entry })
             .collect();
@@ -99,37 +123,58 @@ impl ConntrackMap {
         v
     }
 
-    /// Forgets one direction of a flow (as LRU eviction would).
-    pub fn remove(&mut self, key: &CtKey) -> Result<()> {
-        self.0.remove(key).context("removing a conntrack entry")
+    /// Live entries of flows still waiting for their SYN to be answered.
+    pub fn half_open(&self) -> usize {
+        let now = now();
+        self.half_open
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, e)| e.expires >= now)
+            .count()
     }
 
-    /// Every entry, expired or not.
+    /// Forgets one direction of a flow (as LRU eviction would), in whichever table it is.
+    pub fn remove(&mut self, key: &CtKey) -> Result<()> {
+        let a = self.established.remove(key);
+        let b = self.half_open.remove(key);
+        if a.is_err() && b.is_err() {
+            return a.context("removing a conntrack entry");
+        }
+        Ok(())
+    }
+
+    /// Every entry of both tables, expired or not.
     pub fn len(&self) -> usize {
-        self.0.keys().filter(|k| k.is_ok()).count()
+        self.tables()
+            .iter()
+            .map(|t| t.keys().filter(|k| k.is_ok()).count())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Removes expired entries; returns how many.
+    /// Removes expired entries of both tables; returns how many.
     pub fn gc(&mut self) -> usize {
         let now = now();
-        let expired: Vec<CtKey> = self
-            .0
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, e)| e.expires < now)
-            .map(|(k, _)| k)
-            .collect();
-        expired.iter().filter(|k| self.0.remove(k).is_ok()).count()
+        let mut n = 0;
+        for t in [&mut self.established, &mut self.half_open] {
+            let expired: Vec<CtKey> = t
+                .iter()
+                .filter_map(|r| r.ok())
+                .filter(|(_, e)| e.expires < now)
+                .map(|(k, _)| k)
+                .collect();
+            n += expired.iter().filter(|k| t.remove(k).is_ok()).count();
+        }
+        n
     }
 
     /// Removes the UDP flows to backends that are gone, per service id (a datagram flow
     /// has no end of its own; kube-proxy clears them the same way), in one pass over the
-    /// table whatever the number of services. TCP flows are left to finish. Returns the
-    /// entries removed per service.
+    /// table whatever the number of services. TCP flows are left to finish (UDP flows never
+    /// wait in HALF_OPEN). Returns the entries removed per service.
     pub fn purge_udp_backends(
         &mut self,
         gone: &std::collections::HashMap<u32, std::collections::HashSet<[u8; 4]>>,
@@ -139,7 +184,7 @@ impl ConntrackMap {
             return removed;
         }
         let doomed: Vec<(u32, CtKey)> = self
-            .0
+            .established
             .iter()
             .filter_map(|r| r.ok())
             .filter(|(k, e)| {
@@ -154,7 +199,7 @@ impl ConntrackMap {
             .map(|(k, e)| (e.service_id, k))
             .collect();
         for (service_id, k) in doomed {
-            if self.0.remove(&k).is_ok() {
+            if self.established.remove(&k).is_ok() {
                 *removed.entry(service_id).or_insert(0) += 1;
             }
         }

@@ -3,9 +3,9 @@
 //! Module names follow the eBPF side: `endpoint` writes ENDPOINTS, `route` writes ROUTES,
 //! `peer` writes PEERS, `counters` reads COUNTERS, `lb` writes the service maps (FRONTENDS,
 //! BACKENDS, MAGLEV, AFFINITY_BACKENDS, LB_CONFIG; `lb::writer`) with `maglev` computing the
-//! tables, `conntrack` reads and garbage-collects CONNTRACK (service and masquerade flows),
-//! and `nat` lists the masqueraded ones. `compat` deals with pinned maps an older build
-//! left.
+//! tables, `conntrack` reads and garbage-collects CONNTRACK and HALF_OPEN (service and
+//! masquerade flows), `nat` lists the masqueraded ones, and `routed` writes
+//! ROUTED_NETWORKS. `compat` deals with pinned maps an older build left.
 mod compat;
 pub mod config;
 pub mod conntrack;
@@ -63,6 +63,8 @@ pub struct MapSizes {
     pub affinity: u32,
     pub affinity_backends: u32,
     pub conntrack: u32,
+    /// HALF_OPEN: TCP flows until their SYN is answered.
+    pub half_open: u32,
     pub sock_nat: u32,
     /// Conntrack lifetimes per state, seconds (see `conntrack::timeout`).
     pub conntrack_timeouts: [u32; 4],
@@ -80,6 +82,7 @@ impl Default for MapSizes {
             affinity: capacity::AFFINITY,
             affinity_backends: capacity::AFFINITY_BACKENDS,
             conntrack: capacity::CONNTRACK,
+            half_open: capacity::HALF_OPEN,
             sock_nat: capacity::SOCK_NAT,
             conntrack_timeouts: netdp_common::conntrack::timeout::DEFAULTS,
         }
@@ -95,7 +98,7 @@ impl MapSizes {
     }
 
     /// Capacities per map, as the loader is told.
-    fn by_map(&self) -> [(&'static str, u32); 10] {
+    fn by_map(&self) -> [(&'static str, u32); 11] {
         [
             (map_names::ENDPOINTS, self.endpoints),
             (map_names::ROUTES, self.routes),
@@ -105,6 +108,7 @@ impl MapSizes {
             (map_names::AFFINITY, self.affinity),
             (map_names::AFFINITY_BACKENDS, self.affinity_backends),
             (map_names::CONNTRACK, self.conntrack),
+            (map_names::HALF_OPEN, self.half_open),
             (map_names::LB_CONFIG, 1),
             (map_names::SOCK_NAT, self.sock_nat),
         ]

@@ -3,7 +3,17 @@
 //! `ct_lookup4` does: new, established, reply, or related (an ICMP error about a flow);
 //! the translation stage switches on it. Also per-state lifetimes, keeping the two
 //! directions of a flow in step, and claiming the reply tuple of a new flow.
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+//!
+//! A TCP flow lives in HALF_OPEN until the other side answers its SYN, and only then moves
+//! to CONNTRACK: both are LRU tables, so a flood of SYNs (spoofed or not) evicts half-open
+//! flows only, never established ones. Only SYN and RST segments can belong to a
+//! half-open flow, so every other packet costs the one CONNTRACK lookup it always did.
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    btf_maps::LruHashMap,
+    helpers::bpf_ktime_get_coarse_ns,
+    programs::TcContext,
+};
 use netdp_common::{
     conntrack::{CtEntry, CtKey, flags, state, timeout},
     counters::{Event, Program},
@@ -11,11 +21,14 @@ use netdp_common::{
 
 use crate::{
     counters,
-    maps::{CONNTRACK, CT_TIMEOUTS},
+    maps::{CONNTRACK, CT_TIMEOUTS, HALF_OPEN},
     parse::{IPPROTO_TCP, Ipv4Frame, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const EEXIST: i32 = -17;
+
+/// CONNTRACK or HALF_OPEN (their capacities differ, hence the parameter).
+type Table<const N: usize> = LruHashMap<CtKey, CtEntry, N>;
 
 /// Seconds of CLOCK_MONOTONIC, the clock entries expire by (the agent's GC reads the same).
 #[inline(always)]
@@ -126,8 +139,12 @@ impl CtState {
 /// fresh SYN (the tuple is being reused), is removed with its peer and reported as absent.
 /// The clock is only read when there is an entry (most packets have none).
 #[inline(always)]
-fn live(key: &CtKey, tcp_flags: u8) -> Option<(*mut CtEntry, CtEntry, u32)> {
-    let e = CONNTRACK.get_ptr_mut(key)?;
+fn live<const N: usize>(
+    table: &Table<N>,
+    key: &CtKey,
+    tcp_flags: u8,
+) -> Option<(*mut CtEntry, CtEntry, u32)> {
+    let e = table.get_ptr_mut(key)?;
     let now = now();
     // SAFETY: a valid map value; read before any update of the map.
     let entry = unsafe { *e };
@@ -139,26 +156,69 @@ fn live(key: &CtKey, tcp_flags: u8) -> Option<(*mut CtEntry, CtEntry, u32)> {
         // The other direction's tuple may have gone to another flow since (a reclaimed
         // port): only ours is removed.
         // SAFETY: copied out at once.
-        if let Some(p) = unsafe { CONNTRACK.get(pk) }.copied()
+        if let Some(p) = unsafe { table.get(pk) }.copied()
             && pairs_with(&p, &pk, key)
         {
-            let _ = CONNTRACK.remove(pk);
+            let _ = table.remove(pk);
         }
-        let _ = CONNTRACK.remove(key);
+        let _ = table.remove(key);
         return None;
     }
     Some((e, entry, now))
 }
 
+/// Whether a segment with `tcp_flags` can belong to a half-open flow: its SYN
+/// (retransmitted), the answering SYN-ACK, or a RST refusing it.
+#[inline(always)]
+fn may_be_half_open(key: &CtKey, tcp_flags: u8) -> bool {
+    key.proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_RST) != 0
+}
+
 /// The state of a packet's flow; a tracked packet also advances its flow ([`track`]).
 #[inline(always)]
 pub fn lookup(key: &CtKey, tcp_flags: u8) -> CtState {
-    match live(key, tcp_flags) {
-        Some((ptr, entry, now)) => {
-            track(ptr, &entry, now, key, tcp_flags);
-            CtState::of(entry)
-        }
-        None => CtState::New,
+    if let Some((ptr, entry, now)) = live(&CONNTRACK, key, tcp_flags) {
+        track(ptr, &entry, now, key, tcp_flags);
+        return CtState::of(entry);
+    }
+    if may_be_half_open(key, tcp_flags)
+        && let Some((_, entry, now)) = live(&HALF_OPEN, key, tcp_flags)
+    {
+        answered(&entry, now, key, tcp_flags);
+        return CtState::of(entry);
+    }
+    CtState::New
+}
+
+/// A half-open flow's segment: the SYN-ACK answering it moves both directions to
+/// CONNTRACK as established; a RST ends it; a retransmitted SYN changes nothing.
+#[inline(always)]
+fn answered(entry: &CtEntry, now: u32, key: &CtKey, tcp_flags: u8) {
+    let pk = peer_key(entry, key.proto);
+    if tcp_flags & TCP_RST != 0 {
+        let _ = HALF_OPEN.remove(pk);
+        let _ = HALF_OPEN.remove(key);
+        return;
+    }
+    if entry.flags & flags::REPLY == 0 || tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
+        return;
+    }
+    let e = CtEntry {
+        state: state::ESTABLISHED,
+        expires: now + lifetime(state::ESTABLISHED),
+        ..*entry
+    };
+    // Overwriting: whatever CONNTRACK still holds at these tuples is dead (claiming the
+    // reply tuple checked it).
+    if CONNTRACK.insert(key, e, BPF_ANY as u64).is_ok()
+        && CONNTRACK
+            .insert(pk, peer_entry(key, &e), BPF_ANY as u64)
+            .is_ok()
+    {
+        let _ = HALF_OPEN.remove(pk);
+        let _ = HALF_OPEN.remove(key);
+    } else {
+        let _ = CONNTRACK.remove(key);
     }
 }
 
@@ -167,10 +227,16 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> CtState {
 /// advance its flow.
 #[inline(always)]
 pub fn lookup_related(quoted: &CtKey) -> CtState {
-    match live(&quoted.reversed(), 0) {
-        Some((_, entry, _)) => CtState::Related(entry),
-        None => CtState::New,
+    let key = quoted.reversed();
+    if let Some((_, entry, _)) = live(&CONNTRACK, &key, 0) {
+        return CtState::Related(entry);
     }
+    if key.proto == IPPROTO_TCP
+        && let Some((_, entry, _)) = live(&HALF_OPEN, &key, 0)
+    {
+        return CtState::Related(entry);
+    }
+    CtState::New
 }
 
 /// Advances the flow's state for a packet that matched `entry` (at `e`) and pushes out its
@@ -235,27 +301,55 @@ pub enum Claim {
 
 /// Writes `e` at `key`, the reply tuple of a new flow, unless a live flow has it. A flow
 /// that expired, or whose original direction is gone (evicted) or leads elsewhere, gives it
-/// up: that is how ports of forgotten flows are reused before the agent's GC comes by.
+/// up: that is how ports of forgotten flows are reused before the agent's GC comes by. A
+/// new TCP flow claims it in HALF_OPEN, unless an established flow holds it in CONNTRACK.
 #[inline(always)]
 pub fn claim(ctx: &TcContext, program: Program, key: &CtKey, e: &CtEntry, now: u32) -> Claim {
-    match CONNTRACK.insert(key, e, BPF_NOEXIST as u64) {
+    if key.proto != IPPROTO_TCP {
+        return claim_in(&CONNTRACK, ctx, program, key, e, now);
+    }
+    // SAFETY: a valid map value, copied out.
+    if let Some(current) = unsafe { CONNTRACK.get(key) }.copied()
+        && holds(&CONNTRACK, key, &current, now)
+    {
+        return Claim::Taken;
+    }
+    claim_in(&HALF_OPEN, ctx, program, key, e, now)
+}
+
+/// Whether `current` (at `key` of `table`) belongs to a live flow: not expired, and its
+/// other direction still pairs with it.
+#[inline(always)]
+fn holds<const N: usize>(table: &Table<N>, key: &CtKey, current: &CtEntry, now: u32) -> bool {
+    let pk = peer_key(current, key.proto);
+    current.expires >= now
+        // SAFETY: copied out at once.
+        && match unsafe { table.get(pk) }.copied() {
+            Some(p) => pairs_with(&p, &pk, key),
+            None => false,
+        }
+}
+
+#[inline(always)]
+fn claim_in<const N: usize>(
+    table: &Table<N>,
+    ctx: &TcContext,
+    program: Program,
+    key: &CtKey,
+    e: &CtEntry,
+    now: u32,
+) -> Claim {
+    match table.insert(key, e, BPF_NOEXIST as u64) {
         Ok(()) => return Claim::Claimed,
         Err(EEXIST) => {}
         Err(_) => return Claim::Failed,
     }
-    let Some(old) = CONNTRACK.get_ptr_mut(key) else {
+    let Some(old) = table.get_ptr_mut(key) else {
         return Claim::Taken;
     };
     // SAFETY: a valid map value, copied out.
     let current = unsafe { *old };
-    let pk = peer_key(&current, key.proto);
-    let live = current.expires >= now
-        // SAFETY: copied out at once.
-        && match unsafe { CONNTRACK.get(pk) }.copied() {
-            Some(p) => pairs_with(&p, &pk, key),
-            None => false,
-        };
-    if live {
+    if holds(table, key, &current, now) {
         return Claim::Taken;
     }
     // SAFETY: a valid map value; losing a race with another claimer only costs that one a
@@ -287,21 +381,35 @@ pub fn new_reply(key: &CtKey, now: u32, ifindex: u32, service_id: u32, kind: u8)
 /// `reply` ([`claim`], [`new_reply`]): writes the original direction's entry, which follows
 /// from the reply's, and returns the tuple packets are rewritten to with that entry. If
 /// another CPU started the same flow first, the claim is given back and that flow's
-/// translation is followed.
+/// translation is followed. TCP flows start in HALF_OPEN.
 #[inline(always)]
 pub fn open(key: &CtKey, to: &CtKey, reply: &CtEntry) -> Result<(CtKey, CtEntry), ()> {
+    if key.proto == IPPROTO_TCP {
+        open_in(&HALF_OPEN, key, to, reply)
+    } else {
+        open_in(&CONNTRACK, key, to, reply)
+    }
+}
+
+#[inline(always)]
+fn open_in<const N: usize>(
+    table: &Table<N>,
+    key: &CtKey,
+    to: &CtKey,
+    reply: &CtEntry,
+) -> Result<(CtKey, CtEntry), ()> {
     let reply_key = &to.reversed();
     let e = peer_entry(reply_key, reply);
-    match CONNTRACK.insert(key, e, BPF_NOEXIST as u64) {
+    match table.insert(key, e, BPF_NOEXIST as u64) {
         Ok(()) => Ok((e.nat_tuple(key.proto), e)),
         Err(EEXIST) => {
             // SAFETY: copied out at once.
-            let won = unsafe { CONNTRACK.get(key) }.copied();
+            let won = unsafe { table.get(key) }.copied();
             let tuple = won.map(|w| w.nat_tuple(key.proto));
             // Both may have picked the same tuple (the same flow hashes alike): then the
             // reply entry is the winner's as much as ours.
             if tuple != Some(e.nat_tuple(key.proto)) {
-                let _ = CONNTRACK.remove(reply_key);
+                let _ = table.remove(reply_key);
             }
             match (tuple, won) {
                 (Some(t), Some(w)) => Ok((t, w)),
@@ -309,7 +417,7 @@ pub fn open(key: &CtKey, to: &CtKey, reply: &CtEntry) -> Result<(CtKey, CtEntry)
             }
         }
         Err(_) => {
-            let _ = CONNTRACK.remove(reply_key);
+            let _ = table.remove(reply_key);
             Err(())
         }
     }

@@ -62,6 +62,11 @@ pub static AFFINITY_BACKENDS: HashMap<
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { capacity::CONNTRACK as usize }> =
     LruHashMap::new();
 
+/// TCP flows whose SYN has not been answered yet; the SYN-ACK moves them to CONNTRACK.
+#[btf_map]
+pub static HALF_OPEN: LruHashMap<CtKey, CtEntry, { capacity::HALF_OPEN as usize }> =
+    LruHashMap::new();
+
 #[btf_map]
 pub static LB_CONFIG: Array<LbConfig, { capacity::LB_CONFIG as usize }> = Array::new();
 

@@ -157,15 +157,10 @@ fn replies_are_translated_back_and_flows_keep_their_backend() {
     let syn = from_client(IPPROTO_TCP, VIP, 80, 41000).build();
     let (_, out) = f.run(FROM_POD, &syn);
     let backend_ip = Ipv4View::parse(&out).unwrap().dst;
-    // Every later packet of the flow goes to the same backend (random selection would
-    // scatter them otherwise).
-    for _ in 0..20 {
-        let ack = PacketSpec {
-            tcp_flags: 0x10,
-            ..from_client(IPPROTO_TCP, VIP, 80, 41000)
-        }
-        .build();
-        let (_, out) = f.run(FROM_POD, &ack);
+    // A retransmitted SYN goes to the same backend (random selection would scatter them
+    // otherwise).
+    for _ in 0..5 {
+        let (_, out) = f.run(FROM_POD, &syn);
         assert_eq!(Ipv4View::parse(&out).unwrap().dst, backend_ip);
     }
 
@@ -199,6 +194,16 @@ fn replies_are_translated_back_and_flows_keep_their_backend() {
         flows.iter().all(|fl| fl.state_name() == "established"),
         "the reply established the flow: {flows:?}"
     );
+    // And so does every later packet of the flow.
+    for _ in 0..20 {
+        let ack = PacketSpec {
+            tcp_flags: 0x10,
+            ..from_client(IPPROTO_TCP, VIP, 80, 41000)
+        }
+        .build();
+        let (_, out) = f.run(FROM_POD, &ack);
+        assert_eq!(Ipv4View::parse(&out).unwrap().dst, backend_ip);
+    }
 
     // Many flows spread over both backends.
     let mut seen = std::collections::HashSet::new();

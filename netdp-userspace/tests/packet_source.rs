@@ -11,6 +11,7 @@ use common::{
     ADJACENT_PEER_MAC, Fixture, NODE_IP, PEER_IP, TEST_RUN_IFINDEX, UNDERLAY_MAC, cluster_ip,
     direct_route, local, node_config, plan, pod_mac, pod_sends, veth_mac,
 };
+use netdp::dataplane::MapSizes;
 use netdp_common::{
     counters::{Program, Reason},
     node::{NodeConfig, flags},
@@ -27,6 +28,8 @@ const FROM_NETDEV: &str = "from_netdev";
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 4);
 const POD_B_VETH: u32 = 43;
+/// A service backend on this node, also attached where test runs arrive.
+const POD_C: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 5);
 /// A pod of the adjacent peer (routed directly, 10.1.2.0/24) and of the peer across the
 /// router (vxlan, 10.1.3.0/24).
 const DIRECT_PEER_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 7);
@@ -35,8 +38,13 @@ const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 fn fixture(node: NodeConfig) -> Fixture {
-    let mut f = Fixture::load(&node);
+    fixture_sized(node, &MapSizes::default())
+}
+
+fn fixture_sized(node: NodeConfig, sizes: &MapSizes) -> Fixture {
+    let mut f = Fixture::load_sized(&node, sizes);
     f.add_pod(POD_A, TEST_RUN_IFINDEX, pod_mac(3), veth_mac(3));
+    f.add_pod(POD_C, TEST_RUN_IFINDEX, pod_mac(5), veth_mac(5));
     f.add_pod(POD_B, POD_B_VETH, pod_mac(4), veth_mac(4));
     let vxlan = Route {
         mode: mode::VXLAN,
@@ -175,43 +183,109 @@ const SYN_ACK: u8 = 0x12;
 const RST: u8 = 0x04;
 const FIN_ACK: u8 = 0x11;
 
+/// The backend's answer to a flow from pod A's `sport` through VIP:80.
+fn syn_ack(sport: u16) -> Vec<u8> {
+    PacketSpec {
+        dst: POD_A,
+        proto: IPPROTO_TCP,
+        sport: 8080,
+        dport: sport,
+        tcp_flags: SYN_ACK,
+        ..pod_sends(POD_C, pod_mac(5), veth_mac(5))
+    }
+    .build()
+}
+
+fn web(f: &mut Fixture) {
+    f.apply(
+        "web",
+        plan(&[cluster_ip(VIP, 80, IPPROTO_TCP)], 8080, &[local(POD_C)]),
+    );
+}
+
 #[test]
 fn only_a_syn_starts_a_tcp_flow_through_a_service() {
     let mut f = fixture(node_config());
-    f.apply(
-        "web",
-        plan(&[cluster_ip(VIP, 80, IPPROTO_TCP)], 8080, &[local(POD_B)]),
-    );
+    web(&mut f);
     for (i, stray) in [ACK, SYN_ACK, RST, FIN_ACK].into_iter().enumerate() {
         let frame = tcp(VIP, 80, 40000 + i as u16, stray);
         assert_eq!(f.run(FROM_POD, &frame).0, TC_ACT_SHOT, "flags {stray:#x}");
     }
     assert_eq!(f.count(Program::FromPod, Reason::ServiceNotSyn), 4);
     assert!(f.conntrack.list().is_empty(), "no flow was started");
-    // A SYN does, and the flow's later segments follow it.
+    // A SYN does; it waits in HALF_OPEN until the backend answers.
     let (verdict, out) = f.run(FROM_POD, &tcp(VIP, 80, 41000, SYN));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(packet::ports(&out), (41000, 8080));
+    assert_eq!(f.conntrack.half_open(), 2);
+    let (verdict, out) = f.run(FROM_POD, &syn_ack(41000));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        packet::ports(&out),
+        (80, 41000),
+        "the answer comes from the VIP"
+    );
+    assert_eq!(f.conntrack.half_open(), 0, "the answer moved the flow");
+    let flows = f.conntrack.list();
+    assert_eq!(flows.len(), 2);
+    assert!(flows.iter().all(|fl| fl.state_name() == "established"));
+    // The flow's later segments follow it.
     let (verdict, out) = f.run(FROM_POD, &tcp(VIP, 80, 41000, ACK));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(packet::ports(&out), (41000, 8080));
-    assert_eq!(f.conntrack.list().len(), 2);
     // UDP has no handshake: any datagram starts a flow.
-    let udp = |f: &mut Fixture| {
-        f.apply(
-            "dns",
-            plan(&[cluster_ip(VIP, 53, IPPROTO_UDP)], 5353, &[local(POD_B)]),
-        );
-        let frame = PacketSpec {
-            dst: VIP,
-            proto: IPPROTO_UDP,
-            dport: 53,
-            ..pod_sends(POD_A, pod_mac(3), veth_mac(3))
-        }
-        .build();
-        f.run(FROM_POD, &frame).0
+    f.apply(
+        "dns",
+        plan(&[cluster_ip(VIP, 53, IPPROTO_UDP)], 5353, &[local(POD_C)]),
+    );
+    let frame = PacketSpec {
+        dst: VIP,
+        proto: IPPROTO_UDP,
+        dport: 53,
+        ..pod_sends(POD_A, pod_mac(3), veth_mac(3))
+    }
+    .build();
+    assert_eq!(f.run(FROM_POD, &frame).0, TC_ACT_REDIRECT);
+}
+
+/// A SYN flood through a service overflows HALF_OPEN, whose LRU evicts the oldest
+/// half-open flows; the established flow in CONNTRACK keeps its entries and its backend.
+/// With one table of the same size, the flood would have evicted it.
+#[test]
+fn a_syn_flood_evicts_half_open_flows_only() {
+    let sizes = MapSizes {
+        conntrack: 1024,
+        half_open: 1024,
+        ..MapSizes::default()
     };
-    assert_eq!(udp(&mut f), TC_ACT_REDIRECT);
+    let mut f = fixture_sized(node_config(), &sizes);
+    web(&mut f);
+    assert_eq!(
+        f.run(FROM_POD, &tcp(VIP, 80, 41000, SYN)).0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(f.run(FROM_POD, &syn_ack(41000)).0, TC_ACT_REDIRECT);
+    // 3,000 SYNs: 6,000 entries for a table of 1,024.
+    for sport in 0..3000u16 {
+        let (verdict, _) = f.run(FROM_POD, &tcp(VIP, 80, 20000 + sport, SYN));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+    }
+    assert!(f.conntrack.half_open() <= 1024);
+    let established: Vec<_> = f
+        .conntrack
+        .list()
+        .into_iter()
+        .filter(|fl| fl.state_name() == "established")
+        .collect();
+    assert_eq!(
+        established.len(),
+        2,
+        "the established flow kept both entries"
+    );
+    let (verdict, out) = f.run(FROM_POD, &tcp(VIP, 80, 41000, ACK));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(packet::ports(&out), (41000, 8080));
+    assert_eq!(f.count(Program::FromPod, Reason::ServiceNotSyn), 0);
 }
 
 #[test]
@@ -228,11 +302,28 @@ fn only_a_syn_starts_a_masqueraded_tcp_flow() {
     );
     assert_eq!(f.count(Program::FromPod, Reason::NatNotSyn), 1);
     assert!(f.conntrack.list().is_empty(), "no port was taken");
-    assert_eq!(
-        f.run(FROM_POD, &tcp(OUTSIDE, 443, 40000, SYN)).0,
-        TC_ACT_REDIRECT
-    );
+    let (verdict, out) = f.run(FROM_POD, &tcp(OUTSIDE, 443, 40000, SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let nat_port = packet::ports(&out).0;
     assert_eq!(f.count(Program::FromPod, Reason::Masquerade), 1);
+    // The outside answers the node; the pod gets it, and the flow is established.
+    let answer = PacketSpec {
+        src_mac: ADJACENT_PEER_MAC,
+        dst_mac: UNDERLAY_MAC,
+        src: OUTSIDE,
+        dst: NODE_IP,
+        proto: IPPROTO_TCP,
+        sport: 443,
+        dport: nat_port,
+        tcp_flags: SYN_ACK,
+        ..Default::default()
+    }
+    .build();
+    let (verdict, out) = f.run(FROM_NETDEV, &answer);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(packet::ports(&out), (443, 40000));
+    assert_eq!(f.count(Program::FromNetdev, Reason::Unmasquerade), 1);
+    assert_eq!(f.conntrack.half_open(), 0);
     assert_eq!(
         f.run(FROM_POD, &tcp(OUTSIDE, 443, 40000, ACK)).0,
         TC_ACT_REDIRECT

@@ -19,6 +19,11 @@ pub struct ConntrackArgs {
     /// masqueraded ones).
     #[arg(long = "conntrack-map-size", default_value_t = capacity::CONNTRACK)]
     pub conntrack: u32,
+    /// Capacity of the half-open table: TCP flows (two entries each) until their SYN is
+    /// answered. A SYN flood fills this table and evicts its oldest; established flows in
+    /// the conntrack map are never touched by it.
+    #[arg(long = "conntrack-half-open-size", default_value_t = capacity::HALF_OPEN)]
+    pub half_open: u32,
     /// How often expired conntrack entries are reclaimed.
     #[arg(long = "conntrack-gc-interval", value_parser = parse_duration, default_value = "30s")]
     pub gc_interval: Duration,
@@ -39,6 +44,7 @@ pub struct ConntrackArgs {
 impl ConntrackArgs {
     pub fn map_sizes(&self, sizes: &mut MapSizes) {
         sizes.conntrack = self.conntrack;
+        sizes.half_open = self.half_open;
         let secs = |d: Duration| d.as_secs().clamp(1, u32::MAX as u64) as u32;
         sizes.conntrack_timeouts = [
             secs(self.timeout_tcp_syn),

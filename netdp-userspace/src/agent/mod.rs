@@ -120,7 +120,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     .await?;
     let routes = RouteMap::from_map(dp.take_map(netdp_common::map_names::ROUTES)?)?;
     let peer_map = PeerMap::from_map(dp.take_map(netdp_common::map_names::PEERS)?)?;
-    let conntrack = ConntrackMap::from_map(dp.take_map(netdp_common::map_names::CONNTRACK)?)?;
+    let conntrack = ConntrackMap::take(&mut dp)?;
     ensure_gateway(&nl, &lease).await?;
     let mut state = State {
         config,

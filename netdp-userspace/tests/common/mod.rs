@@ -161,7 +161,12 @@ pub struct Fixture {
 impl Fixture {
     /// Loads the programs for `node` (the embedded object, default map sizes, no pins).
     pub fn load(node: &NodeConfig) -> Self {
-        let mut dp = Dataplane::load_for(netdp::ebpf_object(), None, &MapSizes::default(), node)
+        Self::load_sized(node, &MapSizes::default())
+    }
+
+    /// [`load`](Self::load) with map capacities of the test's choosing.
+    pub fn load_sized(node: &NodeConfig, sizes: &MapSizes) -> Self {
+        let mut dp = Dataplane::load_for(netdp::ebpf_object(), None, sizes, node)
             .expect("programs load and verify");
         let endpoints = EndpointMap::from_map(take(&mut dp, map_names::ENDPOINTS))
             .expect("ENDPOINTS is the endpoint map");
@@ -171,8 +176,7 @@ impl Fixture {
             PeerMap::from_map(take(&mut dp, map_names::PEERS)).expect("PEERS is the peer map");
         let counters = CounterMap::from_map(take(&mut dp, map_names::COUNTERS))
             .expect("COUNTERS is the counter map");
-        let conntrack = ConntrackMap::from_map(take(&mut dp, map_names::CONNTRACK))
-            .expect("CONNTRACK is the conntrack map");
+        let conntrack = ConntrackMap::take(&mut dp).expect("CONNTRACK and HALF_OPEN");
         let routed_networks = RoutedNetworks::from_map(take(&mut dp, map_names::ROUTED_NETWORKS))
             .expect("ROUTED_NETWORKS is the routed network map");
         let lb = Lb::new(
