@@ -126,6 +126,39 @@ impl Testbed {
         Ok(stopped)
     }
 
+    /// Whether the node's agent still runs (`false` once it has exited, whatever the cause).
+    pub fn agent_alive(&mut self, node: &str) -> bool {
+        let n = self.node_mut(node);
+        matches!(n.agent.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// GET `path` of the agent's health server (`--healthz-addr`, default port 9876) from
+    /// inside the node: the HTTP status and the body.
+    pub fn agent_http(&self, node: &str, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        let ns = self.node(node).ns.clone();
+        let text = netns::join(netns::in_netns(&ns, move || -> Result<String> {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9876));
+            let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+            conn.write_all(request.as_bytes())?;
+            let mut text = String::new();
+            conn.read_to_string(&mut text)?;
+            Ok(text)
+        })?)?;
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("not an HTTP response from the agent on {node}: {text:?}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        Ok((status, body.to_string()))
+    }
+
     /// Kills a node's agent without warning.
     pub fn kill_agent(&mut self, node: &str) {
         if let Some(child) = self.node_mut(node).agent.take() {

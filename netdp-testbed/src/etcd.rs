@@ -1,4 +1,5 @@
-//! A real etcd server (Debian's etcd-server) for one testbed run.
+//! A real etcd server (Debian's etcd-server) for one testbed run, alone or as a member of
+//! an [`EtcdCluster`](crate::etcd_cluster::EtcdCluster).
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -17,9 +18,21 @@ pub struct Etcd {
     pub netns: Option<String>,
     pub data_dir: PathBuf,
     pub tls: Option<TlsFiles>,
+    /// Its place in a cluster (`None`: a cluster of one, peers on loopback).
+    pub member: Option<Membership>,
     listen: (Ipv4Addr, u16, u16),
-    log: PathBuf,
+    pub log: PathBuf,
     child: Option<Child>,
+}
+
+/// How a cluster member is started: its name, every member's peer URL
+/// (`--initial-cluster`), and a token unique to the run, so members of different runs can
+/// never join each other.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub name: String,
+    pub initial_cluster: String,
+    pub token: String,
 }
 
 fn free_port() -> Result<u16> {
@@ -51,6 +64,7 @@ impl Etcd {
             netns: ns.map(String::from),
             data_dir: dir.join("etcd-data"),
             tls,
+            member: None,
             listen: (addr, client, peer),
             log: dir.join("etcd.log"),
             child: None,
@@ -60,12 +74,41 @@ impl Etcd {
         Ok(etcd)
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    /// Starts cluster member `member` in namespace `ns` on `addr` (ports 2379 and 2380),
+    /// without waiting: a member cannot answer health checks before a quorum is up.
+    pub fn spawn_member(dir: &Path, ns: &str, addr: Ipv4Addr, member: Membership) -> Result<Self> {
+        let mut etcd = Etcd {
+            endpoint: format!("http://{addr}:2379"),
+            netns: Some(ns.to_string()),
+            data_dir: dir.join(format!("etcd-{}", member.name)),
+            tls: None,
+            log: dir.join(format!("etcd-{}.log", member.name)),
+            member: Some(member),
+            listen: (addr, 2379, 2380),
+            child: None,
+        };
+        etcd.spawn()?;
+        Ok(etcd)
+    }
+
+    pub(crate) fn spawn(&mut self) -> Result<()> {
         let (addr, client, peer) = self.listen;
         let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let (name, peer_url, cluster) = match &self.member {
+            Some(m) => (
+                m.name.clone(),
+                format!("http://{addr}:{peer}"),
+                m.initial_cluster.clone(),
+            ),
+            None => (
+                "testbed".to_string(),
+                format!("http://127.0.0.1:{peer}"),
+                format!("testbed=http://127.0.0.1:{peer}"),
+            ),
+        };
         let mut args = vec![
             "--name".to_string(),
-            "testbed".into(),
+            name,
             "--data-dir".into(),
             self.data_dir.display().to_string(),
             "--listen-client-urls".into(),
@@ -73,14 +116,22 @@ impl Etcd {
             "--advertise-client-urls".into(),
             format!("{scheme}://{addr}:{client}"),
             "--listen-peer-urls".into(),
-            format!("http://127.0.0.1:{peer}"),
+            peer_url.clone(),
             "--initial-advertise-peer-urls".into(),
-            format!("http://127.0.0.1:{peer}"),
+            peer_url,
             "--initial-cluster".into(),
-            format!("testbed=http://127.0.0.1:{peer}"),
+            cluster,
             "--logger".into(),
             "zap".into(),
         ];
+        if let Some(m) = &self.member {
+            args.extend([
+                "--initial-cluster-token".to_string(),
+                m.token.clone(),
+                "--initial-cluster-state".into(),
+                "new".into(),
+            ]);
+        }
         if let Some(t) = &self.tls {
             for (flag, p) in [
                 ("--trusted-ca-file", &t.ca),
@@ -167,7 +218,24 @@ impl Etcd {
         self.ctl(&["del", key]).map(|_| ())
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+    /// Process id of the running server, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the server is still running (it may have exited on its own).
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.child = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let mut exited = None;
         let healthy = wait_until("etcd to report itself healthy", timeout, || {
             if let Some(child) = self.child.as_mut() {
@@ -197,6 +265,13 @@ impl Etcd {
                 Ok(_) => {}
                 Err(e) => eprintln!("stopping etcd: {e:#}"),
             }
+        }
+    }
+
+    /// SIGKILL, as a crash would (its data stays).
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.take() {
+            process::kill(child);
         }
     }
 

@@ -5,8 +5,8 @@
 //! A test holds one [`Testbed`] (`testbed.rs`). What it builds is in `topology.rs`, its
 //! agents in `agents.rs`, its pods in `cni.rs`, `netdp` CLI calls in `cli.rs`, services
 //! in `services.rs` with their backends and clients in `echo.rs`. Below those: `netns`,
-//! `process`, `etcd`, `cleanup`, `wait` and the leaf `base`, none of which knows about the
-//! testbed. `packet.rs` crafts frames for the packet tests and needs none of it.
+//! `process`, `etcd` (and `etcd_cluster`, three of them), `cleanup`, `wait` and the leaf
+//! `base`, none of which knows about the testbed. `packet.rs` crafts frames for the packet tests and needs none of it.
 mod agents;
 pub mod base;
 pub mod cleanup;
@@ -14,6 +14,7 @@ mod cli;
 mod cni;
 pub mod echo;
 pub mod etcd;
+pub mod etcd_cluster;
 pub mod flannel;
 pub mod netns;
 pub mod packet;

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::{cleanup, etcd::Etcd, netns, wait};
+use crate::{cleanup, etcd::Etcd, etcd_cluster::EtcdCluster, netns, wait};
 
 // The paths callers have used since all of this lived in this file.
 pub use crate::base::{BPF_ROOT, Count, open_pinned_map, require_privileges, which};
@@ -52,7 +52,9 @@ pub struct Testbed {
     pub id: String,
     pub dir: PathBuf,
     pub bins: Binaries,
+    /// The one etcd, unless the spec asked for a cluster.
     pub etcd: Option<Etcd>,
+    pub etcd_cluster: Option<EtcdCluster>,
     pub nodes: Vec<Node>,
     pub spec: Spec,
     pub prefix: String,
@@ -107,6 +109,7 @@ impl Testbed {
             dir,
             bins,
             etcd: None,
+            etcd_cluster: None,
             nodes: Vec::new(),
             spec: spec.clone(),
         };
@@ -115,15 +118,29 @@ impl Testbed {
     }
 
     pub fn etcd(&self) -> &Etcd {
-        self.etcd.as_ref().expect("the testbed always has etcd")
+        self.etcd
+            .as_ref()
+            .expect("this testbed runs an etcd cluster: use etcd_cluster()")
     }
 
     pub fn etcd_mut(&mut self) -> &mut Etcd {
-        self.etcd.as_mut().expect("the testbed always has etcd")
+        self.etcd
+            .as_mut()
+            .expect("this testbed runs an etcd cluster: use etcd_cluster()")
     }
 
+    pub fn etcd_cluster(&mut self) -> &mut EtcdCluster {
+        self.etcd_cluster
+            .as_mut()
+            .expect("this testbed runs one etcd: ask for a cluster with Spec::etcd_cluster")
+    }
+
+    /// What clients are given as `--etcd-endpoints`: the one etcd, or every member.
     pub fn etcd_endpoint(&self) -> String {
-        self.etcd().endpoint.clone()
+        match &self.etcd_cluster {
+            Some(c) => c.endpoint_list(),
+            None => self.etcd().endpoint.clone(),
+        }
     }
 
     pub fn node(&self, name: &str) -> &Node {
@@ -142,7 +159,11 @@ impl Testbed {
 
     /// Writes (replaces) the network config in etcd.
     pub fn set_network_config(&self, json: &str) -> Result<()> {
-        self.etcd().put(&format!("{}/config", self.prefix), json)
+        let key = format!("{}/config", self.prefix);
+        match &self.etcd_cluster {
+            Some(c) => c.put(&key, json),
+            None => self.etcd().put(&key, json),
+        }
     }
 
     /// This node's subnet as `a.b.c.d/len`, from its subnet file.
@@ -175,6 +196,7 @@ impl Drop for Testbed {
         if let Some(mut e) = self.etcd.take() {
             e.stop();
         }
+        drop(self.etcd_cluster.take());
         cleanup::release(&self.id);
     }
 }

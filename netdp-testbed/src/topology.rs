@@ -3,7 +3,8 @@
 //! gateways, and the [`Node`] and [`Pod`] records that describe what was built.
 //!
 //! Addressing: underlay `i` is `192.168.<10(i+1)>.0/24` with the router at `.1`, etcd at
-//! `.2` of the first underlay, and nodes from `.11`. The outside host is `203.0.113.2` behind
+//! `.2` of the first underlay (an etcd cluster's members at `.3` on, `.2` their client
+//! host), and nodes from `.11`. The outside host is `203.0.113.2` behind
 //! the router (`203.0.113.1`). A node behind NAT sits at `172.16.<k>.2` behind a gateway
 //! whose public side is `.250 - k` of its underlay.
 use std::{
@@ -15,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 
-use crate::{BPF_ROOT, Binaries, Testbed, cleanup, etcd::Etcd, netns};
+use crate::{BPF_ROOT, Binaries, Testbed, cleanup, etcd::Etcd, etcd_cluster::EtcdCluster, netns};
 
 /// One node of a [`Spec`].
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub struct Spec {
     pub etcd_prefix: Option<String>,
     /// Binaries to run (default: [`Binaries::locate`]).
     pub bins: Option<Binaries>,
+    /// etcd members, each in a namespace of its own (0 or 1: one etcd on the etcd host).
+    pub etcd_members: usize,
 }
 
 impl Spec {
@@ -82,6 +85,12 @@ impl Spec {
 
     pub fn binaries(mut self, bins: Binaries) -> Self {
         self.bins = Some(bins);
+        self
+    }
+
+    /// An etcd cluster of `members` instead of one etcd (see [`EtcdCluster`]).
+    pub fn etcd_cluster(mut self, members: usize) -> Self {
+        self.etcd_members = members;
         self
     }
 
@@ -331,8 +340,27 @@ impl Testbed {
         if needs_router {
             netns::ip(&["-n", &ctl, "route", "add", "default", "via", "192.168.10.1"])?;
         }
+        if self.spec.etcd_members > 1 {
+            return self.start_etcd_cluster(needs_router);
+        }
         let etcd = Etcd::start(&self.dir, Some(&ctl), etcd_ip, None)?;
         self.etcd = Some(etcd);
+        Ok(())
+    }
+
+    /// One namespace per member on the first underlay (`.3` on), the members in them.
+    fn start_etcd_cluster(&mut self, needs_router: bool) -> Result<()> {
+        let mut members = Vec::new();
+        for i in 0..self.spec.etcd_members {
+            let ns = self.ns(&format!("etcd{i}"));
+            self.add_ns(&ns)?;
+            self.plug(0, &format!("etcd{i}"), &ns, "eth0")?;
+            let ip = Ipv4Addr::new(192, 168, 10, 3 + i as u8);
+            address_host(&ns, ip, needs_router.then_some("192.168.10.1"))?;
+            members.push((ns, ip));
+        }
+        let cluster = EtcdCluster::start(&self.dir, &self.id, &self.ctl_ns, &members)?;
+        self.etcd_cluster = Some(cluster);
         Ok(())
     }
 

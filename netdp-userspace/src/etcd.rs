@@ -1,5 +1,6 @@
-//! Connecting to etcd with flanneld's flags.
+//! Connecting to etcd with flanneld's flags, to one member or to a cluster's several.
 pub mod decode;
+pub mod members;
 pub mod watch;
 
 use std::{path::PathBuf, time::Duration};
@@ -57,10 +58,16 @@ impl EtcdArgs {
     }
 
     fn options(&self) -> Result<ConnectOptions> {
+        // Keep-alive pings end a connection to a member that was cut off (its watches and
+        // lease streams with it) within 10 s plus the timeout; etcd refuses pings more often
+        // than every 5 s (--grpc-keepalive-min-time) and without streams. With the leader
+        // required, a member cut off from its peers refuses requests and ends its watches
+        // instead of leaving them silent, so they resume on a member that has one.
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(self.timeout)
             .with_timeout(self.timeout)
-            .with_keep_alive(Duration::from_secs(10), self.timeout);
+            .with_keep_alive(Duration::from_secs(10), self.timeout)
+            .with_require_leader(true);
         match (&self.username, &self.password) {
             (Some(u), Some(p)) => opts = opts.with_user(u, p),
             (Some(_), None) => bail!("--etcd-username needs --etcd-password"),
@@ -92,6 +99,8 @@ impl EtcdArgs {
     }
 
     /// Connects and checks that etcd answers, so an unreachable etcd is reported at once.
+    /// Given several endpoints, requests go to the members that answer and know a leader
+    /// ([`members`]), and one member down is no reason to fail.
     pub async fn connect(&self) -> Result<Client> {
         if self.endpoints.is_empty() {
             bail!("--etcd-endpoints is empty");
@@ -104,7 +113,15 @@ impl EtcdArgs {
         let endpoints = self.endpoints.join(",");
         let opts = self.options()?;
         let connect = async {
-            let mut client = Client::connect(&self.endpoints, Some(opts)).await?;
+            let mut client = Client::connect(&self.endpoints, Some(opts.clone())).await?;
+            if self.endpoints.len() > 1 {
+                // Probes leave the rest of the timeout for the request that follows them.
+                let probe = (self.timeout / 2).min(2 * members::PROBE_EVERY);
+                let mut members =
+                    members::Members::new(client.clone(), &self.endpoints, opts, probe);
+                members.check().await;
+                members.spawn();
+            }
             client.status().await?;
             Ok::<_, etcd_client::Error>(client)
         };
