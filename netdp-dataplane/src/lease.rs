@@ -25,6 +25,11 @@ pub struct LeaseAttrs {
     pub backend_data: Option<Value>,
     #[serde(rename = "BackendV6Data", default, skip_serializing_if = "is_null")]
     pub backend_v6_data: Option<Value>,
+    /// The node that wrote the lease (netdp's addition; flanneld ignores unknown keys and
+    /// never writes it). A node takes back only a lease that names it, so a lease someone
+    /// else wrote with its PublicIP is never adopted (see `Registry::acquire`).
+    #[serde(rename = "NetdpNode", default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 fn is_null(v: &Option<Value>) -> bool {
@@ -39,7 +44,14 @@ impl LeaseAttrs {
             backend_type: backend_type.to_string(),
             backend_data,
             backend_v6_data: None,
+            node: None,
         }
+    }
+
+    /// The same attributes, naming `node` as the lease's owner.
+    pub fn with_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
+        self
     }
 
     /// The peer's VTEP MAC for the vxlan backend (`BackendData.VtepMAC`).

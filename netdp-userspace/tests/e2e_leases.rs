@@ -2,8 +2,9 @@
 //! that follow the leases as they appear, change, expire and come back.
 use std::{net::Ipv4Addr, time::Duration};
 
-use anyhow::Result;
-use netdp_testbed::{Spec, Testbed, netns, traffic};
+use anyhow::{Result, ensure};
+use netdp::dataplane::{Pins, peer::PeerMap};
+use netdp_testbed::{BPF_ROOT, Spec, Testbed, netns, traffic};
 
 const HOST_GW: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#;
 const SHORT_TTL: &[&str] = &[
@@ -172,6 +173,144 @@ fn peer_leases_in_flannels_format_become_routes_and_bad_values_are_skipped() -> 
         log.contains("invalid network config at /coreos.com/network/config: SubnetLen"),
         "{log}"
     );
+    Ok(())
+}
+
+/// The underlay addresses in a node's PEERS map, read from its pin.
+fn peers(tb: &Testbed, node: &str) -> Result<Vec<Ipv4Addr>> {
+    let pins = Pins::new(std::path::Path::new(BPF_ROOT), &tb.node(node).ns)?;
+    Ok(PeerMap::open(&pins)?
+        .list()
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect())
+}
+
+#[test]
+fn rogue_leases_never_reach_routes_or_peers_and_genuine_peers_keep_theirs() -> Result<()> {
+    let mut tb = Testbed::new(Spec::flat(3).network(HOST_GW))?;
+    tb.start_all_agents(&[])?;
+    let nodes = ["n1", "n2", "n3"];
+    let subnets: Vec<String> = nodes
+        .iter()
+        .map(|n| tb.subnet_of(n))
+        .collect::<Result<_>>()?;
+    let ips: Vec<Ipv4Addr> = nodes.iter().map(|n| tb.node(n).public_ip).collect();
+    // A /25 inside n2's subnet, and a free /24 for a lease with n2's PublicIP.
+    let inside = subnets[1].replace(".0/24", ".128-25");
+    let free = (200..250)
+        .map(|i| format!("10.244.{i}.0/24"))
+        .find(|s| !subnets.contains(s))
+        .expect("a free subnet");
+    let put = |subnet: &str, ip: &str| {
+        let key = format!("{}/subnets/{}", tb.prefix, subnet.replace('/', "-"));
+        tb.etcd().put(
+            &key,
+            &format!(r#"{{"PublicIP":"{ip}","BackendType":"host-gw"}}"#),
+        )
+    };
+    let rogue = [
+        "0.0.0.0/0",
+        &inside.replace('-', "/"),
+        "10.99.0.0/24",
+        &free,
+    ];
+    put("0.0.0.0/0", "192.168.10.201")?;
+    put(rogue[1], "192.168.10.202")?;
+    put("10.99.0.0/24", "192.168.10.203")?;
+    put(&free, &ips[1].to_string())?;
+    // Then a genuine newcomer (seen after the rogue ones) and a younger duplicate of it.
+    put("10.244.251.0/24", "192.168.10.60")?;
+    put("10.244.252.0/24", "192.168.10.60")?;
+    // Every node routes the other nodes' subnets and `extra`.
+    let routed_everywhere = |tb: &Testbed, extra: &str| -> Result<bool> {
+        for (i, n) in nodes.iter().enumerate() {
+            let routes = tb.routes(n)?;
+            let mut want = (0..3).filter(|j| *j != i).map(|j| subnets[j].as_str());
+            if !want.all(|w| routes.iter().any(|(s, _)| s == w))
+                || !routes.iter().any(|(s, _)| s == extra)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    tb.wait_for(
+        "every node to route the newcomer",
+        Duration::from_secs(10),
+        || routed_everywhere(&tb, "10.244.251.0/24"),
+    )?;
+    // Several resyncs later (every second) nothing rogue is routed or a peer, each
+    // rejection was logged once, and every genuine peer routes to its own node.
+    std::thread::sleep(Duration::from_secs(3));
+    let check = |tb: &Testbed, routed_dup: &str, dup_gone: &str| -> Result<()> {
+        for (i, n) in nodes.iter().enumerate() {
+            let routes = tb.routes(n)?;
+            for r in rogue.iter().chain([&dup_gone]) {
+                ensure!(
+                    !routes.iter().any(|(s, _)| s == r),
+                    "{n} routes rogue {r}: {routes:?}"
+                );
+            }
+            let mut want: Vec<(String, Ipv4Addr)> = (0..3)
+                .filter(|j| *j != i)
+                .map(|j| (subnets[j].clone(), ips[j]))
+                .chain([(routed_dup.to_string(), Ipv4Addr::new(192, 168, 10, 60))])
+                .collect();
+            want.sort();
+            ensure!(routes == want, "{n}: {routes:?}, expected {want:?}");
+            let mut peers = peers(tb, n)?;
+            let mut want: Vec<Ipv4Addr> = want.iter().map(|(_, ip)| *ip).collect();
+            peers.sort();
+            want.sort();
+            ensure!(peers == want, "{n}'s PEERS: {peers:?}, expected {want:?}");
+        }
+        Ok(())
+    };
+    check(&tb, "10.244.251.0/24", "10.244.252.0/24")?;
+    for n in nodes {
+        let log = std::fs::read_to_string(tb.node(n).agent_log())?;
+        for r in rogue.iter().chain([&"10.244.252.0/24"]) {
+            let line = format!(
+                "not routing lease {}/subnets/{} ",
+                tb.prefix,
+                r.replace('/', "-")
+            );
+            ensure!(
+                log.matches(&line).count() == 1,
+                "{n}: {line:?} not logged once: {log}"
+            );
+        }
+    }
+    let log = std::fs::read_to_string(tb.node("n2").agent_log())?;
+    ensure!(
+        log.contains("its PublicIP is already that of this node's lease"),
+        "{log}"
+    );
+
+    // The winner goes: its younger duplicate is routed in its place.
+    tb.etcd().delete(&lease_key(&tb, "10.244.251.0/24"))?;
+    tb.wait_for(
+        "the duplicate to take over",
+        Duration::from_secs(10),
+        || routed_everywhere(&tb, "10.244.252.0/24"),
+    )?;
+    check(&tb, "10.244.252.0/24", "10.244.251.0/24")?;
+
+    // n2, restarted without its subnet file, takes back its own lease, not the one
+    // claiming its PublicIP.
+    tb.stop_agent("n2")?;
+    std::fs::remove_file(tb.node("n2").subnet_file())?;
+    tb.start_agent("n2", &[])?;
+    assert_eq!(tb.subnet_of("n2")?, subnets[1]);
+    let log = std::fs::read_to_string(tb.node("n2").agent_log())?;
+    let claim = format!(
+        "lease {} claims this node's PublicIP {}",
+        lease_key(&tb, &free),
+        ips[1]
+    );
+    ensure!(log.contains(&claim), "{log}");
+    check(&tb, "10.244.252.0/24", "10.244.251.0/24")?;
     Ok(())
 }
 

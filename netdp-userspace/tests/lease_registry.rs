@@ -151,6 +151,117 @@ async fn a_node_gets_its_subnet_back_and_never_steals_a_live_one() -> Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_lease_provably_ours_is_taken_back() -> Result<()> {
+    let etcd = LocalEtcd::start()?;
+    let cfg = config(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#);
+    let put = |subnet: &str, value: &str| etcd.put(&format!("{PREFIX}/subnets/{subnet}"), value);
+    // Our own lease names us, and is ours again after a restart without a subnet file.
+    let me = attrs(1).with_node("n1");
+    let first = registry(&etcd)
+        .await?
+        .acquire(&cfg, &me, None, &opts(60))
+        .await?;
+    let raw = etcd
+        .get(&subnet_key(PREFIX, &first.subnet))?
+        .expect("our lease");
+    assert_eq!(
+        raw,
+        r#"{"PublicIP":"192.168.1.1","BackendType":"host-gw","NetdpNode":"n1"}"#
+    );
+    let again = registry(&etcd)
+        .await?
+        .acquire(&cfg, &me, None, &opts(60))
+        .await?;
+    assert_eq!(again.subnet, first.subnet);
+
+    // A lease with n5's PublicIP written by someone else: refused, naming the key.
+    put(
+        "10.1.200.0-24",
+        r#"{"PublicIP":"192.168.1.5","BackendType":"host-gw","NetdpNode":"n9"}"#,
+    )?;
+    let err = registry(&etcd)
+        .await?
+        .acquire(&cfg, &attrs(5).with_node("n5"), None, &opts(60))
+        .await
+        .expect_err("a lease naming n9 is not n5's");
+    assert!(matches!(err, AcquireError::Claimed { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with(
+            "lease /coreos.com/network/subnets/10.1.200.0-24 claims this node's PublicIP \
+             192.168.1.5 but it was written by node \"n9\": not adopting it"
+        ),
+        "{err}"
+    );
+    // Also when the subnet file names it, and nothing was leased instead.
+    let err = registry(&etcd)
+        .await?
+        .acquire(
+            &cfg,
+            &attrs(5).with_node("n5"),
+            Some("10.1.200.0/24".parse()?),
+            &opts(60),
+        )
+        .await
+        .expect_err("the subnet file does not make n9's lease n5's");
+    assert!(matches!(err, AcquireError::Claimed { .. }), "{err}");
+    let (leases, _) = registry(&etcd).await?.leases().await?;
+    let of_n5: Vec<_> = leases
+        .iter()
+        .filter(|l| l.attrs.public_ip == Ipv4Addr::new(192, 168, 1, 5))
+        .collect();
+    assert_eq!(of_n5.len(), 1);
+    assert_eq!(
+        of_n5[0].attrs.node.as_deref(),
+        Some("n9"),
+        "n9's lease is untouched"
+    );
+
+    // A lease naming no node (flanneld's, an older netdp's) is ours at the subnet file's
+    // subnet only; taking it back names us.
+    let legacy = r#"{"PublicIP":"192.168.1.6","BackendType":"host-gw"}"#;
+    put("10.1.201.0-24", legacy)?;
+    let err = registry(&etcd)
+        .await?
+        .acquire(&cfg, &attrs(6).with_node("n6"), None, &opts(60))
+        .await
+        .expect_err("unnamed and not in the subnet file");
+    assert!(err.to_string().contains("names no node"), "{err}");
+    let hint = "10.1.201.0/24".parse()?;
+    let taken = registry(&etcd)
+        .await?
+        .acquire(&cfg, &attrs(6).with_node("n6"), Some(hint), &opts(60))
+        .await?;
+    assert_eq!(taken.subnet, hint);
+    let raw = etcd.get(&subnet_key(PREFIX, &hint))?.expect("the lease");
+    assert!(raw.contains(r#""NetdpNode":"n6""#), "{raw}");
+
+    // Two leases of ours: the subnet file's is kept, the other released.
+    put(
+        "10.1.210.0-24",
+        r#"{"PublicIP":"192.168.1.8","BackendType":"host-gw","NetdpNode":"n8"}"#,
+    )?;
+    put(
+        "10.1.211.0-24",
+        r#"{"PublicIP":"192.168.1.8","BackendType":"host-gw","NetdpNode":"n8"}"#,
+    )?;
+    let kept = registry(&etcd)
+        .await?
+        .acquire(
+            &cfg,
+            &attrs(8).with_node("n8"),
+            Some("10.1.211.0/24".parse()?),
+            &opts(60),
+        )
+        .await?;
+    assert_eq!(kept.subnet.to_string(), "10.1.211.0/24");
+    assert!(
+        etcd.get(&format!("{PREFIX}/subnets/10.1.210.0-24"))?
+            .is_none()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_that_no_longer_fits_the_config_is_released() -> Result<()> {
     let etcd = LocalEtcd::start()?;
     let old = config(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#);

@@ -29,7 +29,7 @@ use crate::{
         route::{RouteMap, Underlay},
     },
     etcd::watch::Update,
-    lease::{Lease, LeaseAttrs, LeaseOptions, PeerLease, Registry, WatchUpdate},
+    lease::{Lease, LeaseAttrs, LeaseOptions, LeaseSet, PeerLease, Registry, WatchUpdate},
     netlink::Netlink,
     observe::{self, Health, Metrics},
     subnet_file::SubnetFile,
@@ -55,6 +55,8 @@ struct State {
     underlay: Underlay,
     lease: Lease,
     peers: HashMap<Ipv4Network, PeerLease>,
+    /// Which of `peers` are routed (`lease/validate.rs`).
+    admission: LeaseSet,
     routes: RouteMap,
     peer_map: PeerMap,
     nl: Netlink,
@@ -128,11 +130,17 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         underlay,
         lease,
         peers: HashMap::new(),
+        admission: LeaseSet::new(registry.prefix()),
         routes,
         peer_map,
         nl,
         reported_unreachable: Default::default(),
     };
+    // Leases first: services are checked against the node addresses they name.
+    let (leases, lease_rev) = registry.leases().await?;
+    state.peers = leases.into_iter().map(|l| (l.subnet, l)).collect();
+    state.sync_routes().await?;
+    health.set_leases_synced();
 
     let (services, service_rev) = services::Services::start(
         &args.services,
@@ -143,11 +151,6 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     )
     .await?;
     health.set_services_synced();
-
-    let (leases, lease_rev) = registry.leases().await?;
-    state.peers = leases.into_iter().map(|l| (l.subnet, l)).collect();
-    state.sync_routes().await?;
-    health.set_leases_synced();
     println!(
         "netdp agent ready: node {node} subnet {}",
         state.lease.subnet
@@ -209,11 +212,13 @@ async fn lease_subnet(
     node: &str,
 ) -> Result<(Lease, LeaseAttrs)> {
     let link = &underlay.link;
+    // Naming the node lets it tell its own lease from one merely claiming its PublicIP.
     let attrs = LeaseAttrs::new(
         public_ip,
         config.backend.type_name(),
         node::backend_data(&config.backend, vtep),
-    );
+    )
+    .with_node(node);
     let hint = SubnetFile::read_subnet(&args.subnet_file);
     let lease = registry
         .acquire(config, &attrs, hint, &args.lease_options())
@@ -258,6 +263,7 @@ fn load_dataplane(
     if args.ip_masq {
         args.underlay.masquerade_ports(&mut node_config)?;
     }
+    args.underlay.node_flags(&mut node_config);
     args.underlay.check(config)?;
     let mut dp = Dataplane::load_for(crate::ebpf_object(), Some(pins), &sizes, &node_config)?;
     args.underlay.program(&mut dp)?;

@@ -1,4 +1,5 @@
-//! Turning the set of leases into the ROUTES and PEERS maps.
+//! Turning the set of leases into the ROUTES and PEERS maps: the ones
+//! [`crate::lease::LeaseSet`] accepts.
 use std::collections::HashMap;
 
 use anyhow::Result;
@@ -21,12 +22,12 @@ impl State {
         };
         let mut desired = HashMap::new();
         let mut peers = HashMap::new();
-        for peer in self.peers.values() {
-            if peer.subnet == self.lease.subnet
-                || peer.attrs.public_ip == self.lease.attrs.public_ip
-            {
-                continue;
-            }
+        // Only leases that pass validation (in the Network, of SubnetLen, no overlap, one
+        // PublicIP each; ours first) become routes and peers.
+        let routed = self
+            .admission
+            .admit(&self.config, Some(&self.lease), self.peers.values());
+        for peer in routed {
             let ip = peer.attrs.public_ip;
             peers.insert(ip, peer.subnet);
             let route = match mode_for(&self.underlay, &self.config.backend, &peer.attrs) {

@@ -166,6 +166,7 @@ mod tests {
             value: value.into(),
             lease: 0,
             mod_revision: rev,
+            create_revision: rev,
         }
     }
 

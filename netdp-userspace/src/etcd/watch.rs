@@ -19,6 +19,8 @@ pub struct Kv {
     /// The etcd lease the key is attached to (0: none).
     pub lease: i64,
     pub mod_revision: i64,
+    /// When the key was created: of two conflicting leases, the older one wins.
+    pub create_revision: i64,
 }
 
 impl From<&KeyValue> for Kv {
@@ -28,6 +30,7 @@ impl From<&KeyValue> for Kv {
             value: kv.value().to_vec(),
             lease: kv.lease(),
             mod_revision: kv.mod_revision(),
+            create_revision: kv.create_revision(),
         }
     }
 }

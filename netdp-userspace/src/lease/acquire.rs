@@ -1,6 +1,10 @@
 //! Taking this node's lease: its own again if it still has one that fits, else the subnet
 //! file's if free, else a random free one, each by a transaction that only succeeds when
 //! nobody else holds the key, so any number of nodes can join at once.
+//!
+//! "Its own" is a lease the node can show it wrote ([`ownership`]), not merely one with its
+//! PublicIP: anyone who can write to etcd can put a lease with our PublicIP at a subnet of
+//! their choosing, and Flannel, which takes back any such lease, would adopt it.
 use std::{collections::HashSet, time::Duration};
 
 use anyhow::{Result, anyhow};
@@ -19,6 +23,12 @@ pub enum AcquireError {
     Exhausted {
         subnets: u32,
     },
+    /// A lease claims this node's PublicIP but is not provably this node's.
+    Claimed {
+        key: String,
+        public_ip: std::net::Ipv4Addr,
+        why: String,
+    },
     Etcd(anyhow::Error),
 }
 
@@ -28,6 +38,16 @@ impl std::fmt::Display for AcquireError {
             AcquireError::Exhausted { subnets } => write!(
                 f,
                 "no free subnet: all {subnets} subnets between SubnetMin and SubnetMax are leased"
+            ),
+            AcquireError::Claimed {
+                key,
+                public_ip,
+                why,
+            } => write!(
+                f,
+                "lease {key} claims this node's PublicIP {public_ip} but {why}: not adopting it. \
+                 If it is this node's from before, delete it (etcdctl del {key}); else give the \
+                 node that wrote it its own PublicIP (or wait for it to expire)"
             ),
             AcquireError::Etcd(e) => write!(f, "{e:#}"),
         }
@@ -39,7 +59,9 @@ impl std::error::Error for AcquireError {}
 impl Registry {
     /// Leases a subnet for `attrs.public_ip`: the one it already holds, else `hint` (the
     /// subnet file's) if free, else a random free one. Lost races are retried with another
-    /// subnet; the only failures are an exhausted range and etcd errors.
+    /// subnet. Fails when the range is exhausted, on etcd errors, and when a lease with
+    /// `attrs.public_ip` exists that is not provably ours ([`ownership`]): leasing a
+    /// second subnet for the same PublicIP would only make the peers reject one of them.
     pub async fn acquire(
         &mut self,
         config: &NetworkConfig,
@@ -56,8 +78,7 @@ impl Registry {
                 tokio::time::sleep(pause).await;
             }
             let (leases, _) = self.leases().await.map_err(AcquireError::Etcd)?;
-            let mine = leases.iter().find(|l| l.attrs.public_ip == attrs.public_ip);
-            if let Some(mine) = mine {
+            if let Some(mine) = self.own_lease(&leases, attrs, hint).await? {
                 let retaken = self.take_back(config, mine, attrs, &value, opts).await;
                 match retaken.map_err(AcquireError::Etcd)? {
                     Some(lease) => return Ok(lease),
@@ -95,6 +116,56 @@ impl Registry {
             }
         }
         unreachable!("the acquire loop only ends by returning")
+    }
+
+    /// Of the leases with our PublicIP, the one to take back (the subnet file's, else the
+    /// oldest); others that are ours too are released. `None` when there is none; an
+    /// error when all of them are someone else's.
+    async fn own_lease<'a>(
+        &mut self,
+        leases: &'a [PeerLease],
+        attrs: &LeaseAttrs,
+        hint: Option<Ipv4Network>,
+    ) -> Result<Option<&'a PeerLease>, AcquireError> {
+        let mut mine = Vec::new();
+        let mut foreign = None;
+        for lease in leases
+            .iter()
+            .filter(|l| l.attrs.public_ip == attrs.public_ip)
+        {
+            match ownership(lease, attrs, hint) {
+                Ok(()) => mine.push(lease),
+                Err(why) => {
+                    let key = subnet_key(&self.prefix, &lease.subnet);
+                    warn!(
+                        "lease {key} claims this node's PublicIP {} but {why}: not adopting it",
+                        attrs.public_ip
+                    );
+                    foreign.get_or_insert((key, why));
+                }
+            }
+        }
+        mine.sort_by_key(|l| (Some(l.subnet) != hint, l.create_revision));
+        let Some((&first, rest)) = mine.split_first() else {
+            return match foreign {
+                Some((key, why)) => Err(AcquireError::Claimed {
+                    key,
+                    public_ip: attrs.public_ip,
+                    why,
+                }),
+                None => Ok(None),
+            };
+        };
+        for extra in rest {
+            info!(
+                "releasing lease {} of {}: this node holds {} too",
+                extra.subnet, attrs.public_ip, first.subnet
+            );
+            self.delete_if_unchanged(extra)
+                .await
+                .map_err(AcquireError::Etcd)?;
+        }
+        Ok(Some(first))
     }
 
     /// The lease `mine` that `attrs.public_ip` already holds, with a fresh TTL, if it still
@@ -219,6 +290,35 @@ impl Registry {
     }
 }
 
+/// Whether `lease` (which has our PublicIP) is provably ours, to be taken back, and if
+/// not, why. A lease is ours when it names our node (`NetdpNode`, which netdp writes and
+/// flanneld ignores), or names no node and is the subnet of our subnet file (`hint`: a
+/// local file only this node writes, covering leases from before `NetdpNode`, Flannel's
+/// among them, across agent restarts). A caller that names no node itself gets Flannel's
+/// rule narrowed to identical backend attributes. Anything else, a lease naming another
+/// node above all, is not adopted: refusing to start (with the key to delete) beats
+/// routing a subnet someone else chose.
+pub fn ownership(
+    lease: &PeerLease,
+    ours: &LeaseAttrs,
+    hint: Option<Ipv4Network>,
+) -> Result<(), String> {
+    let same_backend = || {
+        lease.attrs.backend_type == ours.backend_type
+            && lease.attrs.backend_data == ours.backend_data
+    };
+    match (&lease.attrs.node, &ours.node) {
+        (Some(theirs), Some(me)) if theirs == me => Ok(()),
+        (Some(theirs), _) => Err(format!("it was written by node {theirs:?}")),
+        (None, _) if hint == Some(lease.subnet) => Ok(()),
+        (None, Some(_)) => Err(
+            "it names no node (NetdpNode) and is not the subnet in this node's subnet file".into(),
+        ),
+        (None, None) if same_backend() => Ok(()),
+        (None, None) => Err("its backend type or data differ from this node's".into()),
+    }
+}
+
 fn random_free(
     config: &NetworkConfig,
     taken: &HashSet<Ipv4Network>,
@@ -229,4 +329,64 @@ fn random_free(
     (0..count)
         .map(|i| config.subnet((start + i) % count))
         .find(|s| !taken.contains(s) && !lost.contains(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(subnet: &str, attrs: LeaseAttrs) -> PeerLease {
+        PeerLease {
+            subnet: subnet.parse().expect("a CIDR"),
+            attrs,
+            etcd_lease: 7,
+            mod_revision: 3,
+            create_revision: 3,
+        }
+    }
+
+    fn vxlan(mac: &str) -> LeaseAttrs {
+        let data = serde_json::json!({"VNI": 1, "VtepMAC": mac});
+        LeaseAttrs::new([192, 168, 10, 11].into(), "vxlan", Some(data))
+    }
+
+    #[test]
+    fn only_a_lease_that_names_us_or_our_subnet_file_is_ours() {
+        let me = vxlan("0e:00:00:00:00:11").with_node("n1");
+        let hint = Some("10.244.5.0/24".parse().expect("a CIDR"));
+        // Written by this node before: taken back, whatever the subnet file says.
+        let ours = lease("10.244.9.0/24", me.clone());
+        assert_eq!(ownership(&ours, &me, None), Ok(()));
+        assert_eq!(ownership(&ours, &me, hint), Ok(()));
+        // Another node's name: never, not even at the subnet file's subnet.
+        let other = lease("10.244.5.0/24", vxlan("0e:00:00:00:00:11").with_node("n2"));
+        assert_eq!(
+            ownership(&other, &me, hint),
+            Err("it was written by node \"n2\"".into())
+        );
+        // No name (flanneld's, an older netdp's, a hand-written one): only at the subnet
+        // file's subnet, even when every other attribute matches.
+        let unnamed = lease("10.244.5.0/24", vxlan("0e:00:00:00:00:11"));
+        assert_eq!(ownership(&unnamed, &me, hint), Ok(()));
+        assert!(ownership(&unnamed, &me, None).is_err());
+        let elsewhere = lease("10.244.6.0/24", vxlan("0e:00:00:00:00:11"));
+        assert!(
+            ownership(&elsewhere, &me, hint)
+                .unwrap_err()
+                .contains("not the subnet in this node's subnet file")
+        );
+    }
+
+    #[test]
+    fn a_caller_without_a_name_takes_back_only_identical_attributes() {
+        let me = vxlan("0e:00:00:00:00:11");
+        assert_eq!(
+            ownership(&lease("10.244.9.0/24", me.clone()), &me, None),
+            Ok(())
+        );
+        let other_mac = lease("10.244.9.0/24", vxlan("0e:00:00:00:00:99"));
+        assert!(ownership(&other_mac, &me, None).is_err());
+        let named = lease("10.244.9.0/24", me.clone().with_node("n7"));
+        assert!(ownership(&named, &me, None).is_err());
+    }
 }

@@ -10,11 +10,13 @@ use ipnetwork::Ipv4Network;
 
 pub mod acquire;
 pub mod registry;
+pub mod validate;
 pub mod watch;
 
 pub use acquire::AcquireError;
 pub use netdp_dataplane::lease::LeaseAttrs;
 pub use registry::Registry;
+pub use validate::LeaseSet;
 pub use watch::{LeaseEvent, LeaseWatch, WatchUpdate};
 
 /// `10.1.15.0/24` -> `<prefix>/subnets/10.1.15.0-24`.
@@ -38,6 +40,8 @@ pub struct PeerLease {
     /// The etcd lease the key is attached to (0: none).
     pub etcd_lease: i64,
     pub mod_revision: i64,
+    /// When the key was created (0: unknown); the older of two conflicting leases wins.
+    pub create_revision: i64,
 }
 
 /// How long leases live and when they are renewed.

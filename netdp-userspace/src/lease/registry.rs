@@ -53,6 +53,7 @@ impl Decode for LeaseDecoder {
                     attrs,
                     etcd_lease: kv.lease,
                     mod_revision: kv.mod_revision,
+                    create_revision: kv.create_revision,
                 },
             )),
             Err(why) => {
