@@ -92,6 +92,11 @@ pub struct NetworkConfig {
     /// Pod MTU override (`MTU`); otherwise the underlay MTU minus the backend overhead.
     #[serde(rename = "MTU", skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// The range cluster IPs are allocated from (`ServiceNetwork`, netdp's key: Flannel
+    /// ignores keys it does not know), as kube-apiserver's `--service-cluster-ip-range`.
+    /// Services whose clusterIP lies outside it are not programmed (CVE-2020-8554).
+    #[serde(rename = "ServiceNetwork", skip_serializing_if = "Option::is_none")]
+    pub service_network: Option<Ipv4Network>,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +114,8 @@ struct RawConfig {
     backend: Option<Value>,
     #[serde(rename = "MTU")]
     mtu: Option<Value>,
+    #[serde(rename = "ServiceNetwork")]
+    service_network: Option<Value>,
     // Fields Flannel knows that netdp has nothing to do with; accepted and ignored.
     #[serde(rename = "EnableIPv4")]
     _enable_ipv4: Option<Value>,
@@ -361,6 +368,19 @@ impl NetworkConfig {
             None => backend_mtu,
             Some(v) => Some(parse_mtu("MTU", v)?),
         };
+        let service_network = match &raw.service_network {
+            None => None,
+            Some(v) => {
+                let s = parse_cidr("ServiceNetwork", v)?;
+                if s.contains(network.network()) || network.contains(s.network()) {
+                    return Err(err(
+                        "ServiceNetwork",
+                        format!("{s} overlaps the Network {network}"),
+                    ));
+                }
+                Some(s)
+            }
+        };
         Ok(NetworkConfig {
             network,
             subnet_len,
@@ -368,6 +388,7 @@ impl NetworkConfig {
             subnet_max: subnet_max.into(),
             backend,
             mtu,
+            service_network,
         })
     }
 

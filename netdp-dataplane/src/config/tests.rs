@@ -195,3 +195,46 @@ fn mtu_follows_backend_overhead() {
         "Backend.MTU: 99 is below IPv4's minimum of 576"
     );
 }
+
+#[test]
+fn service_network_is_optional_and_never_overlaps_the_network() {
+    // kube-flannel.yml's net-conf.json, and Flannel's dual-stack keys: no ServiceNetwork.
+    let flannel = parse(
+        r#"{"Network": "10.244.0.0/16", "EnableNFTables": false, "EnableIPv4": true,
+            "EnableIPv6": false, "IPv6Network": "2001:db8::/56", "Backend": {"Type": "vxlan"}}"#,
+    )
+    .unwrap();
+    assert_eq!(flannel.service_network, None);
+    assert!(
+        !serde_json::to_string(&flannel)
+            .unwrap()
+            .contains("ServiceNetwork")
+    );
+    let c = parse(r#"{"Network": "10.244.0.0/16", "ServiceNetwork": "10.96.0.0/12"}"#).unwrap();
+    assert_eq!(c.service_network, Some("10.96.0.0/12".parse().unwrap()));
+    assert!(
+        serde_json::to_string(&c)
+            .unwrap()
+            .contains(r#""ServiceNetwork":"10.96.0.0/12""#)
+    );
+    for (json, why) in [
+        (
+            r#"{"Network": "10.244.0.0/16", "ServiceNetwork": "10.0.0.0/8"}"#,
+            "ServiceNetwork: 10.0.0.0/8 overlaps the Network 10.244.0.0/16",
+        ),
+        (
+            r#"{"Network": "10.244.0.0/16", "ServiceNetwork": "10.244.128.0/20"}"#,
+            "ServiceNetwork: 10.244.128.0/20 overlaps the Network 10.244.0.0/16",
+        ),
+        (
+            r#"{"Network": "10.244.0.0/16", "ServiceNetwork": "10.96.0.1/12"}"#,
+            "ServiceNetwork: 10.96.0.1/12 has host bits set; did you mean 10.96.0.0/12?",
+        ),
+        (
+            r#"{"Network": "10.244.0.0/16", "ServiceNetwork": 12}"#,
+            "ServiceNetwork: expected a string, got 12",
+        ),
+    ] {
+        assert_eq!(parse(json).unwrap_err().to_string(), why, "{json}");
+    }
+}

@@ -73,6 +73,8 @@ impl State {
             underlay: &self.underlay,
             lease: &self.lease,
             network: self.config.network,
+            service_network: self.config.service_network,
+            lease_ips: self.admission.public_ips(),
         }
     }
 }
@@ -402,6 +404,8 @@ impl Agent<'_> {
         if let Err(e) = state.sync_routes().await {
             error!("programming routes: {e:#}");
         }
+        // The node addresses services are checked against come and go with the leases.
+        self.services.resync(self.state.host(self.node)).await;
         gone
     }
 

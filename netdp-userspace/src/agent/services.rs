@@ -4,7 +4,8 @@
 //! over whatever a previous agent left in the maps; then a watch streams changes from that
 //! revision on, resuming after breaks and re-listing after compaction, exactly as the lease
 //! watch does. Changes that arrive together are programmed together. A service that does
-//! not parse is skipped with one log line; the others are unaffected.
+//! not parse, or whose addresses the node's [`AddressPolicy`] refuses (CVE-2020-8554), is
+//! skipped with one log line; the others are unaffected.
 use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
@@ -35,7 +36,7 @@ use crate::{
     },
     lease::Lease,
     netlink::Netlink,
-    service::{self, NodeInfo, ServiceDef, store::ServiceDecoder},
+    service::{self, AddressArgs, AddressPolicy, NodeInfo, ServiceDef, store::ServiceDecoder},
 };
 
 fn parse_prime(s: &str) -> Result<u32, String> {
@@ -78,6 +79,8 @@ pub struct ServiceArgs {
     /// /sys/fs/cgroup or /sys/fs/cgroup/unified; "none" turns it off).
     #[arg(long = "cgroup-root", env = "NETDP_CGROUP_ROOT")]
     pub cgroup_root: Option<PathBuf>,
+    #[command(flatten)]
+    pub addresses: AddressArgs,
 }
 
 impl ServiceArgs {
@@ -100,6 +103,10 @@ pub struct Host<'a> {
     pub lease: &'a Lease,
     /// The cluster's pod network.
     pub network: Ipv4Network,
+    /// The network config's ServiceNetwork.
+    pub service_network: Option<Ipv4Network>,
+    /// Node addresses the leases name: ours and every routed peer's PublicIP.
+    pub lease_ips: &'a [Ipv4Addr],
 }
 
 impl Host<'_> {
@@ -132,6 +139,45 @@ impl Host<'_> {
     }
 }
 
+impl Host<'_> {
+    /// What this node holds service addresses to (`node`: its [`Host::info`]).
+    fn policy(&self, args: &AddressArgs, node: &NodeInfo) -> AddressPolicy {
+        let mut policy = AddressPolicy::new(args, None, node.addresses.iter().copied());
+        policy.pod_network = Some(self.network);
+        if policy.service_range.is_none() {
+            policy.service_range = self.service_network.map(|r| (r, "ServiceNetwork"));
+        }
+        policy.node_ips.extend(self.lease_ips.iter().copied());
+        policy
+    }
+}
+
+/// The plan of one service, if its addresses pass `policy`. A refusal is logged once
+/// (in `refused`, by service), naming the service and the field.
+fn checked_plan(
+    policy: &AddressPolicy,
+    node: &NodeInfo,
+    refused: &mut HashMap<String, String>,
+    id: &str,
+    def: &ServiceDef,
+) -> Option<ServicePlan> {
+    match policy.check(def) {
+        Ok(()) => {
+            if refused.remove(id).is_some() {
+                info!("service {id}: its addresses are allowed now; programming it");
+            }
+            service::plan(def, node)
+        }
+        Err(why) => {
+            if refused.get(id) != Some(&why) {
+                warn!("service {id} not programmed: {why}");
+                refused.insert(id.to_string(), why);
+            }
+            None
+        }
+    }
+}
+
 /// The cgroup2 directory the socket programs attach to.
 fn cgroup_root(args: &ServiceArgs) -> Result<Option<PathBuf>> {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -159,6 +205,10 @@ fn cgroup_root(args: &ServiceArgs) -> Result<Option<PathBuf>> {
 pub struct Services {
     lb: Lb,
     node: NodeInfo,
+    addresses: AddressArgs,
+    policy: AddressPolicy,
+    /// Services the policy refused, with why (logged once each).
+    refused: HashMap<String, String>,
     decoder: ServiceDecoder,
     defs: HashMap<String, ServiceDef>,
 }
@@ -185,6 +235,8 @@ impl Services {
         lb.set_config(host.gateway(), netns_cookie())?;
         attach_sockets(args, dp, pins)?;
         let node = host.info().await;
+        let policy = host.policy(&args.addresses, &node);
+        let mut refused = HashMap::new();
         let mut decoder = ServiceDecoder::new(&args.service_prefix);
 
         let started = Instant::now();
@@ -194,7 +246,9 @@ impl Services {
             decode_all(&mut decoder, &kvs).into_iter().collect();
         let plans: Vec<(String, ServicePlan)> = defs
             .iter()
-            .filter_map(|(id, d)| service::plan(d, &node).map(|p| (id.clone(), p)))
+            .filter_map(|(id, d)| {
+                checked_plan(&policy, &node, &mut refused, id, d).map(|p| (id.clone(), p))
+            })
             .collect();
         let stats = lb.adopt(plans);
         info!("read {} services from etcd in {listed:.1?}", defs.len());
@@ -202,6 +256,9 @@ impl Services {
         let s = Services {
             lb,
             node,
+            addresses: args.addresses.clone(),
+            policy,
+            refused,
             decoder,
             defs,
         };
@@ -209,12 +266,15 @@ impl Services {
     }
 
     /// Keeps up with the node: the host route, its addresses and subnet (reprogramming
-    /// node ports if they changed), and the source-NAT address.
+    /// node ports if they changed), the node addresses the leases name (re-checking every
+    /// service if they changed), and the source-NAT address.
     pub async fn resync(&mut self, host: Host<'_>) {
         if let Err(e) = ensure_host_route(host.nl, host.network, host.lease).await {
             error!("{e:#}");
         }
-        self.set_node(host.info().await);
+        let node = host.info().await;
+        let policy = host.policy(&self.addresses, &node);
+        self.set_node(node, policy);
         if let Err(e) = self.lb.set_config(host.gateway(), netns_cookie()) {
             error!("{e:#}");
         }
@@ -237,7 +297,13 @@ impl Services {
             if let Some(gone) = old.and_then(|o| udp_endpoints_gone(&o, def.as_ref())) {
                 gone_udp.insert(id.clone(), gone);
             }
-            let plan = def.as_ref().and_then(|d| service::plan(d, &self.node));
+            let plan = match &def {
+                Some(d) => checked_plan(&self.policy, &self.node, &mut self.refused, &id, d),
+                None => {
+                    self.refused.remove(&id);
+                    None
+                }
+            };
             batch.push((id, plan));
         }
         if batch.is_empty() {
@@ -259,21 +325,33 @@ impl Services {
         changed
     }
 
-    /// Reprograms every service if the node's addresses or subnet changed.
-    fn set_node(&mut self, node: NodeInfo) {
-        if node == self.node {
+    /// Reprograms every service if the node's addresses or subnet, or what its policy
+    /// allows, changed.
+    fn set_node(&mut self, node: NodeInfo, policy: AddressPolicy) {
+        if node == self.node && policy == self.policy {
             return;
         }
-        info!(
-            "node addresses now {:?} (subnet {}): reprogramming services",
-            node.addresses, node.subnet
-        );
+        if node != self.node {
+            info!(
+                "node addresses now {:?} (subnet {}): reprogramming services",
+                node.addresses, node.subnet
+            );
+        } else {
+            info!(
+                "node addresses of the leases now {:?}: re-checking services",
+                policy.node_ips
+            );
+        }
         self.node = node;
+        self.policy = policy;
         let started = Instant::now();
         let batch = self
             .defs
             .iter()
-            .map(|(id, d)| (id.clone(), service::plan(d, &self.node)))
+            .map(|(id, d)| {
+                let plan = checked_plan(&self.policy, &self.node, &mut self.refused, id, d);
+                (id.clone(), plan)
+            })
             .collect();
         let stats = self.lb.apply(batch);
         self.lb.log_stats("reprogrammed", &stats, started.elapsed());

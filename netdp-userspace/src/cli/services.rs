@@ -14,8 +14,9 @@ use super::{Failure, NodeArgs, Output, print_table, print_value};
 use crate::{
     dataplane::lb::{LbMaps, proto_name as proto},
     etcd::EtcdArgs,
+    lease::{LeaseSet, Registry},
     service::{
-        self, ServiceDef, ServiceDoc, ServiceStore,
+        self, AddressArgs, AddressPolicy, ServiceDef, ServiceDoc, ServiceStore,
         store::{key, parse_key},
         validate::claims,
     },
@@ -53,6 +54,9 @@ pub enum ServiceCmd {
         /// The file (Kubernetes-shaped Services, JSON or YAML; `-`: standard input).
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
+        /// The agents' address rules, to refuse what they would not program.
+        #[command(flatten)]
+        addresses: AddressArgs,
     },
     /// Services in etcd; with --node-name, whether that node has programmed them.
     List {
@@ -115,7 +119,11 @@ fn read_input(path: &PathBuf) -> Result<String> {
 
 pub async fn service(cmd: ServiceCmd) -> Result<()> {
     match cmd {
-        ServiceCmd::Apply { store, file } => apply(store, file).await,
+        ServiceCmd::Apply {
+            store,
+            file,
+            addresses,
+        } => apply(store, file, addresses).await,
         ServiceCmd::List {
             store,
             namespace,
@@ -155,7 +163,29 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
     }
 }
 
-async fn apply(store: StoreArgs, file: PathBuf) -> Result<()> {
+/// The address rules the agents hold services to, as far as a client can know them: the
+/// flags, the network config and the leases' PublicIPs in etcd (nothing of the config
+/// when there is none yet).
+async fn address_policy(
+    client: etcd_client::Client,
+    etcd: &EtcdArgs,
+    args: &AddressArgs,
+) -> Result<AddressPolicy> {
+    let mut registry = Registry::new(client, etcd.prefix());
+    let config = registry.config().await.ok().map(|(c, _)| c);
+    let ips = match &config {
+        Some(c) => {
+            let (leases, _) = registry.leases().await?;
+            let mut set = LeaseSet::new(etcd.prefix());
+            set.admit(c, None, &leases);
+            set.public_ips().to_vec()
+        }
+        None => Vec::new(),
+    };
+    Ok(AddressPolicy::new(args, config.as_ref(), ips))
+}
+
+async fn apply(store: StoreArgs, file: PathBuf, addresses: AddressArgs) -> Result<()> {
     let text = read_input(&file)?;
     let docs = service::parse_file(&text)
         .with_context(|| format!("{}", file.display()))
@@ -183,6 +213,14 @@ async fn apply(store: StoreArgs, file: PathBuf) -> Result<()> {
         defs.push((doc, def));
     }
     let mut s = store.store().await?;
+    // What the agents would refuse to program (CVE-2020-8554), refused here already.
+    let policy = address_policy(s.client.clone(), &store.etcd, &addresses).await?;
+    for (i, (_, def)) in defs.iter().enumerate() {
+        policy
+            .check(def)
+            .map_err(|e| anyhow!("{}: service {} ({}): {e}", file.display(), i + 1, def.id()))
+            .classify(Failure::BadInput)?;
+    }
     // Addresses and node ports must not be claimed by two services.
     let (existing, _) = s.list().await?;
     let mut owner: HashMap<(Option<Ipv4Addr>, u16, u8), String> = HashMap::new();

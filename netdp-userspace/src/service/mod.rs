@@ -1,5 +1,6 @@
 //! Kubernetes services: the schema users write and etcd stores ([`schema`]), checking it
 //! ([`validate`]), what a node programs for it ([`plan`]), and the etcd store ([`store`]).
+pub mod addresses;
 pub mod plan;
 pub mod schema;
 pub mod store;
@@ -8,6 +9,7 @@ pub mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use addresses::{AddressArgs, AddressPolicy};
 pub use plan::{NodeInfo, plan};
 pub use schema::{ServiceDoc, parse_file};
 pub use store::{DEFAULT_PREFIX, ServiceStore};

@@ -46,6 +46,27 @@ pub struct EndpointDef {
     pub ready: bool,
 }
 
+/// Where an external address of a service was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExternalField {
+    /// `spec.externalIPs[i]`.
+    ExternalIp(usize),
+    /// `spec.loadBalancerIP`.
+    LoadBalancerIp,
+    /// `status.loadBalancer.ingress[i].ip`.
+    Ingress(usize),
+}
+
+impl std::fmt::Display for ExternalField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExternalField::ExternalIp(i) => write!(f, "spec.externalIPs[{i}]"),
+            ExternalField::LoadBalancerIp => f.write_str("spec.loadBalancerIP"),
+            ExternalField::Ingress(i) => write!(f, "status.loadBalancer.ingress[{i}].ip"),
+        }
+    }
+}
+
 /// A valid service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceDef {
@@ -56,6 +77,9 @@ pub struct ServiceDef {
     pub cluster_ip: Option<Ipv4Addr>,
     /// externalIPs, loadBalancerIP and load-balancer ingress IPs.
     pub external_ips: Vec<Ipv4Addr>,
+    /// The same addresses with the field each came from, as given (for
+    /// [`super::addresses::AddressPolicy`], which holds them to different rules).
+    pub external_fields: Vec<(Ipv4Addr, ExternalField)>,
     pub ports: Vec<PortDef>,
     pub affinity_timeout: Option<u32>,
     pub local_policy: bool,
@@ -174,17 +198,17 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
             None
         }
     };
-    let mut external_ips = Vec::new();
+    let mut external_fields = Vec::new();
     for (i, s) in spec.external_ips.iter().enumerate() {
         match ipv4(|| format!("spec.externalIPs[{i}]"), s) {
-            Ok(a) => external_ips.push(a),
+            Ok(a) => external_fields.push((a, ExternalField::ExternalIp(i))),
             Err(e) => err(e),
         }
     }
     if let Some(s) = &spec.load_balancer_ip {
         if !s.is_empty() {
             match ipv4(|| "spec.loadBalancerIP".into(), s) {
-                Ok(a) => external_ips.push(a),
+                Ok(a) => external_fields.push((a, ExternalField::LoadBalancerIp)),
                 Err(e) => err(e),
             }
         }
@@ -193,12 +217,13 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
         for (i, ing) in lb.ingress.iter().enumerate() {
             if let Some(s) = &ing.ip {
                 match ipv4(|| format!("status.loadBalancer.ingress[{i}].ip"), s) {
-                    Ok(a) => external_ips.push(a),
+                    Ok(a) => external_fields.push((a, ExternalField::Ingress(i))),
                     Err(e) => err(e),
                 }
             }
         }
     }
+    let mut external_ips: Vec<Ipv4Addr> = external_fields.iter().map(|(a, _)| *a).collect();
     if !external_ips.is_empty() && cluster_ip.is_none() && kind != ServiceType::ExternalName {
         err("spec.externalIPs: a headless service cannot have external addresses".into());
     }
@@ -413,6 +438,7 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
         kind,
         cluster_ip,
         external_ips,
+        external_fields,
         ports,
         affinity_timeout,
         local_policy,
