@@ -1,6 +1,6 @@
 //! Leases end to end: real agents in a namespaced cluster, a real etcd, and the ROUTES maps
 //! that follow the leases as they appear, change, expire and come back.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Result, ensure};
 use netdp::dataplane::{Pins, peer::PeerMap};
@@ -197,27 +197,20 @@ fn rogue_leases_never_reach_routes_or_peers_and_genuine_peers_keep_theirs() -> R
         .collect::<Result<_>>()?;
     let ips: Vec<Ipv4Addr> = nodes.iter().map(|n| tb.node(n).public_ip).collect();
     // A /25 inside n2's subnet, and a free /24 for a lease with n2's PublicIP.
-    let inside = subnets[1].replace(".0/24", ".128-25");
+    let inside = subnets[1].replace(".0/24", ".128/25");
     let free = (200..250)
         .map(|i| format!("10.244.{i}.0/24"))
         .find(|s| !subnets.contains(s))
         .expect("a free subnet");
-    let put = |subnet: &str, ip: &str| {
-        let key = format!("{}/subnets/{}", tb.prefix, subnet.replace('/', "-"));
-        tb.etcd().put(
-            &key,
-            &format!(r#"{{"PublicIP":"{ip}","BackendType":"host-gw"}}"#),
-        )
-    };
-    let rogue = [
-        "0.0.0.0/0",
-        &inside.replace('-', "/"),
-        "10.99.0.0/24",
-        &free,
-    ];
-    put("0.0.0.0/0", "192.168.10.201")?;
-    put(rogue[1], "192.168.10.202")?;
-    put("10.99.0.0/24", "192.168.10.203")?;
+    let value = |ip: &str| format!(r#"{{"PublicIP":"{ip}","BackendType":"host-gw"}}"#);
+    let put = |subnet: &str, ip: &str| tb.etcd().put(&lease_key(&tb, subnet), &value(ip));
+    let rogue = ["0.0.0.0/0", &inside, "10.99.0.0/24", &free];
+    for (subnet, ip) in rogue
+        .iter()
+        .zip(["192.168.10.201", "192.168.10.202", "192.168.10.203"])
+    {
+        put(subnet, ip)?;
+    }
     put(&free, &ips[1].to_string())?;
     // Then a genuine newcomer (seen after the rogue ones) and a younger duplicate of it.
     put("10.244.251.0/24", "192.168.10.60")?;
@@ -259,10 +252,8 @@ fn rogue_leases_never_reach_routes_or_peers_and_genuine_peers_keep_theirs() -> R
                 .collect();
             want.sort();
             ensure!(routes == want, "{n}: {routes:?}, expected {want:?}");
-            let mut peers = peers(tb, n)?;
-            let mut want: Vec<Ipv4Addr> = want.iter().map(|(_, ip)| *ip).collect();
-            peers.sort();
-            want.sort();
+            let peers: BTreeSet<Ipv4Addr> = peers(tb, n)?.into_iter().collect();
+            let want: BTreeSet<Ipv4Addr> = want.iter().map(|(_, ip)| *ip).collect();
             ensure!(peers == want, "{n}'s PEERS: {peers:?}, expected {want:?}");
         }
         Ok(())
@@ -271,11 +262,7 @@ fn rogue_leases_never_reach_routes_or_peers_and_genuine_peers_keep_theirs() -> R
     for n in nodes {
         let log = std::fs::read_to_string(tb.node(n).agent_log())?;
         for r in rogue.iter().chain([&"10.244.252.0/24"]) {
-            let line = format!(
-                "not routing lease {}/subnets/{} ",
-                tb.prefix,
-                r.replace('/', "-")
-            );
+            let line = format!("not routing lease {} ", lease_key(&tb, r));
             ensure!(
                 log.matches(&line).count() == 1,
                 "{n}: {line:?} not logged once: {log}"
