@@ -54,6 +54,21 @@ impl LeaseAttrs {
         self
     }
 
+    /// Parses a lease's value as stored in etcd. Errors name the field (`PublicIP: invalid
+    /// type: ...`): the value may come from anyone with write access, and the log line
+    /// about it should say what is wrong.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let attrs: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            match e.path().to_string().as_str() {
+                "." => e.into_inner().to_string(),
+                path => format!("{path}: {}", e.into_inner()),
+            }
+        })?;
+        de.end().map_err(|e| e.to_string())?;
+        Ok(attrs)
+    }
+
     /// The peer's VTEP MAC for the vxlan backend (`BackendData.VtepMAC`).
     pub fn vtep_mac(&self) -> Option<[u8; 6]> {
         let s = self.backend_data.as_ref()?.get("VtepMAC")?.as_str()?;

@@ -61,6 +61,10 @@ impl SubnetFile {
                     let s: Ipv4Network = v
                         .parse()
                         .map_err(|_| anyhow!("FLANNEL_SUBNET={v} is not a CIDR"))?;
+                    // A /31 or /32 has no address past the gateway (network + 1) for pods.
+                    if s.prefix() > 30 {
+                        bail!("FLANNEL_SUBNET={v} leaves no room for pods (at most /30)");
+                    }
                     subnet = Some(Ipv4Network::new(s.network(), s.prefix())?);
                 }
                 "FLANNEL_MTU" => {

@@ -289,7 +289,11 @@ impl NetworkConfig {
             match msg.strip_prefix("unknown field `") {
                 Some(rest) => {
                     let field = rest.split('`').next().unwrap_or(rest);
-                    err(field, "unknown field")
+                    // An empty key still needs a name the message can show.
+                    err(
+                        if field.is_empty() { "\"\"" } else { field },
+                        "unknown field",
+                    )
                 }
                 None => err("config", format!("not valid JSON: {msg}")),
             }
@@ -324,7 +328,8 @@ impl NetworkConfig {
         }
         let size = 1u32 << (32 - subnet_len);
         let first = u32::from(network.network());
-        let last = first + ((1u64 << (32 - network.prefix())) as u32 - size);
+        // In u64: a /0 Network spans 2^32 addresses.
+        let last = first + ((1u64 << (32 - network.prefix())) - u64::from(size)) as u32;
         let bound = |field: &str, v: &Option<Value>, default: u32| -> Result<u32, ConfigError> {
             let Some(v) = v else { return Ok(default) };
             let addr = u32::from(parse_subnet_bound(field, v, subnet_len)?);

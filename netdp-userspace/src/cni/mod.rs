@@ -91,9 +91,23 @@ pub fn run(env: &Env, stdin: &str) -> (String, bool) {
     }
 }
 
-fn parse_conf(stdin: &str) -> Result<NetConf, CniError> {
-    let conf: NetConf = serde_json::from_str(stdin)
-        .map_err(|e| CniError::new(code::DECODE, format!("network config on stdin: {e}")))?;
+/// A config on stdin that does not decode; `path` (`.` for the whole) names the field,
+/// which serde's own messages only give as a line and column.
+fn decode_error(path: &str, e: serde_json::Error) -> CniError {
+    let at = if path == "." {
+        String::new()
+    } else {
+        format!("{path}: ")
+    };
+    CniError::new(code::DECODE, format!("network config on stdin: {at}{e}"))
+}
+
+/// Parses and checks the network config on stdin; errors name the field.
+pub fn parse_conf(stdin: &str) -> Result<NetConf, CniError> {
+    let mut de = serde_json::Deserializer::from_str(stdin);
+    let conf: NetConf = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| decode_error(&e.path().to_string(), e.into_inner()))?;
+    de.end().map_err(|e| decode_error(".", e))?;
     if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
@@ -102,6 +116,12 @@ fn parse_conf(stdin: &str) -> Result<NetConf, CniError> {
                 conf.cni_version,
                 SUPPORTED_VERSIONS.join(", ")
             ),
+        ));
+    }
+    if let Some(mtu) = conf.mtu.filter(|m| !(576..=65535).contains(m)) {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("mtu: {mtu} is not an IPv4 MTU (576-65535)"),
         ));
     }
     Ok(conf)

@@ -41,7 +41,7 @@ impl Decode for LeaseDecoder {
         let parsed = parse_subnet_key(&self.prefix, key)
             .ok_or_else(|| "key is not <ip>-<prefixlen>".to_string())
             .and_then(|subnet| {
-                serde_json::from_slice::<LeaseAttrs>(&kv.value)
+                LeaseAttrs::from_json(&kv.value)
                     .map(|attrs| (subnet, attrs))
                     .map_err(|e| format!("value is not a lease: {e}"))
             });

@@ -158,7 +158,10 @@ pub fn from_json(bytes: &[u8]) -> Result<ServiceDoc> {
     let doc = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
+        // serde_json calls some errors of valid JSON syntax errors too ("trailing
+        // characters" for an array with more items than a struct has fields).
+        let invalid = || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err();
+        if (inner.is_syntax() || inner.is_eof()) && invalid() {
             anyhow!("not valid JSON: {inner}")
         } else if path == "." {
             anyhow!("{inner}")
