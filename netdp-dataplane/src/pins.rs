@@ -3,11 +3,23 @@
 //! Everything the dataplane needs to keep forwarding is pinned here, so the agent can stop,
 //! restart or be upgraded without dropping traffic, and so the CNI plugin and the CLI can
 //! reach the maps without talking to the agent.
-use std::path::{Path, PathBuf};
+use std::{
+    fs::{DirBuilder, Permissions},
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// A pinned map or program is opened by path, and whoever can open it can read or rewrite
+/// it (routes, endpoints, conntrack). So the directories are the agent's user's alone
+/// (root) and the pins too: root still reads them (`bpftool map dump pinned`, the CNI
+/// plugin, the CLI), nobody else can. The kernel creates pins 0600 already.
+const DIR_MODE: u32 = 0o700;
+const PIN_MODE: u32 = 0o600;
+const SUBDIRS: [&str; 3] = ["maps", "progs", "links"];
 
 pub struct Pins {
     dir: PathBuf,
@@ -75,6 +87,41 @@ fn private_mount_namespace() -> bool {
         .iter()
         .filter_map(|pid| ns(pid))
         .any(|other| other != own)
+}
+
+/// Whether `dir` is on the same filesystem as its parent (not a mount point).
+fn below_mount(dir: &Path) -> bool {
+    let dev = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.dev()).ok();
+    match (dev(dir), dir.parent().and_then(dev)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Refuses `path` unless `owner` owns it; takes away every permission bit beyond `mode`.
+fn secure_path(path: &Path, mode: u32, owner: u32) -> Result<()> {
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("checking {}", path.display()))?;
+    if meta.uid() != owner {
+        bail!(
+            "{} is owned by uid {}, not by this agent's user (uid {owner}): someone else could \
+             have planted or replaced its BPF objects, so the agent will not use it. Remove it \
+             (the dataplane is rebuilt) or chown it to uid {owner} if it is known to be good",
+            path.display(),
+            meta.uid()
+        );
+    }
+    let bits = meta.mode() & 0o7777;
+    if meta.file_type().is_symlink() || bits & !mode == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, Permissions::from_mode(mode))
+        .with_context(|| format!("restricting {} to mode {mode:04o}", path.display()))?;
+    log::warn!(
+        "{} had mode {bits:04o}, open to other users; restricted it to {mode:04o}",
+        path.display()
+    );
+    Ok(())
 }
 
 fn is_bpffs(path: &Path) -> Result<bool> {
@@ -172,9 +219,38 @@ impl Pins {
                 probe.display()
             );
         }
-        for sub in ["maps", "progs", "links"] {
+        for sub in SUBDIRS {
             let d = self.dir.join(sub);
-            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(&d)
+                .with_context(|| format!("creating {}", d.display()))?;
+        }
+        self.secure()
+    }
+
+    /// Checks the pin directories and every pin in them, as an earlier agent (or someone
+    /// else) left them. Anything another user owns is refused: it could have been planted
+    /// to feed the dataplane routes or read its state. Anything others may open is
+    /// tightened, with a warning naming it.
+    pub fn secure(&self) -> Result<()> {
+        let owner = nix::unistd::geteuid().as_raw();
+        // The root too when it is a directory on bpffs, not the mount point itself (whose
+        // mode is the host's business).
+        if let Some(root) = self.dir.parent().filter(|r| below_mount(r)) {
+            secure_path(root, DIR_MODE, owner)?;
+        }
+        secure_path(&self.dir, DIR_MODE, owner)?;
+        for sub in SUBDIRS {
+            let d = self.dir.join(sub);
+            secure_path(&d, DIR_MODE, owner)?;
+            let entries =
+                std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))?;
+            for entry in entries {
+                let entry = entry.with_context(|| format!("listing {}", d.display()))?;
+                secure_path(&entry.path(), PIN_MODE, owner)?;
+            }
         }
         Ok(())
     }
