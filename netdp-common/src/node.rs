@@ -16,6 +16,9 @@ pub mod decap {
 pub mod flags {
     /// `--ip-masq`: pod traffic leaving the cluster Network gets the node's address.
     pub const MASQUERADE: u32 = 1;
+    /// `--source-verification=false`: packets are not checked against the endpoint or
+    /// peer they come from (the programs' `source` module is pruned).
+    pub const TRUST_SOURCES: u32 = 2;
 }
 
 #[repr(C)]

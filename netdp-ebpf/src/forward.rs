@@ -135,6 +135,7 @@ fn sent(ctx: &TcContext, program: Program) -> i32 {
         Err(verdict) => return verdict,
     };
     if program == Program::FromPod
+        && source::verifying()
         && let Err(verdict) = source::pod(ctx, &frame)
     {
         return verdict;
@@ -191,7 +192,9 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     }
     // SAFETY: as above.
     if let Some(ep) = unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) } {
-        if let Err(verdict) = source::underlay(ctx, &frame) {
+        if source::verifying()
+            && let Err(verdict) = source::underlay(ctx, &frame)
+        {
             return verdict;
         }
         return endpoint::deliver(ctx, program, &frame, ep, Reason::LocalDelivery);
@@ -209,7 +212,9 @@ fn inner(ctx: &TcContext, reason: Reason, peer: &Peer) -> i32 {
         Ok(f) => f,
         Err(verdict) => return verdict,
     };
-    if let Err(verdict) = source::decapsulated(ctx, &frame, peer) {
+    if source::verifying()
+        && let Err(verdict) = source::decapsulated(ctx, &frame, peer)
+    {
         return verdict;
     }
     let t = parse::transport(ctx, &frame);

@@ -207,8 +207,11 @@ pub enum Transport {
     /// An ICMP error (destination unreachable, time exceeded, parameter problem); `off` is
     /// where the ICMP header starts.
     IcmpError(L4),
-    /// Anything else: other protocols and ICMP messages, fragments, short headers.
-    Other,
+    /// Anything else: other protocols and ICMP messages, fragments, short headers. It
+    /// carries an all-zero header like the others carry theirs, so no field of a
+    /// `Transport` is ever undefined: LLVM may spill any of them to the stack, and the
+    /// verifier refuses a spill of a register nothing wrote.
+    Other(#[allow(dead_code)] L4),
 }
 
 /// Reads the transport header of a parsed IPv4 frame.
@@ -222,9 +225,16 @@ pub fn transport(ctx: &TcContext, frame: &Ipv4Frame) -> Transport {
             (*frame.ip).protocol,
         )
     };
+    let other = Transport::Other(L4 {
+        proto,
+        off: 0,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+    });
     // Fragments carry no ports past the first one; translation leaves them alone.
     if frag & IP_MF_OFFSET != 0 {
-        return Transport::Other;
+        return other;
     }
     let off = ETH_HLEN + ((vihl & 0x0f) as usize) * 4;
     let l4 = |sport, dport, tcp_flags| L4 {
@@ -238,16 +248,16 @@ pub fn transport(ctx: &TcContext, frame: &Ipv4Frame) -> Transport {
         IPPROTO_TCP => match ptr_at::<TcpHdr>(ctx, off) {
             // SAFETY: bounds checked by ptr_at.
             Some(t) => unsafe { Transport::Ports(l4((*t).sport, (*t).dport, (*t).flags)) },
-            None => Transport::Other,
+            None => other,
         },
         IPPROTO_UDP => match ptr_at::<UdpHdr>(ctx, off) {
             // SAFETY: bounds checked by ptr_at.
             Some(u) => unsafe { Transport::Ports(l4((*u).sport, (*u).dport, 0)) },
-            None => Transport::Other,
+            None => other,
         },
         IPPROTO_ICMP => {
             let Some(i) = ptr_at::<IcmpHdr>(ctx, off) else {
-                return Transport::Other;
+                return other;
             };
             // SAFETY: bounds checked by ptr_at.
             let (kind, code, id) = unsafe { ((*i).kind, (*i).code, (*i).id) };
@@ -257,9 +267,9 @@ pub fn transport(ctx: &TcContext, frame: &Ipv4Frame) -> Transport {
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB => {
                     Transport::IcmpError(l4(0, 0, 0))
                 }
-                _ => Transport::Other,
+                _ => other,
             }
         }
-        _ => Transport::Other,
+        _ => other,
     }
 }

@@ -8,6 +8,7 @@ use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use netdp_common::{
     counters::{Program, Reason},
     endpoint::EndpointKey,
+    node,
     peer::Peer,
     route::{flags, mode},
 };
@@ -65,6 +66,14 @@ pub fn decapsulated(ctx: &TcContext, frame: &Ipv4Frame, peer: &Peer) -> Result<(
     } else {
         Err(drop(ctx, Program::FromNetdev, Reason::DecapSpoofedSource))
     }
+}
+
+/// Whether this node verifies sources (a load-time constant: with
+/// `--source-verification=false` the checks are pruned). Callers test it before calling
+/// the checks.
+#[inline(always)]
+pub fn verifying() -> bool {
+    maps::node().flags & node::flags::TRUST_SOURCES == 0
 }
 
 #[inline(always)]

@@ -330,3 +330,22 @@ fn only_a_syn_starts_a_masqueraded_tcp_flow() {
     );
     assert_eq!(f.count(Program::FromPod, Reason::Masquerade), 2);
 }
+
+/// `--source-verification=false` (a load-time flag) takes the checks out: what they drop
+/// gets through.
+#[test]
+fn without_source_verification_spoofed_packets_get_through() {
+    let mut f = fixture(NodeConfig {
+        flags: flags::TRUST_SOURCES,
+        ..node_config()
+    });
+    let spoofed = sent_as(POD_B, pod_mac(4), DIRECT_PEER_POD);
+    assert_eq!(f.run(FROM_POD, &spoofed).0, TC_ACT_REDIRECT);
+    let outside = arriving(OUTSIDE, ADJACENT_PEER_MAC);
+    assert_eq!(f.run(FROM_NETDEV, &outside).0, TC_ACT_REDIRECT);
+    assert_eq!(f.count(Program::FromPod, Reason::SpoofedSource), 0);
+    assert_eq!(
+        f.count(Program::FromNetdev, Reason::UnderlayForeignSource),
+        0
+    );
+}

@@ -1,4 +1,5 @@
-//! The agent's flags for the node's edge on the underlay: which outside networks may send
+//! The agent's flags for what the node lets in and hands out: source verification of pods'
+//! and the underlay's packets (`--source-verification`), which outside networks may send
 //! straight to pods (`--routed-networks`), and the source ports masquerading hands out
 //! (`--masquerade-ports`).
 use std::collections::BTreeSet;
@@ -6,7 +7,10 @@ use std::collections::BTreeSet;
 use anyhow::{Result, bail};
 use ipnetwork::Ipv4Network;
 use log::{info, warn};
-use netdp_common::{nat, node::NodeConfig};
+use netdp_common::{
+    nat,
+    node::{NodeConfig, flags},
+};
 
 use crate::{
     config::NetworkConfig,
@@ -15,6 +19,18 @@ use crate::{
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct UnderlayArgs {
+    /// Drop what pods send with an address or MAC not their own, plain packets from the
+    /// underlay to pods from anyone but a directly routed peer's pods, and tunnelled
+    /// packets whose inner source is outside the sending peer's subnet (Cilium's
+    /// enable-source-ip-verification). Turn off only for pods that must send as other
+    /// addresses.
+    #[arg(
+        long = "source-verification",
+        env = "NETDP_SOURCE_VERIFICATION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub source_verification: bool,
     /// Networks outside the cluster whose hosts route to pod addresses themselves (a route
     /// to the pod subnets, no masquerading): their packets may reach pods straight from the
     /// underlay. Without it only peers' pods can (comma-separated CIDRs).
@@ -60,6 +76,14 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 }
 
 impl UnderlayArgs {
+    /// The node flags these settings stand for.
+    pub fn node_flags(&self, node: &mut NodeConfig) {
+        if !self.source_verification {
+            warn!("source verification is off: pods and the underlay can send as any address");
+            node.flags |= flags::TRUST_SOURCES;
+        }
+    }
+
     /// Refuses routed networks that overlap the cluster Network (those are peers' pods,
     /// checked against their leases instead).
     pub fn check(&self, config: &NetworkConfig) -> Result<()> {
@@ -174,6 +198,7 @@ mod tests {
             NetworkConfig::parse(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#)
                 .expect("a network config");
         let args = |n: &str| UnderlayArgs {
+            source_verification: true,
             routed_networks: vec![parse_network(n).expect("a CIDR")],
             masquerade_ports: None,
         };

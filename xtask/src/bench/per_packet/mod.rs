@@ -74,6 +74,16 @@ const PEER_SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 1, 2, 0), 24);
 const POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
 const OTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 5);
+/// The pod that sends to the peer (in place: the frame it leaves carries the underlay MAC).
+const ROUTING_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 4);
+/// The pods' MACs. All are attached to lo, where BPF_PROG_TEST_RUN runs the programs, so
+/// source verification finds their packets on their own veth. The senders of the paths
+/// run in place have the MAC the previous run leaves as the source (the host side of
+/// POD's veth, the underlay's), so every run passes the check the first one did.
+const POD_MAC: Mac = [0x0a, 0, 0, 0, 0, 2];
+const POD_HOST_MAC: Mac = [0x0e, 0, 0, 0, 0, 2];
+const OTHER_POD_MAC: Mac = POD_HOST_MAC;
+const TEST_RUN_IFINDEX: u32 = 1;
 const UDP_PORT: u16 = 8285;
 
 /// The VTEP MACs the two nodes publish, as the agent derives them.
@@ -176,9 +186,17 @@ const FLOORS: [(&str, Runs); 2] = [
     ),
 ];
 
+const POD_DELIVERY: &str = "local delivery (pod -> pod on this node)";
+const UNDERLAY_DELIVERY: &str =
+    "local delivery (underlay -> pod, from a host-gw peer's pod), 1 run per call";
+
+/// The paths measured again on a node with `--source-verification=false`: what the
+/// checks cost.
+const UNVERIFIED: [&str; 2] = [POD_DELIVERY, UNDERLAY_DELIVERY];
+
 const PATHS: &[Path_] = &[
     Path_ {
-        case: "local delivery (pod -> pod on this node)",
+        case: POD_DELIVERY,
         backend: Backend::HostGw,
         program: FROM_POD,
         frame: to_local_pod,
@@ -186,11 +204,15 @@ const PATHS: &[Path_] = &[
         counter: Some((Program::FromPod, Reason::LocalDelivery)),
     },
     Path_ {
-        case: "local delivery (underlay -> pod)",
+        case: UNDERLAY_DELIVERY,
         backend: Backend::HostGw,
         program: FROM_NETDEV,
-        frame: to_local_pod,
-        runs: ROUTED,
+        frame: from_direct_peer,
+        // A run leaves the pod's MACs on the frame, which the underlay check refuses.
+        runs: Runs::Once {
+            len_delta: 0,
+            bytes: &[(0, POD_MAC[0]), (5, POD_MAC[5]), (22, 254)],
+        },
         counter: Some((Program::FromNetdev, Reason::LocalDelivery)),
     },
     Path_ {
@@ -289,9 +311,10 @@ const PATHS: &[Path_] = &[
     },
 ];
 
-fn tcp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
+fn tcp(src: Ipv4Addr, src_mac: Mac, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
     PacketSpec {
         src,
+        src_mac,
         dst,
         ttl,
         proto: IPPROTO_TCP,
@@ -302,16 +325,21 @@ fn tcp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
 }
 
 fn to_local_pod() -> Vec<u8> {
-    tcp(OTHER_POD, POD, 255)
+    tcp(OTHER_POD, OTHER_POD_MAC, POD, 255)
 }
 
 fn to_remote_pod() -> Vec<u8> {
-    tcp(POD, REMOTE_POD, 255)
+    tcp(ROUTING_POD, UNDERLAY_MAC, REMOTE_POD, 255)
 }
 
 /// The peer's pod to ours, as the peer's tunnel carries it (routed once already).
 fn from_peer() -> Vec<u8> {
-    tcp(REMOTE_POD, POD, 63)
+    tcp(REMOTE_POD, PEER_MAC, POD, 63)
+}
+
+/// The host-gw peer's pod to ours, routed straight from the peer.
+fn from_direct_peer() -> Vec<u8> {
+    tcp(REMOTE_POD, PEER_MAC, POD, 255)
 }
 
 /// Outer addresses of a tunnel packet from the peer.
@@ -331,24 +359,32 @@ pub fn object_path() -> std::path::PathBuf {
 
 /// The programs loaded for `backend` as the agent loads them, with one local pod and one
 /// peer in their maps, written by the library's planners and typed maps.
-fn load(object: &[u8], backend: Backend, sizes: &MapSizes) -> Result<Node> {
+fn load(object: &[u8], backend: Backend, sizes: &MapSizes, verify: bool) -> Result<Node> {
     let config = backend.network()?;
     let underlay = underlay()?;
-    let settings = node::node_config(&config, &underlay, our_vtep(), false);
+    let mut settings = node::node_config(&config, &underlay, our_vtep(), false);
+    if !verify {
+        settings.flags |= netdp_common::node::flags::TRUST_SOURCES;
+    }
     let mut dp = Dataplane::load_for(object, None, sizes, &settings)
         .with_context(|| format!("loading the programs for {backend:?}"))?;
     dp.program(BENCH_REDIRECT)?
         .load()
         .context("loading the floor program")?;
-    EndpointMap::from_map(dp.take_map(map_names::ENDPOINTS)?)?.insert(
-        POD,
-        &Endpoint {
-            ifindex: 42,
+    let mut endpoints = EndpointMap::from_map(dp.take_map(map_names::ENDPOINTS)?)?;
+    for (pod, mac) in [
+        (POD, POD_MAC),
+        (OTHER_POD, OTHER_POD_MAC),
+        (ROUTING_POD, UNDERLAY_MAC),
+    ] {
+        let ep = Endpoint {
+            ifindex: TEST_RUN_IFINDEX,
             flags: 0,
-            mac: [0x0a, 0, 0, 0, 0, 2],
-            host_mac: [0x0e, 0, 0, 0, 0, 2],
-        },
-    )?;
+            mac,
+            host_mac: POD_HOST_MAC,
+        };
+        endpoints.insert(pod, &ep)?;
+    }
     // The peer's lease as its agent writes it; the route as this node's agent plans it.
     let peer = LeaseAttrs::new(
         PEER_IP,
@@ -485,11 +521,12 @@ pub fn run(packets: u64, single_runs: u64, repeats: usize) -> Vec<Row> {
         .and_then(|object| {
             let nodes = Backend::ALL
                 .iter()
-                .map(|&b| Ok((b, load(&object, b, &MapSizes::default())?)))
+                .map(|&b| Ok((b, load(&object, b, &MapSizes::default(), true)?)))
                 .collect::<Result<Vec<(Backend, Node)>>>()?;
-            Ok((object, nodes))
+            let unverified = load(&object, Backend::HostGw, &MapSizes::default(), false)?;
+            Ok((object, nodes, unverified))
         });
-    let (object, nodes) = match loaded {
+    let (object, nodes, unverified) = match loaded {
         Ok(l) => l,
         Err(e) => {
             return vec![Row::new(
@@ -520,7 +557,7 @@ pub fn run(packets: u64, single_runs: u64, repeats: usize) -> Vec<Row> {
     let mut rows: Vec<Row> = FLOORS
         .iter()
         .map(|&(case, runs)| {
-            let frame = tcp(POD, Ipv4Addr::new(10, 9, 9, 9), 255);
+            let frame = tcp(POD, POD_MAC, Ipv4Addr::new(10, 9, 9, 9), 255);
             Row::from_result(
                 Section::PerPacket,
                 FLOOR,
@@ -545,6 +582,26 @@ pub fn run(packets: u64, single_runs: u64, repeats: usize) -> Vec<Row> {
                     .with_context(|| p.case),
             )
             .compared_to_case(FLOOR, floor),
+        );
+    }
+    for p in PATHS.iter().filter(|p| UNVERIFIED.contains(&p.case)) {
+        let frame = (p.frame)();
+        let n = match p.runs {
+            Runs::InPlace { .. } => packets,
+            Runs::Once { .. } => single_runs,
+        };
+        let stats = runner::repeat(p.program, repeats, |_| {
+            ns_per_packet(&unverified, p.program, &frame, p.runs, p.counter, n)
+        });
+        rows.push(
+            Row::from_result(
+                Section::PerPacket,
+                "netdp, --source-verification=false",
+                p.case,
+                NS_PER_PACKET,
+                stats.with_context(|| p.case),
+            )
+            .compared_to_case("netdp", p.case),
         );
     }
     rows.extend(services::run(
