@@ -12,6 +12,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod encap;
 pub mod endpoint;
+pub mod fragment;
 pub mod lb;
 pub mod maps;
 pub mod monitor;

@@ -4,7 +4,7 @@
 //! here plus its code on both sides.
 use core::mem::size_of;
 
-use crate::{Ipv4, conntrack, counters, endpoint, lb, peer, route};
+use crate::{Ipv4, conntrack, counters, endpoint, fragment, lb, peer, route};
 
 /// Ring buffers have no key or value (their records are `monitor::DropEvent`s).
 struct NoKey;
@@ -22,6 +22,7 @@ pub mod names {
     pub const AFFINITY_BACKENDS: &str = "AFFINITY_BACKENDS";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const HALF_OPEN: &str = "HALF_OPEN";
+    pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const LB_CONFIG: &str = "LB_CONFIG";
     pub const SOCK_NAT: &str = "SOCK_NAT";
     pub const EVENTS: &str = "EVENTS";
@@ -59,6 +60,8 @@ pub mod capacity {
     /// Conntrack entries of TCP flows until their SYN is answered (two per flow): a SYN
     /// flood fills this table, not CONNTRACK.
     pub const HALF_OPEN: u32 = 65_536;
+    /// Fragmented datagrams of translated flows in flight (a short-lived LRU).
+    pub const FRAGMENTS: u32 = 8_192;
     /// The load balancer's node-wide settings: one entry.
     pub const LB_CONFIG: u32 = 1;
     /// Node sockets sent to a backend by the socket programs.
@@ -213,6 +216,13 @@ pub const CATALOGUE: &[MapSpec] = &[
         capacity::HALF_OPEN,
         true,
         "TCP flows until their SYN is answered, then moved to CONNTRACK (programs; agent GC)",
+    ),
+    spec::<fragment::FragmentKey, fragment::FragmentPorts>(
+        names::FRAGMENTS,
+        MapKind::LruHash,
+        capacity::FRAGMENTS,
+        false,
+        "fragmented datagram of a translated flow -> its first fragment's ports (programs)",
     ),
     spec::<u32, lb::LbConfig>(
         names::LB_CONFIG,

@@ -11,7 +11,7 @@ use netdp_common::{
 use crate::{
     conntrack::{self, CtState},
     counters::{drop, pass, redirected},
-    csum, maps,
+    csum, fragment, maps,
     nat::{self, Outcome},
     parse::{self, Ipv4Frame, Parsed, Transport},
 };
@@ -42,7 +42,12 @@ pub fn outside(ctx: &TcContext, frame: &Ipv4Frame, t: &Transport) -> i32 {
     }
     let masqueraded = match *t {
         Transport::Ports(l4) => {
-            nat::masquerade(ctx, PROGRAM, &conntrack::key(frame, &l4), &l4, &node)
+            let key = conntrack::key(frame, &l4);
+            let done = nat::masquerade(ctx, PROGRAM, &key, &l4, &node);
+            if done.is_ok() && l4.first_fragment {
+                fragment::remember(ctx, &key);
+            }
+            done
         }
         // Echo requests only: the pod's identifier is translated like a source port.
         Transport::Echo(l4) if l4.sport != 0 => {

@@ -14,7 +14,7 @@ use netdp_common::{
 use crate::{
     conntrack::{self, CtState},
     counters::{drop, pass},
-    decap, egress, endpoint, icmp, lb, maps,
+    decap, egress, endpoint, fragment, icmp, lb, maps,
     nat::{self, Outcome, Translated},
     parse::{self, Ipv4Frame, Parsed, Transport},
     route, source,
@@ -56,7 +56,7 @@ fn translate(
     match *t {
         Transport::Ports(l4) => {
             let key = conntrack::key(frame, &l4);
-            match conntrack::lookup(&key, l4.tcp_flags) {
+            let outcome = match conntrack::lookup(&key, l4.tcp_flags) {
                 CtState::New => match stage {
                     Stage::Decapsulated(_) => Outcome::Untouched,
                     _ => lb::new_flow(ctx, program, &l4, &key),
@@ -64,7 +64,14 @@ fn translate(
                 CtState::Established(e) | CtState::Reply(e) | CtState::Related(e) => {
                     nat::follow(ctx, program, &key, &l4, &e)
                 }
+            };
+            if l4.first_fragment && matches!(outcome, Outcome::Translated(_)) {
+                fragment::remember(ctx, &key);
             }
+            outcome
+        }
+        Transport::Fragment(l4) => {
+            fragment::outcome_of(ctx, program, fragment::translate(ctx, frame, l4.proto))
         }
         Transport::Echo(l4) if matches!(stage, Stage::Received { to_node: true }) => {
             let key = conntrack::key(frame, &l4);

@@ -130,6 +130,7 @@ pub fn frag_needed(ctx: &TcContext, program: Program, frame: &Ipv4Frame, mtu: u3
         sport: 0,
         dport: 0,
         tcp_flags: 0,
+        first_fragment: false,
     };
     let _ = translate_error(ctx, &l4);
     send_back(ctx, program, Reason::FragNeeded)

@@ -19,6 +19,7 @@ mod egress;
 mod encap;
 mod endpoint;
 mod forward;
+mod fragment;
 mod icmp;
 mod lb;
 mod maps;

@@ -11,6 +11,7 @@ use netdp_common::{
     conntrack::{CtEntry, CtKey, timeout},
     counters::CounterValue,
     endpoint::{Endpoint, EndpointKey},
+    fragment::{FragmentKey, FragmentPorts},
     lb::{
         Affinity, AffinityBackendKey, AffinityKey, Backend, Frontend, FrontendKey, LbConfig,
         MAGLEV_TABLE_SIZE as DEFAULT_MAGLEV_TABLE_SIZE, MaglevRow, SockNat, SockNatKey,
@@ -65,6 +66,11 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { capacity::CONNTRACK as usize 
 /// TCP flows whose SYN has not been answered yet; the SYN-ACK moves them to CONNTRACK.
 #[btf_map]
 pub static HALF_OPEN: LruHashMap<CtKey, CtEntry, { capacity::HALF_OPEN as usize }> =
+    LruHashMap::new();
+
+/// Datagrams whose first fragment was translated: their ports, for the later fragments.
+#[btf_map]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts, { capacity::FRAGMENTS as usize }> =
     LruHashMap::new();
 
 #[btf_map]

@@ -7,6 +7,7 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub use netdp_common::proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 /// More-fragments flag and fragment offset of `frag_off` (host order).
 pub const IP_MF_OFFSET: u16 = 0x3fff;
+pub const IP_MF: u16 = 0x2000;
 pub const IP_OFFSET: u16 = 0x1fff;
 pub const IP_DF: u16 = 0x4000;
 
@@ -196,6 +197,9 @@ pub struct L4 {
     pub dport: u16,
     /// TCP flags (0 for UDP and ICMP).
     pub tcp_flags: u8,
+    /// The first fragment of a fragmented datagram: its translation is remembered for the
+    /// fragments that follow (`fragment`).
+    pub first_fragment: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -207,7 +211,10 @@ pub enum Transport {
     /// An ICMP error (destination unreachable, time exceeded, parameter problem); `off` is
     /// where the ICMP header starts.
     IcmpError(L4),
-    /// Anything else: other protocols and ICMP messages, fragments, short headers. It
+    /// A fragment after the first (no transport header): `off` is where its data starts,
+    /// ports are 0.
+    Fragment(L4),
+    /// Anything else: other protocols and ICMP messages, short headers. It
     /// carries an all-zero header like the others carry theirs, so no field of a
     /// `Transport` is ever undefined: LLVM may spill any of them to the stack, and the
     /// verifier refuses a spill of a register nothing wrote.
@@ -225,25 +232,21 @@ pub fn transport(ctx: &TcContext, frame: &Ipv4Frame) -> Transport {
             (*frame.ip).protocol,
         )
     };
-    let other = Transport::Other(L4 {
-        proto,
-        off: 0,
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-    });
-    // Fragments carry no ports past the first one; translation leaves them alone.
-    if frag & IP_MF_OFFSET != 0 {
-        return other;
-    }
     let off = ETH_HLEN + ((vihl & 0x0f) as usize) * 4;
+    let first_fragment = frag & IP_MF_OFFSET == IP_MF;
     let l4 = |sport, dport, tcp_flags| L4 {
         proto,
         off,
         sport,
         dport,
         tcp_flags,
+        first_fragment,
     };
+    // Fragments past the first carry no ports: their flow is found by the first one's.
+    if frag & IP_OFFSET != 0 {
+        return Transport::Fragment(l4(0, 0, 0));
+    }
+    let other = Transport::Other(l4(0, 0, 0));
     match proto {
         IPPROTO_TCP => match ptr_at::<TcpHdr>(ctx, off) {
             // SAFETY: bounds checked by ptr_at.
