@@ -362,6 +362,7 @@ impl Agent<'_> {
                 _ = gc.tick() => {
                     conntrack::gc(&mut self.conntrack);
                     self.metrics.conntrack_entries.set(self.conntrack.len() as i64);
+                    self.metrics.conntrack_half_open.set(self.conntrack.half_open() as i64);
                     self.metrics.masquerade_flows.set(self.conntrack.masqueraded().len() as i64);
                 }
             }

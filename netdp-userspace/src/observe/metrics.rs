@@ -32,6 +32,8 @@ pub struct Metrics {
     pub service_backends: Gauge,
     /// Conntrack entries and masqueraded flows, as the last GC pass counted them.
     pub conntrack_entries: Gauge,
+    /// Of those, entries of TCP flows still in HALF_OPEN (a SYN flood shows here).
+    pub conntrack_half_open: Gauge,
     pub masquerade_flows: Gauge,
     /// Time from a change (leases, services) arriving to the maps holding it.
     pub apply_duration: Family<ChangeLabels, Histogram, fn() -> Histogram>,
@@ -57,6 +59,7 @@ impl Metrics {
             services: Gauge::default(),
             service_backends: Gauge::default(),
             conntrack_entries: Gauge::default(),
+            conntrack_half_open: Gauge::default(),
             masquerade_flows: Gauge::default(),
             apply_duration: Family::new_with_constructor(apply_histogram),
             registry: Registry::default(),
@@ -70,8 +73,13 @@ impl Metrics {
         );
         registry.register(
             "conntrack_entries",
-            "CONNTRACK entries at the last GC pass (two per flow)",
+            "Conntrack entries (CONNTRACK and HALF_OPEN) at the last GC pass (two per flow)",
             m.conntrack_entries.clone(),
+        );
+        registry.register(
+            "conntrack_half_open_entries",
+            "HALF_OPEN entries at the last GC pass: TCP flows whose SYN is unanswered",
+            m.conntrack_half_open.clone(),
         );
         registry.register(
             "masquerade_flows",
