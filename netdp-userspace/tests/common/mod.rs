@@ -363,3 +363,26 @@ pub fn plan(frontends: &[Frontend], target_port: u16, backends: &[LbBackend]) ->
         affinity_timeout: None,
     }
 }
+
+impl Fixture {
+    /// [`run`](Self::run) that hands back the kernel's refusal instead of failing the test
+    /// (BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, or than the fixed
+    /// IPv4 or IPv6 header their EtherType announces).
+    pub fn try_run(&mut self, prog: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), String> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog = self
+            .dp
+            .program(prog)
+            .unwrap_or_else(|e| panic!("program {prog}: {e:#}"));
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .map_err(|e| format!("{e:#}"))?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out))
+    }
+}
