@@ -16,6 +16,7 @@ pub mod echo;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod flannel;
+pub mod flood;
 pub mod netns;
 pub mod packet;
 pub mod process;
