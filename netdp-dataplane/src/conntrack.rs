@@ -39,6 +39,8 @@ pub fn now() -> u32 {
 pub struct Flow {
     pub key: CtKey,
     pub entry: CtEntry,
+    /// In HALF_OPEN: a TCP flow whose handshake has not completed.
+    pub half_open: bool,
 }
 
 impl Flow {
@@ -62,6 +64,8 @@ impl Flow {
     pub fn state_name(&self) -> &'static str {
         match self.entry.state {
             state::SYN_SENT => "syn_sent",
+            // Answered, waiting for the client's ACK (Linux's SYN_RECV).
+            state::ESTABLISHED if self.half_open => "syn_recv",
             state::ESTABLISHED => "established",
             state::CLOSING => "closing",
             state::OTHER => "active",
@@ -115,9 +119,18 @@ impl ConntrackMap {
         let mut v: Vec<Flow> = self
             .tables()
             .into_iter()
-            .flat_map(|t| t.iter().filter_map(|r| r.ok()))
-            .filter(|(_, e)| e.expires >= now)
-            .map(|(key, entry)| Flow { key, entry })
+            .zip([false, true])
+            .flat_map(|(t, half_open)| {
+                t.iter()
+                    .filter_map(|r| r.ok())
+                    .map(move |(key, entry)| (key, entry, half_open))
+            })
+            .filter(|(_, e, _)| e.expires >= now)
+            .map(|(key, entry, half_open)| Flow {
+                key,
+                entry,
+                half_open,
+            })
             .collect();
         v.sort_by_key(|f| (f.key.saddr, f.key.sport, f.key.daddr, f.key.dport));
         v

@@ -4,10 +4,12 @@
 //! the translation stage switches on it. Also per-state lifetimes, keeping the two
 //! directions of a flow in step, and claiming the reply tuple of a new flow.
 //!
-//! A TCP flow lives in HALF_OPEN until the other side answers its SYN, and only then moves
-//! to CONNTRACK: both are LRU tables, so a flood of SYNs (spoofed or not) evicts half-open
-//! flows only, never established ones. Only SYN and RST segments can belong to a
-//! half-open flow, so every other packet costs the one CONNTRACK lookup it always did.
+//! A TCP flow lives in HALF_OPEN until its handshake completes (the SYN answered, then the
+//! client's ACK), and only then moves to CONNTRACK: both are LRU tables, so a flood of
+//! SYNs (spoofed or not, answered by the backends or not) evicts half-open flows only,
+//! never established ones. Only SYN and RST segments, and the completing ACK to a frontend
+//! or a masqueraded destination, look in HALF_OPEN, so every other packet costs the one
+//! CONNTRACK lookup it always did.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     btf_maps::LruHashMap,
@@ -190,8 +192,9 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> CtState {
     CtState::New
 }
 
-/// A half-open flow's segment: the SYN-ACK answering it moves both directions to
-/// CONNTRACK as established; a RST ends it; a retransmitted SYN changes nothing.
+/// A half-open flow's segment: the SYN-ACK answering it marks both directions answered
+/// (state established, still in HALF_OPEN: a backend answers spoofed SYNs too); a RST ends
+/// it; a retransmitted SYN changes nothing. The client's ACK completes it ([`complete`]).
 #[inline(always)]
 fn answered(entry: &CtEntry, now: u32, key: &CtKey, tcp_flags: u8) {
     let pk = peer_key(entry, key.proto);
@@ -205,21 +208,47 @@ fn answered(entry: &CtEntry, now: u32, key: &CtKey, tcp_flags: u8) {
     }
     let e = CtEntry {
         state: state::ESTABLISHED,
-        expires: now + lifetime(state::ESTABLISHED),
+        expires: now + lifetime(state::SYN_SENT),
         ..*entry
     };
+    let _ = HALF_OPEN.insert(key, e, BPF_ANY as u64);
+    let _ = HALF_OPEN.insert(pk, peer_entry(key, &e), BPF_ANY as u64);
+}
+
+/// The client's ACK of an answered half-open flow (a segment without SYN of the opening
+/// direction, which found no flow in CONNTRACK: the callers ask only for a frontend's or a
+/// masqueraded destination's, so plain pod traffic never looks here). The handshake is
+/// complete, as nf_conntrack's ASSURED: both directions move to CONNTRACK, established.
+/// Returns the opening direction's entry to translate the segment with.
+#[inline(always)]
+pub fn complete(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
+    if tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK {
+        return None;
+    }
+    let (_, entry, now) = live(&HALF_OPEN, key, tcp_flags)?;
+    if entry.flags & flags::REPLY != 0 || entry.state != state::ESTABLISHED {
+        return None;
+    }
+    let e = CtEntry {
+        expires: now + lifetime(state::ESTABLISHED),
+        ..entry
+    };
+    let pk = peer_key(&e, key.proto);
     // Overwriting: whatever CONNTRACK still holds at these tuples is dead (claiming the
     // reply tuple checked it).
-    if CONNTRACK.insert(key, e, BPF_ANY as u64).is_ok()
-        && CONNTRACK
-            .insert(pk, peer_entry(key, &e), BPF_ANY as u64)
-            .is_ok()
-    {
-        let _ = HALF_OPEN.remove(pk);
-        let _ = HALF_OPEN.remove(key);
-    } else {
-        let _ = CONNTRACK.remove(key);
+    if CONNTRACK.insert(key, e, BPF_ANY as u64).is_err() {
+        return None;
     }
+    if CONNTRACK
+        .insert(pk, peer_entry(key, &e), BPF_ANY as u64)
+        .is_err()
+    {
+        let _ = CONNTRACK.remove(key);
+        return None;
+    }
+    let _ = HALF_OPEN.remove(pk);
+    let _ = HALF_OPEN.remove(key);
+    Some(e)
 }
 
 /// The state of the flow an ICMP error quotes (`quoted`, the packet as it was sent):

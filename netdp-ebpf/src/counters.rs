@@ -2,6 +2,7 @@
 //! event), no atomics.
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::bpf_skb_load_bytes,
     programs::TcContext,
 };
 use netdp_common::{
@@ -58,12 +59,11 @@ pub fn drop(ctx: &TcContext, program: Program, reason: Reason) -> i32 {
 /// share one copy of it instead of each inlining it.
 #[inline(never)]
 fn report(skb: *mut __sk_buff, program: u32, reason: u32) {
-    // Written straight into the ring: the event takes none of the program's stack, which
-    // the call chain shares (512 bytes in all).
+    // Written straight into the ring, header bytes loaded into the event itself: the
+    // report takes next to none of the stack, which the call chain shares (512 bytes).
     let Some(mut entry) = EVENTS.reserve(0) else {
         return;
     };
-    let ctx = TcContext::new(skb);
     // SAFETY: the program's own skb.
     let (ifindex, len) = unsafe { ((*skb).ifindex, (*skb).len) };
     let ev = entry.write(DropEvent {
@@ -73,24 +73,30 @@ fn report(skb: *mut __sk_buff, program: u32, reason: u32) {
         len,
         ..Default::default()
     });
-    // Ethernet type IPv4, then the IPv4 header: the helper checks every offset.
-    if let (Ok(0x0008u16), Ok(vihl), Ok(proto), Ok(addrs)) = (
-        ctx.load::<u16>(12),
-        ctx.load::<u8>(ETH_HLEN),
-        ctx.load::<u8>(ETH_HLEN + 9),
-        ctx.load::<[u8; 8]>(ETH_HLEN + 12),
-    ) {
-        ev.proto = proto;
-        ev.saddr = [addrs[0], addrs[1], addrs[2], addrs[3]];
-        ev.daddr = [addrs[4], addrs[5], addrs[6], addrs[7]];
-        let l4 = ETH_HLEN + ((vihl & 0x0f) as usize) * 4;
-        if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
-            && let Ok(ports) = ctx.load::<[u8; 4]>(l4)
+    let load = |off: usize, to: *mut u8, n: u32| {
+        // SAFETY: the helper writes at most `n` bytes at `to`, inside the event.
+        unsafe { bpf_skb_load_bytes(skb as *const _, off as u32, to as *mut _, n) == 0 }
+    };
+    // Ethernet type IPv4 (the protocol field doubles as scratch space), then the header.
+    let proto_at = &mut ev.proto as *mut u8;
+    if load(12, ev.pad.as_mut_ptr(), 2)
+        && ev.pad[..2] == [0x08, 0x00]
+        && load(ETH_HLEN, proto_at, 1)
+    {
+        let ihl = (ev.proto & 0x0f) as usize * 4;
+        ev.proto = 0;
+        if load(ETH_HLEN + 9, proto_at, 1)
+            && load(ETH_HLEN + 12, ev.saddr.as_mut_ptr(), 8)
+            && (ev.proto == IPPROTO_TCP || ev.proto == IPPROTO_UDP)
+            && load(ETH_HLEN + ihl, &mut ev.sport as *mut u16 as *mut u8, 4)
         {
-            ev.sport = u16::from_be_bytes([ports[0], ports[1]]);
-            ev.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            ev.sport = u16::from_be(ev.sport);
+            ev.dport = u16::from_be(ev.dport);
         }
+    } else {
+        ev.proto = 0;
     }
+    ev.pad = [0; 3];
     entry.submit(0);
 }
 

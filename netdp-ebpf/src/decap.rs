@@ -82,6 +82,7 @@ fn strip(
     if !outer.is_plain() {
         return Err(pass(ctx, PROGRAM, Reason::DecapFragment));
     }
+
     // SAFETY: copied out at once.
     let Some(peer) = unsafe { maps::PEERS.get(PeerKey { addr: outer.saddr }) }.copied() else {
         return Err(drop(ctx, PROGRAM, Reason::DecapUnknownPeer));
@@ -89,12 +90,16 @@ fn strip(
     if node.decap == decap::VXLAN {
         check_vxlan(ctx, node).map_err(|reason| drop(ctx, PROGRAM, reason))?;
     }
-    // The inner IPv4 header must be in the linear part to be read; GRO'd packets from a
-    // NIC may have only the outer headers there.
+    // The outer datagram must hold the tunnel headers and an inner IPv4 header (what lies
+    // past its length is padding, not a packet; length 0: a GRO super-packet), and the
+    // inner IPv4 header must be in the linear part to be read: GRO'd packets from a NIC
+    // may have only the outer headers there.
+    let tot_len = u16::from_be(outer.tot_len) as usize;
     let inner_at = ETH_HLEN + overhead;
-    if ptr_at::<Ipv4Hdr>(ctx, inner_at).is_none()
-        && (ctx.pull_data((inner_at + IP_HLEN) as u32).is_err()
-            || ptr_at::<Ipv4Hdr>(ctx, inner_at).is_none())
+    if (tot_len != 0 && tot_len < overhead + IP_HLEN)
+        || (ptr_at::<Ipv4Hdr>(ctx, inner_at).is_none()
+            && (ctx.pull_data((inner_at + IP_HLEN) as u32).is_err()
+                || ptr_at::<Ipv4Hdr>(ctx, inner_at).is_none()))
     {
         return Err(drop(ctx, PROGRAM, Reason::Malformed));
     }

@@ -189,6 +189,11 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
             None => {}
         }
     }
+    if source::verifying()
+        && let Err(verdict) = source::underlay(ctx, &frame, to_node)
+    {
+        return verdict;
+    }
     let t = parse::transport(ctx, &frame);
     let frame = match translated_or(ctx, program, &frame, &t, Stage::Received { to_node }) {
         Ok(f) => f,
@@ -200,7 +205,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     // SAFETY: as above.
     if let Some(ep) = unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) } {
         if source::verifying()
-            && let Err(verdict) = source::underlay(ctx, &frame)
+            && let Err(verdict) = source::outside_to_pod(ctx, &frame)
         {
             return verdict;
         }

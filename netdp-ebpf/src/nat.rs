@@ -183,7 +183,9 @@ pub fn masquerade(
     node: &NodeConfig,
 ) -> Result<(), Reason> {
     if l4.proto == IPPROTO_TCP && !only_syn(l4.tcp_flags) {
-        return Err(Reason::NatNotSyn);
+        // Only a SYN starts a flow, but the ACK completing a half-open one moves it on.
+        let e = conntrack::complete(key, l4.tcp_flags).ok_or(Reason::NatNotSyn)?;
+        return rewrite(ctx, l4, key, &e.nat_tuple(key.proto)).map_err(|()| Reason::AdjustFailed);
     }
     let now = conntrack::now();
     let reply = conntrack::new_reply(key, now, 0, 0, flags::MASQ);

@@ -3,6 +3,10 @@ use aya_ebpf::programs::TcContext;
 
 pub const ETH_HLEN: usize = 14;
 pub const IP_HLEN: usize = 20;
+/// Smallest TCP, UDP and ICMP headers.
+pub const TCP_HLEN: usize = 20;
+pub const UDP_HLEN: usize = 8;
+pub const ICMP_HLEN: usize = 8;
 pub const ETH_P_IP: u16 = 0x0800;
 pub use netdp_common::proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 /// More-fragments flag and fragment offset of `frag_off` (host order).
@@ -225,14 +229,22 @@ pub enum Transport {
 #[inline(always)]
 pub fn transport(ctx: &TcContext, frame: &Ipv4Frame) -> Transport {
     // SAFETY: the IP header was bounds checked by the parser.
-    let (vihl, frag, proto) = unsafe {
+    let (vihl, frag, proto, tot_len) = unsafe {
         (
             (*frame.ip).version_ihl,
             u16::from_be((*frame.ip).frag_off),
             (*frame.ip).protocol,
+            u16::from_be((*frame.ip).tot_len) as usize,
         )
     };
     let off = ETH_HLEN + ((vihl & 0x0f) as usize) * 4;
+    // Where the datagram ends: bytes past it (padding) are no header of it. Length 0 is a
+    // BIG TCP super-packet, as long as the frame.
+    let end = if tot_len == 0 {
+        usize::MAX
+    } else {
+        ETH_HLEN + tot_len
+    };
     let first_fragment = frag & IP_MF_OFFSET == IP_MF;
     let l4 = |sport, dport, tcp_flags| L4 {
         proto,
@@ -248,17 +260,26 @@ pub fn transport(ctx: &TcContext, frame: &Ipv4Frame) -> Transport {
     }
     let other = Transport::Other(l4(0, 0, 0));
     match proto {
-        IPPROTO_TCP => match ptr_at::<TcpHdr>(ctx, off) {
+        IPPROTO_TCP if off + TCP_HLEN <= end => match ptr_at::<TcpHdr>(ctx, off) {
             // SAFETY: bounds checked by ptr_at.
             Some(t) => unsafe { Transport::Ports(l4((*t).sport, (*t).dport, (*t).flags)) },
             None => other,
         },
-        IPPROTO_UDP => match ptr_at::<UdpHdr>(ctx, off) {
-            // SAFETY: bounds checked by ptr_at.
-            Some(u) => unsafe { Transport::Ports(l4((*u).sport, (*u).dport, 0)) },
+        IPPROTO_UDP if off + UDP_HLEN <= end => match ptr_at::<UdpHdr>(ctx, off) {
+            Some(u) => {
+                // SAFETY: bounds checked by ptr_at.
+                let (sport, dport, len) = unsafe { ((*u).sport, (*u).dport, (*u).len) };
+                // The UDP length must fit the datagram (all of it but in a first fragment,
+                // which carries only part): a header read from garbage is no header.
+                let len = u16::from_be(len) as usize;
+                if len < UDP_HLEN || (!first_fragment && off + len > end) {
+                    return other;
+                }
+                Transport::Ports(l4(sport, dport, 0))
+            }
             None => other,
         },
-        IPPROTO_ICMP => {
+        IPPROTO_ICMP if off + ICMP_HLEN <= end => {
             let Some(i) = ptr_at::<IcmpHdr>(ctx, off) else {
                 return other;
             };

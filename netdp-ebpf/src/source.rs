@@ -30,20 +30,41 @@ pub fn pod(ctx: &TcContext, frame: &Ipv4Frame) -> Result<(), i32> {
     }
 }
 
-/// A plain (not encapsulated) packet from the underlay for a pod here, not part of a
-/// translated flow: its source must be a pod of a peer this node routes to directly, sent
-/// from that peer's MAC, or in a network `--routed-networks` lets reach pods.
+/// A plain (not encapsulated) packet from the underlay, before anything is done with it:
+/// a source in the cluster Network must be a peer's pod, sent by the next hop this node
+/// would send that pod's packets to (a reverse-path check at L2: the peer's MAC, or the
+/// router's). Only the node itself (`to_node`) may get such packets from a tunnelling peer
+/// (its pods' plain traffic to a node address); anything else from a peer's pod comes
+/// plain only from a peer routed directly. Sources outside the cluster are checked where
+/// they reach a pod untranslated ([`outside_to_pod`]).
 #[inline(always)]
-pub fn underlay(ctx: &TcContext, frame: &Ipv4Frame) -> Result<(), i32> {
+pub fn underlay(ctx: &TcContext, frame: &Ipv4Frame, to_node: bool) -> Result<(), i32> {
     // SAFETY: headers bounds checked by the parser.
     let (saddr, smac) = unsafe { ((*frame.ip).saddr, (*frame.eth).src) };
-    let key = Key::new(32, saddr);
-    if let Some(rt) = maps::ROUTES.get(&key) {
-        // A direct route's next hop is the peer itself (it is on our underlay).
-        if rt.mode == mode::DIRECT && (rt.flags & flags::HAS_MAC == 0 || rt.dmac == smac) {
+    if !in_cluster(saddr) {
+        return Ok(());
+    }
+    if let Some(rt) = maps::ROUTES.get(&Key::new(32, saddr)) {
+        let from_next_hop = rt.flags & flags::HAS_MAC == 0 || rt.dmac == smac;
+        if from_next_hop && (to_node || rt.mode == mode::DIRECT) {
             return Ok(());
         }
-    } else if !in_cluster(saddr) && maps::ROUTED_NETWORKS.get(&key).is_some() {
+    }
+    Err(drop(
+        ctx,
+        Program::FromNetdev,
+        Reason::UnderlayForeignSource,
+    ))
+}
+
+/// A plain packet from the underlay that reaches a pod here untranslated: from outside the
+/// cluster only out of a network `--routed-networks` lets reach pods (a cluster source
+/// passed [`underlay`] already).
+#[inline(always)]
+pub fn outside_to_pod(ctx: &TcContext, frame: &Ipv4Frame) -> Result<(), i32> {
+    // SAFETY: the header was bounds checked by the parser.
+    let saddr = unsafe { (*frame.ip).saddr };
+    if in_cluster(saddr) || maps::ROUTED_NETWORKS.get(&Key::new(32, saddr)).is_some() {
         return Ok(());
     }
     Err(drop(
@@ -76,6 +97,7 @@ pub fn verifying() -> bool {
     maps::node().flags & node::flags::TRUST_SOURCES == 0
 }
 
+/// Whether `addr` is in the cluster Network.
 #[inline(always)]
 fn in_cluster(addr: [u8; 4]) -> bool {
     let node = maps::node();

@@ -1160,7 +1160,9 @@ fn judge(
                     reason,
                     Reason::TtlExceeded | Reason::UnknownDestination | Reason::ServiceToHost
                 );
-                if !may_change || !ip_valid(out, 14) || !ip_csum_ok(out, 14) {
+                // (A header checksum that was wrong stays wrong; see below.)
+                let csum_kept = ip_csum_ok(out, 14) || !ip_csum_ok(input, in_ip);
+                if !may_change || !ip_valid(out, 14) || !csum_kept {
                     fail("to the kernel: unchanged unless translated", String::new());
                 }
             }
@@ -1192,16 +1194,20 @@ fn judge_redirect(
     let mut rules: Vec<(&str, String)> = Vec::new();
     let mut fail = |rule: &'static str, detail: String| rules.push((rule, detail));
 
-    // Whatever is redirected is a valid IPv4 packet with a correct header checksum
-    // (inner and outer, if encapsulated), and a TTL left.
-    if !ip_valid(out, 14) || !ip_csum_ok(out, 14) {
+    // Whatever is redirected is a valid IPv4 packet, with a correct header checksum where
+    // the sender's was correct: the programs update checksums incrementally, so a wrong one
+    // stays wrong and the receiving stack drops the packet, as it would have without them
+    // (Cilium does not verify it either). An outer header the programs build is always
+    // right. And a TTL left.
+    let in_ok = ip_csum_ok(input, in_ip);
+    if !ip_valid(out, 14) || (!ip_csum_ok(out, 14) && (out_ip != 14 || in_ok)) {
         fail(
             "redirected: valid IPv4, correct header checksum",
             String::new(),
         );
     }
     if out_ip != 14 {
-        if !ip_valid(out, out_ip) || !ip_csum_ok(out, out_ip) {
+        if !ip_valid(out, out_ip) || (in_ok && !ip_csum_ok(out, out_ip)) {
             fail(
                 "redirected: valid IPv4, correct header checksum",
                 "inner".into(),
@@ -1260,10 +1266,18 @@ fn judge_redirect(
                 // A plain frame from the underlay: with a cluster source only from a
                 // directly routed peer's pod, from that peer's MAC (host-gw); the
                 // node forwards nothing untranslated that is not for a pod here.
+                // On a tunnelling node a peer's pod may still send plain to the node's own
+                // address (its pods' traffic to a node, unmasqueraded), from the next hop
+                // towards that peer (the router here).
+                let to_node = addr_at(input, in_ip + 16) == Some(NODE_IP);
                 if in_cluster(in_src)
                     && !(env.tunnel == Tunnel::None
                         && in_peer_subnet(in_src)
                         && *smac == ADJACENT_PEER_MAC)
+                    && !(env.tunnel != Tunnel::None
+                        && to_node
+                        && in_peer_subnet(in_src)
+                        && *smac == ROUTER_MAC)
                 {
                     fail(
                         "from the underlay: a cluster source only from a direct peer's pod",

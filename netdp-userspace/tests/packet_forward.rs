@@ -8,7 +8,6 @@ use std::net::Ipv4Addr;
 use common::{ADJACENT_PEER_MAC, Fixture, UNDERLAY_MAC, direct_route, pod_mac, veth_mac};
 use netdp_common::{
     counters::{Program, Reason},
-    node::NodeConfig,
     program_names::{FROM_NETDEV, FROM_POD},
     route::{Route, mode},
 };
@@ -21,7 +20,7 @@ const HOST_VETH_MAC: [u8; 6] = veth_mac(2);
 /// subnets: 10.1.2.0/24 with its next hop's MAC known, 10.1.3.0/24 without, and
 /// 10.1.4.0/24 unreachable.
 fn fixture() -> Fixture {
-    let mut f = Fixture::load(&NodeConfig::default());
+    let mut f = Fixture::load(&common::cluster_only());
     f.add_pod(Ipv4Addr::new(10, 1, 1, 3), 42, POD_MAC, HOST_VETH_MAC);
     f.add_default_sender();
     let route = direct_route();
@@ -150,6 +149,7 @@ fn unknown_destination_and_unreachable_peer_pass_unchanged() {
     }
     // The node's interface never routes transit traffic to remote subnets.
     let input = PacketSpec {
+        src: Ipv4Addr::new(203, 0, 113, 9),
         dst: Ipv4Addr::new(10, 1, 2, 5),
         ..Default::default()
     }

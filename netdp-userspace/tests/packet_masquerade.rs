@@ -205,11 +205,14 @@ fn cluster_addresses_and_the_node_itself_are_not_masqueraded() {
 #[test]
 fn untranslatable_packets_are_dropped_not_leaked() {
     let mut f = masq();
-    // An ICMP error from a pod, a fragment, IP options: nothing to translate them by.
+    // An ICMP error from a pod, a stray fragment, another protocol: nothing to translate them by.
     let mut unreachable = out_of(POD_A, packet::IPPROTO_ICMP, 0, OUTSIDE, 0).build();
     unreachable[34] = 3;
     let mut fragment = out_of(POD_A, packet::IPPROTO_UDP, 5555, OUTSIDE, 9999).build();
-    fragment[20] |= 0x20; // MF
+    fragment[21] = 0xb9; // a later fragment (offset 1480) whose first never came
+    fragment[24..26].copy_from_slice(&[0, 0]);
+    let c = packet::checksum(&fragment[14..34], 0);
+    fragment[24..26].copy_from_slice(&c.to_be_bytes());
     let mut gre = out_of(POD_A, packet::IPPROTO_UDP, 5555, OUTSIDE, 9999).build();
     gre[23] = 47;
     for p in [unreachable, fragment, gre] {

@@ -225,14 +225,27 @@ fn only_a_syn_starts_a_tcp_flow_through_a_service() {
         (80, 41000),
         "the answer comes from the VIP"
     );
-    assert_eq!(f.conntrack.half_open(), 0, "the answer moved the flow");
+    assert_eq!(
+        f.conntrack.half_open(),
+        2,
+        "an answer alone does not establish a flow: backends answer spoofed SYNs too"
+    );
+    assert!(
+        f.conntrack
+            .list()
+            .iter()
+            .all(|fl| fl.state_name() == "syn_recv")
+    );
+    // The client's ACK completes the handshake and moves the flow; later segments follow.
+    for _ in 0..2 {
+        let (verdict, out) = f.run(FROM_POD, &tcp(VIP, 80, 41000, ACK));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(packet::ports(&out), (41000, 8080));
+    }
+    assert_eq!(f.conntrack.half_open(), 0, "the ACK moved the flow");
     let flows = f.conntrack.list();
     assert_eq!(flows.len(), 2);
     assert!(flows.iter().all(|fl| fl.state_name() == "established"));
-    // The flow's later segments follow it.
-    let (verdict, out) = f.run(FROM_POD, &tcp(VIP, 80, 41000, ACK));
-    assert_eq!(verdict, TC_ACT_REDIRECT);
-    assert_eq!(packet::ports(&out), (41000, 8080));
     // UDP has no handshake: any datagram starts a flow.
     f.apply(
         "dns",
@@ -265,10 +278,16 @@ fn a_syn_flood_evicts_half_open_flows_only() {
         TC_ACT_REDIRECT
     );
     assert_eq!(f.run(FROM_POD, &syn_ack(41000)).0, TC_ACT_REDIRECT);
-    // 3,000 SYNs: 6,000 entries for a table of 1,024.
+    assert_eq!(
+        f.run(FROM_POD, &tcp(VIP, 80, 41000, ACK)).0,
+        TC_ACT_REDIRECT
+    );
+    // 3,000 SYNs, each answered by the backend as a real one answers spoofed SYNs, none
+    // completed: 6,000 entries for a table of 1,024.
     for sport in 0..3000u16 {
         let (verdict, _) = f.run(FROM_POD, &tcp(VIP, 80, 20000 + sport, SYN));
         assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(f.run(FROM_POD, &syn_ack(20000 + sport)).0, TC_ACT_REDIRECT);
     }
     assert!(f.conntrack.half_open() <= 1024);
     let established: Vec<_> = f
@@ -323,12 +342,17 @@ fn only_a_syn_starts_a_masqueraded_tcp_flow() {
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(packet::ports(&out), (443, 40000));
     assert_eq!(f.count(Program::FromNetdev, Reason::Unmasquerade), 1);
-    assert_eq!(f.conntrack.half_open(), 0);
+    assert_eq!(f.conntrack.half_open(), 2, "answered, not yet complete");
     assert_eq!(
         f.run(FROM_POD, &tcp(OUTSIDE, 443, 40000, ACK)).0,
         TC_ACT_REDIRECT
     );
     assert_eq!(f.count(Program::FromPod, Reason::Masquerade), 2);
+    assert_eq!(
+        f.conntrack.half_open(),
+        0,
+        "the pod's ACK completed the flow"
+    );
 }
 
 /// `--source-verification=false` (a load-time flag) takes the checks out: what they drop

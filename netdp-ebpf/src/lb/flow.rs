@@ -34,9 +34,13 @@ fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
     let external = program == Program::FromNetdev && fe.flags & frontend_flags::EXTERNAL != 0;
     let local_only = external && fe.flags & frontend_flags::LOCAL_ONLY != 0;
     // Only a SYN starts a TCP flow: anything else would pick a backend mid-connection (a
-    // flow conntrack lost), or let a flood of stray segments fill the table.
+    // flow conntrack lost), or let a flood of stray segments fill the table. The one
+    // exception is the ACK completing a half-open flow's handshake.
     if l4.proto == IPPROTO_TCP && !only_syn(l4.tcp_flags) {
-        return Outcome::Done(drop(ctx, program, Reason::ServiceNotSyn));
+        return match conntrack::complete(key, l4.tcp_flags) {
+            Some(e) => nat::follow(ctx, program, key, l4, &e),
+            None => Outcome::Done(drop(ctx, program, Reason::ServiceNotSyn)),
+        };
     }
     if fe.count == 0 {
         return Outcome::Done(icmp::reject(ctx, program, l4));

@@ -86,6 +86,16 @@ pub fn node_config() -> NodeConfig {
     }
 }
 
+/// Only the cluster Network (10.1.0.0/16) set: no egress, no tunnels, no masquerading.
+/// The underlay checks tell the cluster's sources from outside ones by it.
+pub fn cluster_only() -> NodeConfig {
+    NodeConfig {
+        cluster: [10, 1, 0, 0],
+        cluster_mask: [255, 255, 0, 0],
+        ..Default::default()
+    }
+}
+
 /// The node's underlay interface as the agent finds it.
 pub fn underlay() -> Underlay {
     Underlay {

@@ -66,6 +66,7 @@ const POD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 2];
 const POD_HOST_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 2];
 const TCP_SYN: u8 = 0x02;
 const TCP_SYN_ACK: u8 = 0x12;
+const TCP_ACK: u8 = 0x10;
 const TCP_ACK_PSH: u8 = 0x18;
 
 fn vip() -> Ipv4Addr {
@@ -276,8 +277,8 @@ impl Node {
         Ok(ns)
     }
 
-    /// Opens the flow the established and reverse paths use: the client's SYN, then the
-    /// backend's SYN-ACK. Returns the backend.
+    /// Opens the flow the established and reverse paths use: the client's SYN, the
+    /// backend's SYN-ACK, the client's ACK. Returns the backend.
     fn open_flow(&mut self) -> Result<Ipv4Addr> {
         clear(&mut self.ct)?;
         let mut backend = None;
@@ -302,6 +303,16 @@ impl Node {
             from_backend(backend, FLOW_PORT, TCP_SYN_ACK, 0),
             |_, _| Ok(()),
             check_reverse,
+        )?;
+        // The client's ACK completes the handshake (the flow moves to CONNTRACK).
+        timed_calls(
+            &self.node.dp,
+            FROM_POD,
+            1,
+            1,
+            to_service(FLOW_PORT, TCP_ACK, 0),
+            |_, _| Ok(()),
+            |_, input, out| check_dnat(input, out, FLOW_PORT, &[backend]).map(|_| ()),
         )?;
         let key = CtKey {
             saddr: POD.octets(),
