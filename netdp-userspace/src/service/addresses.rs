@@ -18,7 +18,8 @@ use ipnetwork::Ipv4Network;
 use super::validate::{ExternalField, ServiceDef};
 use crate::config::NetworkConfig;
 
-fn parse_range(s: &str) -> Result<Ipv4Network, String> {
+/// A CIDR flag value, refused with the network it probably means when host bits are set.
+pub(crate) fn parse_range(s: &str) -> Result<Ipv4Network, String> {
     let net: Ipv4Network = s
         .trim()
         .parse()
