@@ -178,18 +178,8 @@ impl Etcd {
             Some(ns) => netns::command(ns, "etcdctl")?,
             None => Command::new("etcdctl"),
         };
-        let out = cmd
-            .args(self.etcdctl_args())
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "etcdctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        cmd.args(self.etcdctl_args());
+        etcdctl(cmd, args)
     }
 
     pub fn put(&self, key: &str, value: &str) -> Result<()> {
@@ -351,4 +341,17 @@ impl Drop for LocalEtcd {
         self.etcd.stop();
         crate::cleanup::release(&self.id);
     }
+}
+
+/// Runs `cmd` (an etcdctl with its connection flags) with `args` on the v3 API: its output,
+/// or its error.
+pub(crate) fn etcdctl(mut cmd: Command, args: &[&str]) -> Result<String> {
+    let out = cmd.args(args).env("ETCDCTL_API", "3").output()?;
+    if !out.status.success() {
+        bail!(
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

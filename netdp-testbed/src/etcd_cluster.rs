@@ -199,19 +199,9 @@ impl EtcdCluster {
 
     fn run_ctl(&self, endpoints: &str, args: &[&str]) -> Result<String> {
         let mut cmd: Command = netns::command(&self.client_ns, "etcdctl")?;
-        let out = cmd
-            .arg(format!("--endpoints={endpoints}"))
-            .args(["--dial-timeout=1s", "--command-timeout=3s"])
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "etcdctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        cmd.arg(format!("--endpoints={endpoints}"))
+            .args(["--dial-timeout=1s", "--command-timeout=3s"]);
+        crate::etcd::etcdctl(cmd, args)
     }
 
     pub fn put(&self, key: &str, value: &str) -> Result<()> {
