@@ -11,6 +11,12 @@ use crate::util::one_line;
 /// Keys per page when listing.
 const PAGE: i64 = 5000;
 
+/// The largest etcd response this client accepts. tonic's default (4 MiB) is far below
+/// what etcd sends: a watch catching up delivers up to 1,000 revisions in one response and a
+/// page of large values can pass it too, so like etcd's own Go client (`MaxCallRecvMsgSize`
+/// math.MaxInt32) the limit is what a protobuf message can be.
+pub const MAX_RESPONSE: usize = i32::MAX as usize;
+
 /// A key and its value as read from etcd.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Kv {
@@ -75,6 +81,8 @@ pub async fn list_prefix(client: &mut Client, prefix: &str) -> Result<(Vec<Kv>, 
             opts = opts.with_revision(revision);
         }
         let resp = client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE)
             .get(start.clone(), Some(opts))
             .await
             .map_err(|e| anyhow!("listing {prefix} in etcd: {}", one_line(&e)))?;
@@ -163,6 +171,8 @@ impl PrefixWatch {
                     .with_start_revision(self.revision + 1)
                     .with_progress_notify();
                 let stream = client
+                    .watch_client()
+                    .max_decoding_message_size(MAX_RESPONSE)
                     .watch(prefix, Some(opts))
                     .await
                     .map_err(|e| anyhow!("watching {prefix}: {}", one_line(&e)))?;
@@ -197,8 +207,15 @@ impl PrefixWatch {
                 self.revision = revision;
                 return Ok(Update::Resync(kvs));
             }
+            if resp.created() {
+                // The created response carries etcd's current revision while the events
+                // from the start revision are still to come: taking it would skip them
+                // if the stream broke before they arrived.
+                continue;
+            }
             if resp.events().is_empty() {
-                // Progress notifications carry the current revision and no events.
+                // Progress notifications carry the current revision and no events (etcd
+                // sends them only to a watch that has caught up).
                 if let Some(h) = resp.header() {
                     self.revision = self.revision.max(h.revision());
                 }
