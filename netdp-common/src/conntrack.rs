@@ -115,6 +115,10 @@ pub struct CtEntry {
     /// Bit set of [`flags`].
     pub flags: u8,
     pub pad: u16,
+    /// TCP: the sequence number this direction's sender uses next (the highest seen so far
+    /// plus its segment's length); 0 until known. A RST or FIN is believed only near it
+    /// (the eBPF `window` module).
+    pub seq_next: u32,
 }
 
 impl CtEntry {
@@ -133,4 +137,4 @@ impl CtEntry {
 }
 
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 28);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);

@@ -128,6 +128,10 @@ pub enum Reason {
     /// A TCP packet other than a SYN for a flow masquerading does not track: it cannot
     /// start one (Linux's conntrack calls it invalid).
     NatNotSyn = 93,
+    /// A RST or FIN of a tracked TCP flow with a sequence number outside the flow's
+    /// window (a blind reset or close from someone who knows only the tuple): dropped, the
+    /// flow untouched (nf_conntrack calls it invalid, and kube-proxy drops those).
+    OutOfWindow = 94,
     /// externalTrafficPolicy Local and no endpoint on this node.
     ServiceNoLocalBackend = 104,
     /// Source NAT found no free port towards the chosen backend.
@@ -144,7 +148,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 43] = [
+    pub const ALL: [Reason; 44] = [
         Reason::LocalDelivery,
         Reason::Direct,
         Reason::DirectNeigh,
@@ -182,6 +186,7 @@ impl Reason {
         Reason::UnderlayForeignSource,
         Reason::DecapSpoofedSource,
         Reason::NatNotSyn,
+        Reason::OutOfWindow,
         Reason::ServiceNoLocalBackend,
         Reason::ServiceSnatExhausted,
         Reason::ServiceConntrackFull,
@@ -237,6 +242,7 @@ impl Reason {
             Reason::UnderlayForeignSource => "underlay_foreign_source",
             Reason::DecapSpoofedSource => "decap_spoofed_source",
             Reason::NatNotSyn => "nat_not_syn",
+            Reason::OutOfWindow => "out_of_window",
             Reason::ServiceNoLocalBackend => "service_no_local_backend",
             Reason::ServiceSnatExhausted => "service_snat_exhausted",
             Reason::ServiceConntrackFull => "service_conntrack_full",

@@ -25,6 +25,7 @@ use crate::{
     counters,
     maps::{CONNTRACK, CT_TIMEOUTS, HALF_OPEN},
     parse::{IPPROTO_TCP, Ipv4Frame, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    window,
 };
 
 const EEXIST: i32 = -17;
@@ -82,13 +83,15 @@ pub fn peer_key(e: &CtEntry, proto: u8) -> CtKey {
 }
 
 /// The other direction's entry as `e` (at `key`) implies it: exactly what was written for
-/// it when the flow started, but for the state and expiry, which follow `e`.
+/// it when the flow started, but for the state and expiry, which follow `e`, and its next
+/// sequence number, unknown until it sends again.
 #[inline(always)]
 pub fn peer_entry(key: &CtKey, e: &CtEntry) -> CtEntry {
     rewriting_to(
         &key.reversed(),
         CtEntry {
             flags: e.flags ^ flags::REPLY,
+            seq_next: 0,
             ..*e
         },
     )
@@ -112,23 +115,30 @@ fn pairs_with(p: &CtEntry, pk: &CtKey, key: &CtKey) -> bool {
     peer_key(p, pk.proto) == *key
 }
 
+/// A flow direction's entry where it lives in its map, for the rest of the program's run:
+/// read in place rather than copied, as the programs' frames have no room for copies.
+pub type Entry = &'static CtEntry;
+
 /// What conntrack says of a packet: the state its flow is in for it, with the flow's
-/// entry for the packet's direction (read once) when it has one.
+/// entry for the packet's direction when it has one.
 pub enum CtState {
     /// No live flow has this tuple: the packet may start one.
     New,
     /// A packet of a tracked flow, in the direction that started it.
-    Established(CtEntry),
+    Established(Entry),
     /// A packet of a tracked flow's reply direction.
-    Reply(CtEntry),
+    Reply(Entry),
     /// An ICMP error quoting a packet of a tracked flow; the entry is for the quoted
     /// packet's reply direction (how its sender sees the flow).
-    Related(CtEntry),
+    Related(Entry),
+    /// A RST or FIN of a tracked flow outside its window: the caller drops it
+    /// (`Reason::OutOfWindow`), and the flow goes on as if it had not been sent.
+    Invalid,
 }
 
 impl CtState {
     #[inline(always)]
-    fn of(entry: CtEntry) -> Self {
+    fn of(entry: Entry) -> Self {
         if entry.flags & flags::REPLY != 0 {
             CtState::Reply(entry)
         } else {
@@ -137,24 +147,26 @@ impl CtState {
     }
 }
 
-/// The live entry at `key` and the time. An expired entry, or a closing TCP entry hit by a
-/// fresh SYN (the tuple is being reused), is removed with its peer and reported as absent.
-/// The clock is only read when there is an entry (most packets have none).
+/// The live entry at `key` (a pointer into the map, and the same as a reference) and the
+/// time. An expired entry, or a closing TCP entry hit by a fresh SYN (the tuple is being
+/// reused), is removed with its peer and reported as absent. The clock is only read when
+/// there is an entry (most packets have none).
 #[inline(always)]
 fn live<const N: usize>(
     table: &Table<N>,
     key: &CtKey,
     tcp_flags: u8,
-) -> Option<(*mut CtEntry, CtEntry, u32)> {
+) -> Option<(*mut CtEntry, Entry, u32)> {
     let e = table.get_ptr_mut(key)?;
     let now = now();
-    // SAFETY: a valid map value; read before any update of the map.
-    let entry = unsafe { *e };
+    // SAFETY: a valid map value, which stays valid for the program's run (BPF programs
+    // run under RCU); other CPUs write only fields of the same flow.
+    let entry: Entry = unsafe { &*e };
     let reopened = key.proto == IPPROTO_TCP
         && entry.state == state::CLOSING
         && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if entry.expires < now || reopened {
-        let pk = peer_key(&entry, key.proto);
+        let pk = peer_key(entry, key.proto);
         // The other direction's tuple may have gone to another flow since (a reclaimed
         // port): only ours is removed.
         // SAFETY: copied out at once.
@@ -176,43 +188,59 @@ fn may_be_half_open(key: &CtKey, tcp_flags: u8) -> bool {
     key.proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_RST) != 0
 }
 
-/// The state of a packet's flow; a tracked packet also advances its flow ([`track`]).
+/// The state of packet `l4`'s flow (`key` its tuple); a tracked packet also
+/// advances its flow ([`track`]).
 #[inline(always)]
-pub fn lookup(key: &CtKey, tcp_flags: u8) -> CtState {
+pub fn lookup(ctx: &TcContext, key: &CtKey, l4: &L4) -> CtState {
+    let tcp_flags = l4.tcp_flags;
     if let Some((ptr, entry, now)) = live(&CONNTRACK, key, tcp_flags) {
-        track(ptr, &entry, now, key, tcp_flags);
+        if !track(ctx, ptr, entry, now, key, l4) {
+            return CtState::Invalid;
+        }
         return CtState::of(entry);
     }
     if may_be_half_open(key, tcp_flags)
-        && let Some((_, entry, now)) = live(&HALF_OPEN, key, tcp_flags)
+        && let Some((ptr, entry, now)) = live(&HALF_OPEN, key, tcp_flags)
     {
-        answered(&entry, now, key, tcp_flags);
+        answered(ptr, entry, now, key, tcp_flags);
         return CtState::of(entry);
     }
     CtState::New
 }
 
-/// A half-open flow's segment: the SYN-ACK answering it marks both directions answered
-/// (state established, still in HALF_OPEN: a backend answers spoofed SYNs too); a RST ends
-/// it; a retransmitted SYN changes nothing. The client's ACK completes it ([`complete`]).
+/// A half-open flow's segment (its entry `entry` at `e`): the SYN-ACK answering it marks
+/// both directions answered (state established, still in HALF_OPEN: a backend answers
+/// spoofed SYNs too); a RST ends it; a retransmitted SYN changes nothing. The client's ACK
+/// completes it ([`complete`]). The packet's own entry is changed in place, never replaced
+/// or removed (a RST expires it), as the caller goes on reading it.
 #[inline(always)]
-fn answered(entry: &CtEntry, now: u32, key: &CtKey, tcp_flags: u8) {
+fn answered(e: *mut CtEntry, entry: Entry, now: u32, key: &CtKey, tcp_flags: u8) {
     let pk = peer_key(entry, key.proto);
     if tcp_flags & TCP_RST != 0 {
         let _ = HALF_OPEN.remove(pk);
-        let _ = HALF_OPEN.remove(key);
+        // SAFETY: a valid map value.
+        unsafe { (*e).expires = 0 };
         return;
     }
     if entry.flags & flags::REPLY == 0 || tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
         return;
     }
-    let e = CtEntry {
-        state: state::ESTABLISHED,
-        expires: now + lifetime(state::SYN_SENT),
-        ..*entry
-    };
-    let _ = HALF_OPEN.insert(key, e, BPF_ANY as u64);
-    let _ = HALF_OPEN.insert(pk, peer_entry(key, &e), BPF_ANY as u64);
+    let expires = now + lifetime(state::SYN_SENT);
+    // SAFETY: a valid map value.
+    unsafe {
+        (*e).state = state::ESTABLISHED;
+        (*e).expires = expires;
+    }
+    match HALF_OPEN.get_ptr_mut(pk) {
+        // SAFETY: as above.
+        Some(p) => unsafe {
+            (*p).state = state::ESTABLISHED;
+            (*p).expires = expires;
+        },
+        None => {
+            let _ = HALF_OPEN.insert(pk, peer_entry(key, entry), BPF_ANY as u64);
+        }
+    }
 }
 
 /// The client's ACK of an answered half-open flow (a segment without SYN of the opening
@@ -221,7 +249,8 @@ fn answered(entry: &CtEntry, now: u32, key: &CtKey, tcp_flags: u8) {
 /// complete, as nf_conntrack's ASSURED: both directions move to CONNTRACK, established.
 /// Returns the opening direction's entry to translate the segment with.
 #[inline(always)]
-pub fn complete(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
+pub fn complete(ctx: &TcContext, key: &CtKey, l4: &L4) -> Option<CtEntry> {
+    let tcp_flags = l4.tcp_flags;
     if tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK {
         return None;
     }
@@ -231,7 +260,7 @@ pub fn complete(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
     }
     let e = CtEntry {
         expires: now + lifetime(state::ESTABLISHED),
-        ..entry
+        ..*entry
     };
     let pk = peer_key(&e, key.proto);
     // Overwriting: whatever CONNTRACK still holds at these tuples is dead (claiming the
@@ -248,6 +277,10 @@ pub fn complete(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
     }
     let _ = HALF_OPEN.remove(pk);
     let _ = HALF_OPEN.remove(key);
+    // The ACK's sequence number is the flow's first ([`window`]).
+    if let Some(ptr) = CONNTRACK.get_ptr_mut(key) {
+        window::follow(ctx, ptr, l4.off, l4.tcp_flags);
+    }
     Some(e)
 }
 
@@ -268,18 +301,30 @@ pub fn lookup_related(quoted: &CtKey) -> CtState {
     CtState::New
 }
 
-/// Advances the flow's state for a packet that matched `entry` (at `e`) and pushes out its
-/// expiry. The
-/// other direction's entry is only looked up when something changes for both: a state
-/// transition, or the expiry moving on (at most once a second). That is also when a lost
-/// other direction (evicted by the LRU) is written again; if its tuple went to another
-/// flow meanwhile, this direction is dropped too, so the next packet starts the flow anew
-/// (a new masquerade port, a backend chosen again) instead of sharing it.
+/// Advances the flow's state for a packet `l4` that matched `entry` (at `e`), records its
+/// sequence numbers and pushes out its expiry; false for a RST or FIN outside the window,
+/// which changes nothing. The other direction's entry is only looked up when something
+/// changes for both: a state transition (a RST or FIN checks the window with it), or the
+/// expiry moving on (at most once a second). That is also when a lost other direction
+/// (evicted by the LRU) is written again; if its tuple went to another flow meanwhile,
+/// this direction is expired too (not removed: the caller goes on reading it), so the next
+/// packet starts the flow anew (a new masquerade port, a backend chosen again) instead of
+/// sharing it.
 #[inline(always)]
-fn track(e: *mut CtEntry, entry: &CtEntry, now: u32, key: &CtKey, tcp_flags: u8) {
+fn track(
+    ctx: &TcContext,
+    e: *mut CtEntry,
+    entry: &CtEntry,
+    now: u32,
+    key: &CtKey,
+    l4: &L4,
+) -> bool {
     let mut st = entry.state;
     if key.proto == IPPROTO_TCP {
-        if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        if !window::follow(ctx, e, l4.off, l4.tcp_flags) {
+            return false;
+        }
+        if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             st = state::CLOSING;
         } else if st == state::SYN_SENT && entry.flags & flags::REPLY != 0 {
             // The other side answered.
@@ -288,7 +333,7 @@ fn track(e: *mut CtEntry, entry: &CtEntry, now: u32, key: &CtKey, tcp_flags: u8)
     }
     let expires = now + lifetime(st);
     if st == entry.state && expires == entry.expires {
-        return;
+        return true;
     }
     // SAFETY: a valid map value; concurrent writers store the same kind of values.
     unsafe {
@@ -302,9 +347,8 @@ fn track(e: *mut CtEntry, entry: &CtEntry, now: u32, key: &CtKey, tcp_flags: u8)
             (*p).state = st;
             (*p).expires = expires;
         },
-        Some(_) => {
-            let _ = CONNTRACK.remove(key);
-        }
+        // SAFETY: a valid map value.
+        Some(_) => unsafe { (*e).expires = 0 },
         None => {
             let updated = CtEntry {
                 state: st,
@@ -313,10 +357,12 @@ fn track(e: *mut CtEntry, entry: &CtEntry, now: u32, key: &CtKey, tcp_flags: u8)
             };
             let restored = peer_entry(key, &updated);
             if CONNTRACK.insert(pk, restored, BPF_NOEXIST as u64).is_err() {
-                let _ = CONNTRACK.remove(key);
+                // SAFETY: a valid map value.
+                unsafe { (*e).expires = 0 };
             }
         }
     }
+    true
 }
 
 /// What claiming a reply tuple came to.

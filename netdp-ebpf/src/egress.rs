@@ -52,10 +52,11 @@ pub fn outside(ctx: &TcContext, frame: &Ipv4Frame, t: &Transport) -> i32 {
         // Echo requests only: the pod's identifier is translated like a source port.
         Transport::Echo(l4) if l4.sport != 0 => {
             let key = conntrack::key(frame, &l4);
-            match conntrack::lookup(&key, l4.tcp_flags) {
+            match conntrack::lookup(ctx, &key, &l4) {
+                CtState::Invalid => Err(Reason::OutOfWindow),
                 CtState::New => nat::masquerade(ctx, PROGRAM, &key, &l4, &node),
                 CtState::Established(e) | CtState::Reply(e) | CtState::Related(e) => {
-                    match nat::follow(ctx, PROGRAM, &key, &l4, &e) {
+                    match nat::follow(ctx, PROGRAM, &key, &l4, e) {
                         Outcome::Done(verdict) => return verdict,
                         _ => Ok(()),
                     }

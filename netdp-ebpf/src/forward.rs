@@ -56,13 +56,14 @@ fn translate(
     match *t {
         Transport::Ports(l4) => {
             let key = conntrack::key(frame, &l4);
-            let outcome = match conntrack::lookup(&key, l4.tcp_flags) {
+            let outcome = match conntrack::lookup(ctx, &key, &l4) {
+                CtState::Invalid => Outcome::Done(drop(ctx, program, Reason::OutOfWindow)),
                 CtState::New => match stage {
                     Stage::Decapsulated(_) => Outcome::Untouched,
                     _ => lb::new_flow(ctx, program, &l4, &key),
                 },
                 CtState::Established(e) | CtState::Reply(e) | CtState::Related(e) => {
-                    nat::follow(ctx, program, &key, &l4, &e)
+                    nat::follow(ctx, program, &key, &l4, e)
                 }
             };
             if l4.first_fragment && matches!(outcome, Outcome::Translated(_)) {
@@ -75,10 +76,11 @@ fn translate(
         }
         Transport::Echo(l4) if matches!(stage, Stage::Received { to_node: true }) => {
             let key = conntrack::key(frame, &l4);
-            match conntrack::lookup(&key, l4.tcp_flags) {
+            match conntrack::lookup(ctx, &key, &l4) {
+                CtState::Invalid => Outcome::Done(drop(ctx, program, Reason::OutOfWindow)),
                 CtState::New => Outcome::Untouched,
                 CtState::Established(e) | CtState::Reply(e) | CtState::Related(e) => {
-                    nat::follow(ctx, program, &key, &l4, &e)
+                    nat::follow(ctx, program, &key, &l4, e)
                 }
             }
         }

@@ -85,31 +85,28 @@ pub fn translate(ctx: &TcContext, frame: &Ipv4Frame, proto: u8) -> u64 {
     let Some(e) = CONNTRACK.get_ptr(key) else {
         return UNTOUCHED;
     };
-    // SAFETY: a valid map value, read field by field.
-    let (expires, to_saddr, to_daddr, flags, ifindex) = unsafe {
-        (
-            (*e).expires,
-            (*e).nat_saddr,
-            (*e).nat_daddr,
-            (*e).flags,
-            (*e).ifindex,
-        )
-    };
-    if expires < conntrack::now() {
+    // SAFETY: a valid map value, read field by field, each just before it is needed: few
+    // values live across the helper calls, so few are spilled to this small frame.
+    if unsafe { (*e).expires } < conntrack::now() {
         return UNTOUCHED;
     }
-    let mut ok = true;
-    if key.saddr != to_saddr {
-        ok &= nat::addr(ctx, IP_SADDR_OFF, None, key.saddr, to_saddr, 0).is_ok();
+    // SAFETY: as above.
+    let (to_saddr, to_daddr, done) = unsafe {
+        (
+            (*e).nat_saddr,
+            (*e).nat_daddr,
+            TRANSLATED | ((*e).flags as u64) << 32 | (*e).ifindex as u64,
+        )
+    };
+    if key.saddr != to_saddr && nat::addr(ctx, IP_SADDR_OFF, None, key.saddr, to_saddr, 0).is_err()
+    {
+        return FAILED;
     }
-    if key.daddr != to_daddr {
-        ok &= nat::addr(ctx, IP_DADDR_OFF, None, key.daddr, to_daddr, 0).is_ok();
+    if key.daddr != to_daddr && nat::addr(ctx, IP_DADDR_OFF, None, key.daddr, to_daddr, 0).is_err()
+    {
+        return FAILED;
     }
-    if ok {
-        TRANSLATED | (flags as u64) << 32 | ifindex as u64
-    } else {
-        FAILED
-    }
+    done
 }
 
 /// What [`translate`] returns, in one register (a BPF call returns no aggregates):

@@ -353,5 +353,5 @@ pub fn translate_error(ctx: &TcContext, l4: &L4) -> Option<Translated> {
     if osrc == quoted.daddr && orig.daddr != osrc {
         nat::addr(ctx, IP_SADDR_OFF, None, osrc, orig.daddr, 0).ok()?;
     }
-    Some(Translated::of(&e))
+    Some(Translated::of(e))
 }

@@ -29,6 +29,7 @@ mod parse;
 mod route;
 mod sock;
 mod source;
+mod window;
 
 use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier},

@@ -184,7 +184,7 @@ pub fn masquerade(
 ) -> Result<(), Reason> {
     if l4.proto == IPPROTO_TCP && !only_syn(l4.tcp_flags) {
         // Only a SYN starts a flow, but the ACK completing a half-open one moves it on.
-        let e = conntrack::complete(key, l4.tcp_flags).ok_or(Reason::NatNotSyn)?;
+        let e = conntrack::complete(ctx, key, l4).ok_or(Reason::NatNotSyn)?;
         return rewrite(ctx, l4, key, &e.nat_tuple(key.proto)).map_err(|()| Reason::AdjustFailed);
     }
     let now = conntrack::now();

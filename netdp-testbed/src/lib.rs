@@ -17,6 +17,7 @@ pub mod etcd;
 pub mod etcd_cluster;
 pub mod flannel;
 pub mod flood;
+pub mod hold;
 pub mod netns;
 pub mod packet;
 pub mod process;

@@ -75,6 +75,9 @@ pub struct PacketSpec {
     pub dport: u16,
     /// TCP flags (SYN by default).
     pub tcp_flags: u8,
+    /// TCP sequence and acknowledgement numbers (1000 and 0 by default).
+    pub seq: u32,
+    pub ack: u32,
     pub payload: Vec<u8>,
 }
 
@@ -90,6 +93,8 @@ impl Default for PacketSpec {
             sport: 40000,
             dport: 8080,
             tcp_flags: 0x02,
+            seq: 1000,
+            ack: 0,
             payload: b"hello netdp".to_vec(),
         }
     }
@@ -115,8 +120,8 @@ impl PacketSpec {
                 let mut t = Vec::with_capacity(20 + self.payload.len());
                 t.extend_from_slice(&self.sport.to_be_bytes());
                 t.extend_from_slice(&self.dport.to_be_bytes());
-                t.extend_from_slice(&1000u32.to_be_bytes()); // seq
-                t.extend_from_slice(&0u32.to_be_bytes()); // ack
+                t.extend_from_slice(&self.seq.to_be_bytes());
+                t.extend_from_slice(&self.ack.to_be_bytes());
                 t.extend_from_slice(&[0x50, self.tcp_flags]); // data offset 5
                 t.extend_from_slice(&65535u16.to_be_bytes());
                 t.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent

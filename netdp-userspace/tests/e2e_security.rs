@@ -207,6 +207,7 @@ fn forged_tunnel_packets_carry_only_the_peers_own_pods() -> Result<()> {
             dport: PORT,
             tcp_flags: 0,
             payload: tag.as_bytes().to_vec(),
+            ..Default::default()
         }
         .build();
         // VXLAN header: the I flag, VNI 1.

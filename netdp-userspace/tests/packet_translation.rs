@@ -141,6 +141,7 @@ fn a_service_flow_to_a_remote_backend_is_encapsulated_and_its_reply_translated_a
         tcp_flags: 0x12,
         ttl: 63,
         payload: b"HTTP/1.1 200 OK".to_vec(),
+        ..Default::default()
     }
     .build();
     let (verdict, back) = f.run(FROM_NETDEV, &from_peer(&reply));

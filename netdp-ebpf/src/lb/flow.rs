@@ -37,7 +37,7 @@ fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
     // flow conntrack lost), or let a flood of stray segments fill the table. The one
     // exception is the ACK completing a half-open flow's handshake.
     if l4.proto == IPPROTO_TCP && !only_syn(l4.tcp_flags) {
-        return match conntrack::complete(key, l4.tcp_flags) {
+        return match conntrack::complete(ctx, key, l4) {
             Some(e) => nat::follow(ctx, program, key, l4, &e),
             None => Outcome::Done(drop(ctx, program, Reason::ServiceNotSyn)),
         };

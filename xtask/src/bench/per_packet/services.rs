@@ -90,6 +90,7 @@ fn to_service(sport: u16, tcp_flags: u8, payload: usize) -> Vec<u8> {
         dport: PORT,
         tcp_flags,
         payload: vec![0x5a; payload],
+        ..Default::default()
     }
     .build()
 }
@@ -107,6 +108,7 @@ fn from_backend(backend: Ipv4Addr, dport: u16, tcp_flags: u8, payload: usize) ->
         dport,
         tcp_flags,
         payload: vec![0xa5; payload],
+        ..Default::default()
     }
     .build()
 }
