@@ -1,8 +1,8 @@
 //! A SYN flood from one of the testbed's namespaces: TCP SYNs crafted with
 //! [`PacketSpec`], sent through a raw socket (`IPPROTO_RAW`, the IP header included) with
 //! random source ports and source addresses spoofed from a range, paced to a rate for a
-//! while. The namespace's routes decide where they go, so a flood from a testbed namespace
-//! stays inside the testbed.
+//! while; and [`send_forged`], any crafted packets sent once. The namespace's routes decide
+//! where they go, so what a testbed namespace sends stays inside the testbed.
 use std::{
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -82,6 +82,45 @@ impl Flood {
     pub fn wait(self) -> Result<FloodReport> {
         netns::join(self.thread)
     }
+}
+
+/// Sends `frames` (Ethernet frames as [`PacketSpec`] builds them; their IP packets go out)
+/// once each from namespace `ns`, through a raw socket, as forged packets are sent: the
+/// source address and ports are whatever the frames say. Returns how many the kernel took.
+pub fn send_forged(ns: &str, frames: Vec<Vec<u8>>) -> Result<u64> {
+    netns::join(netns::in_netns(ns, move || {
+        let sock = raw_socket()?;
+        let mut sent = 0;
+        for frame in &frames {
+            let ip = frame
+                .get(14..)
+                .ok_or_else(|| anyhow!("a frame without IP"))?;
+            ensure!(ip.len() >= 20, "a frame without IP");
+            // SAFETY: sockaddr_in is plain data; zero is a valid value.
+            let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            to.sin_family = libc::AF_INET as u16;
+            to.sin_addr.s_addr = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+            // SAFETY: the buffer and the address outlive the call.
+            let n = unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    ip.as_ptr().cast(),
+                    ip.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            if n != ip.len() as isize {
+                bail!(
+                    "sending a forged packet: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            sent += 1;
+        }
+        Ok(sent)
+    })?)
 }
 
 fn raw_socket() -> Result<OwnedFd> {
