@@ -6,6 +6,7 @@ mod install_cni;
 mod maps;
 mod monitor;
 mod network;
+mod service_apply;
 mod services;
 mod status;
 

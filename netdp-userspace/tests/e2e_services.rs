@@ -464,12 +464,12 @@ fn bad_services_are_refused_or_skipped_and_the_rest_keep_working() -> Result<()>
     };
 
     // The CLI refuses what is wrong, naming the field.
-    let bad = r#"{"metadata":{"name":"np"},"spec":{"type":"NodePort","clusterIP":"10.96.3.9","ports":[{"port":80}]}}"#;
+    let bad = r#"{"metadata":{"name":"np"},"spec":{"type":"NodePort","clusterIP":"10.96.3.9","ports":[{"port":80,"nodePort":70000}]}}"#;
     let err = tb
         .apply_services(bad)
-        .expect_err("accepted a node port service without nodePort");
+        .expect_err("accepted node port 70000");
     ensure!(
-        format!("{err:#}").contains("spec.ports[0].nodePort: required"),
+        format!("{err:#}").contains("spec.ports[0].nodePort: 70000 is not a port"),
         "{err:#}"
     );
     let err = tb

@@ -1,12 +1,8 @@
 //! `netdp service` (services in etcd) and `netdp lb` (what a node has programmed).
-use std::{
-    collections::{HashMap, HashSet},
-    net::Ipv4Addr,
-    path::PathBuf,
-};
+use std::{collections::HashSet, net::Ipv4Addr, path::PathBuf};
 
 use crate::cli::Classify;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use clap::Subcommand;
 use serde_json::json;
 
@@ -15,11 +11,7 @@ use crate::{
     dataplane::lb::{LbMaps, proto_name as proto},
     etcd::EtcdArgs,
     lease::{LeaseSet, Registry},
-    service::{
-        self, AddressArgs, AddressPolicy, ServiceDef, ServiceDoc, ServiceStore,
-        store::{key, parse_key},
-        validate::claims,
-    },
+    service::{self, AddressArgs, AddressPolicy, ServiceDef, ServiceStore, store::parse_key},
 };
 
 /// etcd flags plus where the services live.
@@ -37,7 +29,7 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    async fn store(&self) -> Result<ServiceStore> {
+    pub(super) async fn store(&self) -> Result<ServiceStore> {
         Ok(ServiceStore::new(
             self.etcd.connect().await?,
             &self.service_prefix,
@@ -57,6 +49,15 @@ pub enum ServiceCmd {
         /// The agents' address rules, to refuse what they would not program.
         #[command(flatten)]
         addresses: AddressArgs,
+        /// Where node ports are allocated from for services that name none (as
+        /// kube-apiserver's flag of the same name).
+        #[arg(
+            long = "service-node-port-range",
+            env = "NETDP_SERVICE_NODE_PORT_RANGE",
+            value_parser = super::service_apply::parse_port_range,
+            default_value = "30000-32767"
+        )]
+        node_ports: (u16, u16),
     },
     /// Services in etcd; with --node-name, whether that node has programmed them.
     List {
@@ -106,7 +107,7 @@ pub enum LbCmd {
     List(NodeArgs),
 }
 
-fn read_input(path: &PathBuf) -> Result<String> {
+pub(super) fn read_input(path: &PathBuf) -> Result<String> {
     if path.as_os_str() == "-" {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
@@ -123,7 +124,8 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
             store,
             file,
             addresses,
-        } => apply(store, file, addresses).await,
+            node_ports,
+        } => super::service_apply::apply(store, file, addresses, node_ports).await,
         ServiceCmd::List {
             store,
             namespace,
@@ -166,7 +168,7 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
 /// The address rules the agents hold services to, as far as a client can know them: the
 /// flags, the network config and the leases' PublicIPs in etcd (nothing of the config
 /// when there is none yet).
-async fn address_policy(
+pub(super) async fn address_policy(
     client: etcd_client::Client,
     etcd: &EtcdArgs,
     args: &AddressArgs,
@@ -183,93 +185,6 @@ async fn address_policy(
         None => Vec::new(),
     };
     Ok(AddressPolicy::new(args, config.as_ref(), ips))
-}
-
-async fn apply(store: StoreArgs, file: PathBuf, addresses: AddressArgs) -> Result<()> {
-    let text = read_input(&file)?;
-    let docs = service::parse_file(&text)
-        .with_context(|| format!("{}", file.display()))
-        .classify(Failure::BadInput)?;
-    let mut defs: Vec<(ServiceDoc, ServiceDef)> = Vec::with_capacity(docs.len());
-    let mut ids = HashSet::new();
-    for (i, doc) in docs.into_iter().enumerate() {
-        let def = service::validate(&doc)
-            .map_err(|e| {
-                anyhow!(
-                    "{}: service {} ({}): {e}",
-                    file.display(),
-                    i + 1,
-                    doc.metadata.name
-                )
-            })
-            .classify(Failure::BadInput)?;
-        if !ids.insert(def.id()) {
-            bail!(
-                "{}: service {} is in the file twice",
-                file.display(),
-                def.id()
-            );
-        }
-        defs.push((doc, def));
-    }
-    let mut s = store.store().await?;
-    // What the agents would refuse to program (CVE-2020-8554), refused here already.
-    let policy = address_policy(s.client.clone(), &store.etcd, &addresses).await?;
-    for (i, (_, def)) in defs.iter().enumerate() {
-        policy
-            .check(def)
-            .map_err(|e| anyhow!("{}: service {} ({}): {e}", file.display(), i + 1, def.id()))
-            .classify(Failure::BadInput)?;
-    }
-    // Addresses and node ports must not be claimed by two services.
-    let (existing, _) = s.list().await?;
-    let mut owner: HashMap<(Option<Ipv4Addr>, u16, u8), String> = HashMap::new();
-    for (k, v) in &existing {
-        let Some(id) = parse_key(s.prefix(), k) else {
-            continue;
-        };
-        if ids.contains(id) {
-            continue;
-        }
-        if let Ok(def) = service::decode(v) {
-            for (addr, port, p, _) in claims(&def) {
-                owner.insert((addr, port, p), id.to_string());
-            }
-        }
-    }
-    for (_, def) in &defs {
-        for (addr, port, p, field) in claims(def) {
-            if let Some(other) = owner.insert((addr, port, p), def.id()) {
-                if other != def.id() {
-                    let what = match addr {
-                        Some(a) => format!("{a}:{port}/{}", proto(p)),
-                        None => format!("node port {port}/{}", proto(p)),
-                    };
-                    bail!(
-                        "service {}: {field}: {what} is already used by {other}",
-                        def.id()
-                    );
-                }
-            }
-        }
-    }
-    let writes: Vec<(String, ServiceDoc)> = defs
-        .iter()
-        .map(|(doc, def)| {
-            let mut doc = doc.clone();
-            doc.metadata.namespace = Some(def.namespace.clone());
-            (key(s.prefix(), &def.namespace, &def.name), doc)
-        })
-        .collect();
-    let n = s.put_all(&writes).await?;
-    if n <= 20 {
-        for (_, def) in &defs {
-            println!("service {} configured", def.id());
-        }
-    } else {
-        println!("{n} services configured");
-    }
-    Ok(())
 }
 
 async fn list(

@@ -1,8 +1,10 @@
 //! Kubernetes services: the schema users write and etcd stores ([`schema`]), checking it
 //! ([`validate`]), what a node programs for it ([`plan`]), and the etcd store ([`store`]).
 pub mod addresses;
+pub mod allocate;
 pub mod plan;
 pub mod schema;
+pub mod slices;
 pub mod store;
 pub mod validate;
 
@@ -11,7 +13,7 @@ mod tests;
 
 pub use addresses::{AddressArgs, AddressPolicy};
 pub use plan::{NodeInfo, plan};
-pub use schema::{ServiceDoc, parse_file};
+pub use schema::{Manifests, ServiceDoc, parse_file, parse_manifests};
 pub use store::{DEFAULT_PREFIX, ServiceStore};
 pub use validate::{ServiceDef, validate};
 

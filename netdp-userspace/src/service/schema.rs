@@ -6,8 +6,11 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Result, anyhow, bail};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::slices::Slice;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -129,6 +132,12 @@ pub struct EndpointDoc {
     /// Unready endpoints are kept but get no traffic (default: ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
+    /// EndpointSlice's other two conditions (defaults: as ready, and not terminating): a
+    /// terminating endpoint that serves gets traffic only when none is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminating: Option<bool>,
 }
 
 /// Parses one service from a JSON value, naming the field on error.
@@ -173,10 +182,26 @@ pub fn from_json(bytes: &[u8]) -> Result<ServiceDoc> {
     Ok(doc)
 }
 
+/// What a file holds: its services, with the endpoints and target ports their
+/// EndpointSlices give them, and a line for each thing skipped.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    pub services: Vec<ServiceDoc>,
+    pub skipped: Vec<String>,
+}
+
 /// Splits a file's text into service objects: JSON (one object, an array, or a
 /// `kind: List`), or YAML (any number of `---` separated documents, each a service or a
 /// List). Errors name the document (1-based) and the field.
 pub fn parse_file(text: &str) -> Result<Vec<ServiceDoc>> {
+    Ok(parse_manifests(text)?.services)
+}
+
+/// [`parse_file`], and Kubernetes manifests as `kubectl get -o yaml` prints them: Services
+/// and the EndpointSlices of their endpoints (merged by [`super::slices`]); other kinds
+/// are skipped with a line each, as unknown fields are ignored. A wrong value of a Service
+/// or an EndpointSlice is an error naming its document and path.
+pub fn parse_manifests(text: &str) -> Result<Manifests> {
     let trimmed = text.trim_start();
     let values: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let mut out = Vec::new();
@@ -198,7 +223,8 @@ pub fn parse_file(text: &str) -> Result<Vec<ServiceDoc>> {
         }
         out
     };
-    let mut docs = Vec::new();
+    let mut out = Manifests::default();
+    let mut slices = Vec::new();
     for (i, v) in values.into_iter().enumerate() {
         let (items, list) = match v {
             Value::Array(items) => (items, true),
@@ -216,11 +242,37 @@ pub fn parse_file(text: &str) -> Result<Vec<ServiceDoc>> {
             } else {
                 format!("document {}", i + 1)
             };
-            docs.push(from_value(item).map_err(|e| anyhow!("{at}: {e:#}"))?);
+            let kind = item.get("kind").and_then(Value::as_str).map(String::from);
+            match kind.as_deref() {
+                None | Some("Service") => {
+                    out.services
+                        .push(from_value(item).map_err(|e| anyhow!("{at}: {e:#}"))?);
+                }
+                Some("EndpointSlice") => {
+                    let slice = slice_from_value(item).map_err(|e| anyhow!("{at}: {e:#}"))?;
+                    slices.push(Slice { at, slice });
+                }
+                Some(other) => out.skipped.push(format!(
+                    "{at}: kind {other} is not a Service or an EndpointSlice; skipped"
+                )),
+            }
         }
     }
-    if docs.is_empty() {
-        bail!("no service in the file");
+    if out.services.is_empty() {
+        match out.skipped.is_empty() {
+            true => bail!("no service in the file"),
+            false => bail!("no service in the file: {}", out.skipped.join("; ")),
+        }
     }
-    Ok(docs)
+    out.skipped
+        .extend(super::slices::merge(&mut out.services, slices));
+    Ok(out)
+}
+
+/// Parses one EndpointSlice, naming the field on error.
+fn slice_from_value(v: Value) -> Result<EndpointSlice> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        anyhow!("EndpointSlice {path}: {}", e.into_inner())
+    })
 }

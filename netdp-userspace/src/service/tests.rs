@@ -139,3 +139,30 @@ fn plans_put_local_endpoints_first_and_node_ports_on_node_addresses() {
     let def = validate(&parse_file(headless).unwrap()[0]).unwrap();
     assert!(plan(&def, &node).is_none());
 }
+
+/// kube-proxy's rule (KEP-1669): terminating endpoints that still serve take traffic only
+/// when no endpoint is ready, so the last pods of a rolling update finish their work.
+#[test]
+fn terminating_serving_endpoints_are_used_only_when_none_is_ready() {
+    let svc = |endpoints: &str| {
+        let text = format!(
+            r#"{{"metadata":{{"name":"w"}},"spec":{{"clusterIP":"10.96.0.9","ports":[{{"port":80}}]}},"endpoints":[{endpoints}]}}"#
+        );
+        let def = validate(&parse_file(&text).unwrap()[0]).unwrap();
+        let mut ips: Vec<String> = def.ready_endpoints().map(|e| e.ip.to_string()).collect();
+        ips.sort();
+        ips
+    };
+    let ready = r#"{"ip":"10.244.1.1","ready":true}"#;
+    let draining = r#"{"ip":"10.244.1.2","ready":false,"serving":true,"terminating":true}"#;
+    let gone = r#"{"ip":"10.244.1.3","ready":false,"serving":false,"terminating":true}"#;
+    let unready = r#"{"ip":"10.244.1.4","ready":false}"#;
+    assert_eq!(
+        svc(&format!("{ready},{draining},{gone},{unready}")),
+        ["10.244.1.1"]
+    );
+    assert_eq!(svc(&format!("{draining},{gone},{unready}")), ["10.244.1.2"]);
+    assert!(svc(&format!("{gone},{unready}")).is_empty());
+    // Without conditions an endpoint is ready (the format netdp stores).
+    assert_eq!(svc(r#"{"ip":"10.244.1.5"}"#), ["10.244.1.5"]);
+}

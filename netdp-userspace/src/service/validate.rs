@@ -44,6 +44,10 @@ pub struct EndpointDef {
     pub ip: Ipv4Addr,
     pub node_name: Option<String>,
     pub ready: bool,
+    /// EndpointSlice's conditions: a terminating endpoint that still serves gets traffic
+    /// only when no endpoint is ready.
+    pub serving: bool,
+    pub terminating: bool,
 }
 
 /// Where an external address of a service was written.
@@ -93,8 +97,18 @@ impl ServiceDef {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// The endpoints traffic goes to: the ready ones, or when none is, those terminating
+    /// but still serving, as kube-proxy does (KEP-1669), so a rolling update that replaces
+    /// every pod does not drop the connections it could still take.
     pub fn ready_endpoints(&self) -> impl Iterator<Item = &EndpointDef> {
-        self.endpoints.iter().filter(|e| e.ready)
+        let any_ready = self.endpoints.iter().any(|e| e.ready);
+        self.endpoints.iter().filter(move |e| {
+            if any_ready {
+                e.ready
+            } else {
+                e.serving && e.terminating
+            }
+        })
     }
 }
 
@@ -194,7 +208,7 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
             }
         },
         (_, None) => {
-            err("spec.clusterIP: required (netdp does not allocate cluster IPs); use \"None\" for a headless service".into());
+            err("spec.clusterIP: required (`netdp service apply` allocates one from the service range when there is one); use \"None\" for a headless service".into());
             None
         }
     };
@@ -315,7 +329,7 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
             },
             (None, true) => {
                 err(format!(
-                    "{f}.nodePort: required for type {} (netdp does not allocate node ports)",
+                    "{f}.nodePort: required for type {} (`netdp service apply` allocates one)",
                     spec.type_.as_deref().unwrap_or("")
                 ));
                 None
@@ -423,10 +437,13 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
                 err(format!("{f}.nodeName: {n:?} is not a node name"));
             }
         }
+        let ready = e.ready.unwrap_or(true);
         endpoints.push(EndpointDef {
             ip,
             node_name: e.node_name.clone(),
-            ready: e.ready.unwrap_or(true),
+            ready,
+            serving: e.serving.unwrap_or(ready),
+            terminating: e.terminating.unwrap_or(false),
         });
     }
     if !errs.is_empty() {
