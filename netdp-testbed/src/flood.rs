@@ -96,22 +96,8 @@ pub fn send_forged(ns: &str, frames: Vec<Vec<u8>>) -> Result<u64> {
                 .get(14..)
                 .ok_or_else(|| anyhow!("a frame without IP"))?;
             ensure!(ip.len() >= 20, "a frame without IP");
-            // SAFETY: sockaddr_in is plain data; zero is a valid value.
-            let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            to.sin_family = libc::AF_INET as u16;
-            to.sin_addr.s_addr = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
-            // SAFETY: the buffer and the address outlive the call.
-            let n = unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    ip.as_ptr().cast(),
-                    ip.len(),
-                    0,
-                    (&to as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            };
-            if n != ip.len() as isize {
+            let to = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+            if send_ip(&sock, &to_addr(to), ip) != ip.len() as isize {
                 bail!(
                     "sending a forged packet: {}",
                     std::io::Error::last_os_error()
@@ -121,6 +107,29 @@ pub fn send_forged(ns: &str, frames: Vec<Vec<u8>>) -> Result<u64> {
         }
         Ok(sent)
     })?)
+}
+
+fn to_addr(dst: Ipv4Addr) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain data; zero is a valid value.
+    let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    to.sin_family = libc::AF_INET as u16;
+    to.sin_addr.s_addr = u32::from(dst).to_be();
+    to
+}
+
+/// Sends IP packet `ip` (its header included) to `to`; what sendto returned.
+fn send_ip(sock: &OwnedFd, to: &libc::sockaddr_in, ip: &[u8]) -> isize {
+    // SAFETY: the buffer and the address outlive the call.
+    unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            ip.as_ptr().cast(),
+            ip.len(),
+            0,
+            (to as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    }
 }
 
 fn raw_socket() -> Result<OwnedFd> {
@@ -135,10 +144,7 @@ fn raw_socket() -> Result<OwnedFd> {
 
 fn run(spec: SynFlood, lo: u32, hi: u32, counter: &AtomicU64) -> Result<FloodReport> {
     let sock = raw_socket()?;
-    // SAFETY: sockaddr_in is plain data; zero is a valid value.
-    let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    to.sin_family = libc::AF_INET as u16;
-    to.sin_addr.s_addr = u32::from(spec.dst).to_be();
+    let to = to_addr(spec.dst);
     let mut rng = spec.seed | 1;
     let mut next = move || {
         rng ^= rng << 13;
@@ -176,17 +182,7 @@ fn run(spec: SynFlood, lo: u32, hi: u32, counter: &AtomicU64) -> Result<FloodRep
             }
             .build();
             let ip = &frame[14..];
-            // SAFETY: the buffer and the address outlive the call.
-            let n = unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    ip.as_ptr().cast(),
-                    ip.len(),
-                    0,
-                    (&to as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            };
+            let n = send_ip(&sock, &to, ip);
             if n == ip.len() as isize {
                 sent += 1;
             } else {

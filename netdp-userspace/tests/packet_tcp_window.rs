@@ -84,6 +84,16 @@ fn backend(sport: u16, tcp_flags: u8, seq: u32, ack: u32, len: u32) -> Vec<u8> {
     .build()
 }
 
+/// A RST or FIN (`flags`, sequence number `seq`) of the client's side or the backend's,
+/// acknowledging everything the other side sent.
+fn closing(from_client: bool, sport: u16, flags: u8, seq: u32) -> Vec<u8> {
+    if from_client {
+        client(sport, flags, seq, BACKEND_NEXT, 0)
+    } else {
+        backend(sport, flags, seq, CLIENT_NEXT, 0)
+    }
+}
+
 fn forwarded(f: &mut Fixture, frame: &[u8], what: &str) -> Vec<u8> {
     let (verdict, out) = f.run(FROM_POD, frame);
     assert_eq!(verdict, TC_ACT_REDIRECT, "{what}");
@@ -163,11 +173,7 @@ fn a_blind_reset_or_close_is_dropped_and_the_connection_goes_on() {
     for (i, (from_client, flags, seq, what)) in blind.into_iter().enumerate() {
         let sport = 41000 + i as u16;
         established(&mut f, sport);
-        let frame = if from_client {
-            client(sport, flags, seq, BACKEND_NEXT, 0)
-        } else {
-            backend(sport, flags, seq, CLIENT_NEXT, 0)
-        };
+        let frame = closing(from_client, sport, flags, seq);
         let (verdict, _) = f.run(FROM_POD, &frame);
         assert_eq!(verdict, TC_ACT_SHOT, "{what} (seq {seq}) was let through");
         assert_eq!(f.count(Program::FromPod, Reason::OutOfWindow), i as u64 + 1);
@@ -228,11 +234,7 @@ fn a_reset_or_close_in_the_window_closes_the_flow() {
     for (i, (from_client, flags, seq, what)) in in_window.into_iter().enumerate() {
         let sport = 42000 + i as u16;
         established(&mut f, sport);
-        let frame = if from_client {
-            client(sport, flags, seq, BACKEND_NEXT, 0)
-        } else {
-            backend(sport, flags, seq, CLIENT_NEXT, 0)
-        };
+        let frame = closing(from_client, sport, flags, seq);
         let out = forwarded(&mut f, &frame, what);
         let ports = if from_client {
             (sport, 8080)
