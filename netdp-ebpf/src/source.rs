@@ -99,7 +99,7 @@ pub fn verifying() -> bool {
 
 /// Whether `addr` is in the cluster Network.
 #[inline(always)]
-fn in_cluster(addr: [u8; 4]) -> bool {
+pub fn in_cluster(addr: [u8; 4]) -> bool {
     let node = maps::node();
     u32::from_ne_bytes(addr) & u32::from_ne_bytes(node.cluster_mask)
         == u32::from_ne_bytes(node.cluster)

@@ -15,7 +15,7 @@ use common::{
 };
 use netdp::dataplane::{lb::ServicePlan, maglev};
 use netdp_common::{
-    counters::{Program, Reason},
+    counters::{Event, Program, Reason},
     lb::{Backend as LbBackend, flow_hash},
     program_names::{FROM_NETDEV, FROM_POD},
 };
@@ -555,4 +555,47 @@ fn affinity_holds_until_its_timeout_and_never_outlives_the_backend() {
     assert_ne!(again, gone);
     assert!(rest.contains(&again));
     assert_eq!(go(&mut f, client, sticky_vip, 35001), again);
+}
+
+/// No frontend is looked up for an address in the cluster Network (the agents program no
+/// service address there) but the node's own pod-subnet address, where node ports answer:
+/// a frontend written at a pod's address anyway (the dataplane library does not check
+/// addresses; the agent does) is not used, and pod traffic to that pod passes untouched.
+#[test]
+fn pod_addresses_are_never_frontends_but_the_nodes_own_is() {
+    let mut f = fixture();
+    f.apply(
+        "at-a-pod",
+        plan(
+            &[cluster_ip(REMOTE_BACKEND, 80, IPPROTO_TCP)],
+            8080,
+            &[local(LOCAL_BACKEND)],
+        ),
+    );
+    f.apply(
+        "node-port",
+        plan(
+            &[node_port(GATEWAY, 30080, IPPROTO_TCP)],
+            8080,
+            &[local(LOCAL_BACKEND)],
+        ),
+    );
+    let to_pod = from_client(IPPROTO_TCP, REMOTE_BACKEND, 80, 40100).build();
+    let (_, out) = f.run(FROM_POD, &to_pod);
+    let v = Ipv4View::parse(&out).unwrap();
+    assert_eq!((v.dst, packet::ports(&out)), (REMOTE_BACKEND, (40100, 80)));
+    assert_eq!(
+        f.count(Program::FromPod, Reason::Direct),
+        1,
+        "forwarded as it was"
+    );
+    assert_eq!(f.event(Program::FromPod, Event::ServiceFlow), 0);
+
+    let to_node_port = from_client(IPPROTO_TCP, GATEWAY, 30080, 40101).build();
+    let (verdict, out) = f.run(FROM_POD, &to_node_port);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let v = assert_only_tuple_changed(&to_node_port, &out);
+    assert_eq!(v.dst, LOCAL_BACKEND);
+    assert_eq!(packet::ports(&out), (40101, 8080));
+    assert_eq!(f.event(Program::FromPod, Event::ServiceFlow), 1);
 }

@@ -22,10 +22,23 @@ use crate::{
 /// The first packet of a flow (conntrack knows none) to a frontend, if `key` is one's.
 #[inline(always)]
 pub fn new_flow(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey) -> Outcome {
+    if !may_be_frontend(key.daddr) {
+        return Outcome::Untouched;
+    }
     match super::frontend(key) {
         Some(fe) => start(ctx, program, l4, key, &fe),
         None => Outcome::Untouched,
     }
+}
+
+/// Whether a frontend can have address `daddr`. None lies in the cluster Network (the
+/// agents program no service address there: `service/addresses.rs`) but the node's own
+/// address in its pod subnet, where node ports answer too; so pod-to-pod traffic is spared
+/// the FRONTENDS lookup (a mask and a compare instead, and the array read of LB_CONFIG
+/// only for cluster addresses).
+#[inline(always)]
+fn may_be_frontend(daddr: [u8; 4]) -> bool {
+    !crate::source::in_cluster(daddr) || LB_CONFIG.get(0).is_some_and(|c| c.snat_addr == daddr)
 }
 
 #[inline(always)]
