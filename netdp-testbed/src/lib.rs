@@ -18,6 +18,7 @@ pub mod etcd_cluster;
 pub mod flannel;
 pub mod flood;
 pub mod hold;
+pub mod kube_api;
 pub mod netns;
 pub mod packet;
 pub mod process;

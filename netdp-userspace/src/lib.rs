@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cli;
 pub mod cni;
 pub mod etcd;
+pub mod k8s;
 pub mod lease;
 pub mod netlink;
 pub mod netns;

@@ -28,7 +28,6 @@ use crate::{
         peer::PeerMap,
         route::{RouteMap, Underlay},
     },
-    etcd::watch::Update,
     lease::{Lease, LeaseAttrs, LeaseOptions, LeaseSet, PeerLease, Registry, WatchUpdate},
     netlink::Netlink,
     observe::{self, Health, Metrics},
@@ -144,7 +143,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     state.sync_routes().await?;
     health.set_leases_synced();
 
-    let (services, service_rev) = services::Services::start(
+    let (services, service_updates) = services::Services::start(
         &args.services,
         &mut dp,
         &pins,
@@ -158,7 +157,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         state.lease.subnet
     );
 
-    let watches = Watches::spawn(&registry, &args, lease_rev, service_rev);
+    let watches = Watches::spawn(&registry, lease_rev, service_updates);
     let agent = Agent {
         opts: args.lease_options(),
         args: &args,
@@ -288,23 +287,21 @@ fn load_dataplane(
 /// The watches of leases and services, each a task of its own streaming into its channel.
 struct Watches {
     leases: mpsc::Receiver<WatchUpdate>,
-    services: mpsc::Receiver<Update>,
+    services: mpsc::Receiver<services::ServiceUpdate>,
 }
 
 impl Watches {
-    /// Starts both watches after the revisions the agent has read.
-    fn spawn(registry: &Registry, args: &AgentArgs, lease_rev: i64, service_rev: i64) -> Self {
+    /// Starts the lease watch after the revision the agent has read; the service source
+    /// started its own.
+    fn spawn(
+        registry: &Registry,
+        lease_rev: i64,
+        services: mpsc::Receiver<services::ServiceUpdate>,
+    ) -> Self {
         let (tx, leases) = mpsc::channel(64);
         tokio::spawn(watch_leases(
             Registry::new(registry.client.clone(), registry.prefix()),
             lease_rev,
-            tx,
-        ));
-        let (tx, services) = mpsc::channel(256);
-        tokio::spawn(services::watch_services(
-            registry.client.clone(),
-            args.services.service_prefix.clone(),
-            service_rev,
             tx,
         ));
         Watches { leases, services }

@@ -1,9 +1,11 @@
-//! The agent's service loop: services in etcd become this node's load-balancing maps.
+//! The agent's service loop: services in etcd, or from the Kubernetes API
+//! (`--service-source=kubernetes`), become this node's load-balancing maps.
 //!
-//! At start the whole prefix is read at one revision (page by page) and programmed, taking
-//! over whatever a previous agent left in the maps; then a watch streams changes from that
-//! revision on, resuming after breaks and re-listing after compaction, exactly as the lease
-//! watch does. Changes that arrive together are programmed together. A service that does
+//! At start every service is read (etcd: the whole prefix at one revision, page by page;
+//! the API: Services and EndpointSlices listed) and programmed, taking over whatever a
+//! previous agent left in the maps; then a watch streams changes, resuming after breaks
+//! and re-listing after compaction (etcd) or 410 Gone (the API). Changes that arrive
+//! together are programmed together, and only services that changed are reprogrammed. A service that does
 //! not parse, or whose addresses the node's [`AddressPolicy`] refuses (CVE-2020-8554), is
 //! skipped with one log line; the others are unaffected.
 use std::{
@@ -30,6 +32,7 @@ use crate::{
         maglev::is_prime,
         route::Underlay,
     },
+    k8s::{self, Changes},
     etcd::{
         decode::{decode, decode_all},
         watch::{Follow, PrefixWatch, Update, forward, list_prefix},
@@ -49,9 +52,32 @@ fn parse_prime(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// Where services come from.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceSource {
+    /// netdp's service documents under --service-prefix in etcd.
+    Etcd,
+    /// Services and EndpointSlices from the Kubernetes API (as kube-proxy reads them).
+    Kubernetes,
+}
+
+/// A batch of service changes from either source.
+pub enum ServiceUpdate {
+    Etcd(Update),
+    Api(Changes),
+}
+
 /// The agent's service flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServiceArgs {
+    /// Where services come from: etcd (netdp's documents) or kubernetes (the API's
+    /// Services and EndpointSlices, replacing kube-proxy).
+    #[arg(long = "service-source", value_enum, default_value_t = ServiceSource::Etcd, env = "NETDP_SERVICE_SOURCE")]
+    pub source: ServiceSource,
+    /// kubeconfig for --service-source=kubernetes (default: $KUBECONFIG, ~/.kube/config,
+    /// or the pod's service account).
+    #[arg(long = "kubeconfig", env = "NETDP_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// etcd prefix of the services (one key per service, `<prefix><namespace>/<name>`).
     #[arg(
         long = "service-prefix",
@@ -220,15 +246,15 @@ impl Services {
     }
 
     /// Sets up the node's side (the path from the node into the pod network, the socket
-    /// programs), reads every service and programs them, adopting what is already in the
-    /// maps. Returns the revision to watch from.
+    /// programs), reads every service from the source and programs them, adopting what is
+    /// already in the maps. Returns the stream of changes that follow.
     pub async fn start(
         args: &ServiceArgs,
         dp: &mut Dataplane,
         pins: &Pins,
-        mut client: Client,
+        client: Client,
         host: Host<'_>,
-    ) -> Result<(Self, i64)> {
+    ) -> Result<(Self, mpsc::Receiver<ServiceUpdate>)> {
         ensure_host_route(host.nl, host.network, host.lease).await?;
         dp.attach_host(pins, GATEWAY_PEER)?;
         let mut lb = Lb::new(LbMaps::take(dp)?, args.maglev_table_size)?;
@@ -240,10 +266,11 @@ impl Services {
         let mut decoder = ServiceDecoder::new(&args.service_prefix);
 
         let started = Instant::now();
-        let (kvs, revision) = list_prefix(&mut client, decoder.prefix()).await?;
+        let (defs, updates) = match args.source {
+            ServiceSource::Etcd => list_etcd(client, &mut decoder).await?,
+            ServiceSource::Kubernetes => list_api(args).await?,
+        };
         let listed = started.elapsed();
-        let defs: HashMap<String, ServiceDef> =
-            decode_all(&mut decoder, &kvs).into_iter().collect();
         let plans: Vec<(String, ServicePlan)> = defs
             .iter()
             .filter_map(|(id, d)| {
@@ -251,7 +278,14 @@ impl Services {
             })
             .collect();
         let stats = lb.adopt(plans);
-        info!("read {} services from etcd in {listed:.1?}", defs.len());
+        info!(
+            "read {} services from {} in {listed:.1?}",
+            defs.len(),
+            match args.source {
+                ServiceSource::Etcd => "etcd",
+                ServiceSource::Kubernetes => "the Kubernetes API",
+            }
+        );
         lb.log_stats("programmed", &stats, started.elapsed());
         let s = Services {
             lb,
@@ -262,7 +296,7 @@ impl Services {
             decoder,
             defs,
         };
-        Ok((s, revision))
+        Ok((s, updates))
     }
 
     /// Keeps up with the node: the host route, its addresses and subnet (reprogramming
@@ -282,11 +316,15 @@ impl Services {
 
     /// Applies watch output, all of it in one batch. UDP flows to endpoints that are gone
     /// are dropped from `conntrack`.
-    pub fn apply(&mut self, updates: Vec<Update>, conntrack: &mut ConntrackMap) {
+    pub fn apply(&mut self, updates: Vec<ServiceUpdate>, conntrack: &mut ConntrackMap) {
         let started = Instant::now();
         let mut gone_udp = HashMap::new();
         let mut batch = Vec::new();
         for (id, def) in self.changes(updates) {
+            // A re-list, or an event that changed nothing the dataplane uses.
+            if self.defs.get(&id) == def.as_ref() {
+                continue;
+            }
             let old = match &def {
                 Some(d) => self.defs.insert(id.clone(), d.clone()),
                 None => self.defs.remove(&id),
@@ -317,10 +355,14 @@ impl Services {
     }
 
     /// What the updates change, service by service (`None`: no longer served).
-    fn changes(&mut self, updates: Vec<Update>) -> HashMap<String, Option<ServiceDef>> {
+    fn changes(&mut self, updates: Vec<ServiceUpdate>) -> Changes {
         let mut changed = HashMap::new();
         for update in updates {
-            decode(&mut self.decoder, update).merge_into(&mut changed, self.defs.keys().cloned());
+            match update {
+                ServiceUpdate::Etcd(u) => decode(&mut self.decoder, u)
+                    .merge_into(&mut changed, self.defs.keys().cloned()),
+                ServiceUpdate::Api(c) => changed.extend(c),
+            }
         }
         changed
     }
@@ -448,23 +490,61 @@ impl Follow for ServiceFollow {
     }
 }
 
-/// Streams service changes to the agent; a broken watch resumes where it left off.
-pub async fn watch_services(
-    client: Client,
-    prefix: String,
-    revision: i64,
-    tx: mpsc::Sender<Update>,
-) {
+/// Every service under the decoder's prefix, and the watch that follows from the
+/// listing's revision (a broken watch resumes where it left off).
+async fn list_etcd(
+    mut client: Client,
+    decoder: &mut ServiceDecoder,
+) -> Result<(HashMap<String, ServiceDef>, mpsc::Receiver<ServiceUpdate>)> {
+    let prefix = decoder.prefix().to_string();
+    let (kvs, revision) = list_prefix(&mut client, &prefix).await?;
+    let defs = decode_all(decoder, &kvs).into_iter().collect();
+    let (tx, rx) = mpsc::channel(256);
+    let (etcd_tx, mut etcd_rx) = mpsc::channel(256);
     let watch = PrefixWatch::new("service", revision);
-    forward(
+    tokio::spawn(forward(
         ServiceFollow {
             watch,
             client,
             prefix,
         },
-        tx,
-    )
-    .await
+        etcd_tx,
+    ));
+    tokio::spawn(async move {
+        while let Some(u) = etcd_rx.recv().await {
+            if tx.send(ServiceUpdate::Etcd(u)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((defs, rx))
+}
+
+/// Every service the Kubernetes API lists, once Services and EndpointSlices are both
+/// listed, and the watch that follows.
+async fn list_api(
+    args: &ServiceArgs,
+) -> Result<(HashMap<String, ServiceDef>, mpsc::Receiver<ServiceUpdate>)> {
+    let client = k8s::client(args.kubeconfig.as_deref()).await?;
+    let (api_tx, mut api_rx) = mpsc::channel(64);
+    tokio::spawn(k8s::watch_services(client, api_tx));
+    let first = api_rx
+        .recv()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the Kubernetes API watch ended before listing"))?;
+    let defs = first
+        .into_iter()
+        .filter_map(|(id, d)| d.map(|d| (id, d)))
+        .collect();
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(c) = api_rx.recv().await {
+            if tx.send(ServiceUpdate::Api(c)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((defs, rx))
 }
 
 /// The cookie of the network namespace the agent runs in (SO_NETNS_COOKIE).

@@ -1,6 +1,8 @@
 //! Kubernetes services: the schema users write and etcd stores ([`schema`]), checking it
-//! ([`validate`]), what a node programs for it ([`plan`]), and the etcd store ([`store`]).
+//! ([`validate`]), what a node programs for it ([`plan`]), the etcd store ([`store`]) and
+//! the Kubernetes API's objects ([`api`], [`slices`]).
 pub mod addresses;
+pub mod api;
 pub mod allocate;
 pub mod plan;
 pub mod schema;

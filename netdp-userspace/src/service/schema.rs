@@ -265,7 +265,7 @@ pub fn parse_manifests(text: &str) -> Result<Manifests> {
         }
     }
     out.skipped
-        .extend(super::slices::merge(&mut out.services, slices));
+        .extend(super::slices::merge(&mut out.services, &slices));
     Ok(out)
 }
 

@@ -15,7 +15,7 @@ use super::schema::{EndpointDoc, IntOrString, ServiceDoc};
 /// The label that ties a slice to its service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// A slice as read, with where it was in the input ("document 3").
+/// A slice as read, with where it came from ("document 3", "kubernetes API").
 pub struct Slice {
     pub at: String,
     pub slice: EndpointSlice,
@@ -44,7 +44,10 @@ fn protocol(p: Option<&str>) -> &str {
 /// Merges `slices` into the endpoints of `services`; returns a line for each slice or
 /// endpoint skipped. A service with slices gets exactly their endpoints (any it listed
 /// itself are replaced) and the target ports the slices resolve.
-pub fn merge(services: &mut [ServiceDoc], slices: Vec<Slice>) -> Vec<String> {
+pub fn merge<'a>(
+    services: &mut [ServiceDoc],
+    slices: impl IntoIterator<Item = &'a Slice>,
+) -> Vec<String> {
     let mut skipped = Vec::new();
     let index: HashMap<(String, String), usize> = services
         .iter()

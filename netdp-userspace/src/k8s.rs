@@ -1,0 +1,146 @@
+//! The Kubernetes API as the source of services (kube-proxy's): Services and
+//! EndpointSlices listed and watched with kube-rs's watcher (list, then watch from the
+//! list's resourceVersion with bookmarks; a 410 Gone or a restart re-lists; errors back
+//! off as client-go's reflector does), turned into the same model as the etcd source
+//! ([`crate::service::api`]), and sent to the agent as changes of the services touched.
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use futures::{FutureExt, StreamExt, stream};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{
+    Api, Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt, watcher},
+};
+use log::{info, warn};
+use tokio::sync::mpsc;
+
+use crate::service::{ServiceDef, api::ApiServices};
+
+/// Services by `namespace/name`, as they are now (`None`: gone or not programmable).
+pub type Changes = HashMap<String, Option<ServiceDef>>;
+
+/// Events handled in one batch at most (a re-list of a large cluster arrives as many).
+const MAX_BATCH: usize = 4096;
+
+/// A client from `kubeconfig`, else as kubectl finds one (`$KUBECONFIG`, `~/.kube/config`)
+/// or, in a pod, the service account's in-cluster config.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))?
+        }
+        None => Config::infer().await.context(
+            "no Kubernetes API config: give --kubeconfig, set KUBECONFIG, or run in a pod",
+        )?,
+    };
+    info!("kubernetes API at {}", config.cluster_url);
+    Client::try_from(config).context("building the Kubernetes API client")
+}
+
+enum Object {
+    Service(watcher::Event<Service>),
+    Slice(watcher::Event<EndpointSlice>),
+}
+
+/// Both listings done once, and what a re-list in progress has gathered.
+#[derive(Default)]
+struct Sync {
+    services: bool,
+    slices: bool,
+    relisting_services: Option<Vec<Service>>,
+    relisting_slices: Option<Vec<EndpointSlice>>,
+}
+
+/// Follows Services and EndpointSlices and sends the changes of the services each batch
+/// of events touched. The first message, once both are listed, has every service.
+pub async fn watch_services(client: Client, tx: mpsc::Sender<Changes>) {
+    let config = watcher::Config::default();
+    let services = watcher(Api::<Service>::all(client.clone()), config.clone())
+        .default_backoff()
+        .map(|r| r.map(Object::Service))
+        .boxed();
+    let slices = watcher(Api::<EndpointSlice>::all(client), config)
+        .default_backoff()
+        .map(|r| r.map(Object::Slice))
+        .boxed();
+    let mut events = stream::select(services, slices);
+    let mut api = ApiServices::default();
+    let mut sync = Sync::default();
+    let mut touched = BTreeSet::new();
+    let mut synced = false;
+    while let Some(first) = events.next().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match events.next().now_or_never() {
+                Some(Some(e)) => batch.push(e),
+                _ => break,
+            }
+        }
+        for event in batch {
+            match event {
+                Ok(object) => sync.handle(&mut api, object, &mut touched),
+                Err(e) => warn!("kubernetes API: {e} (retrying)"),
+            }
+        }
+        // The first message goes out once both are listed, even with nothing in them.
+        if !(sync.services && sync.slices) || (synced && touched.is_empty()) {
+            continue;
+        }
+        synced = true;
+        let changes: Changes = std::mem::take(&mut touched)
+            .into_iter()
+            .map(|id| {
+                let def = api.def(&id);
+                (id, def)
+            })
+            .collect();
+        if tx.send(changes).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Sync {
+    fn handle(&mut self, api: &mut ApiServices, object: Object, touched: &mut BTreeSet<String>) {
+        use watcher::Event::*;
+        match object {
+            Object::Service(event) => match event {
+                Apply(s) => {
+                    touched.insert(api.apply_service(s));
+                }
+                Delete(s) => {
+                    touched.insert(api.delete_service(&s));
+                }
+                Init => self.relisting_services = Some(Vec::new()),
+                InitApply(s) => self.relisting_services.get_or_insert_default().push(s),
+                InitDone => {
+                    let listed = self.relisting_services.take().unwrap_or_default();
+                    info!("kubernetes API: listed {} services", listed.len());
+                    touched.extend(api.replace_services(listed));
+                    self.services = true;
+                }
+            },
+            Object::Slice(event) => match event {
+                Apply(s) => touched.extend(api.apply_slice(s)),
+                Delete(s) => touched.extend(api.delete_slice(&s)),
+                Init => self.relisting_slices = Some(Vec::new()),
+                InitApply(s) => self.relisting_slices.get_or_insert_default().push(s),
+                InitDone => {
+                    let listed = self.relisting_slices.take().unwrap_or_default();
+                    info!("kubernetes API: listed {} endpoint slices", listed.len());
+                    touched.extend(api.replace_slices(listed));
+                    self.slices = true;
+                }
+            },
+        }
+    }
+}

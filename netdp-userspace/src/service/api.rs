@@ -1,0 +1,215 @@
+//! Services and EndpointSlices as the Kubernetes API serves them (k8s-openapi objects, as
+//! kube-rs's watcher hands them over) into the model the etcd source produces too:
+//! [`ServiceDef`]s by `namespace/name`. The objects are kept, slices indexed by the service
+//! their `kubernetes.io/service-name` label names, so that a change recomputes only the
+//! services it touches; what the agent then programs is the diff (`Services::apply`
+//! skips services that came out the same).
+//!
+//! A Service or slice that cannot be used is skipped with one line naming the object and
+//! the field (logged once per distinct reason); the others are unaffected.
+use std::collections::{BTreeSet, HashMap};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use log::{info, warn};
+
+use super::{
+    ServiceDef,
+    schema::from_value,
+    slices::{self, SERVICE_NAME_LABEL, Slice},
+    validate,
+};
+
+/// Where skip lines say the objects came from.
+const FROM_API: &str = "kubernetes API";
+
+/// `namespace/name` of an object's metadata.
+fn object_id(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        m.namespace.as_deref().unwrap_or("default"),
+        m.name.as_deref().unwrap_or("")
+    )
+}
+
+/// The service a slice belongs to (`namespace/name`), if it names one.
+fn owner(slice: &EndpointSlice) -> Option<String> {
+    let m = &slice.metadata;
+    let svc = m.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(format!(
+        "{}/{svc}",
+        m.namespace.as_deref().unwrap_or("default")
+    ))
+}
+
+/// One service's model from its Service and slices, or an error naming the field when it
+/// is unusable; with the lines for what was skipped inside it (slices, endpoints).
+pub fn translate<'a>(
+    service: &Service,
+    slices: impl IntoIterator<Item = &'a Slice>,
+) -> (Result<ServiceDef, String>, Vec<String>) {
+    let id = object_id(&service.metadata);
+    let value = match serde_json::to_value(service) {
+        Ok(v) => v,
+        Err(e) => return (Err(format!("Service {id}: {e}")), Vec::new()),
+    };
+    let mut doc = match from_value(value) {
+        Ok(d) => d,
+        Err(e) => return (Err(format!("Service {id}: {e:#}")), Vec::new()),
+    };
+    let skipped = slices::merge(std::slice::from_mut(&mut doc), slices);
+    let def = validate(&doc).map_err(|e| format!("Service {id}: {e}"));
+    (def, skipped)
+}
+
+/// The Services and EndpointSlices of the cluster, as last listed and watched.
+#[derive(Default)]
+pub struct ApiServices {
+    services: HashMap<String, Service>,
+    slices: HashMap<String, Slice>,
+    /// Slice ids by the service id they name.
+    by_service: HashMap<String, BTreeSet<String>>,
+    /// What was logged for each service (its skip lines), so each is said once.
+    reported: HashMap<String, Vec<String>>,
+    /// Slices naming a service not (yet) known, already said.
+    orphans: BTreeSet<String>,
+}
+
+impl ApiServices {
+    /// A Service was added or changed; returns the service id touched.
+    pub fn apply_service(&mut self, svc: Service) -> String {
+        let id = object_id(&svc.metadata);
+        self.services.insert(id.clone(), svc);
+        id
+    }
+
+    /// A Service was deleted.
+    pub fn delete_service(&mut self, svc: &Service) -> String {
+        let id = object_id(&svc.metadata);
+        self.services.remove(&id);
+        self.reported.remove(&id);
+        id
+    }
+
+    /// A slice was added or changed; returns the services touched (the one it names, and
+    /// the one it named before if its label changed).
+    pub fn apply_slice(&mut self, slice: EndpointSlice) -> Vec<String> {
+        let sid = object_id(&slice.metadata);
+        let mut touched = self.delete_slice_id(&sid);
+        match owner(&slice) {
+            Some(svc) => {
+                self.by_service
+                    .entry(svc.clone())
+                    .or_default()
+                    .insert(sid.clone());
+                touched.push(svc);
+            }
+            None => {
+                if self.orphans.insert(sid.clone()) {
+                    warn!(
+                        "{FROM_API}: EndpointSlice {sid}: metadata.labels[\"{SERVICE_NAME_LABEL}\"]: \
+                         missing, so it belongs to no service; skipped"
+                    );
+                }
+            }
+        }
+        self.slices.insert(
+            sid,
+            Slice {
+                at: FROM_API.into(),
+                slice,
+            },
+        );
+        touched
+    }
+
+    /// A slice was deleted; returns the service touched.
+    pub fn delete_slice(&mut self, slice: &EndpointSlice) -> Vec<String> {
+        self.delete_slice_id(&object_id(&slice.metadata))
+    }
+
+    fn delete_slice_id(&mut self, sid: &str) -> Vec<String> {
+        self.orphans.remove(sid);
+        let Some(old) = self.slices.remove(sid) else {
+            return Vec::new();
+        };
+        let Some(svc) = owner(&old.slice) else {
+            return Vec::new();
+        };
+        if let Some(set) = self.by_service.get_mut(&svc) {
+            set.remove(sid);
+            if set.is_empty() {
+                self.by_service.remove(&svc);
+            }
+        }
+        vec![svc]
+    }
+
+    /// Replaces every Service by a fresh listing (a re-list after 410 Gone or a restart
+    /// of the watch); returns the services touched: all old and new ids (unchanged ones
+    /// come out the same and are not reprogrammed).
+    pub fn replace_services(&mut self, listed: Vec<Service>) -> Vec<String> {
+        let mut touched: Vec<String> = self.services.keys().cloned().collect();
+        self.services.clear();
+        for s in listed {
+            touched.push(self.apply_service(s));
+        }
+        touched
+    }
+
+    /// [`Self::replace_services`] for slices.
+    pub fn replace_slices(&mut self, listed: Vec<EndpointSlice>) -> Vec<String> {
+        let mut touched: Vec<String> = self.by_service.keys().cloned().collect();
+        self.slices.clear();
+        self.by_service.clear();
+        self.orphans.clear();
+        for s in listed {
+            touched.extend(self.apply_slice(s));
+        }
+        touched
+    }
+
+    /// The model of service `id` now (`None`: no such service, or one that cannot be
+    /// programmed, said in the log once).
+    pub fn def(&mut self, id: &str) -> Option<ServiceDef> {
+        let Some(svc) = self.services.get(id) else {
+            if let Some(sids) = self.by_service.get(id) {
+                for sid in sids {
+                    if self.orphans.insert(sid.clone()) {
+                        info!(
+                            "{FROM_API}: EndpointSlice {sid}: metadata.labels[\"{SERVICE_NAME_LABEL}\"]: \
+                             service {id} is not known; its endpoints wait for it"
+                        );
+                    }
+                }
+            }
+            return None;
+        };
+        let sids = self.by_service.get(id);
+        for sid in sids.into_iter().flatten() {
+            self.orphans.remove(sid);
+        }
+        let slices = sids
+            .into_iter()
+            .flatten()
+            .filter_map(|sid| self.slices.get(sid));
+        let (def, mut lines) = translate(svc, slices);
+        if let Err(e) = &def {
+            lines.push(format!("{FROM_API}: {e}; not programmed"));
+        }
+        let said = self.reported.entry(id.to_string()).or_default();
+        for line in lines.iter().filter(|l| !said.contains(l)) {
+            warn!("{line}");
+        }
+        *said = lines;
+        def.ok()
+    }
+
+    /// Services known.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}

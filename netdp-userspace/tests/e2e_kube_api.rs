@@ -1,0 +1,243 @@
+//! End to end: agents on three nodes take services from the Kubernetes API
+//! (`--service-source=kubernetes`) through kube-rs's watcher. No API server can be
+//! installed here, so the API is the testbed's replay server (`netdp_testbed::kube_api`,
+//! a stand-in serving list and watch as kube-apiserver does), holding real API JSON.
+//!
+//! A Service with two EndpointSlices appears and connections spread over its three
+//! endpoints; the endpoint a held transfer uses turns terminating (still serving): new
+//! connections avoid it and the transfer completes; a slice is replaced by another and the
+//! maps follow; the watch connections are cut and the history compacted, so every watch
+//! gets 410 Gone and re-lists: programmed services keep working through it, and the
+//! re-list programs only the difference (a service added, one deleted meanwhile, the
+//! unchanged one not rewritten). A slice missing the service's port, and a LoadBalancer
+//! without ingress, are skipped with a line naming them; the rest is unaffected.
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+
+use anyhow::{Result, ensure};
+use netdp_testbed::{
+    Spec, Testbed,
+    kube_api::ReplayApiServer,
+    services::{Connect, EchoServer, HeldEcho, echo_many},
+    wait::wait_until,
+};
+use serde_json::{Value, json};
+
+const HOST_GW: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#;
+const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 10);
+const WEB2: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 11);
+const OLD: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 12);
+/// Where the replay server listens: the testbed's etcd host.
+const API_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 2);
+
+/// A Service as `kubectl get svc -o json` shows it (fields the dataplane ignores included).
+fn service(name: &str, ip: Ipv4Addr) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {
+            "name": name, "namespace": "default",
+            "uid": format!("5b0e6f0e-2c1d-4c8e-9a61-{:012x}", u32::from(ip)),
+            "creationTimestamp": "2026-11-30T09:12:44Z",
+            "labels": {"app": name},
+            "managedFields": [{"manager": "kubectl-client-side-apply", "operation": "Update",
+                "apiVersion": "v1", "time": "2026-11-30T09:12:44Z", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:spec": {"f:ports": {}}}}]
+        },
+        "spec": {
+            "clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()],
+            "internalTrafficPolicy": "Cluster", "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "web-http"}],
+            "selector": {"app": name}, "sessionAffinity": "None", "type": "ClusterIP"
+        },
+        "status": {"loadBalancer": {}}
+    })
+}
+
+/// An EndpointSlice of `svc` as the endpointslice controller writes it.
+fn slice(svc: &str, name: &str, endpoints: &[(Ipv4Addr, &str, Value)], port: &str) -> Value {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(ip, node, conditions)| {
+            json!({"addresses": [ip.to_string()], "conditions": conditions, "nodeName": node,
+                "targetRef": {"kind": "Pod", "namespace": "default", "name": format!("{svc}-{ip}")}})
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "addressType": "IPv4",
+        "metadata": {
+            "name": name, "namespace": "default",
+            "generateName": format!("{svc}-"),
+            "labels": {"endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                "kubernetes.io/service-name": svc},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": svc,
+                "uid": "5b0e6f0e-2c1d-4c8e-9a61-000000000000", "controller": true,
+                "blockOwnerDeletion": true}]
+        },
+        "endpoints": endpoints,
+        "ports": [{"name": port, "port": 8080, "protocol": "TCP"}]
+    })
+}
+
+fn ready() -> Value {
+    json!({"ready": true, "serving": true, "terminating": false})
+}
+
+fn draining() -> Value {
+    json!({"ready": false, "serving": true, "terminating": true})
+}
+
+/// A node's `services updated` lines: how many so far, and the counts (added, updated,
+/// removed, unchanged) summed over those after the first `skip`.
+fn updates(tb: &Testbed, node: &str, skip: usize) -> Result<(usize, [u64; 4])> {
+    let log = std::fs::read_to_string(tb.node(node).agent_log())?;
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("services updated: ")).collect();
+    let mut sum = [0; 4];
+    for l in lines.iter().skip(skip) {
+        let counts = l.split("services updated: ").nth(1).unwrap_or_default();
+        // "3 added, 0 updated, 0 removed, 0 unchanged, ...", in that order.
+        for (i, part) in counts.split(", ").take(4).enumerate() {
+            sum[i] += part.split(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Ok((lines.len(), sum))
+}
+
+#[test]
+fn services_and_slices_from_the_api_are_programmed_and_followed_through_a_relist() -> Result<()> {
+    let mut tb = Testbed::new(Spec::flat(3).network(HOST_GW))?;
+    let api = ReplayApiServer::start(&tb.ctl_ns, API_HOST)?;
+    let kubeconfig = api.write_kubeconfig(&tb.dir)?;
+    let kubeconfig = format!("--kubeconfig={}", kubeconfig.display());
+    tb.start_all_agents(&["--service-source=kubernetes", &kubeconfig])?;
+    let pods: Vec<_> = ["n1", "n2", "n3"]
+        .iter()
+        .zip(["a", "b", "c"])
+        .map(|(n, p)| tb.add_pod(n, p))
+        .collect::<Result<_>>()?;
+    let client = tb.add_pod("n1", "client")?;
+    let _servers: Vec<_> = pods
+        .iter()
+        .zip(["a", "b", "c"])
+        .map(|(p, who)| EchoServer::start(&p.ns, 8080, who))
+        .collect::<Result<_>>()?;
+    let node = |i: usize| tb.node(&format!("n{}", i + 1)).ns.clone();
+    let (n1, n2, n3) = (node(0), node(1), node(2));
+    let (a, b, c) = (pods[0].ip, pods[1].ip, pods[2].ip);
+
+    api.apply(service("web", WEB))?;
+    api.apply(slice("web", "web-x1", &[(a, &n1, ready()), (b, &n2, ready())], "http"))?;
+    api.apply(slice("web", "web-x2", &[(c, &n3, ready())], "http"))?;
+    api.apply(service("old", OLD))?;
+    api.apply(slice("old", "old-q", &[(c, &n3, ready())], "http"))?;
+    // Bad input: a slice without the service's port; a LoadBalancer with no ingress yet.
+    api.apply(service("noport", Ipv4Addr::new(10, 96, 20, 13)))?;
+    api.apply(slice("noport", "noport-z", &[(a, &n1, ready())], "metrics"))?;
+    let mut lb = service("pending-lb", Ipv4Addr::new(10, 96, 20, 14));
+    lb["spec"]["type"] = json!("LoadBalancer");
+    lb["spec"]["ports"][0]["nodePort"] = json!(31080);
+    api.apply(lb)?;
+
+    // Spread over both slices' endpoints.
+    let web = Connect::new(WEB, 80);
+    let mut seen = BTreeSet::new();
+    wait_until("web's three endpoints to answer", Duration::from_secs(30), || {
+        // Until programmed there is no route to the address.
+        seen.extend(echo_many(&client.ns, web, 12).unwrap_or_default());
+        Ok(seen.len() == 3)
+    })?;
+    println!("web from the API: connections reached {seen:?}");
+    ensure!(
+        echo_many(&client.ns, Connect::new(OLD, 80), 3)?.iter().all(|w| w == "c"),
+        "old goes to c"
+    );
+    let logs = tb.agent_logs(400);
+    for want in [
+        "EndpointSlice default/noport-z: ports: no TCP port named \"http\"",
+        "default/pending-lb",
+    ] {
+        ensure!(logs.contains(want), "no log line with {want:?}:\n{logs}");
+    }
+
+    // The endpoint of a held transfer turns terminating, still serving.
+    let held = HeldEcho::start(
+        &client.ns,
+        Connect {
+            bytes: 1 << 20,
+            ..web
+        },
+        7,
+    )?;
+    let (held_ip, rest): (Ipv4Addr, Vec<&str>) = match held.who.as_str() {
+        "a" => (a, vec!["b", "c"]),
+        "b" => (b, vec!["a", "c"]),
+        _ => (c, vec!["a", "b"]),
+    };
+    let cond = |ip: Ipv4Addr| if ip == held_ip { draining() } else { ready() };
+    api.apply(slice("web", "web-x1", &[(a, &n1, cond(a)), (b, &n2, cond(b))], "http"))?;
+    api.apply(slice("web", "web-x2", &[(c, &n3, cond(c))], "http"))?;
+    wait_until("new connections to avoid the terminating endpoint", Duration::from_secs(20), || {
+        let who = echo_many(&client.ns, web, 8)?;
+        Ok(who.iter().all(|w| rest.contains(&w.as_str())))
+    })?;
+    let who = held.who.clone();
+    let done = held.finish()?;
+    ensure!(done == who, "the held transfer finished on {done}");
+    println!("{who} terminating: the held transfer completed on it");
+
+    // Slice x1 replaced by y1, with a only.
+    api.delete("EndpointSlice", "default/web-x1")?;
+    api.apply(slice("web", "web-y1", &[(a, &n1, ready())], "http"))?;
+    api.apply(slice("web", "web-x2", &[(c, &n3, ready())], "http"))?;
+    wait_until("web to be a and c only", Duration::from_secs(20), || {
+        let who: BTreeSet<String> = echo_many(&client.ns, web, 12)?.into_iter().collect();
+        Ok(who == BTreeSet::from(["a".to_string(), "c".to_string()]))
+    })?;
+
+    // The API goes away mid-watch, its history compacted: every watch must re-list.
+    let before = api.stats();
+    let marks: Vec<usize> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| Ok(updates(&tb, n, 0)?.0))
+        .collect::<Result<_>>()?;
+    api.go_down();
+    api.delete("Service", "default/old")?;
+    api.delete("EndpointSlice", "default/old-q")?;
+    api.apply(service("web2", WEB2))?;
+    api.apply(slice("web2", "web2-k", &[(b, &n2, ready())], "http"))?;
+    api.compact();
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        echo_many(&client.ns, web, 4)?.iter().all(|w| w == "a" || w == "c"),
+        "web keeps working while the API is down"
+    );
+    api.come_back();
+    wait_until("web2 to reach b after the re-list", Duration::from_secs(40), || {
+        // Not programmed yet: no route to the address.
+        Ok(echo_many(&client.ns, Connect::new(WEB2, 80), 2)
+            .is_ok_and(|who| who.iter().all(|w| w == "b")))
+    })?;
+    // Three agents' two watches each got 410 Gone and re-listed.
+    let mut after = before;
+    wait_until("every watch to re-list", Duration::from_secs(40), || {
+        after = api.stats();
+        Ok(after.gone >= before.gone + 6 && after.lists >= before.lists + 6)
+    })?;
+    println!("API stats before the drop {before:?}, after the re-list {after:?}");
+    // Programmed after the re-lists: web2 added (and its slice, if the Service's re-list
+    // came first), old removed, web untouched.
+    for (n, mark) in ["n1", "n2", "n3"].into_iter().zip(marks) {
+        let mut sum = [0; 4];
+        wait_until("old to be removed", Duration::from_secs(20), || {
+            sum = updates(&tb, n, mark)?.1;
+            Ok(sum[2] >= 1)
+        })?;
+        let [added, updated, removed, unchanged] = sum;
+        println!("{n} after the re-list: {added} added, {updated} updated, {removed} removed, {unchanged} unchanged");
+        ensure!(
+            added == 1 && updated <= 1 && removed == 1 && unchanged == 0,
+            "{n}: the re-list programs only web2 and old, not web: {sum:?}"
+        );
+    }
+    Ok(())
+}
