@@ -53,15 +53,15 @@ pub(super) fn check_pinned_sizes(ebpf: &aya::Ebpf, pins: &Pins, sizes: &MapSizes
             Map::HashMap(d) | Map::LruHashMap(d) | Map::LpmTrie(d) | Map::Array(d) => d,
             _ => continue,
         };
-        if let Ok(info) = data.info() {
-            if info.max_entries() != want {
-                warn!(
-                    "map {name} at {} keeps its {} entries (asked for {want}); remove the node's \
+        if let Ok(info) = data.info()
+            && info.max_entries() != want
+        {
+            warn!(
+                "map {name} at {} keeps its {} entries (asked for {want}); remove the node's \
                      pins to resize it",
-                    pins.map(name).display(),
-                    info.max_entries()
-                );
-            }
+                pins.map(name).display(),
+                info.max_entries()
+            );
         }
     }
 }

@@ -225,7 +225,10 @@ fn read_request(conn: &TcpStream) -> Result<Request> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    let target = line.split_whitespace().nth(1).context("no request target")?;
+    let target = line
+        .split_whitespace()
+        .nth(1)
+        .context("no request target")?;
     let (path, q) = target.split_once('?').unwrap_or((target, ""));
     let query = q
         .split('&')
@@ -283,8 +286,16 @@ fn list(mut conn: TcpStream, shared: &Shared, c: usize, req: &Request) -> Result
         st.stats.lists += 1;
         let (_, api_version, _, list_kind) = COLLECTIONS[c];
         let all: Vec<&Value> = st.collections[c].objects.values().collect();
-        let from: usize = req.query.get("continue").and_then(|s| s.parse().ok()).unwrap_or(0);
-        let limit: usize = req.query.get("limit").and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
+        let from: usize = req
+            .query
+            .get("continue")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let limit: usize = req
+            .query
+            .get("limit")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(usize::MAX);
         let end = from.saturating_add(limit).min(all.len());
         let mut metadata = json!({"resourceVersion": st.rv.to_string()});
         if end < all.len() {
@@ -309,7 +320,11 @@ fn watch(
     c: usize,
     req: &Request,
 ) -> Result<()> {
-    let mut from: u64 = req.query.get("resourceVersion").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut from: u64 = req
+        .query
+        .get("resourceVersion")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let bookmarks = req.query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
     let (_, api_version, kind, _) = COLLECTIONS[c];
     write!(

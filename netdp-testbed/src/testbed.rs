@@ -29,12 +29,12 @@ impl Binaries {
         if let Some(d) = std::env::var_os("NETDP_BIN_DIR") {
             dirs.push(PathBuf::from(d));
         }
-        if let Ok(exe) = std::env::current_exe() {
-            if let Some(d) = exe.parent() {
-                dirs.push(d.to_path_buf());
-                if let Some(p) = d.parent() {
-                    dirs.push(p.to_path_buf());
-                }
+        if let Ok(exe) = std::env::current_exe()
+            && let Some(d) = exe.parent()
+        {
+            dirs.push(d.to_path_buf());
+            if let Some(p) = d.parent() {
+                dirs.push(p.to_path_buf());
             }
         }
         for d in &dirs {

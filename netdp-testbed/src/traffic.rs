@@ -314,10 +314,10 @@ pub fn udp_echo(from_ns: &str, to_ns: &str, to: Ipv4Addr, port: u16, count: u32)
         for i in 0..count {
             let msg = format!("netdp-udp-{i}-{}", "x".repeat((i as usize * 37) % 900));
             sock.send_to(msg.as_bytes(), (to, port))?;
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                if &buf[..n] == msg.as_bytes() {
-                    ok += 1;
-                }
+            if let Ok((n, _)) = sock.recv_from(&mut buf)
+                && &buf[..n] == msg.as_bytes()
+            {
+                ok += 1;
             }
         }
         Ok(ok)

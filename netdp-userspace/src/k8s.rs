@@ -46,9 +46,10 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
     Client::try_from(config).context("building the Kubernetes API client")
 }
 
+/// An event of either watch (boxed: the objects are large, and unequal).
 enum Object {
-    Service(watcher::Event<Service>),
-    Slice(watcher::Event<EndpointSlice>),
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
 }
 
 /// Both listings done once, and what a re-list in progress has gathered.
@@ -66,11 +67,11 @@ pub async fn watch_services(client: Client, tx: mpsc::Sender<Changes>) {
     let config = watcher::Config::default();
     let services = watcher(Api::<Service>::all(client.clone()), config.clone())
         .default_backoff()
-        .map(|r| r.map(Object::Service))
+        .map(|r| r.map(|e| Object::Service(Box::new(e))))
         .boxed();
     let slices = watcher(Api::<EndpointSlice>::all(client), config)
         .default_backoff()
-        .map(|r| r.map(Object::Slice))
+        .map(|r| r.map(|e| Object::Slice(Box::new(e))))
         .boxed();
     let mut events = stream::select(services, slices);
     let mut api = ApiServices::default();
@@ -113,7 +114,7 @@ impl Sync {
     fn handle(&mut self, api: &mut ApiServices, object: Object, touched: &mut BTreeSet<String>) {
         use watcher::Event::*;
         match object {
-            Object::Service(event) => match event {
+            Object::Service(event) => match *event {
                 Apply(s) => {
                     touched.insert(api.apply_service(s));
                 }
@@ -129,7 +130,7 @@ impl Sync {
                     self.services = true;
                 }
             },
-            Object::Slice(event) => match event {
+            Object::Slice(event) => match *event {
                 Apply(s) => touched.extend(api.apply_slice(s)),
                 Delete(s) => touched.extend(api.delete_slice(&s)),
                 Init => self.relisting_slices = Some(Vec::new()),

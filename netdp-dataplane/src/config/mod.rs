@@ -178,13 +178,13 @@ fn parse_subnet_bound(field: &str, v: &Value, subnet_len: u8) -> Result<Ipv4Addr
     let addr: Ipv4Addr = addr
         .parse()
         .map_err(|_| err(field, format!("{s:?} is not an IPv4 address")))?;
-    if let Some(len) = len {
-        if len.parse::<u8>().ok() != Some(subnet_len) {
-            return Err(err(
-                field,
-                format!("{s} does not have the subnet length /{subnet_len}"),
-            ));
-        }
+    if let Some(len) = len
+        && len.parse::<u8>().ok() != Some(subnet_len)
+    {
+        return Err(err(
+            field,
+            format!("{s} does not have the subnet length /{subnet_len}"),
+        ));
     }
     Ok(addr)
 }
@@ -259,13 +259,13 @@ fn parse_backend(v: Option<&Value>) -> Result<Backend, ConfigError> {
                 },
             };
             for flag in ["GBP", "Learning"] {
-                if let Some(v) = obj.get(flag) {
-                    if as_bool(&format!("Backend.{flag}"), v)? {
-                        return Err(err(
-                            &format!("Backend.{flag}"),
-                            "not supported by netdp's vxlan backend",
-                        ));
-                    }
+                if let Some(v) = obj.get(flag)
+                    && as_bool(&format!("Backend.{flag}"), v)?
+                {
+                    return Err(err(
+                        &format!("Backend.{flag}"),
+                        "not supported by netdp's vxlan backend",
+                    ));
                 }
             }
             Backend::Vxlan {

@@ -32,11 +32,11 @@ use crate::{
         maglev::is_prime,
         route::Underlay,
     },
-    k8s::{self, Changes},
     etcd::{
         decode::{decode, decode_all},
         watch::{Follow, PrefixWatch, Update, forward, list_prefix},
     },
+    k8s::{self, Changes},
     lease::Lease,
     netlink::Netlink,
     service::{self, AddressArgs, AddressPolicy, NodeInfo, ServiceDef, store::ServiceDecoder},
@@ -359,8 +359,9 @@ impl Services {
         let mut changed = HashMap::new();
         for update in updates {
             match update {
-                ServiceUpdate::Etcd(u) => decode(&mut self.decoder, u)
-                    .merge_into(&mut changed, self.defs.keys().cloned()),
+                ServiceUpdate::Etcd(u) => {
+                    decode(&mut self.decoder, u).merge_into(&mut changed, self.defs.keys().cloned())
+                }
                 ServiceUpdate::Api(c) => changed.extend(c),
             }
         }

@@ -160,17 +160,17 @@ pub(super) async fn apply(
     }
     for (_, def) in &defs {
         for (addr, port, p, field) in claims(def) {
-            if let Some(other) = owner.insert((addr, port, p), def.id()) {
-                if other != def.id() {
-                    let what = match addr {
-                        Some(a) => format!("{a}:{port}/{}", proto(p)),
-                        None => format!("node port {port}/{}", proto(p)),
-                    };
-                    bail!(
-                        "service {}: {field}: {what} is already used by {other}",
-                        def.id()
-                    );
-                }
+            if let Some(other) = owner.insert((addr, port, p), def.id())
+                && other != def.id()
+            {
+                let what = match addr {
+                    Some(a) => format!("{a}:{port}/{}", proto(p)),
+                    None => format!("node port {port}/{}", proto(p)),
+                };
+                bail!(
+                    "service {}: {field}: {what} is already used by {other}",
+                    def.id()
+                );
             }
         }
     }

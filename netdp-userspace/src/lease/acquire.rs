@@ -236,10 +236,11 @@ impl Registry {
         let id = self
             .put_with_fresh_lease(&key, unchanged, value, opts, "renewing")
             .await?;
-        if let Some(id) = id {
-            if mine.etcd_lease != 0 && mine.etcd_lease != id {
-                self.revoke(mine.etcd_lease).await;
-            }
+        if let Some(id) = id
+            && mine.etcd_lease != 0
+            && mine.etcd_lease != id
+        {
+            self.revoke(mine.etcd_lease).await;
         }
         Ok(id)
     }

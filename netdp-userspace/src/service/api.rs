@@ -14,7 +14,7 @@ use log::{info, warn};
 
 use super::{
     ServiceDef,
-    schema::from_value,
+    schema::{IntOrString, from_value},
     slices::{self, SERVICE_NAME_LABEL, Slice},
     validate,
 };
@@ -57,8 +57,26 @@ pub fn translate<'a>(
         Err(e) => return (Err(format!("Service {id}: {e:#}")), Vec::new()),
     };
     let skipped = slices::merge(std::slice::from_mut(&mut doc), slices);
+    // A named target port no slice resolved has no endpoints behind it (none exist yet, or
+    // every slice was skipped): the service is still programmed, with no backends, as
+    // kube-proxy does; the number stands in for the name.
+    for p in &mut doc.spec.ports {
+        if let Some(IntOrString::Str(_)) = p.target_port {
+            p.target_port = Some(IntOrString::Int(p.port));
+        }
+    }
     let def = validate(&doc).map_err(|e| format!("Service {id}: {e}"));
     (def, skipped)
+}
+
+/// A LoadBalancer service its load balancer has not given an address yet.
+fn waits_for_ingress(svc: &Service) -> bool {
+    let lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+    let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref());
+    let has_ip = ingress
+        .and_then(|l| l.ingress.as_ref())
+        .is_some_and(|i| i.iter().any(|i| i.ip.is_some()));
+    lb && !has_ip
 }
 
 /// The Services and EndpointSlices of the cluster, as last listed and watched.
@@ -193,6 +211,12 @@ impl ApiServices {
             .flatten()
             .filter_map(|sid| self.slices.get(sid));
         let (def, mut lines) = translate(svc, slices);
+        if waits_for_ingress(svc) {
+            lines.push(format!(
+                "{FROM_API}: Service {id}: status.loadBalancer.ingress: no IP yet; its \
+                 cluster IP and node ports are programmed, the load-balancer IP once it has one"
+            ));
+        }
         if let Err(e) = &def {
             lines.push(format!("{FROM_API}: {e}; not programmed"));
         }
@@ -213,3 +237,7 @@ impl ApiServices {
         self.services.is_empty()
     }
 }
+
+#[cfg(test)]
+#[path = "api_tests.rs"]
+mod tests;

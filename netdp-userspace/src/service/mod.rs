@@ -2,8 +2,8 @@
 //! ([`validate`]), what a node programs for it ([`plan`]), the etcd store ([`store`]) and
 //! the Kubernetes API's objects ([`api`], [`slices`]).
 pub mod addresses;
-pub mod api;
 pub mod allocate;
+pub mod api;
 pub mod plan;
 pub mod schema;
 pub mod slices;

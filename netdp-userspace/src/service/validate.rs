@@ -167,10 +167,10 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
             "metadata.namespace: {namespace:?} must be 1-63 lowercase letters, digits and '-'"
         ));
     }
-    if let Some(k) = &doc.kind {
-        if k != "Service" {
-            err(format!("kind: {k:?} is not Service"));
-        }
+    if let Some(k) = &doc.kind
+        && k != "Service"
+    {
+        err(format!("kind: {k:?} is not Service"));
     }
     let spec = &doc.spec;
     let kind = match spec.type_.as_deref().unwrap_or("ClusterIP") {
@@ -219,12 +219,12 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
             Err(e) => err(e),
         }
     }
-    if let Some(s) = &spec.load_balancer_ip {
-        if !s.is_empty() {
-            match ipv4(|| "spec.loadBalancerIP".into(), s) {
-                Ok(a) => external_fields.push((a, ExternalField::LoadBalancerIp)),
-                Err(e) => err(e),
-            }
+    if let Some(s) = &spec.load_balancer_ip
+        && !s.is_empty()
+    {
+        match ipv4(|| "spec.loadBalancerIP".into(), s) {
+            Ok(a) => external_fields.push((a, ExternalField::LoadBalancerIp)),
+            Err(e) => err(e),
         }
     }
     if let Some(lb) = doc.status.as_ref().and_then(|s| s.load_balancer.as_ref()) {
@@ -432,10 +432,10 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
         if !ips.insert(ip) {
             err(format!("{f}.ip: {ip} is listed twice"));
         }
-        if let Some(n) = &e.node_name {
-            if n.is_empty() || n.len() > 253 {
-                err(format!("{f}.nodeName: {n:?} is not a node name"));
-            }
+        if let Some(n) = &e.node_name
+            && (n.is_empty() || n.len() > 253)
+        {
+            err(format!("{f}.nodeName: {n:?} is not a node name"));
         }
         let ready = e.ready.unwrap_or(true);
         endpoints.push(EndpointDef {

@@ -264,11 +264,10 @@ proptest! {
 
     #[test]
     fn random_bytes_never_panic(b in bytes()) {
-        if let Ok(text) = std::str::from_utf8(&b) {
-            if let Err(e) = NetworkConfig::parse(text) {
+        if let Ok(text) = std::str::from_utf8(&b)
+            && let Err(e) = NetworkConfig::parse(text) {
                 prop_assert!(!e.field.is_empty() && !e.reason.is_empty());
             }
-        }
     }
 
     #[test]

@@ -50,10 +50,10 @@ impl Lb {
             released.push(*key);
         }
         for key in old.plan.frontends.keys() {
-            if !new.is_some_and(|n| n.plan.frontends.contains_key(key)) {
-                if let Some(w) = self.waiting.get_mut(key) {
-                    w.remove(name);
-                }
+            if !new.is_some_and(|n| n.plan.frontends.contains_key(key))
+                && let Some(w) = self.waiting.get_mut(key)
+            {
+                w.remove(name);
             }
         }
         let range = new.and_then(|n| n.slots.range);
@@ -69,10 +69,10 @@ impl Lb {
             ),
         ];
         for (was, now) in tables {
-            if let Some(t) = was {
-                if now.map(|n| n.index) != Some(t.index) {
-                    self.deferred.push(Release::Table(t.index));
-                }
+            if let Some(t) = was
+                && now.map(|n| n.index) != Some(t.index)
+            {
+                self.deferred.push(Release::Table(t.index));
             }
         }
         if old.plan.affinity_timeout.is_some() {

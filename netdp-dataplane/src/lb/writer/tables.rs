@@ -26,10 +26,10 @@ impl Lb {
             }
             return Ok(None);
         }
-        if let Some(t) = &old {
-            if t.backends == backends {
-                return Ok(old);
-            }
+        if let Some(t) = &old
+            && t.backends == backends
+        {
+            return Ok(old);
         }
         let mut entries = maglev::table(backends, self.table_size);
         if let Some(o) = &old {
