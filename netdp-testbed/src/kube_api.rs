@@ -347,10 +347,11 @@ fn watch(
     let drops = st.drops;
     let mut last_bookmark = Instant::now();
     loop {
-        let pending: Vec<Value> = st.collections[c]
-            .log
+        // The log is in resourceVersion order.
+        let log = &st.collections[c].log;
+        let start = log.partition_point(|(rv, _, _)| *rv <= from);
+        let pending: Vec<Value> = log[start..]
             .iter()
-            .filter(|(rv, _, _)| *rv > from)
             .map(|(_, t, o)| json!({"type": t, "object": o}))
             .collect();
         from = st.rv;

@@ -141,7 +141,7 @@ fn wait_for_routes(pin: &Path, want: usize, since: Instant) -> Result<Duration> 
     }
 }
 
-fn rss_mib(pid: u32) -> Result<f64> {
+pub fn rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
         .lines()

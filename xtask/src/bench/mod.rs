@@ -4,6 +4,7 @@
 //!
 //! One module per comparison: `services`, `pod_to_pod`, `per_packet`, `control_plane`.
 mod control_plane;
+mod kube_api;
 mod kube_proxy;
 mod load;
 mod netdp_services;
@@ -32,7 +33,7 @@ pub struct Args {
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
     /// Only the comparisons whose name contains this: services, pod-to-pod, per-packet,
-    /// control-plane.
+    /// control-plane, kube-api (control-plane includes it).
     #[arg(long)]
     only: Option<String>,
     /// Also put this run's headline rows and plots into README.md's Performance section.
@@ -139,6 +140,10 @@ pub fn run(args: Args) -> Result<()> {
             sizes.cp_repeats,
             sizes.load_budget,
         ));
+    }
+    if wanted(&args.only, "control-plane kube-api") {
+        eprintln!("bench: control plane, services from the Kubernetes API");
+        rows.extend(kube_api::run(&bins, &sizes.service_counts));
     }
     // Control-plane rows group by service count, netdp's first (they come from two
     // comparisons: kube-proxy's loads are timed where its rules serve connections).
