@@ -13,7 +13,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use log::{info, warn};
 
 use super::{
-    ServiceDef,
+    ServiceDef, ServiceDoc,
     schema::{IntOrString, from_value},
     slices::{self, SERVICE_NAME_LABEL, Slice},
     validate,
@@ -41,21 +41,35 @@ fn owner(slice: &EndpointSlice) -> Option<String> {
     ))
 }
 
+/// The loose schema's form of a Service (what the model is computed from): far smaller
+/// than the API object, which is not kept.
+fn doc_of(service: &Service) -> Result<ServiceDoc, String> {
+    let id = object_id(&service.metadata);
+    let value = serde_json::to_value(service).map_err(|e| format!("Service {id}: {e}"))?;
+    from_value(value).map_err(|e| format!("Service {id}: {e:#}"))
+}
+
 /// One service's model from its Service and slices, or an error naming the field when it
 /// is unusable; with the lines for what was skipped inside it (slices, endpoints).
 pub fn translate<'a>(
     service: &Service,
     slices: impl IntoIterator<Item = &'a Slice>,
 ) -> (Result<ServiceDef, String>, Vec<String>) {
-    let id = object_id(&service.metadata);
-    let value = match serde_json::to_value(service) {
-        Ok(v) => v,
-        Err(e) => return (Err(format!("Service {id}: {e}")), Vec::new()),
-    };
-    let mut doc = match from_value(value) {
-        Ok(d) => d,
-        Err(e) => return (Err(format!("Service {id}: {e:#}")), Vec::new()),
-    };
+    match doc_of(service) {
+        Ok(doc) => translate_doc(doc, slices),
+        Err(e) => (Err(e), Vec::new()),
+    }
+}
+
+fn translate_doc<'a>(
+    mut doc: ServiceDoc,
+    slices: impl IntoIterator<Item = &'a Slice>,
+) -> (Result<ServiceDef, String>, Vec<String>) {
+    let id = format!(
+        "{}/{}",
+        doc.metadata.namespace.as_deref().unwrap_or("default"),
+        doc.metadata.name
+    );
     let skipped = slices::merge(std::slice::from_mut(&mut doc), slices);
     // A named target port no slice resolved has no endpoints behind it (none exist yet, or
     // every slice was skipped): the service is still programmed, with no backends, as
@@ -69,6 +83,30 @@ pub fn translate<'a>(
     (def, skipped)
 }
 
+/// A slice as kept: what the model needs (the fields the controller adds for others,
+/// managedFields, owner references, target refs, hints, go).
+fn trimmed(mut slice: EndpointSlice) -> EndpointSlice {
+    let m = &mut slice.metadata;
+    m.managed_fields = None;
+    m.annotations = None;
+    m.owner_references = None;
+    m.generate_name = None;
+    m.uid = None;
+    m.creation_timestamp = None;
+    m.resource_version = None;
+    if let Some(labels) = &mut m.labels {
+        labels.retain(|k, _| k == SERVICE_NAME_LABEL);
+    }
+    for e in slice.endpoints.iter_mut().flatten() {
+        e.target_ref = None;
+        e.hints = None;
+        e.deprecated_topology = None;
+        e.hostname = None;
+        e.zone = None;
+    }
+    slice
+}
+
 /// A LoadBalancer service its load balancer has not given an address yet.
 fn waits_for_ingress(svc: &Service) -> bool {
     let lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
@@ -80,9 +118,15 @@ fn waits_for_ingress(svc: &Service) -> bool {
 }
 
 /// The Services and EndpointSlices of the cluster, as last listed and watched.
+/// A Service as kept.
+struct Stored {
+    doc: Result<ServiceDoc, String>,
+    waits_for_ingress: bool,
+}
+
 #[derive(Default)]
 pub struct ApiServices {
-    services: HashMap<String, Service>,
+    services: HashMap<String, Stored>,
     slices: HashMap<String, Slice>,
     /// Slice ids by the service id they name.
     by_service: HashMap<String, BTreeSet<String>>,
@@ -96,7 +140,11 @@ impl ApiServices {
     /// A Service was added or changed; returns the service id touched.
     pub fn apply_service(&mut self, svc: Service) -> String {
         let id = object_id(&svc.metadata);
-        self.services.insert(id.clone(), svc);
+        let stored = Stored {
+            doc: doc_of(&svc),
+            waits_for_ingress: waits_for_ingress(&svc),
+        };
+        self.services.insert(id.clone(), stored);
         id
     }
 
@@ -134,7 +182,7 @@ impl ApiServices {
             sid,
             Slice {
                 at: FROM_API.into(),
-                slice,
+                slice: trimmed(slice),
             },
         );
         touched
@@ -210,8 +258,11 @@ impl ApiServices {
             .into_iter()
             .flatten()
             .filter_map(|sid| self.slices.get(sid));
-        let (def, mut lines) = translate(svc, slices);
-        if waits_for_ingress(svc) {
+        let (def, mut lines) = match &svc.doc {
+            Ok(doc) => translate_doc(doc.clone(), slices),
+            Err(e) => (Err(e.clone()), Vec::new()),
+        };
+        if svc.waits_for_ingress {
             lines.push(format!(
                 "{FROM_API}: Service {id}: status.loadBalancer.ingress: no IP yet; its \
                  cluster IP and node ports are programmed, the load-balancer IP once it has one"
@@ -220,11 +271,15 @@ impl ApiServices {
         if let Err(e) = &def {
             lines.push(format!("{FROM_API}: {e}; not programmed"));
         }
-        let said = self.reported.entry(id.to_string()).or_default();
+        let said = self.reported.get(id).map_or(&[][..], Vec::as_slice);
         for line in lines.iter().filter(|l| !said.contains(l)) {
             warn!("{line}");
         }
-        *said = lines;
+        if lines.is_empty() {
+            self.reported.remove(id);
+        } else {
+            self.reported.insert(id.to_string(), lines);
+        }
         def.ok()
     }
 
