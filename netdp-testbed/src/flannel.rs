@@ -9,12 +9,28 @@
 //! It is static: [`FlannelNode::sync_peers`] programs what flanneld would on the lease
 //! events seen so far; call it again after peers come or go. [`FlannelNode::start_all`]
 //! makes a whole testbed a Flannel cluster. No netdp agent runs on such a node.
+//!
+//! Leases are in etcd, or ([`Store::Nodes`], flanneld's `--kube-subnet-mgr`) in Node
+//! objects of the replay API server: the node's subnet is its Node's podCIDR, and it
+//! publishes its lease in Flannel's annotations the way flanneld writes them.
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::{Pod, Testbed, netns};
+use crate::{Pod, Testbed, kube_api::ReplayApiServer, netns};
+
+/// Where the Flannel node keeps and reads leases.
+#[derive(Clone, Copy)]
+pub enum Store<'a> {
+    /// Under the testbed's etcd prefix, as flanneld's etcd subnet manager.
+    Etcd,
+    /// In Node objects (named as the testbed node's namespace), as `--kube-subnet-mgr`.
+    Nodes(&'a ReplayApiServer),
+}
+
+/// Flanneld's annotation keys (the default `--kube-annotation-prefix`).
+pub const ANNOTATION_PREFIX: &str = "flannel.alpha.coreos.com";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlannelBackend {
@@ -90,8 +106,15 @@ fn network(tb: &Testbed) -> Result<((Ipv4Addr, u8), u8)> {
     Ok(((addr.parse()?, len), subnet_len))
 }
 
-/// Leases in etcd: (subnet, prefix, attrs).
-fn leases(tb: &Testbed) -> Result<Vec<((Ipv4Addr, u8), Value)>> {
+/// Leases: (subnet, prefix, attrs in etcd's JSON).
+fn leases(tb: &Testbed, store: Store) -> Result<Vec<((Ipv4Addr, u8), Value)>> {
+    if let Store::Nodes(api) = store {
+        return Ok(api
+            .list("Node")?
+            .iter()
+            .filter_map(|n| Some((node_cidr(n)?, node_attrs(n)?)))
+            .collect());
+    }
     let prefix = format!("{}/subnets/", tb.prefix);
     let mut out = Vec::new();
     for (k, v) in tb.etcd().get_prefix(&prefix)? {
@@ -108,10 +131,42 @@ fn leases(tb: &Testbed) -> Result<Vec<((Ipv4Addr, u8), Value)>> {
     Ok(out)
 }
 
+/// A Node's podCIDR.
+fn node_cidr(node: &Value) -> Option<(Ipv4Addr, u8)> {
+    let (a, l) = node["spec"]["podCIDR"].as_str()?.split_once('/')?;
+    Some((a.parse().ok()?, l.parse().ok()?))
+}
+
+/// A Node's lease as flanneld reads it from the annotations (in etcd's JSON shape), if
+/// it is managed.
+fn node_attrs(node: &Value) -> Option<Value> {
+    let a = &node["metadata"]["annotations"];
+    let get = |k: &str| a[format!("{ANNOTATION_PREFIX}/{k}")].as_str();
+    if get("kube-subnet-manager") != Some("true") {
+        return None;
+    }
+    let data: Value = serde_json::from_str(get("backend-data").unwrap_or("null")).ok()?;
+    Some(
+        json!({"PublicIP": get("public-ip")?, "BackendType": get("backend-type")?,
+        "BackendData": data}),
+    )
+}
+
 impl FlannelNode {
     /// Sets up testbed node `node` (whose netdp agent must not run) as flanneld would
     /// and leases it the highest free subnet of the Network.
     pub fn start(tb: &Testbed, node: &str, backend: FlannelBackend) -> Result<Self> {
+        Self::start_in(tb, node, backend, Store::Etcd)
+    }
+
+    /// [`FlannelNode::start`], with its lease in `store` (for [`Store::Nodes`], the
+    /// subnet is its Node's podCIDR).
+    pub fn start_in(
+        tb: &Testbed,
+        node: &str,
+        backend: FlannelBackend,
+        store: Store,
+    ) -> Result<Self> {
         let n = tb.node(node);
         if n.agent_running() {
             bail!("{node} runs a netdp agent; a Flannel node must not");
@@ -119,16 +174,26 @@ impl FlannelNode {
         let ns = n.ns.clone();
         netns::sysctl(&ns, "net.ipv4.ip_forward", "1")?;
 
-        let ((net, net_len), subnet_len) = network(tb)?;
-        let taken: Vec<Ipv4Addr> = leases(tb)?.into_iter().map(|(s, _)| s.0).collect();
-        let size = 1u32 << (32 - subnet_len);
-        let count = 1u32 << (subnet_len - net_len);
-        let subnet = (1..count)
-            .rev()
-            .map(|i| Ipv4Addr::from(u32::from(net) + i * size))
-            .find(|s| !taken.contains(s))
-            .map(|s| (s, subnet_len))
-            .ok_or_else(|| anyhow!("no free subnet left for {node}"))?;
+        let subnet = match store {
+            Store::Etcd => {
+                let ((net, net_len), subnet_len) = network(tb)?;
+                let taken: Vec<Ipv4Addr> =
+                    leases(tb, store)?.into_iter().map(|(s, _)| s.0).collect();
+                let size = 1u32 << (32 - subnet_len);
+                let count = 1u32 << (subnet_len - net_len);
+                (1..count)
+                    .rev()
+                    .map(|i| Ipv4Addr::from(u32::from(net) + i * size))
+                    .find(|s| !taken.contains(s))
+                    .map(|s| (s, subnet_len))
+                    .ok_or_else(|| anyhow!("no free subnet left for {node}"))?
+            }
+            Store::Nodes(api) => api
+                .get("Node", &ns)?
+                .as_ref()
+                .and_then(node_cidr)
+                .ok_or_else(|| anyhow!("no Node {ns} with a podCIDR"))?,
+        };
 
         let underlay_mtu: u32 = ip(&ns, &["-o", "link", "show", "eth0"])?
             .split_whitespace()
@@ -188,6 +253,29 @@ impl FlannelNode {
         )?;
         ip(&ns, &["link", "set", BRIDGE, "mtu", &mtu.to_string(), "up"])?;
 
+        if let Store::Nodes(api) = store {
+            // As flanneld's AcquireLease patches them (backend data as JSON text).
+            let mut object = api.get("Node", &ns)?.context("the Node")?;
+            let data = backend_data.unwrap_or(Value::Null).to_string();
+            let annotations = &mut object["metadata"]["annotations"];
+            for (k, v) in [
+                ("backend-data", data.as_str()),
+                ("backend-type", backend.type_name()),
+                ("kube-subnet-manager", "true"),
+                ("public-ip", &n.public_ip.to_string()),
+            ] {
+                annotations[format!("{ANNOTATION_PREFIX}/{k}")] = json!(v);
+            }
+            api.apply(object)?;
+            return Ok(FlannelNode {
+                node: node.to_string(),
+                backend,
+                subnet,
+                mtu,
+                vtep_mac,
+                next_pod: 2,
+            });
+        }
         // The lease, as flanneld writes it: its own etcd lease with the default TTL.
         let mut attrs = json!({
             "PublicIP": n.public_ip.to_string(),
@@ -241,9 +329,14 @@ impl FlannelNode {
     /// `<subnet>.0 -> VtepMAC` and an FDB entry `VtepMAC -> PublicIP`; host-gw: `<subnet>
     /// via <PublicIP> dev eth0`. Returns how many peers it programmed.
     pub fn sync_peers(&self, tb: &Testbed) -> Result<usize> {
+        self.sync_peers_in(tb, Store::Etcd)
+    }
+
+    /// [`FlannelNode::sync_peers`] from the leases in `store`.
+    pub fn sync_peers_in(&self, tb: &Testbed, store: Store) -> Result<usize> {
         let ns = tb.node(&self.node).ns.clone();
         let mut n = 0;
-        for (subnet, attrs) in leases(tb)? {
+        for (subnet, attrs) in leases(tb, store)? {
             if subnet == self.subnet
                 || attrs["BackendType"].as_str() != Some(self.backend.type_name())
             {

@@ -1,10 +1,14 @@
 //! A replaying stand-in for the Kubernetes API server, because none can be installed on
 //! these machines (no package registry here carries kube-apiserver). It is not a fake of
 //! the dataplane's side: the agent talks to it with the real kube-rs client over HTTP/1.1.
-//! It serves what kube-apiserver serves for list and watch of Services and EndpointSlices,
-//! and nothing else:
-//! - lists (`GET /api/v1/services`, `/apis/discovery.k8s.io/v1/endpointslices`) with the
-//!   collection's resourceVersion, honouring `limit` and `continue`;
+//! It serves what kube-apiserver serves for list and watch of Services, EndpointSlices and
+//! Nodes, a Node's GET and its `nodes/status` PATCH, and nothing else:
+//! - lists (`GET /api/v1/services`, `/apis/discovery.k8s.io/v1/endpointslices`,
+//!   `/api/v1/nodes`) with the collection's resourceVersion, honouring `limit` and
+//!   `continue`;
+//! - `GET /api/v1/nodes/<name>`, and `PATCH /api/v1/nodes/<name>/status` with a strategic
+//!   merge patch (maps merged, `null` deleting a key, `status.conditions` merged by
+//!   `type`: the parts of the strategy a node's annotations and conditions use);
 //! - watches (`?watch=true&resourceVersion=N`): chunked JSON lines of ADDED / MODIFIED /
 //!   DELETED events after N, BOOKMARKs when `allowWatchBookmarks` asks for them, and for a
 //!   resourceVersion older than the last compaction the `ERROR` event with the 410 Expired
@@ -35,8 +39,8 @@ pub const PORT: u16 = 6443;
 /// How often an idle watch that asked for bookmarks gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
 
-/// The two collections served, by path.
-const COLLECTIONS: [(&str, &str, &str, &str); 2] = [
+/// The collections served, by path.
+const COLLECTIONS: [(&str, &str, &str, &str); 3] = [
     ("/api/v1/services", "v1", "Service", "ServiceList"),
     (
         "/apis/discovery.k8s.io/v1/endpointslices",
@@ -44,7 +48,9 @@ const COLLECTIONS: [(&str, &str, &str, &str); 2] = [
         "EndpointSlice",
         "EndpointSliceList",
     ),
+    ("/api/v1/nodes", "v1", "Node", "NodeList"),
 ];
+const NODES: usize = 2;
 
 #[derive(Default)]
 struct Collection {
@@ -61,7 +67,7 @@ struct State {
     drops: u64,
     /// Down ([`ReplayApiServer::go_down`]): every request gets 503.
     down: bool,
-    collections: [Collection; 2],
+    collections: [Collection; 3],
     /// Requests served: lists, watches, 410 Gone answers.
     stats: Stats,
 }
@@ -72,6 +78,8 @@ pub struct Stats {
     pub lists: u32,
     pub watches: u32,
     pub gone: u32,
+    /// `nodes/status` patches applied.
+    pub patches: u32,
 }
 
 type Shared = Arc<(Mutex<State>, Condvar)>;
@@ -87,13 +95,14 @@ fn lock(s: &Shared) -> MutexGuard<'_, State> {
     s.0.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `namespace/name`, or `name` for cluster-scoped objects (Nodes).
 fn object_key(v: &Value) -> String {
     let m = &v["metadata"];
-    format!(
-        "{}/{}",
-        m["namespace"].as_str().unwrap_or("default"),
-        m["name"].as_str().unwrap_or("")
-    )
+    let name = m["name"].as_str().unwrap_or("");
+    match m["namespace"].as_str() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
 }
 
 fn collection_of(kind: &str) -> Result<usize> {
@@ -130,22 +139,27 @@ impl ReplayApiServer {
     }
 
     /// Adds or replaces an object (a Service or an EndpointSlice as the API serves it).
-    pub fn apply(&self, mut object: Value) -> Result<()> {
+    pub fn apply(&self, object: Value) -> Result<()> {
         let kind = object["kind"].as_str().unwrap_or("").to_string();
         let c = collection_of(&kind)?;
-        let mut st = lock(&self.shared);
-        st.rv += 1;
-        object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
-        let key = object_key(&object);
-        let rv = st.rv;
-        let col = &mut st.collections[c];
-        let kind = match col.objects.insert(key, object.clone()) {
-            Some(_) => "MODIFIED",
-            None => "ADDED",
-        };
-        col.log.push((rv, kind, object));
-        self.shared.1.notify_all();
+        store(&self.shared, c, object);
         Ok(())
+    }
+
+    /// Every object of `kind` as served now.
+    pub fn list(&self, kind: &str) -> Result<Vec<Value>> {
+        let c = collection_of(kind)?;
+        Ok(lock(&self.shared).collections[c]
+            .objects
+            .values()
+            .cloned()
+            .collect())
+    }
+
+    /// The object of `kind` at `namespace/name` (`name` for a Node) as served now.
+    pub fn get(&self, kind: &str, id: &str) -> Result<Option<Value>> {
+        let c = collection_of(kind)?;
+        Ok(lock(&self.shared).collections[c].objects.get(id).cloned())
     }
 
     /// Deletes the object of `kind` at `namespace/name`.
@@ -208,6 +222,81 @@ impl ReplayApiServer {
     }
 }
 
+/// A Node as kubelet registers it and kube-controller-manager assigns its podCIDR (the
+/// cloud's NetworkUnavailable condition still set).
+pub fn node(name: &str, ip: Ipv4Addr, pod_cidr: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": name, "uid": format!("7d1c2b3a-0f4e-4a5b-8c6d-{:012x}", u32::from(ip)),
+            "creationTimestamp": "2026-11-30T09:02:11Z",
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64"},
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true"}
+        },
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": ip.to_string()},
+                {"type": "Hostname", "address": name}],
+            "conditions": [
+                {"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated",
+                    "message": "Node created without a route",
+                    "lastHeartbeatTime": "2026-11-30T09:02:11Z",
+                    "lastTransitionTime": "2026-11-30T09:02:11Z"},
+                {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status",
+                    "lastHeartbeatTime": "2026-11-30T09:02:41Z",
+                    "lastTransitionTime": "2026-11-30T09:02:41Z"}
+            ],
+            "nodeInfo": {"kubeletVersion": "v1.34.2", "containerRuntimeVersion": "containerd://2.1.4"}
+        }
+    })
+}
+
+/// Stores `object` in collection `c` under the next resourceVersion, and wakes watches.
+fn store(shared: &Shared, c: usize, mut object: Value) -> Value {
+    let mut st = lock(shared);
+    st.rv += 1;
+    object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+    let key = object_key(&object);
+    let rv = st.rv;
+    let col = &mut st.collections[c];
+    let kind = match col.objects.insert(key, object.clone()) {
+        Some(_) => "MODIFIED",
+        None => "ADDED",
+    };
+    col.log.push((rv, kind, object.clone()));
+    shared.1.notify_all();
+    object
+}
+
+/// Applies a strategic merge patch to `target`, as far as Node annotations and
+/// conditions need: objects merge key by key (`null` deletes), `conditions` lists merge by
+/// `type`, other values are replaced.
+fn merge(target: &mut Value, patch: &Value, key: &str) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v, k);
+                }
+            }
+        }
+        (Value::Array(t), Value::Array(p)) if key == "conditions" => {
+            for item in p {
+                match t.iter_mut().find(|c| c["type"] == item["type"]) {
+                    Some(existing) => merge(existing, item, ""),
+                    None => t.push(item.clone()),
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
 impl Drop for ReplayApiServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -215,36 +304,47 @@ impl Drop for ReplayApiServer {
     }
 }
 
-/// One request's path and query parameters.
+/// One request's method, path, query parameters and body.
 struct Request {
+    method: String,
     path: String,
     query: BTreeMap<String, String>,
+    body: Vec<u8>,
 }
 
 fn read_request(conn: &TcpStream) -> Result<Request> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    let target = line
-        .split_whitespace()
-        .nth(1)
-        .context("no request target")?;
+    let mut words = line.split_whitespace();
+    let method = words.next().context("no request method")?.to_string();
+    let target = words.next().context("no request target")?;
     let (path, q) = target.split_once('?').unwrap_or((target, ""));
     let query = q
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.replace("%3D", "=")))
         .collect();
-    // The headers (nothing in them changes the answer).
+    // The headers: only the body's length matters here.
+    let mut length = 0;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h == "\r\n" {
             break;
         }
+        if let Some((name, value)) = h.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().context("Content-Length")?;
+        }
     }
+    let mut body = vec![0; length];
+    std::io::Read::read_exact(&mut reader, &mut body)?;
     Ok(Request {
+        method,
         path: path.to_string(),
         query,
+        body,
     })
 }
 
@@ -267,16 +367,49 @@ fn serve(mut conn: TcpStream, shared: &Shared, stop: &AtomicBool) -> Result<()> 
             "reason": "ServiceUnavailable", "code": 503});
         return respond(&mut conn, "503 Service Unavailable", &status);
     }
+    let not_found = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": "the server could not find the requested resource",
+        "reason": "NotFound", "code": 404});
+    if let Some(rest) = req.path.strip_prefix("/api/v1/nodes/") {
+        return match serve_node(shared, rest, &req)? {
+            Some(object) => respond(&mut conn, "200 OK", &object),
+            None => respond(&mut conn, "404 Not Found", &not_found),
+        };
+    }
     let Some(c) = COLLECTIONS.iter().position(|c| c.0 == req.path) else {
-        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "message": "the server could not find the requested resource",
-            "reason": "NotFound", "code": 404});
-        return respond(&mut conn, "404 Not Found", &status);
+        return respond(&mut conn, "404 Not Found", &not_found);
     };
     if req.query.get("watch").map(String::as_str) == Some("true") {
         watch(conn, shared, stop, c, &req)
     } else {
         list(conn, shared, c, &req)
+    }
+}
+
+/// `GET nodes/<name>` or `PATCH nodes/<name>/status`: the Node as it is (after the
+/// patch), `None` if there is no such Node or request.
+fn serve_node(shared: &Shared, rest: &str, req: &Request) -> Result<Option<Value>> {
+    let (name, status) = match rest.strip_suffix("/status") {
+        Some(name) => (name, true),
+        None => (rest, false),
+    };
+    let Some(mut object) = lock(shared).collections[NODES].objects.get(name).cloned() else {
+        return Ok(None);
+    };
+    match (req.method.as_str(), status) {
+        ("GET", _) => Ok(Some(object)),
+        ("PATCH", true) => {
+            let patch: Value = serde_json::from_slice(&req.body).context("the patch")?;
+            // What the status subresource lets a node change: metadata and status.
+            for part in ["metadata", "status"] {
+                if let Some(p) = patch.get(part) {
+                    merge(&mut object[part], p, part);
+                }
+            }
+            lock(shared).stats.patches += 1;
+            Ok(Some(store(shared, NODES, object)))
+        }
+        _ => Ok(None),
     }
 }
 

@@ -1,8 +1,13 @@
-//! End to end: agents on three nodes take services from the Kubernetes API
-//! (`--service-source=kubernetes`) through kube-rs's watcher. No API server can be
-//! installed here, so the API is the testbed's replay server (`netdp_testbed::kube_api`,
-//! a stand-in serving list and watch as kube-apiserver does), holding real API JSON.
+//! End to end: agents on three nodes take their subnets from their Node objects
+//! (`--kube-subnet-mgr`) and services from the Kubernetes API
+//! (`--service-source=kubernetes`) through kube-rs's watcher; no etcd is involved. No API
+//! server can be installed here, so the API is the testbed's replay server
+//! (`netdp_testbed::kube_api`, a stand-in serving list and watch as kube-apiserver does),
+//! holding real API JSON.
 //!
+//! Each agent leases its Node's podCIDR and publishes Flannel's annotations (as flanneld
+//! writes them) and the NetworkUnavailable=False condition; annotations somebody strips
+//! are written back; a Node with a wrong public-ip annotation is skipped with a line.
 //! A Service with two EndpointSlices appears and connections spread over its three
 //! endpoints; the endpoint a held transfer uses turns terminating (still serving): new
 //! connections avoid it and the transfer completes; a slice is replaced by another and the
@@ -16,13 +21,14 @@ use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 use anyhow::{Result, ensure};
 use netdp_testbed::{
     Spec, Testbed,
-    kube_api::ReplayApiServer,
+    kube_api::{self, ReplayApiServer},
     services::{Connect, EchoServer, HeldEcho, echo_many},
     wait::wait_until,
 };
 use serde_json::{Value, json};
 
 const HOST_GW: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#;
+const FLANNEL: &str = "flannel.alpha.coreos.com";
 const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 10);
 const WEB2: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 11);
 const OLD: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 12);
@@ -79,6 +85,10 @@ fn slice(svc: &str, name: &str, endpoints: &[(Ipv4Addr, &str, Value)], port: &st
     })
 }
 
+fn annotation<'a>(node: &'a Value, key: &str) -> Option<&'a str> {
+    node["metadata"]["annotations"][format!("{FLANNEL}/{key}")].as_str()
+}
+
 fn ready() -> Value {
     json!({"ready": true, "serving": true, "terminating": false})
 }
@@ -116,7 +126,90 @@ fn services_and_slices_from_the_api_are_programmed_and_followed_through_a_relist
     let api = ReplayApiServer::start(&tb.ctl_ns, API_HOST)?;
     let kubeconfig = api.write_kubeconfig(&tb.dir)?;
     let kubeconfig = format!("--kubeconfig={}", kubeconfig.display());
-    tb.start_all_agents(&["--service-source=kubernetes", &kubeconfig])?;
+    // kube-flannel's ConfigMap, mounted: the same network config, from a file.
+    let net_conf = tb.dir.join("net-conf.json");
+    std::fs::write(&net_conf, HOST_GW)?;
+    let net_conf = format!("--net-config-path={}", net_conf.display());
+    let names: Vec<(String, Ipv4Addr)> = tb.nodes.iter().map(|n| (n.ns.clone(), n.ip)).collect();
+    for (i, (name, ip)) in names.iter().enumerate() {
+        api.apply(kube_api::node(
+            name,
+            *ip,
+            &format!("10.244.{}.0/24", 11 + i),
+        ))?;
+    }
+    // A flanneld node whose public-ip annotation is wrong: skipped, the rest unaffected.
+    let mut broken = kube_api::node(
+        "w-broken",
+        Ipv4Addr::new(192, 168, 10, 99),
+        "10.244.99.0/24",
+    );
+    broken["metadata"]["annotations"] = json!({
+        format!("{FLANNEL}/backend-data"): "null", format!("{FLANNEL}/backend-type"): "host-gw",
+        format!("{FLANNEL}/kube-subnet-manager"): "true", format!("{FLANNEL}/public-ip"): "192.168.10"});
+    api.apply(broken)?;
+    tb.start_all_agents(&[
+        "--kube-subnet-mgr",
+        &net_conf,
+        "--service-source=kubernetes",
+        &kubeconfig,
+    ])?;
+    // Every node leased its podCIDR and published it as flanneld does.
+    for (i, (name, ip)) in names.iter().enumerate() {
+        let cidr = format!("10.244.{}.0/24", 11 + i);
+        let subnet_file = std::fs::read_to_string(tb.node(&format!("n{}", i + 1)).subnet_file())?;
+        ensure!(
+            subnet_file.contains(&format!("FLANNEL_SUBNET=10.244.{}.1/24", 11 + i)),
+            "{name}'s subnet file: {subnet_file}"
+        );
+        let n = api.get("Node", name)?.unwrap_or_default();
+        let published = (
+            annotation(&n, "public-ip"),
+            annotation(&n, "backend-type"),
+            annotation(&n, "backend-data"),
+            annotation(&n, "kube-subnet-manager"),
+        );
+        ensure!(
+            published
+                == (
+                    Some(ip.to_string().as_str()),
+                    Some("host-gw"),
+                    Some("null"),
+                    Some("true")
+                ),
+            "Node {name} ({cidr}) annotations: {}",
+            n["metadata"]["annotations"]
+        );
+        let conditions = n["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let unavailable = conditions
+            .iter()
+            .find(|c| c["type"] == "NetworkUnavailable");
+        ensure!(
+            unavailable.is_some_and(|c| c["status"] == "False" && c["reason"] == "NetdpIsUp")
+                && conditions.iter().any(|c| c["type"] == "Ready"),
+            "Node {name} conditions: {conditions:?}"
+        );
+    }
+    ensure!(
+        tb.agent_logs(400)
+            .matches("Node w-broken: metadata.annotations[flannel.alpha.coreos.com/public-ip]: \"192.168.10\" is not an IPv4 address")
+            .count()
+            == 3,
+        "each agent says once why w-broken is not routed: {}",
+        tb.agent_logs(60)
+    );
+    let etcd = tb
+        .etcd
+        .as_ref()
+        .map(|e| e.get_prefix(&format!("{}/subnets/", tb.prefix)));
+    ensure!(
+        matches!(etcd, Some(Ok(ref kvs)) if kvs.is_empty()),
+        "no lease in etcd: {etcd:?}"
+    );
+    println!("three Nodes leased and annotated as flanneld does; no lease in etcd");
     let pods: Vec<_> = ["n1", "n2", "n3"]
         .iter()
         .zip(["a", "b", "c"])
@@ -222,6 +315,31 @@ fn services_and_slices_from_the_api_are_programmed_and_followed_through_a_relist
         Ok(who == BTreeSet::from(["a".to_string(), "c".to_string()]))
     })?;
 
+    // Somebody strips n2's annotations: its agent writes them back.
+    let n2_name = &names[1].0;
+    let mut stripped = api.get("Node", n2_name)?.unwrap_or_default();
+    stripped["metadata"]["annotations"] = json!({"node.alpha.kubernetes.io/ttl": "0"});
+    let patches = api.stats().patches;
+    api.apply(stripped)?;
+    wait_until(
+        "n2's annotations to be written back",
+        Duration::from_secs(20),
+        || {
+            let n = api.get("Node", n2_name)?.unwrap_or_default();
+            Ok(annotation(&n, "public-ip") == Some(names[1].1.to_string().as_str()))
+        },
+    )?;
+    ensure!(
+        api.stats().patches == patches + 1,
+        "one patch wrote them back"
+    );
+    ensure!(
+        echo_many(&client.ns, Connect::new(b, 8080), 3)?
+            .iter()
+            .all(|w| w == "b"),
+        "n1 reaches n2's pod b"
+    );
+
     // The API goes away mid-watch, its history compacted: every watch must re-list.
     let before = api.stats();
     let marks: Vec<usize> = ["n1", "n2", "n3"]
@@ -251,11 +369,12 @@ fn services_and_slices_from_the_api_are_programmed_and_followed_through_a_relist
                 .is_ok_and(|who| who.iter().all(|w| w == "b")))
         },
     )?;
-    // Three agents' two watches each got 410 Gone and re-listed.
+    // Three agents' three watches (Services, EndpointSlices, Nodes) each got 410 Gone
+    // and re-listed.
     let mut after = before;
     wait_until("every watch to re-list", Duration::from_secs(40), || {
         after = api.stats();
-        Ok(after.gone >= before.gone + 6 && after.lists >= before.lists + 6)
+        Ok(after.gone >= before.gone + 9 && after.lists >= before.lists + 9)
     })?;
     println!("API stats before the drop {before:?}, after the re-list {after:?}");
     // Programmed after the re-lists: web2 added (and its slice, if the Service's re-list

@@ -65,6 +65,16 @@ pub struct AgentArgs {
         value_parser = parse_listen
     )]
     pub metrics_addr: Listen,
+    /// kubeconfig for --kube-subnet-mgr and --service-source=kubernetes (default:
+    /// $KUBECONFIG, ~/.kube/config, or the pod's service account).
+    #[arg(
+        long = "kubeconfig",
+        alias = "kubeconfig-file",
+        env = "NETDP_KUBECONFIG"
+    )]
+    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub kube: super::KubeSubnetArgs,
     #[command(flatten)]
     pub services: services::ServiceArgs,
     #[command(flatten)]

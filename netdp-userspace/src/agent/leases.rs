@@ -1,11 +1,11 @@
 //! The node's own lease: renewing it, re-acquiring it when it is gone, publishing it in the
 //! subnet file; and the watch that streams everybody's leases to the agent.
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use log::{error, info, warn};
 use tokio::sync::mpsc;
 
-use super::{AgentArgs, State, gateway::ensure_gateway};
+use super::{AgentArgs, State, gateway::ensure_gateway, subnets::Subnets};
 use crate::{
     config::NetworkConfig,
     etcd::watch::{Follow, forward},
@@ -15,19 +15,19 @@ use crate::{
 
 /// Renews our lease, or re-acquires one if it is gone.
 pub(super) async fn renew(
-    registry: &mut Registry,
+    subnets: &mut Subnets,
     state: &mut State,
     args: &AgentArgs,
     attrs: &LeaseAttrs,
     opts: &LeaseOptions,
 ) -> Result<()> {
-    if registry.renew(&state.lease).await? {
+    if subnets.renew(&state.lease).await? {
         return Ok(());
     }
-    let lease = registry
-        .acquire(&state.config, attrs, Some(state.lease.subnet), opts)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let hint = Some(state.lease.subnet);
+    let lease = subnets
+        .acquire(&mut state.config, attrs, hint, opts)
+        .await?;
     if lease.subnet != state.lease.subnet {
         warn!(
             "lease moved from {} to {}: pods addressed from the old subnet lose connectivity",
@@ -43,8 +43,8 @@ pub(super) async fn renew(
 }
 
 /// Reports a config that changed under us; the running state is kept either way.
-pub(super) async fn check_config(registry: &mut Registry, state: &mut State) {
-    match registry.config().await {
+pub(super) async fn check_config(subnets: &mut Subnets, state: &mut State) {
+    match subnets.config().await {
         Ok((config, rev)) => {
             if rev != state.config_rev {
                 state.config_rev = rev;

@@ -9,7 +9,7 @@
 //! else's leases; then `Agent::serve` follows the watches (`Watches`) until stopped.
 use std::{collections::HashMap, net::Ipv4Addr, sync::Arc, time::SystemTime};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use ipnetwork::Ipv4Network;
 use log::{error, info, warn};
 use tokio::{
@@ -40,12 +40,15 @@ mod gateway;
 mod leases;
 mod routes;
 pub mod services;
+mod subnets;
 pub mod underlay;
 
 pub use args::{AgentArgs, Listen};
 use gateway::ensure_gateway;
 pub use gateway::{GATEWAY_DEV, GATEWAY_PEER};
-use leases::{check_config, renew, watch_leases, write_subnet_file};
+use leases::{check_config, renew, write_subnet_file};
+pub use subnets::KubeSubnetArgs;
+use subnets::Subnets;
 
 /// What the agent keeps in step.
 struct State {
@@ -90,14 +93,18 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let nl = Netlink::connect()?;
     let (underlay, public_ip) = find_underlay(&nl, &args).await?;
 
-    let client = args.etcd.connect().await?;
-    let mut registry = Registry::new(client, args.etcd.prefix());
-    let (config, config_rev) = registry.config().await?;
+    let (etcd, kube) = connect(&args).await?;
+    let mut subnets = match (&etcd, &kube) {
+        (_, Some(kube)) if args.kube.enabled => Subnets::kube(kube.clone(), &node, &args.kube),
+        (Some(etcd), _) => Subnets::Etcd(Registry::new(etcd.clone(), args.etcd.prefix())),
+        _ => bail!("no source of leases: neither etcd nor --kube-subnet-mgr"),
+    };
+    let (mut config, config_rev) = subnets.config().await?;
     let vtep = node::vtep_mac(underlay.link.mac);
     let (lease, attrs) = lease_subnet(
-        &mut registry,
+        &mut subnets,
         &args,
-        &config,
+        &mut config,
         &underlay,
         public_ip,
         vtep,
@@ -131,14 +138,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         underlay,
         lease,
         peers: HashMap::new(),
-        admission: LeaseSet::new(registry.prefix()),
+        admission: subnets.lease_set(),
         routes,
         peer_map,
         nl,
         reported_unreachable: Default::default(),
     };
     // Leases first: services are checked against the node addresses they name.
-    let (leases, lease_rev) = registry.leases().await?;
+    let (leases, lease_updates) = subnets.follow(&state.lease).await?;
     state.peers = leases.into_iter().map(|l| (l.subnet, l)).collect();
     state.sync_routes().await?;
     health.set_leases_synced();
@@ -147,7 +154,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         &args.services,
         &mut dp,
         &pins,
-        registry.client.clone(),
+        etcd,
+        kube,
         state.host(&node),
     )
     .await?;
@@ -157,12 +165,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         state.lease.subnet
     );
 
-    let watches = Watches::spawn(&registry, lease_rev, service_updates);
+    let watches = Watches {
+        leases: lease_updates,
+        services: service_updates,
+    };
     let agent = Agent {
         opts: args.lease_options(),
         args: &args,
         node: &node,
-        registry,
+        subnets,
         state,
         services,
         conntrack,
@@ -176,6 +187,23 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // The programs and maps loaded above stay loaded until here.
     drop(dp);
     Ok(())
+}
+
+/// The API clients the flags need: etcd for leases (unless --kube-subnet-mgr) and for
+/// services from etcd; the Kubernetes API for either from there.
+async fn connect(args: &AgentArgs) -> Result<(Option<etcd_client::Client>, Option<kube::Client>)> {
+    let from_api = args.services.source == services::ServiceSource::Kubernetes;
+    let etcd = if !args.kube.enabled || !from_api {
+        Some(args.etcd.connect().await?)
+    } else {
+        None
+    };
+    let kube = if args.kube.enabled || from_api {
+        Some(crate::k8s::client(args.kubeconfig.as_deref()).await?)
+    } else {
+        None
+    };
+    Ok((etcd, kube))
 }
 
 /// The underlay interface (--iface, else the one holding the default route), this node's
@@ -204,9 +232,9 @@ async fn find_underlay(nl: &Netlink, args: &AgentArgs) -> Result<(Underlay, Ipv4
 /// Leases this node's subnet for `public_ip` and publishes it in the subnet file. Returns
 /// the lease and the attributes it was taken with (renewals use them again).
 async fn lease_subnet(
-    registry: &mut Registry,
+    subnets: &mut Subnets,
     args: &AgentArgs,
-    config: &NetworkConfig,
+    config: &mut NetworkConfig,
     underlay: &Underlay,
     public_ip: Ipv4Addr,
     vtep: [u8; 6],
@@ -221,13 +249,13 @@ async fn lease_subnet(
     )
     .with_node(node);
     let hint = SubnetFile::read_subnet(&args.subnet_file);
-    let lease = registry
+    let lease = subnets
         .acquire(config, &attrs, hint, &args.lease_options())
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+        .await?;
     info!(
-        "node {node}: leased {} for {public_ip} ({} backend, underlay {} {}, pod MTU {}{}{})",
+        "node {node}: leased {} for {} ({} backend, underlay {} {}, pod MTU {}{}{})",
         lease.subnet,
+        lease.attrs.public_ip,
         config.backend.type_name(),
         link.name,
         underlay.addr,
@@ -290,29 +318,11 @@ struct Watches {
     services: mpsc::Receiver<services::ServiceUpdate>,
 }
 
-impl Watches {
-    /// Starts the lease watch after the revision the agent has read; the service source
-    /// started its own.
-    fn spawn(
-        registry: &Registry,
-        lease_rev: i64,
-        services: mpsc::Receiver<services::ServiceUpdate>,
-    ) -> Self {
-        let (tx, leases) = mpsc::channel(64);
-        tokio::spawn(watch_leases(
-            Registry::new(registry.client.clone(), registry.prefix()),
-            lease_rev,
-            tx,
-        ));
-        Watches { leases, services }
-    }
-}
-
 /// The running agent: what it follows and keeps in step.
 struct Agent<'a> {
     args: &'a AgentArgs,
     node: &'a str,
-    registry: Registry,
+    subnets: Subnets,
     state: State,
     services: services::Services,
     conntrack: ConntrackMap,
@@ -410,7 +420,7 @@ impl Agent<'_> {
     /// Renews the lease (or re-acquires it); returns when to do so next.
     async fn renew_lease(&mut self) -> Instant {
         let renewed = renew(
-            &mut self.registry,
+            &mut self.subnets,
             &mut self.state,
             self.args,
             &self.attrs,
@@ -436,7 +446,7 @@ impl Agent<'_> {
     /// Re-checks the network config, the routes (next-hop MACs) and the node's side of
     /// services.
     async fn resync(&mut self) {
-        check_config(&mut self.registry, &mut self.state).await;
+        check_config(&mut self.subnets, &mut self.state).await;
         if let Err(e) = self.state.sync_routes().await {
             error!("programming routes: {e:#}");
         }

@@ -74,10 +74,6 @@ pub struct ServiceArgs {
     /// Services and EndpointSlices, replacing kube-proxy).
     #[arg(long = "service-source", value_enum, default_value_t = ServiceSource::Etcd, env = "NETDP_SERVICE_SOURCE")]
     pub source: ServiceSource,
-    /// kubeconfig for --service-source=kubernetes (default: $KUBECONFIG, ~/.kube/config,
-    /// or the pod's service account).
-    #[arg(long = "kubeconfig", env = "NETDP_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
     /// etcd prefix of the services (one key per service, `<prefix><namespace>/<name>`).
     #[arg(
         long = "service-prefix",
@@ -252,7 +248,8 @@ impl Services {
         args: &ServiceArgs,
         dp: &mut Dataplane,
         pins: &Pins,
-        client: Client,
+        etcd: Option<Client>,
+        kube: Option<kube::Client>,
         host: Host<'_>,
     ) -> Result<(Self, mpsc::Receiver<ServiceUpdate>)> {
         ensure_host_route(host.nl, host.network, host.lease).await?;
@@ -266,9 +263,10 @@ impl Services {
         let mut decoder = ServiceDecoder::new(&args.service_prefix);
 
         let started = Instant::now();
-        let (defs, updates) = match args.source {
-            ServiceSource::Etcd => list_etcd(client, &mut decoder).await?,
-            ServiceSource::Kubernetes => list_api(args).await?,
+        let (defs, updates) = match (args.source, etcd, kube) {
+            (ServiceSource::Etcd, Some(etcd), _) => list_etcd(etcd, &mut decoder).await?,
+            (ServiceSource::Kubernetes, _, Some(kube)) => list_api(kube).await?,
+            (source, ..) => bail!("no client for the service source {source:?}"),
         };
         let listed = started.elapsed();
         let plans: Vec<(String, ServicePlan)> = defs
@@ -524,9 +522,8 @@ async fn list_etcd(
 /// Every service the Kubernetes API lists, once Services and EndpointSlices are both
 /// listed, and the watch that follows.
 async fn list_api(
-    args: &ServiceArgs,
+    client: kube::Client,
 ) -> Result<(HashMap<String, ServiceDef>, mpsc::Receiver<ServiceUpdate>)> {
-    let client = k8s::client(args.kubeconfig.as_deref()).await?;
     let (api_tx, mut api_rx) = mpsc::channel(64);
     tokio::spawn(k8s::watch_services(client, api_tx));
     let first = api_rx

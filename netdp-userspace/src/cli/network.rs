@@ -30,6 +30,10 @@ pub enum NetworkCmd {
         /// Replace a config that differs.
         #[arg(long)]
         overwrite: bool,
+        /// The agents take subnets from Node objects and read the config from the file
+        /// (`netdp agent --kube-subnet-mgr`): validate it, write nothing to etcd.
+        #[arg(long = "kube-subnet-mgr", env = "NETDP_KUBE_SUBNET_MGR")]
+        kube_subnet_mgr: bool,
     },
 }
 
@@ -48,16 +52,29 @@ pub async fn run(cmd: NetworkCmd) -> Result<()> {
             etcd,
             file,
             overwrite,
-        } => apply(&etcd, &file, overwrite).await,
+            kube_subnet_mgr,
+        } => apply(&etcd, &file, overwrite, kube_subnet_mgr).await,
     }
 }
 
-async fn apply(etcd: &EtcdArgs, file: &PathBuf, overwrite: bool) -> Result<()> {
+async fn apply(
+    etcd: &EtcdArgs,
+    file: &PathBuf,
+    overwrite: bool,
+    kube_subnet_mgr: bool,
+) -> Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let wanted = NetworkConfig::parse(&text)
         .map_err(|e| anyhow!("invalid network config in {}: {e}", file.display()))
         .classify(super::Failure::BadInput)?;
+    if kube_subnet_mgr {
+        println!(
+            "{} is a valid network config; nothing written to etcd (--kube-subnet-mgr: the agents read the file)",
+            file.display()
+        );
+        return Ok(());
+    }
     let key = format!("{}/config", etcd.prefix());
     let mut client = etcd.connect().await?;
     let etcd_err = |e: etcd_client::Error| anyhow!("writing {key} to etcd: {}", one_line(&e));

@@ -74,7 +74,9 @@ pub(crate) struct Pass<'a> {
 /// and every rejection is logged once.
 #[derive(Debug)]
 pub struct LeaseSet {
-    prefix: String,
+    /// How leases are named in log lines: by etcd key under this prefix, or (`None`, the
+    /// Kubernetes subnet manager) by Node.
+    prefix: Option<String>,
     /// Subnets routed at the last pass.
     routed: HashSet<Ipv4Network>,
     /// PublicIPs of the routed leases and this node's.
@@ -129,15 +131,34 @@ impl Taken {
 impl LeaseSet {
     pub fn new(prefix: &str) -> Self {
         LeaseSet {
-            prefix: prefix.trim_end_matches('/').to_string(),
+            prefix: Some(prefix.trim_end_matches('/').to_string()),
             routed: HashSet::new(),
             public_ips: Vec::new(),
             reported: HashMap::new(),
         }
     }
 
+    /// For leases that are Node objects' podCIDRs (`--kube-subnet-mgr`).
+    pub fn for_nodes() -> Self {
+        LeaseSet {
+            prefix: None,
+            ..LeaseSet::new("")
+        }
+    }
+
     fn key(&self, subnet: &Ipv4Network) -> String {
-        subnet_key(&self.prefix, subnet)
+        match &self.prefix {
+            Some(prefix) => subnet_key(prefix, subnet),
+            None => format!("the Node with podCIDR {subnet}"),
+        }
+    }
+
+    /// A lease as log lines name it.
+    fn name(&self, lease: &PeerLease) -> String {
+        match (&self.prefix, &lease.attrs.node) {
+            (None, Some(node)) => format!("Node {node} (podCIDR {})", lease.subnet),
+            _ => format!("lease {}", self.key(&lease.subnet)),
+        }
     }
 
     /// Decides which of `leases` are routed (this node's own, `own`, is never among them:
@@ -220,8 +241,8 @@ impl LeaseSet {
                 news.push((
                     Level::Warn,
                     format!(
-                        "not routing lease {} (PublicIP {}): {why}",
-                        self.key(&lease.subnet),
+                        "not routing {} (PublicIP {}): {why}",
+                        self.name(lease),
                         lease.attrs.public_ip
                     ),
                 ));
@@ -233,8 +254,8 @@ impl LeaseSet {
                 news.push((
                     Level::Info,
                     format!(
-                        "routing lease {} (PublicIP {}) now: no longer true that {why}",
-                        self.key(&lease.subnet),
+                        "routing {} (PublicIP {}) now: no longer true that {why}",
+                        self.name(lease),
                         lease.attrs.public_ip
                     ),
                 ));

@@ -1,50 +1,22 @@
 //! The Kubernetes API as the source of services (kube-proxy's): Services and
-//! EndpointSlices listed and watched with kube-rs's watcher (list, then watch from the
-//! list's resourceVersion with bookmarks; a 410 Gone or a restart re-lists; errors back
-//! off as client-go's reflector does), turned into the same model as the etcd source
+//! EndpointSlices listed and watched, turned into the same model as the etcd source
 //! ([`crate::service::api`]), and sent to the agent as changes of the services touched.
-use std::{
-    collections::{BTreeSet, HashMap},
-    path::Path,
-};
+use std::collections::{BTreeSet, HashMap};
 
-use anyhow::{Context, Result};
-use futures::{FutureExt, StreamExt, stream};
+use futures::{StreamExt, stream};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
-    Api, Client, Config,
-    config::{KubeConfigOptions, Kubeconfig},
+    Api, Client,
     runtime::{WatchStreamExt, watcher},
 };
 use log::{info, warn};
 use tokio::sync::mpsc;
 
+use super::next_batch;
 use crate::service::{ServiceDef, api::ApiServices};
 
 /// Services by `namespace/name`, as they are now (`None`: gone or not programmable).
 pub type Changes = HashMap<String, Option<ServiceDef>>;
-
-/// Events handled in one batch at most (a re-list of a large cluster arrives as many).
-const MAX_BATCH: usize = 4096;
-
-/// A client from `kubeconfig`, else as kubectl finds one (`$KUBECONFIG`, `~/.kube/config`)
-/// or, in a pod, the service account's in-cluster config.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .with_context(|| format!("--kubeconfig {}", path.display()))?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("--kubeconfig {}", path.display()))?
-        }
-        None => Config::infer().await.context(
-            "no Kubernetes API config: give --kubeconfig, set KUBECONFIG, or run in a pod",
-        )?,
-    };
-    info!("kubernetes API at {}", config.cluster_url);
-    Client::try_from(config).context("building the Kubernetes API client")
-}
 
 /// An event of either watch (boxed: the objects are large, and unequal).
 enum Object {
@@ -78,14 +50,7 @@ pub async fn watch_services(client: Client, tx: mpsc::Sender<Changes>) {
     let mut sync = Sync::default();
     let mut touched = BTreeSet::new();
     let mut synced = false;
-    while let Some(first) = events.next().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match events.next().now_or_never() {
-                Some(Some(e)) => batch.push(e),
-                _ => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut events).await {
         for event in batch {
             match event {
                 Ok(object) => sync.handle(&mut api, object, &mut touched),
