@@ -28,8 +28,9 @@ pub mod frontend_flags {
     /// Reachable from outside the cluster (node port, external or load-balancer IP): a
     /// remote backend is reached with the client source-NATed to this node.
     pub const EXTERNAL: u16 = 4;
-    /// externalTrafficPolicy Local: traffic arriving from outside uses local backends only
-    /// and keeps its source address.
+    /// A Local traffic policy: local backends only. On an EXTERNAL frontend
+    /// (externalTrafficPolicy) for traffic arriving from outside, which keeps its source
+    /// address; on a cluster IP (internalTrafficPolicy) for all of its traffic.
     pub const LOCAL_ONLY: u16 = 8;
 }
 

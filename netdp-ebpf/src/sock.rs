@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use netdp_common::{
     conntrack::CtKey,
-    lb::{SockNat, SockNatKey},
+    lb::{SockNat, SockNatKey, frontend_flags},
 };
 
 use crate::{
@@ -75,7 +75,17 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
     }
-    let Some(be) = lb::select(&fe, &key, false, conntrack::now()) else {
+    // internalTrafficPolicy Local: the node's own connections to the cluster IP stay on
+    // its endpoints too, refused when it has none (the node's external frontends are
+    // not from outside: every backend).
+    let local_only =
+        fe.flags & frontend_flags::LOCAL_ONLY != 0 && fe.flags & frontend_flags::EXTERNAL == 0;
+    if local_only && fe.local_count == 0 {
+        // SAFETY: plain helper call.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return REJECT;
+    }
+    let Some(be) = lb::select(&fe, &key, local_only, conntrack::now()) else {
         return PROCEED;
     };
     let _ = SOCK_NAT.insert(

@@ -8,6 +8,8 @@
 //! Each agent leases its Node's podCIDR and publishes Flannel's annotations (as flanneld
 //! writes them) and the NetworkUnavailable=False condition; annotations somebody strips
 //! are written back; a Node with a wrong public-ip annotation is skipped with a line.
+//! Topology: Nodes carry zone labels; a PreferClose Service's zone hints keep a client's
+//! connections in its zone, and an internalTrafficPolicy: Local Service's on its node.
 //! A Service with two EndpointSlices appears and connections spread over its three
 //! endpoints; the endpoint a held transfer uses turns terminating (still serving): new
 //! connections avoid it and the transfer completes; a slice is replaced by another and the
@@ -32,6 +34,8 @@ const FLANNEL: &str = "flannel.alpha.coreos.com";
 const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 10);
 const WEB2: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 11);
 const OLD: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 12);
+const NEAR: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 15);
+const HERE: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 16);
 /// Where the replay server listens: the testbed's etcd host.
 const API_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 2);
 
@@ -131,12 +135,11 @@ fn services_and_slices_from_the_api_are_programmed_and_followed_through_a_relist
     std::fs::write(&net_conf, HOST_GW)?;
     let net_conf = format!("--net-config-path={}", net_conf.display());
     let names: Vec<(String, Ipv4Addr)> = tb.nodes.iter().map(|n| (n.ns.clone(), n.ip)).collect();
-    for (i, (name, ip)) in names.iter().enumerate() {
-        api.apply(kube_api::node(
-            name,
-            *ip,
-            &format!("10.244.{}.0/24", 11 + i),
-        ))?;
+    // Zones: n1 and n3 in z1, n2 in z2.
+    for (i, ((name, ip), zone)) in names.iter().zip(["z1", "z2", "z1"]).enumerate() {
+        let mut n = kube_api::node(name, *ip, &format!("10.244.{}.0/24", 11 + i));
+        n["metadata"]["labels"]["topology.kubernetes.io/zone"] = json!(zone);
+        api.apply(n)?;
     }
     // A flanneld node whose public-ip annotation is wrong: skipped, the rest unaffected.
     let mut broken = kube_api::node(
@@ -256,6 +259,55 @@ fn services_and_slices_from_the_api_are_programmed_and_followed_through_a_relist
         },
     )?;
     println!("web from the API: connections reached {seen:?}");
+
+    // trafficDistribution: PreferClose, the slice hinted by zone as the controller does:
+    // n1's client (zone z1) reaches a and c, never b (z2). internalTrafficPolicy: Local:
+    // n1's client reaches only n1's a.
+    let mut near = service("near", NEAR);
+    near["spec"]["trafficDistribution"] = json!("PreferClose");
+    api.apply(near)?;
+    let mut hinted = slice(
+        "near",
+        "near-h",
+        &[(a, &n1, ready()), (b, &n2, ready()), (c, &n3, ready())],
+        "http",
+    );
+    for (i, zone) in ["z1", "z2", "z1"].iter().enumerate() {
+        hinted["endpoints"][i]["zone"] = json!(zone);
+        hinted["endpoints"][i]["hints"] = json!({"forZones": [{"name": zone}]});
+    }
+    api.apply(hinted)?;
+    let mut here = service("here", HERE);
+    here["spec"]["internalTrafficPolicy"] = json!("Local");
+    api.apply(here)?;
+    api.apply(slice(
+        "here",
+        "here-x",
+        &[(a, &n1, ready()), (b, &n2, ready())],
+        "http",
+    ))?;
+    for (svc, ip, want) in [("near", NEAR, vec!["a", "c"]), ("here", HERE, vec!["a"])] {
+        let mut seen = BTreeSet::new();
+        wait_until(&format!("{svc} to answer"), Duration::from_secs(20), || {
+            seen.extend(echo_many(&client.ns, Connect::new(ip, 80), 2).unwrap_or_default());
+            Ok(!seen.is_empty())
+        })?;
+        seen.extend(echo_many(&client.ns, Connect::new(ip, 80), 24)?);
+        let want: BTreeSet<String> = want.iter().map(|w| w.to_string()).collect();
+        ensure!(seen == want, "{svc} from n1 reached {seen:?}, not {want:?}");
+        println!("{svc} from n1 (zone z1): {seen:?}");
+    }
+    // The nodes' own connections (translated at connect()) keep to the policy too: n2 to
+    // its b, and n3, with no endpoint of its own, is refused.
+    let here = Connect::new(HERE, 80);
+    ensure!(
+        echo_many(&n2, here, 6)?.iter().all(|w| w == "b"),
+        "node n2 reaches here's b only"
+    );
+    ensure!(
+        echo_many(&n3, here, 1).is_err(),
+        "node n3 has no local endpoint of here"
+    );
     ensure!(
         echo_many(&client.ns, Connect::new(OLD, 80), 3)?
             .iter()

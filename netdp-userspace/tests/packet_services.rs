@@ -370,6 +370,50 @@ fn external_traffic_policy_local_keeps_the_client_or_drops() {
 }
 
 #[test]
+fn internal_traffic_policy_local_keeps_pods_on_local_backends_or_drops() {
+    let mut f = fixture();
+    // internalTrafficPolicy Local: the cluster IP frontend is local-only; the node port
+    // (externalTrafficPolicy Cluster) is not, and pods reaching it get every backend.
+    f.apply(
+        "itp",
+        plan(
+            &[
+                cluster_ip(VIP, 80, IPPROTO_TCP).local_only(),
+                node_port(NODE_IP, 30082, IPPROTO_TCP),
+            ],
+            8080,
+            &[local(LOCAL_BACKEND), remote(REMOTE_BACKEND)],
+        ),
+    );
+    for sport in 40000..40016 {
+        let input = from_client(IPPROTO_TCP, VIP, 80, sport).build();
+        let (verdict, out) = f.run(FROM_POD, &input);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let v = assert_only_tuple_changed(&input, &out);
+        assert_eq!(v.dst, LOCAL_BACKEND, "local only");
+    }
+    let mut seen = BTreeSet::new();
+    for sport in 41000..41064 {
+        let input = from_client(IPPROTO_TCP, NODE_IP, 30082, sport).build();
+        let (_, out) = f.run(FROM_POD, &input);
+        seen.insert(Ipv4View::parse(&out).expect("IPv4").dst);
+    }
+    assert_eq!(seen, BTreeSet::from([LOCAL_BACKEND, REMOTE_BACKEND]));
+    // No local endpoint: pods' cluster IP traffic is dropped, and counted.
+    f.apply(
+        "itp",
+        plan(
+            &[cluster_ip(VIP, 80, IPPROTO_TCP).local_only()],
+            8080,
+            &[remote(REMOTE_BACKEND)],
+        ),
+    );
+    let input = from_client(IPPROTO_TCP, VIP, 80, 42000).build();
+    assert_eq!(f.run(FROM_POD, &input).0, TC_ACT_SHOT);
+    assert_eq!(f.count(Program::FromPod, Reason::ServiceNoLocalBackend), 1);
+}
+
+#[test]
 fn hairpin_is_source_natted_to_the_node() {
     let mut f = fixture();
     f.apply("self", vip_80(IPPROTO_TCP, &[local(CLIENT)]));

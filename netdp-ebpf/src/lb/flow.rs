@@ -45,7 +45,11 @@ fn may_be_frontend(daddr: [u8; 4]) -> bool {
 fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend) -> Outcome {
     // Node ports, external and load-balancer IPs reached from outside the node.
     let external = program == Program::FromNetdev && fe.flags & frontend_flags::EXTERNAL != 0;
-    let local_only = external && fe.flags & frontend_flags::LOCAL_ONLY != 0;
+    // externalTrafficPolicy Local binds traffic from outside only (pods reaching a node
+    // port get every backend, as with kube-proxy); internalTrafficPolicy Local binds all
+    // of a cluster IP's.
+    let local_only = fe.flags & frontend_flags::LOCAL_ONLY != 0
+        && (external || fe.flags & frontend_flags::EXTERNAL == 0);
     // Only a SYN starts a TCP flow: anything else would pick a backend mid-connection (a
     // flow conntrack lost), or let a flood of stray segments fill the table. The one
     // exception is the ACK completing a half-open flow's handshake.

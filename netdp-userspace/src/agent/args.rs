@@ -24,6 +24,10 @@ pub struct AgentArgs {
     /// Name of this node; its pins live under <bpf-root>/<node-name>.
     #[arg(long = "node-name", env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// This node's topology zone, for endpoints' zone hints (default: its Node's
+    /// topology.kubernetes.io/zone label, when the Kubernetes API is used).
+    #[arg(long = "node-zone", env = "NETDP_NODE_ZONE")]
+    pub node_zone: Option<String>,
     /// bpffs directory for netdp's pinned objects.
     #[arg(long = "bpf-root", default_value = netdp_common::BPF_ROOT)]
     pub bpf_root: PathBuf,

@@ -64,6 +64,8 @@ struct State {
     nl: Netlink,
     /// Peers already reported as unreachable by the backend.
     reported_unreachable: std::collections::HashSet<Ipv4Addr>,
+    /// The node's topology zone (--node-zone, else its Node's label).
+    zone: Option<String>,
 }
 
 impl State {
@@ -77,6 +79,7 @@ impl State {
             network: self.config.network,
             service_network: self.config.service_network,
             lease_ips: self.admission.public_ips(),
+            zone: self.zone.as_deref(),
         }
     }
 }
@@ -143,6 +146,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         peer_map,
         nl,
         reported_unreachable: Default::default(),
+        zone: node_zone(&args, kube.as_ref(), &node).await,
     };
     // Leases first: services are checked against the node addresses they name.
     let (leases, lease_updates) = subnets.follow(&state.lease).await?;
@@ -204,6 +208,20 @@ async fn connect(args: &AgentArgs) -> Result<(Option<etcd_client::Client>, Optio
         None
     };
     Ok((etcd, kube))
+}
+
+/// The node's zone: --node-zone, else its Node's `topology.kubernetes.io/zone` label when
+/// the Kubernetes API is at hand.
+async fn node_zone(args: &AgentArgs, kube: Option<&kube::Client>, node: &str) -> Option<String> {
+    if let Some(zone) = &args.node_zone {
+        return Some(zone.clone());
+    }
+    let zone = crate::k8s::nodes::zone(kube?.clone(), node).await;
+    match &zone {
+        Some(z) => info!("node {node} is in zone {z}"),
+        None => info!("node {node} has no zone label: topology hints are not used"),
+    }
+    zone
 }
 
 /// The underlay interface (--iface, else the one holding the default route), this node's

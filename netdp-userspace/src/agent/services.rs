@@ -129,6 +129,8 @@ pub struct Host<'a> {
     pub service_network: Option<Ipv4Network>,
     /// Node addresses the leases name: ours and every routed peer's PublicIP.
     pub lease_ips: &'a [Ipv4Addr],
+    /// The node's zone, for endpoints' topology hints.
+    pub zone: Option<&'a str>,
 }
 
 impl Host<'_> {
@@ -157,6 +159,7 @@ impl Host<'_> {
             name: self.node.to_string(),
             addresses,
             subnet: self.lease.subnet,
+            zone: self.zone.map(String::from),
         }
     }
 }

@@ -152,6 +152,20 @@ pub fn node_lease(keys: &Annotations, node: &Node) -> Result<Option<PeerLease>, 
     }))
 }
 
+/// The well-known label of a node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// Node `node`'s zone label, if it has one (and can be read: a failure is logged).
+pub async fn zone(client: Client, node: &str) -> Option<String> {
+    match Api::<Node>::all(client).get_opt(node).await {
+        Ok(n) => n?.metadata.labels?.remove(ZONE_LABEL),
+        Err(e) => {
+            warn!("reading Node {node}'s zone: {}", one_line(&e));
+            None
+        }
+    }
+}
+
 /// This node's side: its Node object, read and annotated.
 pub struct NodeSubnets {
     api: Api<Node>,

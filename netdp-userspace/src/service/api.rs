@@ -84,7 +84,7 @@ fn translate_doc<'a>(
 }
 
 /// A slice as kept: what the model needs (the fields the controller adds for others,
-/// managedFields, owner references, target refs, hints, go).
+/// managedFields, owner references, target refs, go; topology hints stay).
 fn trimmed(mut slice: EndpointSlice) -> EndpointSlice {
     let m = &mut slice.metadata;
     m.managed_fields = None;
@@ -99,7 +99,6 @@ fn trimmed(mut slice: EndpointSlice) -> EndpointSlice {
     }
     for e in slice.endpoints.iter_mut().flatten() {
         e.target_ref = None;
-        e.hints = None;
         e.deprecated_topology = None;
         e.hostname = None;
         e.zone = None;

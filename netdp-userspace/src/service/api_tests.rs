@@ -219,3 +219,27 @@ fn a_wrong_value_names_the_object_and_the_field() {
         "{e}"
     );
 }
+
+#[test]
+fn topology_hints_and_traffic_policies_come_through() {
+    let mut api = ApiServices::default();
+    let mut svc = web();
+    let spec = svc.spec.as_mut().unwrap();
+    spec.internal_traffic_policy = Some("Local".into());
+    spec.traffic_distribution = Some("PreferClose".into());
+    let id = api.apply_service(svc);
+    // As the EndpointSlice controller writes hints for PreferClose.
+    let hinted = |ip: &str, zone: &str| {
+        json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": "n1",
+            "zone": zone, "hints": {"forZones": [{"name": zone}]}})
+    };
+    api.apply_slice(web_slice(
+        "web-a",
+        "IPv4",
+        json!([hinted("10.244.1.5", "z1"), hinted("10.244.2.7", "z2")]),
+    ));
+    let def = api.def(&id).expect("programmable");
+    assert!(def.internal_local);
+    let zones: Vec<&[String]> = def.endpoints.iter().map(|e| &e.zones[..]).collect();
+    assert_eq!(zones, [&["z1".to_string()][..], &["z2".to_string()][..]]);
+}

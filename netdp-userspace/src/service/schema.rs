@@ -62,6 +62,12 @@ pub struct Spec {
     pub session_affinity_config: Option<SessionAffinityConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_traffic_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_traffic_policy: Option<String>,
+    /// What topology hints the EndpointSlice controller computes (PreferClose,
+    /// PreferSameZone, PreferSameNode); the dataplane follows the hints themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -138,6 +144,24 @@ pub struct EndpointDoc {
     pub serving: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminating: Option<bool>,
+    /// Topology hints, as an EndpointSlice's endpoint carries them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hints: Option<HintsDoc>,
+}
+
+/// `hints` of an endpoint: the zones and nodes it should be used from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HintsDoc {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub for_zones: Vec<NameDoc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub for_nodes: Vec<NameDoc>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NameDoc {
+    pub name: String,
 }
 
 /// Parses one service from a JSON value, naming the field on error.

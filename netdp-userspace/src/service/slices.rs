@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::schema::{EndpointDoc, IntOrString, ServiceDoc};
+use super::schema::{EndpointDoc, HintsDoc, IntOrString, NameDoc, ServiceDoc};
 
 /// The label that ties a slice to its service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -145,6 +145,18 @@ pub fn merge<'a>(
                 ready: Some(ready),
                 serving: Some(c.and_then(|c| c.serving).unwrap_or(ready)),
                 terminating: Some(c.and_then(|c| c.terminating).unwrap_or(false)),
+                hints: e.hints.as_ref().map(|h| HintsDoc {
+                    for_zones: (h.for_zones.iter().flatten())
+                        .map(|z| NameDoc {
+                            name: z.name.clone(),
+                        })
+                        .collect(),
+                    for_nodes: (h.for_nodes.iter().flatten())
+                        .map(|n| NameDoc {
+                            name: n.name.clone(),
+                        })
+                        .collect(),
+                }),
             };
             // An address in two slices (one moving between them): the ready copy wins.
             match list.get(ip) {

@@ -123,6 +123,7 @@ fn plans_put_local_endpoints_first_and_node_ports_on_node_addresses() {
             Ipv4Addr::new(10, 244, 2, 1),
         ],
         subnet: "10.244.2.0/24".parse().unwrap(),
+        zone: None,
     };
     let p = plan(&def, &node).unwrap();
     // 2 ports x (cluster IP + external IP + 2 node addresses).

@@ -13,6 +13,10 @@ pub const MAX_AFFINITY_TIMEOUT: u32 = 86400;
 /// Endpoints a service may have (the dataplane indexes them with 16 bits; Maglev tables
 /// want many more entries than backends).
 pub const MAX_ENDPOINTS: usize = 4096;
+/// Zones or nodes in one endpoint's hints (the API's limit).
+const MAX_HINTS: usize = 8;
+/// `spec.trafficDistribution` values Kubernetes accepts.
+const TRAFFIC_DISTRIBUTIONS: [&str; 3] = ["PreferClose", "PreferSameZone", "PreferSameNode"];
 
 pub use netdp_common::proto::{IPPROTO_TCP, IPPROTO_UDP};
 
@@ -48,6 +52,10 @@ pub struct EndpointDef {
     /// only when no endpoint is ready.
     pub serving: bool,
     pub terminating: bool,
+    /// Topology hints (`hints.forZones`, `hints.forNodes`): where the endpoint should be
+    /// used from, when every endpoint has them.
+    pub zones: Vec<String>,
+    pub for_nodes: Vec<String>,
 }
 
 /// Where an external address of a service was written.
@@ -86,7 +94,10 @@ pub struct ServiceDef {
     pub external_fields: Vec<(Ipv4Addr, ExternalField)>,
     pub ports: Vec<PortDef>,
     pub affinity_timeout: Option<u32>,
+    /// externalTrafficPolicy: Local.
     pub local_policy: bool,
+    /// internalTrafficPolicy: Local: cluster IP traffic only to this node's endpoints.
+    pub internal_local: bool,
     pub algorithm: Algorithm,
     pub endpoints: Vec<EndpointDef>,
 }
@@ -392,6 +403,24 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
             false
         }
     };
+    let internal_local = match spec.internal_traffic_policy.as_deref().unwrap_or("Cluster") {
+        "Cluster" => false,
+        "Local" => true,
+        other => {
+            err(format!(
+                "spec.internalTrafficPolicy: {other:?} is not one of Cluster, Local"
+            ));
+            false
+        }
+    };
+    if let Some(t) = spec.traffic_distribution.as_deref()
+        && !TRAFFIC_DISTRIBUTIONS.contains(&t)
+    {
+        err(format!(
+            "spec.trafficDistribution: {t:?} is not one of {}",
+            TRAFFIC_DISTRIBUTIONS.join(", ")
+        ));
+    }
     let algorithm = match doc
         .metadata
         .annotations
@@ -438,12 +467,23 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
             err(format!("{f}.nodeName: {n:?} is not a node name"));
         }
         let ready = e.ready.unwrap_or(true);
+        let hints = e.hints.clone().unwrap_or_default();
+        let mut names = |l: Vec<super::schema::NameDoc>, field: &str| {
+            if l.len() > MAX_HINTS || l.iter().any(|n| n.name.is_empty()) {
+                err(format!(
+                    "{f}.hints.{field}: at most {MAX_HINTS} entries, each with a name"
+                ));
+            }
+            l.into_iter().map(|n| n.name).collect()
+        };
         endpoints.push(EndpointDef {
             ip,
             node_name: e.node_name.clone(),
             ready,
             serving: e.serving.unwrap_or(ready),
             terminating: e.terminating.unwrap_or(false),
+            zones: names(hints.for_zones, "forZones"),
+            for_nodes: names(hints.for_nodes, "forNodes"),
         });
     }
     if !errs.is_empty() {
@@ -459,6 +499,7 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
         ports,
         affinity_timeout,
         local_policy,
+        internal_local,
         algorithm,
         endpoints,
     })
