@@ -481,10 +481,11 @@ struct ServiceFollow {
 }
 
 impl Follow for ServiceFollow {
-    type Update = Update;
+    type Update = ServiceUpdate;
 
-    async fn next(&mut self) -> Result<Update> {
-        self.watch.next(&mut self.client, &self.prefix).await
+    async fn next(&mut self) -> Result<ServiceUpdate> {
+        let update = self.watch.next(&mut self.client, &self.prefix).await?;
+        Ok(ServiceUpdate::Etcd(update))
     }
 
     fn revision(&self) -> i64 {
@@ -502,7 +503,6 @@ async fn list_etcd(
     let (kvs, revision) = list_prefix(&mut client, &prefix).await?;
     let defs = decode_all(decoder, &kvs).into_iter().collect();
     let (tx, rx) = mpsc::channel(256);
-    let (etcd_tx, mut etcd_rx) = mpsc::channel(256);
     let watch = PrefixWatch::new("service", revision);
     tokio::spawn(forward(
         ServiceFollow {
@@ -510,15 +510,8 @@ async fn list_etcd(
             client,
             prefix,
         },
-        etcd_tx,
+        tx,
     ));
-    tokio::spawn(async move {
-        while let Some(u) = etcd_rx.recv().await {
-            if tx.send(ServiceUpdate::Etcd(u)).await.is_err() {
-                return;
-            }
-        }
-    });
     Ok((defs, rx))
 }
 
@@ -527,24 +520,16 @@ async fn list_etcd(
 async fn list_api(
     client: kube::Client,
 ) -> Result<(HashMap<String, ServiceDef>, mpsc::Receiver<ServiceUpdate>)> {
-    let (api_tx, mut api_rx) = mpsc::channel(64);
-    tokio::spawn(k8s::watch_services(client, api_tx));
-    let first = api_rx
-        .recv()
-        .await
-        .ok_or_else(|| anyhow::anyhow!("the Kubernetes API watch ended before listing"))?;
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(k8s::watch_services(client, tx, ServiceUpdate::Api));
+    let first = match rx.recv().await {
+        Some(ServiceUpdate::Api(changes)) => changes,
+        _ => anyhow::bail!("the Kubernetes API watch ended before listing"),
+    };
     let defs = first
         .into_iter()
         .filter_map(|(id, d)| d.map(|d| (id, d)))
         .collect();
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        while let Some(c) = api_rx.recv().await {
-            if tx.send(ServiceUpdate::Api(c)).await.is_err() {
-                return;
-            }
-        }
-    });
     Ok((defs, rx))
 }
 

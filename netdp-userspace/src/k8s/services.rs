@@ -13,7 +13,11 @@ use log::{info, warn};
 use tokio::sync::mpsc;
 
 use super::next_batch;
-use crate::service::{ServiceDef, api::ApiServices};
+use crate::service::{
+    ServiceDef,
+    api::{ApiServices, Stored},
+    slices::Slice,
+};
 
 /// Services by `namespace/name`, as they are now (`None`: gone or not programmable).
 pub type Changes = HashMap<String, Option<ServiceDef>>;
@@ -29,13 +33,15 @@ enum Object {
 struct Sync {
     services: bool,
     slices: bool,
-    relisting_services: Option<Vec<Service>>,
-    relisting_slices: Option<Vec<EndpointSlice>>,
+    /// Kept forms, not the objects: a large cluster's re-list would hold them all.
+    relisting_services: Option<Vec<(String, Stored)>>,
+    relisting_slices: Option<Vec<Slice>>,
 }
 
 /// Follows Services and EndpointSlices and sends the changes of the services each batch
-/// of events touched. The first message, once both are listed, has every service.
-pub async fn watch_services(client: Client, tx: mpsc::Sender<Changes>) {
+/// of events touched (`wrap`ped as the receiver takes them). The first message, once both
+/// are listed, has every service.
+pub async fn watch_services<T>(client: Client, tx: mpsc::Sender<T>, wrap: fn(Changes) -> T) {
     let config = watcher::Config::default();
     let services = watcher(Api::<Service>::all(client.clone()), config.clone())
         .default_backoff()
@@ -69,7 +75,7 @@ pub async fn watch_services(client: Client, tx: mpsc::Sender<Changes>) {
                 (id, def)
             })
             .collect();
-        if tx.send(changes).await.is_err() {
+        if tx.send(wrap(changes)).await.is_err() {
             return;
         }
     }
@@ -87,7 +93,8 @@ impl Sync {
                     touched.insert(api.delete_service(&s));
                 }
                 Init => self.relisting_services = Some(Vec::new()),
-                InitApply(s) => self.relisting_services.get_or_insert_default().push(s),
+                InitApply(s) => (self.relisting_services.get_or_insert_default())
+                    .push(ApiServices::keep_service(&s)),
                 InitDone => {
                     let listed = self.relisting_services.take().unwrap_or_default();
                     info!("kubernetes API: listed {} services", listed.len());
@@ -99,7 +106,9 @@ impl Sync {
                 Apply(s) => touched.extend(api.apply_slice(s)),
                 Delete(s) => touched.extend(api.delete_slice(&s)),
                 Init => self.relisting_slices = Some(Vec::new()),
-                InitApply(s) => self.relisting_slices.get_or_insert_default().push(s),
+                InitApply(s) => {
+                    (self.relisting_slices.get_or_insert_default()).push(ApiServices::keep_slice(s))
+                }
                 InitDone => {
                     let listed = self.relisting_slices.take().unwrap_or_default();
                     info!("kubernetes API: listed {} endpoint slices", listed.len());

@@ -31,16 +31,6 @@ fn object_id(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
     )
 }
 
-/// The service a slice belongs to (`namespace/name`), if it names one.
-fn owner(slice: &EndpointSlice) -> Option<String> {
-    let m = &slice.metadata;
-    let svc = m.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(format!(
-        "{}/{svc}",
-        m.namespace.as_deref().unwrap_or("default")
-    ))
-}
-
 /// The loose schema's form of a Service (what the model is computed from): far smaller
 /// than the API object, which is not kept.
 fn doc_of(service: &Service) -> Result<ServiceDoc, String> {
@@ -83,29 +73,6 @@ fn translate_doc<'a>(
     (def, skipped)
 }
 
-/// A slice as kept: what the model needs (the fields the controller adds for others,
-/// managedFields, owner references, target refs, go; topology hints stay).
-fn trimmed(mut slice: EndpointSlice) -> EndpointSlice {
-    let m = &mut slice.metadata;
-    m.managed_fields = None;
-    m.annotations = None;
-    m.owner_references = None;
-    m.generate_name = None;
-    m.uid = None;
-    m.creation_timestamp = None;
-    m.resource_version = None;
-    if let Some(labels) = &mut m.labels {
-        labels.retain(|k, _| k == SERVICE_NAME_LABEL);
-    }
-    for e in slice.endpoints.iter_mut().flatten() {
-        e.target_ref = None;
-        e.deprecated_topology = None;
-        e.hostname = None;
-        e.zone = None;
-    }
-    slice
-}
-
 /// A LoadBalancer service its load balancer has not given an address yet.
 fn waits_for_ingress(svc: &Service) -> bool {
     let lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
@@ -117,8 +84,8 @@ fn waits_for_ingress(svc: &Service) -> bool {
 }
 
 /// The Services and EndpointSlices of the cluster, as last listed and watched.
-/// A Service as kept.
-struct Stored {
+/// A Service as kept (the API object is not).
+pub struct Stored {
     doc: Result<ServiceDoc, String>,
     waits_for_ingress: bool,
 }
@@ -136,13 +103,18 @@ pub struct ApiServices {
 }
 
 impl ApiServices {
+    /// A Service as kept, by id: what a re-list gathers instead of the objects.
+    pub fn keep_service(svc: &Service) -> (String, Stored) {
+        let stored = Stored {
+            doc: doc_of(svc),
+            waits_for_ingress: waits_for_ingress(svc),
+        };
+        (object_id(&svc.metadata), stored)
+    }
+
     /// A Service was added or changed; returns the service id touched.
     pub fn apply_service(&mut self, svc: Service) -> String {
-        let id = object_id(&svc.metadata);
-        let stored = Stored {
-            doc: doc_of(&svc),
-            waits_for_ingress: waits_for_ingress(&svc),
-        };
+        let (id, stored) = Self::keep_service(&svc);
         self.services.insert(id.clone(), stored);
         id
     }
@@ -158,9 +130,18 @@ impl ApiServices {
     /// A slice was added or changed; returns the services touched (the one it names, and
     /// the one it named before if its label changed).
     pub fn apply_slice(&mut self, slice: EndpointSlice) -> Vec<String> {
-        let sid = object_id(&slice.metadata);
+        self.insert_slice(Self::keep_slice(slice))
+    }
+
+    /// A slice as kept.
+    pub fn keep_slice(slice: EndpointSlice) -> Slice {
+        Slice::new(FROM_API, slice)
+    }
+
+    fn insert_slice(&mut self, slice: Slice) -> Vec<String> {
+        let sid = slice.id.clone();
         let mut touched = self.delete_slice_id(&sid);
-        match owner(&slice) {
+        match slice.owner() {
             Some(svc) => {
                 self.by_service
                     .entry(svc.clone())
@@ -177,13 +158,7 @@ impl ApiServices {
                 }
             }
         }
-        self.slices.insert(
-            sid,
-            Slice {
-                at: FROM_API.into(),
-                slice: trimmed(slice),
-            },
-        );
+        self.slices.insert(sid, slice);
         touched
     }
 
@@ -197,7 +172,7 @@ impl ApiServices {
         let Some(old) = self.slices.remove(sid) else {
             return Vec::new();
         };
-        let Some(svc) = owner(&old.slice) else {
+        let Some(svc) = old.owner() else {
             return Vec::new();
         };
         if let Some(set) = self.by_service.get_mut(&svc) {
@@ -212,23 +187,24 @@ impl ApiServices {
     /// Replaces every Service by a fresh listing (a re-list after 410 Gone or a restart
     /// of the watch); returns the services touched: all old and new ids (unchanged ones
     /// come out the same and are not reprogrammed).
-    pub fn replace_services(&mut self, listed: Vec<Service>) -> Vec<String> {
+    pub fn replace_services(&mut self, listed: Vec<(String, Stored)>) -> Vec<String> {
         let mut touched: Vec<String> = self.services.keys().cloned().collect();
         self.services.clear();
-        for s in listed {
-            touched.push(self.apply_service(s));
+        for (id, stored) in listed {
+            self.services.insert(id.clone(), stored);
+            touched.push(id);
         }
         touched
     }
 
     /// [`Self::replace_services`] for slices.
-    pub fn replace_slices(&mut self, listed: Vec<EndpointSlice>) -> Vec<String> {
+    pub fn replace_slices(&mut self, listed: Vec<Slice>) -> Vec<String> {
         let mut touched: Vec<String> = self.by_service.keys().cloned().collect();
         self.slices.clear();
         self.by_service.clear();
         self.orphans.clear();
         for s in listed {
-            touched.extend(self.apply_slice(s));
+            touched.extend(self.insert_slice(s));
         }
         touched
     }

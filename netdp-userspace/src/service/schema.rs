@@ -274,7 +274,7 @@ pub fn parse_manifests(text: &str) -> Result<Manifests> {
                 }
                 Some("EndpointSlice") => {
                     let slice = slice_from_value(item).map_err(|e| anyhow!("{at}: {e:#}"))?;
-                    slices.push(Slice { at, slice });
+                    slices.push(Slice::new(at, slice));
                 }
                 Some(other) => out.skipped.push(format!(
                     "{at}: kind {other} is not a Service or an EndpointSlice; skipped"

@@ -6,7 +6,10 @@
 //! used is skipped with one line naming the slice and the field, and the rest goes on:
 //! IPv6 and FQDN slices (IPv6 is not supported yet), slices of no service in hand, slices
 //! missing a port the service has, and endpoints without an address.
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -15,20 +18,84 @@ use super::schema::{EndpointDoc, HintsDoc, IntOrString, NameDoc, ServiceDoc};
 /// The label that ties a slice to its service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// A slice as read, with where it came from ("document 3", "kubernetes API").
+/// A slice as kept: what the model uses of an EndpointSlice, read once (the API object
+/// is several times larger, and the agent holds one per slice of the cluster).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Slice {
-    pub at: String,
-    pub slice: EndpointSlice,
+    /// Where it came from ("document 3", "kubernetes API").
+    pub at: Cow<'static, str>,
+    /// `namespace/name`.
+    pub id: String,
+    pub namespace: String,
+    /// The service its label names.
+    pub service: Option<String>,
+    pub address_type: String,
+    pub ports: Vec<SlicePort>,
+    /// Each endpoint's first address and the rest of what kube-proxy reads (`None`: no
+    /// address).
+    pub endpoints: Vec<Option<EndpointDoc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlicePort {
+    pub name: String,
+    pub protocol: String,
+    pub port: Option<i32>,
 }
 
 impl Slice {
-    fn name(&self) -> String {
-        let m = &self.slice.metadata;
-        format!(
-            "{}/{}",
-            m.namespace.as_deref().unwrap_or("default"),
-            m.name.as_deref().unwrap_or("")
-        )
+    pub fn new(at: impl Into<Cow<'static, str>>, slice: EndpointSlice) -> Self {
+        let m = slice.metadata;
+        let namespace = m.namespace.unwrap_or_else(|| "default".into());
+        let id = format!("{namespace}/{}", m.name.as_deref().unwrap_or(""));
+        let ports = (slice.ports.into_iter().flatten())
+            .map(|p| SlicePort {
+                name: p.name.unwrap_or_default(),
+                protocol: p.protocol.unwrap_or_else(|| "TCP".into()),
+                port: p.port,
+            })
+            .collect();
+        let endpoints = (slice.endpoints.into_iter().flatten())
+            .map(|e| {
+                let ip = e.addresses.into_iter().next()?;
+                let c = e.conditions.unwrap_or_default();
+                let ready = c.ready.unwrap_or(true);
+                let names = |l: Option<Vec<String>>| {
+                    (l.into_iter().flatten())
+                        .map(|name| NameDoc { name })
+                        .collect()
+                };
+                Some(EndpointDoc {
+                    ip,
+                    node_name: e.node_name,
+                    ready: Some(ready),
+                    serving: Some(c.serving.unwrap_or(ready)),
+                    terminating: Some(c.terminating.unwrap_or(false)),
+                    hints: e.hints.map(|h| HintsDoc {
+                        for_zones: names(
+                            h.for_zones.map(|z| z.into_iter().map(|z| z.name).collect()),
+                        ),
+                        for_nodes: names(
+                            h.for_nodes.map(|n| n.into_iter().map(|n| n.name).collect()),
+                        ),
+                    }),
+                })
+            })
+            .collect();
+        Slice {
+            at: at.into(),
+            service: m.labels.and_then(|mut l| l.remove(SERVICE_NAME_LABEL)),
+            id,
+            namespace,
+            address_type: slice.address_type,
+            ports,
+            endpoints,
+        }
+    }
+
+    /// The service it belongs to, `namespace/name`.
+    pub fn owner(&self) -> Option<String> {
+        Some(format!("{}/{}", self.namespace, self.service.as_ref()?))
     }
 }
 
@@ -58,24 +125,22 @@ pub fn merge<'a>(
     let mut endpoints: BTreeMap<usize, BTreeMap<String, EndpointDoc>> = BTreeMap::new();
     let mut resolved: HashMap<(usize, usize), (i32, String)> = HashMap::new();
     for s in slices {
-        let name = s.name();
+        let name = &s.id;
         let skip = |why: String| format!("{}: EndpointSlice {name}: {why}; skipped", s.at);
-        let slice = &s.slice;
-        if slice.address_type != "IPv4" {
+        if s.address_type != "IPv4" {
             skipped.push(skip(format!(
                 "addressType: {} (only IPv4 is supported so far)",
-                slice.address_type
+                s.address_type
             )));
             continue;
         }
-        let labels = slice.metadata.labels.as_ref();
-        let Some(svc) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+        let Some(svc) = &s.service else {
             skipped.push(skip(format!(
                 "metadata.labels[\"{SERVICE_NAME_LABEL}\"]: missing, so it belongs to no service"
             )));
             continue;
         };
-        let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+        let ns = s.namespace.as_str();
         let Some(&i) = index.get(&(ns.to_string(), svc.clone())) else {
             skipped.push(skip(format!(
                 "metadata.labels[\"{SERVICE_NAME_LABEL}\"]: service {ns}/{svc} is not in the input"
@@ -83,16 +148,15 @@ pub fn merge<'a>(
             continue;
         };
         // Each service port's number in this slice, agreeing with the other slices'.
-        let ports = slice.ports.as_deref().unwrap_or_default();
+        let ports = &s.ports;
         let mut mine = Vec::new();
         let mut bad = None;
         for (j, p) in services[i].spec.ports.iter().enumerate() {
             let want = p.name.as_deref().unwrap_or("");
             let proto = protocol(p.protocol.as_deref());
-            let found = ports.iter().position(|sp| {
-                sp.name.as_deref().unwrap_or("") == want
-                    && protocol(sp.protocol.as_deref()) == proto
-            });
+            let found = ports
+                .iter()
+                .position(|sp| sp.name == want && sp.protocol == proto);
             let number = found.and_then(|k| ports[k].port.map(|n| (k, n)));
             match number {
                 None => {
@@ -123,46 +187,20 @@ pub fn merge<'a>(
                 .or_insert((n, format!("EndpointSlice {name}")));
         }
         let list = endpoints.entry(i).or_default();
-        for (k, e) in slice
-            .endpoints
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            let Some(ip) = e.addresses.first() else {
+        for (k, e) in s.endpoints.iter().enumerate() {
+            let Some(doc) = e else {
                 skipped.push(format!(
                     "{}: EndpointSlice {name}: endpoints[{k}].addresses: empty; that endpoint skipped",
                     s.at
                 ));
                 continue;
             };
-            let c = e.conditions.as_ref();
-            let ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let doc = EndpointDoc {
-                ip: ip.clone(),
-                node_name: e.node_name.clone(),
-                ready: Some(ready),
-                serving: Some(c.and_then(|c| c.serving).unwrap_or(ready)),
-                terminating: Some(c.and_then(|c| c.terminating).unwrap_or(false)),
-                hints: e.hints.as_ref().map(|h| HintsDoc {
-                    for_zones: (h.for_zones.iter().flatten())
-                        .map(|z| NameDoc {
-                            name: z.name.clone(),
-                        })
-                        .collect(),
-                    for_nodes: (h.for_nodes.iter().flatten())
-                        .map(|n| NameDoc {
-                            name: n.name.clone(),
-                        })
-                        .collect(),
-                }),
-            };
+            let ip = &doc.ip;
             // An address in two slices (one moving between them): the ready copy wins.
             match list.get(ip) {
                 Some(seen) if seen.ready == Some(true) => {}
                 _ => {
-                    list.insert(ip.clone(), doc);
+                    list.insert(ip.clone(), doc.clone());
                 }
             }
         }
