@@ -185,10 +185,6 @@ impl NodeSubnets {
         }
     }
 
-    pub fn keys(&self) -> &Annotations {
-        &self.keys
-    }
-
     /// The Node object and its pod CIDR, waiting (as flanneld does) while there is no
     /// such Node or it has no podCIDR yet; saying why once, and every 30 s after.
     async fn wait_for_cidr(&self) -> Result<(Node, Ipv4Network)> {

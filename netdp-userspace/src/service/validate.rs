@@ -2,6 +2,7 @@
 //! planned from. Every error names the field, as `spec.ports[1].nodePort: ...`.
 use std::{collections::HashSet, net::Ipv4Addr};
 
+pub use super::endpoints::{EndpointDef, MAX_ENDPOINTS};
 use super::schema::{IntOrString, ServiceDoc};
 use crate::dataplane::lb::proto_name;
 
@@ -10,11 +11,6 @@ pub const ALGORITHM_ANNOTATION: &str = "netdp.io/lb-algorithm";
 /// Kubernetes' default and maximum sessionAffinity timeouts.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 pub const MAX_AFFINITY_TIMEOUT: u32 = 86400;
-/// Endpoints a service may have (the dataplane indexes them with 16 bits; Maglev tables
-/// want many more entries than backends).
-pub const MAX_ENDPOINTS: usize = 4096;
-/// Zones or nodes in one endpoint's hints (the API's limit).
-const MAX_HINTS: usize = 8;
 /// `spec.trafficDistribution` values Kubernetes accepts.
 const TRAFFIC_DISTRIBUTIONS: [&str; 3] = ["PreferClose", "PreferSameZone", "PreferSameNode"];
 
@@ -41,21 +37,6 @@ pub struct PortDef {
     pub port: u16,
     pub target_port: u16,
     pub node_port: Option<u16>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointDef {
-    pub ip: Ipv4Addr,
-    pub node_name: Option<String>,
-    pub ready: bool,
-    /// EndpointSlice's conditions: a terminating endpoint that still serves gets traffic
-    /// only when no endpoint is ready.
-    pub serving: bool,
-    pub terminating: bool,
-    /// Topology hints (`hints.forZones`, `hints.forNodes`): where the endpoint should be
-    /// used from, when every endpoint has them.
-    pub zones: Vec<String>,
-    pub for_nodes: Vec<String>,
 }
 
 /// Where an external address of a service was written.
@@ -135,7 +116,7 @@ fn dns_label(s: &str) -> bool {
 
 // Field names are only formatted for errors: valid services (100,000 of them at startup)
 // should cost no string building.
-fn ipv4(field: impl FnOnce() -> String, s: &str) -> Result<Ipv4Addr, String> {
+pub(super) fn ipv4(field: impl FnOnce() -> String, s: &str) -> Result<Ipv4Addr, String> {
     s.parse::<Ipv4Addr>()
         .map_err(|_| format!("{}: {s:?} is not an IPv4 address", field()))
 }
@@ -149,7 +130,7 @@ fn port(field: impl FnOnce() -> String, v: i64) -> Result<u16, String> {
 
 /// `name[i]`, formatted only when an error needs it.
 #[derive(Clone, Copy)]
-struct FieldPrefix(&'static str, usize);
+pub(super) struct FieldPrefix(pub &'static str, pub usize);
 
 impl std::fmt::Display for FieldPrefix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -437,55 +418,7 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
         }
     };
 
-    let mut endpoints = Vec::new();
-    let mut ips = HashSet::new();
-    if doc.endpoints.len() > MAX_ENDPOINTS {
-        err(format!(
-            "endpoints: {} endpoints, at most {MAX_ENDPOINTS} are supported",
-            doc.endpoints.len()
-        ));
-    }
-    for (i, e) in doc.endpoints.iter().enumerate() {
-        let f = FieldPrefix("endpoints", i);
-        let ip = match ipv4(|| format!("{f}.ip"), &e.ip) {
-            Ok(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => {
-                err(format!("{f}.ip: {a} cannot be an endpoint"));
-                continue;
-            }
-            Ok(a) => a,
-            Err(e) => {
-                err(e);
-                continue;
-            }
-        };
-        if !ips.insert(ip) {
-            err(format!("{f}.ip: {ip} is listed twice"));
-        }
-        if let Some(n) = &e.node_name
-            && (n.is_empty() || n.len() > 253)
-        {
-            err(format!("{f}.nodeName: {n:?} is not a node name"));
-        }
-        let ready = e.ready.unwrap_or(true);
-        let hints = e.hints.clone().unwrap_or_default();
-        let mut names = |l: Vec<super::schema::NameDoc>, field: &str| {
-            if l.len() > MAX_HINTS || l.iter().any(|n| n.name.is_empty()) {
-                err(format!(
-                    "{f}.hints.{field}: at most {MAX_HINTS} entries, each with a name"
-                ));
-            }
-            l.into_iter().map(|n| n.name).collect()
-        };
-        endpoints.push(EndpointDef {
-            ip,
-            node_name: e.node_name.clone(),
-            ready,
-            serving: e.serving.unwrap_or(ready),
-            terminating: e.terminating.unwrap_or(false),
-            zones: names(hints.for_zones, "forZones"),
-            for_nodes: names(hints.for_nodes, "forNodes"),
-        });
-    }
+    let endpoints = super::endpoints::validate(&doc.endpoints, &mut err);
     if !errs.is_empty() {
         return Err(errs.join("; "));
     }
