@@ -253,49 +253,45 @@ impl FlannelNode {
         )?;
         ip(&ns, &["link", "set", BRIDGE, "mtu", &mtu.to_string(), "up"])?;
 
-        if let Store::Nodes(api) = store {
-            // As flanneld's AcquireLease patches them (backend data as JSON text).
-            let mut object = api.get("Node", &ns)?.context("the Node")?;
-            let data = backend_data.unwrap_or(Value::Null).to_string();
-            let annotations = &mut object["metadata"]["annotations"];
-            for (k, v) in [
-                ("backend-data", data.as_str()),
-                ("backend-type", backend.type_name()),
-                ("kube-subnet-manager", "true"),
-                ("public-ip", &n.public_ip.to_string()),
-            ] {
-                annotations[format!("{ANNOTATION_PREFIX}/{k}")] = json!(v);
+        match store {
+            Store::Nodes(api) => {
+                // As flanneld's AcquireLease patches them (backend data as JSON text).
+                let mut object = api.get("Node", &ns)?.context("the Node")?;
+                let data = backend_data.unwrap_or(Value::Null).to_string();
+                let annotations = &mut object["metadata"]["annotations"];
+                for (k, v) in [
+                    ("backend-data", data.as_str()),
+                    ("backend-type", backend.type_name()),
+                    ("kube-subnet-manager", "true"),
+                    ("public-ip", &n.public_ip.to_string()),
+                ] {
+                    annotations[format!("{ANNOTATION_PREFIX}/{k}")] = json!(v);
+                }
+                api.apply(object)?;
             }
-            api.apply(object)?;
-            return Ok(FlannelNode {
-                node: node.to_string(),
-                backend,
-                subnet,
-                mtu,
-                vtep_mac,
-                next_pod: 2,
-            });
+            Store::Etcd => {
+                // The lease, as flanneld writes it: its own etcd lease with the default TTL.
+                let mut attrs = json!({
+                    "PublicIP": n.public_ip.to_string(),
+                    "PublicIPv6": null,
+                    "BackendType": backend.type_name(),
+                });
+                if let Some(d) = backend_data {
+                    attrs["BackendData"] = d;
+                }
+                let granted = tb.etcd().ctl(&["lease", "grant", "86400"])?;
+                let id = granted
+                    .split_whitespace()
+                    .nth(1)
+                    .ok_or_else(|| anyhow!("etcdctl lease grant said {granted:?}"))?;
+                tb.etcd().ctl(&[
+                    "put",
+                    &format!("--lease={id}"),
+                    &format!("{}/subnets/{}-{}", tb.prefix, subnet.0, subnet.1),
+                    &serde_json::to_string(&attrs)?,
+                ])?;
+            }
         }
-        // The lease, as flanneld writes it: its own etcd lease with the default TTL.
-        let mut attrs = json!({
-            "PublicIP": n.public_ip.to_string(),
-            "PublicIPv6": null,
-            "BackendType": backend.type_name(),
-        });
-        if let Some(d) = backend_data {
-            attrs["BackendData"] = d;
-        }
-        let granted = tb.etcd().ctl(&["lease", "grant", "86400"])?;
-        let id = granted
-            .split_whitespace()
-            .nth(1)
-            .ok_or_else(|| anyhow!("etcdctl lease grant said {granted:?}"))?;
-        tb.etcd().ctl(&[
-            "put",
-            &format!("--lease={id}"),
-            &format!("{}/subnets/{}-{}", tb.prefix, subnet.0, subnet.1),
-            &serde_json::to_string(&attrs)?,
-        ])?;
         Ok(FlannelNode {
             node: node.to_string(),
             backend,

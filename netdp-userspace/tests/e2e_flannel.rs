@@ -74,22 +74,27 @@ fn flannel_vxlan_node_and_netdp_nodes_reach_each_others_pods() -> Result<()> {
         lease.contains(r#""BackendData":{"VNI":1,"VtepMAC":"#),
         "{lease}"
     );
+    vxlan_both_ways(&tb, 7000)
+}
+
+/// Traffic both ways between the Flannel pod and each netdp node's: netdp's programs did
+/// netdp's half (n1's counters), the kernel's VXLAN device Flannel's.
+fn vxlan_both_ways(tb: &Testbed, port: u16) -> Result<()> {
     let f1 = tb.node("f1").ns.clone();
     let s0 = netns::link_stats(&f1, VXLAN_DEV)?;
     let before = tb.counters("n1")?;
-    both_ways(&tb, "n1", 7000)?;
-    both_ways(&tb, "n2", 7010)?;
+    both_ways(tb, "n1", port)?;
+    both_ways(tb, "n2", port + 10)?;
     let after = tb.counters("n1")?;
     let d = |prog: &str, reason: &str| {
         let k = (prog.to_string(), reason.to_string());
         after.get(&k).copied().unwrap_or(0) - before.get(&k).copied().unwrap_or(0)
     };
-    // netdp's programs did netdp's half; the kernel's VXLAN device did Flannel's.
-    assert!(d("from_pod", "encap_vxlan") > 100, "{after:?}");
-    assert!(d("from_netdev", "decap_vxlan") > 100, "{after:?}");
-    assert_eq!(d("from_netdev", "decap_wrong_vtep"), 0);
+    ensure!(d("from_pod", "encap_vxlan") > 100, "{after:?}");
+    ensure!(d("from_netdev", "decap_vxlan") > 100, "{after:?}");
+    ensure!(d("from_netdev", "decap_wrong_vtep") == 0, "{after:?}");
     let s1 = netns::link_stats(&f1, VXLAN_DEV)?;
-    assert!(
+    ensure!(
         s1.rx.packets - s0.rx.packets > 100 && s1.tx.packets - s0.tx.packets > 100,
         "flannel.1 before {s0:?}, after {s1:?}"
     );
@@ -126,7 +131,6 @@ fn flannel_and_netdp_nodes_read_each_others_node_annotations() -> Result<()> {
             &format!("10.244.{}.0/24", 21 + i),
         ))?;
     }
-    let f1_ns = tb.node("f1").ns.clone();
     let mut f = FlannelNode::start_in(&tb, "f1", FlannelBackend::Vxlan, Store::Nodes(&api))?;
     for n in ["n1", "n2"] {
         tb.start_agent(n, &["--kube-subnet-mgr", &net_conf, &kubeconfig])?;
@@ -157,22 +161,7 @@ fn flannel_and_netdp_nodes_read_each_others_node_annotations() -> Result<()> {
             Ok(String::from_utf8_lossy(&out.stdout).contains("10.244.23.0"))
         },
     )?;
-    let s0 = netns::link_stats(&f1_ns, VXLAN_DEV)?;
-    let before = tb.counters("n1")?;
-    both_ways(&tb, "n1", 7200)?;
-    both_ways(&tb, "n2", 7210)?;
-    let after = tb.counters("n1")?;
-    let d = |prog: &str, reason: &str| {
-        let k = (prog.to_string(), reason.to_string());
-        after.get(&k).copied().unwrap_or(0) - before.get(&k).copied().unwrap_or(0)
-    };
-    assert!(d("from_pod", "encap_vxlan") > 100, "{after:?}");
-    assert!(d("from_netdev", "decap_vxlan") > 100, "{after:?}");
-    let s1 = netns::link_stats(&f1_ns, VXLAN_DEV)?;
-    assert!(
-        s1.rx.packets - s0.rx.packets > 100 && s1.tx.packets - s0.tx.packets > 100,
-        "flannel.1 before {s0:?}, after {s1:?}"
-    );
+    vxlan_both_ways(&tb, 7200)?;
     // No lease went to etcd: the subnets came from the Nodes.
     let leases = tb.etcd().get_prefix(&format!("{}/subnets/", tb.prefix))?;
     ensure!(leases.is_empty(), "leases in etcd: {leases:?}");
