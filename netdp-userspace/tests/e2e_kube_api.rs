@@ -34,6 +34,7 @@ const FLANNEL: &str = "flannel.alpha.coreos.com";
 const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 10);
 const WEB2: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 11);
 const OLD: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 12);
+const STRAY: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 17);
 const NEAR: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 15);
 const HERE: Ipv4Addr = Ipv4Addr::new(10, 96, 20, 16);
 /// Where the replay server listens: the testbed's etcd host.
@@ -238,6 +239,19 @@ fn services_and_slices_from_the_api_are_programmed_and_followed_through_a_relist
     api.apply(slice("web", "web-x2", &[(c, &n3, ready())], "http"))?;
     api.apply(service("old", OLD))?;
     api.apply(slice("old", "old-q", &[(c, &n3, ready())], "http"))?;
+    // An EndpointSlice written to point the service at the cloud metadata address and at an
+    // address outside the cluster: those endpoints are skipped, the pod one is used.
+    api.apply(service("stray", STRAY))?;
+    api.apply(slice(
+        "stray",
+        "stray-m",
+        &[
+            (Ipv4Addr::new(169, 254, 169, 254), &n1, ready()),
+            (a, &n1, ready()),
+            (Ipv4Addr::new(198, 51, 100, 7), &n2, ready()),
+        ],
+        "http",
+    ))?;
     // Bad input: a slice without the service's port; a LoadBalancer with no ingress yet.
     api.apply(service("noport", Ipv4Addr::new(10, 96, 20, 13)))?;
     api.apply(slice("noport", "noport-z", &[(a, &n1, ready())], "metrics"))?;
@@ -314,7 +328,15 @@ fn services_and_slices_from_the_api_are_programmed_and_followed_through_a_relist
             .all(|w| w == "c"),
         "old goes to c"
     );
+    ensure!(
+        echo_many(&client.ns, Connect::new(STRAY, 80), 12)?
+            .iter()
+            .all(|w| w == "a"),
+        "stray reaches only its pod endpoint"
+    );
     for want in [
+        "service default/stray: endpoint 169.254.169.254 is a link-local address",
+        "endpoint 198.51.100.7 is outside the pod Network 10.244.0.0/16",
         "EndpointSlice default/noport-z: ports: no TCP port named \"http\"",
         "Service default/pending-lb: status.loadBalancer.ingress: no IP yet",
     ] {

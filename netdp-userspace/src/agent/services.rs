@@ -177,8 +177,9 @@ impl Host<'_> {
     }
 }
 
-/// The plan of one service, if its addresses pass `policy`. A refusal is logged once
-/// (in `refused`, by service), naming the service and the field.
+/// The plan of one service, if its addresses pass `policy`; endpoints the policy refuses
+/// are left out. What is refused is logged once (in `refused`, by service), naming the
+/// service and the field.
 fn checked_plan(
     policy: &AddressPolicy,
     node: &NodeInfo,
@@ -186,21 +187,37 @@ fn checked_plan(
     id: &str,
     def: &ServiceDef,
 ) -> Option<ServicePlan> {
-    match policy.check(def) {
-        Ok(()) => {
-            if refused.remove(id).is_some() {
-                info!("service {id}: its addresses are allowed now; programming it");
-            }
-            service::plan(def, node)
+    let mut say = |why: String| {
+        if refused.get(id) != Some(&why) {
+            warn!("{why}");
+            refused.insert(id.to_string(), why);
         }
-        Err(why) => {
-            if refused.get(id) != Some(&why) {
-                warn!("service {id} not programmed: {why}");
-                refused.insert(id.to_string(), why);
-            }
-            None
-        }
+    };
+    if let Err(why) = policy.check(def) {
+        say(format!("service {id} not programmed: {why}"));
+        return None;
     }
+    let skipped = policy.refused_endpoints(def);
+    if skipped.is_empty() {
+        if refused.remove(id).is_some() {
+            info!("service {id}: its addresses are allowed now; programming it");
+        }
+        return service::plan(def, node);
+    }
+    // By address: slices' endpoints are merged, so an index would name no field.
+    let lines: Vec<String> = (skipped.iter())
+        .map(|(_, why)| format!("endpoint {why}"))
+        .collect();
+    say(format!(
+        "service {id}: {}; those endpoints skipped, the rest programmed",
+        lines.join("; ")
+    ));
+    let mut def = def.clone();
+    def.endpoints = (def.endpoints.into_iter().enumerate())
+        .filter(|(i, _)| !skipped.iter().any(|(s, _)| s == i))
+        .map(|(_, e)| e)
+        .collect();
+    service::plan(&def, node)
 }
 
 /// The cgroup2 directory the socket programs attach to.

@@ -11,6 +11,13 @@
 //!   or a node address (the node's own, every routed lease's PublicIP);
 //! - its externalIPs come from `--external-ip-allow`, when it is given (Kubernetes'
 //!   `DenyServiceExternalIPs`/allow-list admission, as a flag).
+//!
+//! Endpoints are held to the same idea: whoever may write an EndpointSlice could point a
+//! service at any address the node reaches (a cloud metadata server, the node's own
+//! loopback). An endpoint is used only inside the pod Network, at a node address
+//! (host-network pods) or in `--endpoint-allow`, and never at a loopback, link-local,
+//! unspecified or multicast address; others are skipped with a line, the rest of the
+//! service programmed.
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
@@ -54,6 +61,16 @@ pub struct AddressArgs {
         value_parser = parse_range
     )]
     pub external_ip_allow: Vec<Ipv4Network>,
+    /// Ranges endpoints may lie in besides the pod Network and the nodes' addresses
+    /// (comma-separated CIDRs), for services whose endpoints are written by hand to
+    /// reach something outside the cluster.
+    #[arg(
+        long = "endpoint-allow",
+        env = "NETDP_ENDPOINT_ALLOW",
+        value_delimiter = ',',
+        value_parser = parse_range
+    )]
+    pub endpoint_allow: Vec<Ipv4Network>,
 }
 
 /// The rules one node (or `netdp service apply`) holds services' addresses to.
@@ -64,6 +81,7 @@ pub struct AddressPolicy {
     /// The service range and where it was set.
     pub service_range: Option<(Ipv4Network, &'static str)>,
     pub external_allow: Vec<Ipv4Network>,
+    pub endpoint_allow: Vec<Ipv4Network>,
     /// Node addresses: this node's, and every routed lease's PublicIP.
     pub node_ips: BTreeSet<Ipv4Addr>,
 }
@@ -85,6 +103,7 @@ impl AddressPolicy {
             pod_network: config.map(|c| c.network),
             service_range,
             external_allow: args.external_ip_allow.clone(),
+            endpoint_allow: args.endpoint_allow.clone(),
             node_ips: node_ips.into_iter().collect(),
         }
     }
@@ -98,6 +117,39 @@ impl AddressPolicy {
             return Some(format!("{ip} is a node address"));
         }
         None
+    }
+
+    /// Why `ip` may not be an endpoint, if it may not.
+    pub fn endpoint_refused(&self, ip: Ipv4Addr) -> Option<String> {
+        let never = if ip.is_loopback() {
+            Some("a loopback address")
+        } else if ip.is_link_local() {
+            Some("a link-local address (cloud metadata lives there)")
+        } else if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+            Some("not a unicast address")
+        } else {
+            None
+        };
+        if let Some(why) = never {
+            return Some(format!("{ip} is {why}"));
+        }
+        let network = self.pod_network?;
+        if network.contains(ip)
+            || self.node_ips.contains(&ip)
+            || self.endpoint_allow.iter().any(|n| n.contains(ip))
+        {
+            return None;
+        }
+        Some(format!(
+            "{ip} is outside the pod Network {network} and not a node address (--endpoint-allow admits other ranges)"
+        ))
+    }
+
+    /// The endpoints of `def` that may not be used: their index and why.
+    pub fn refused_endpoints(&self, def: &ServiceDef) -> Vec<(usize, String)> {
+        (def.endpoints.iter().enumerate())
+            .filter_map(|(i, e)| Some((i, self.endpoint_refused(e.ip)?)))
+            .collect()
     }
 
     /// Checks the addresses of a (valid) service; the error names every field at fault.

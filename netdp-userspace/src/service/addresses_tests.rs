@@ -204,3 +204,49 @@ fn flags_take_cidrs_and_say_what_is_wrong() {
         assert!(e.contains(says), "{argv}: {e}");
     }
 }
+
+#[test]
+fn endpoints_lie_in_the_pod_network_on_nodes_or_in_the_allowed_ranges() {
+    let c = config("");
+    let p = policy(&[], &c);
+    let refused = |p: &AddressPolicy, ip: [u8; 4]| p.endpoint_refused(Ipv4Addr::from(ip));
+    assert_eq!(refused(&p, [10, 244, 3, 7]), None, "a pod");
+    assert_eq!(
+        refused(&p, [192, 168, 10, 12]),
+        None,
+        "a node (host-network pod)"
+    );
+    let outside = refused(&p, [198, 51, 100, 7]).expect("refused");
+    assert!(
+        outside.contains("outside the pod Network 10.244.0.0/16 and not a node address"),
+        "{outside}"
+    );
+    // Allowed by flag; never a loopback or link-local (metadata) address, whatever the flag.
+    let p = policy(&["--endpoint-allow=198.51.100.0/24,0.0.0.0/0"], &c);
+    assert_eq!(refused(&p, [198, 51, 100, 7]), None);
+    for (ip, why) in [
+        ([169, 254, 169, 254], "link-local"),
+        ([127, 0, 0, 1], "loopback"),
+        ([224, 0, 0, 1], "not a unicast"),
+    ] {
+        let said = refused(&p, ip).expect("never an endpoint");
+        assert!(said.contains(why), "{said}");
+    }
+    // A service with one bad endpoint of three: that one's index.
+    let def = validate(
+        &parse_file(
+            "metadata: {name: web}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{port: 80}]\n\
+             endpoints:\n- {ip: 10.244.1.5}\n- {ip: 169.254.169.254}\n- {ip: 10.244.2.5}\n",
+        )
+        .unwrap()[0],
+    )
+    .unwrap();
+    let bad = policy(&[], &c).refused_endpoints(&def);
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].0, 1);
+    assert!(
+        flags(&["--endpoint-allow=10.0.0.1/8"])
+            .unwrap_err()
+            .contains("host bits")
+    );
+}
