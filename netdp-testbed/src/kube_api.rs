@@ -255,8 +255,14 @@ pub fn node(name: &str, ip: Ipv4Addr, pod_cidr: &str) -> Value {
 }
 
 /// Stores `object` in collection `c` under the next resourceVersion, and wakes watches.
-fn store(shared: &Shared, c: usize, mut object: Value) -> Value {
-    let mut st = lock(shared);
+fn store(shared: &Shared, c: usize, object: Value) -> Value {
+    let stored = put(&mut lock(shared), c, object);
+    shared.1.notify_all();
+    stored
+}
+
+/// [`store`] with the lock held.
+fn put(st: &mut State, c: usize, mut object: Value) -> Value {
     st.rv += 1;
     object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
     let key = object_key(&object);
@@ -267,7 +273,6 @@ fn store(shared: &Shared, c: usize, mut object: Value) -> Value {
         None => "ADDED",
     };
     col.log.push((rv, kind, object.clone()));
-    shared.1.notify_all();
     object
 }
 
@@ -393,7 +398,9 @@ fn serve_node(shared: &Shared, rest: &str, req: &Request) -> Result<Option<Value
         Some(name) => (name, true),
         None => (rest, false),
     };
-    let Some(mut object) = lock(shared).collections[NODES].objects.get(name).cloned() else {
+    // One lock for read, merge and store: a change made meanwhile is not lost.
+    let mut st = lock(shared);
+    let Some(mut object) = st.collections[NODES].objects.get(name).cloned() else {
         return Ok(None);
     };
     match (req.method.as_str(), status) {
@@ -406,8 +413,10 @@ fn serve_node(shared: &Shared, rest: &str, req: &Request) -> Result<Option<Value
                     merge(&mut object[part], p, part);
                 }
             }
-            lock(shared).stats.patches += 1;
-            Ok(Some(store(shared, NODES, object)))
+            st.stats.patches += 1;
+            let stored = put(&mut st, NODES, object);
+            shared.1.notify_all();
+            Ok(Some(stored))
         }
         _ => Ok(None),
     }

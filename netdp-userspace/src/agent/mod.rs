@@ -149,7 +149,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         zone: node_zone(&args, kube.as_ref(), &node).await,
     };
     // Leases first: services are checked against the node addresses they name.
-    let (leases, lease_updates) = subnets.follow(&state.lease).await?;
+    let (leases, lease_updates, zone_updates) = subnets.follow(&state.lease).await?;
     state.peers = leases.into_iter().map(|l| (l.subnet, l)).collect();
     state.sync_routes().await?;
     health.set_leases_synced();
@@ -172,6 +172,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let watches = Watches {
         leases: lease_updates,
         services: service_updates,
+        zone: zone_updates,
     };
     let agent = Agent {
         opts: args.lease_options(),
@@ -334,6 +335,8 @@ fn load_dataplane(
 struct Watches {
     leases: mpsc::Receiver<WatchUpdate>,
     services: mpsc::Receiver<services::ServiceUpdate>,
+    /// This node's zone label, when its Node is followed (--kube-subnet-mgr).
+    zone: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 /// The running agent: what it follows and keeps in step.
@@ -383,7 +386,16 @@ impl Agent<'_> {
                     self.services.apply(batch, &mut self.conntrack);
                     self.applied("services", started);
                 }
-                _ = resync.tick() => self.resync().await,
+                _ = resync.tick() => {
+                    if let Some(zone) = watches.zone.as_mut().filter(|z| z.has_changed().unwrap_or(false)) {
+                        let now = zone.borrow_and_update().clone();
+                        // --node-zone wins over the label.
+                        if self.args.node_zone.is_none() {
+                            self.state.zone = now;
+                        }
+                    }
+                    self.resync().await
+                }
                 _ = gc.tick() => {
                     conntrack::gc(&mut self.conntrack);
                     self.metrics.conntrack_entries.set(self.conntrack.len() as i64);

@@ -392,7 +392,12 @@ impl Services {
         if node == self.node && policy == self.policy {
             return;
         }
-        if node != self.node {
+        if node.zone != self.node.zone {
+            info!(
+                "node zone now {:?}: reprogramming services (topology hints)",
+                node.zone
+            );
+        } else if node != self.node {
             info!(
                 "node addresses now {:?} (subnet {}): reprogramming services",
                 node.addresses, node.subnet

@@ -42,6 +42,13 @@ pub struct KubeSubnetArgs {
     pub annotation_prefix: String,
 }
 
+/// Everybody's leases, their changes, and (Node objects) this node's zone.
+pub(super) type Followed = (
+    Vec<PeerLease>,
+    mpsc::Receiver<WatchUpdate>,
+    Option<tokio::sync::watch::Receiver<Option<String>>>,
+);
+
 /// The source of leases. One per agent, made once and never moved: the variants' sizes
 /// don't matter.
 #[allow(clippy::large_enum_variant)]
@@ -115,7 +122,10 @@ impl Subnets {
             Subnets::Kube {
                 nodes, subnet_len, ..
             } => {
-                let lease = nodes.acquire(config.network, attrs).await?;
+                // Only the first time may wait: later the agent's loop must go on.
+                let lease = nodes
+                    .acquire(config.network, attrs, subnet_len.is_none())
+                    .await?;
                 let len = lease.subnet.prefix();
                 if config.subnet_len != len && subnet_len.is_none() {
                     warn!(
@@ -140,27 +150,25 @@ impl Subnets {
 
     /// Everybody's leases now, and a stream of their changes from then on (`own`: this
     /// node's, whose published form the Node watch keeps).
-    pub(super) async fn follow(
-        &mut self,
-        own: &Lease,
-    ) -> Result<(Vec<PeerLease>, mpsc::Receiver<WatchUpdate>)> {
+    /// With Node objects, the third is this node's zone label as it changes.
+    pub(super) async fn follow(&mut self, own: &Lease) -> Result<Followed> {
         let (tx, mut rx) = mpsc::channel(64);
         match self {
             Subnets::Etcd(registry) => {
                 let (leases, revision) = registry.leases().await?;
                 let own = Registry::new(registry.client.clone(), registry.prefix());
                 tokio::spawn(watch_leases(own, revision, tx));
-                Ok((leases, rx))
+                Ok((leases, rx, None))
             }
             Subnets::Kube { nodes, .. } => {
-                nodes.watch(own, tx);
+                let zone = nodes.watch(own, tx);
                 let first = rx
                     .recv()
                     .await
                     .ok_or_else(|| anyhow!("the Node watch ended before listing"))?;
                 let mut leases = std::collections::HashMap::new();
                 first.apply_to(&mut leases);
-                Ok((leases.into_values().collect(), rx))
+                Ok((leases.into_values().collect(), rx, Some(zone)))
             }
         }
     }

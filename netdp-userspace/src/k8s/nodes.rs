@@ -138,11 +138,9 @@ pub fn node_lease(keys: &Annotations, node: &Node) -> Result<Option<PeerLease>, 
         subnet,
         attrs,
         etcd_lease: 0,
-        mod_revision: meta
-            .resource_version
-            .as_deref()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
+        // Not the resourceVersion: kubelet's heartbeats change that every few seconds, and
+        // only what the lease says is a change of it (as flanneld compares).
+        mod_revision: 0,
         // The older of two nodes claiming one subnet wins, as the older etcd lease does.
         create_revision: meta
             .creation_timestamp
@@ -185,9 +183,9 @@ impl NodeSubnets {
         }
     }
 
-    /// The Node object and its pod CIDR, waiting (as flanneld does) while there is no
-    /// such Node or it has no podCIDR yet; saying why once, and every 30 s after.
-    async fn wait_for_cidr(&self) -> Result<(Node, Ipv4Network)> {
+    /// The Node object and its pod CIDR, waiting (as flanneld does, if `wait`) while there
+    /// is no such Node or it has no podCIDR yet; saying why once, and every 30 s after.
+    async fn wait_for_cidr(&self, wait: bool) -> Result<(Node, Ipv4Network)> {
         let mut said = None;
         let mut last = std::time::Instant::now();
         loop {
@@ -206,6 +204,9 @@ impl NodeSubnets {
                 ),
                 Err(e) => format!("reading Node {}: {}", self.node, one_line(&e)),
             };
+            if !wait {
+                bail!("{why}");
+            }
             if said.as_ref() != Some(&why) || last.elapsed() >= Duration::from_secs(30) {
                 warn!("{why}; waiting");
                 said = Some(why);
@@ -218,8 +219,15 @@ impl NodeSubnets {
     /// This node's lease: its podCIDR (which must lie in `network`), published with
     /// `attrs` in the node's annotations, and the node marked network-available. The
     /// public IP is the `public-ip-overwrite` annotation's where an operator set one.
-    pub async fn acquire(&self, network: Ipv4Network, attrs: &LeaseAttrs) -> Result<Lease> {
-        let (node, subnet) = self.wait_for_cidr().await?;
+    /// `wait`: at start, until the Node has a podCIDR; later (the agent is running) an
+    /// error, retried by the caller.
+    pub async fn acquire(
+        &self,
+        network: Ipv4Network,
+        attrs: &LeaseAttrs,
+        wait: bool,
+    ) -> Result<Lease> {
+        let (node, subnet) = self.wait_for_cidr(wait).await?;
         if subnet.prefix() < network.prefix() || !network.contains(subnet.network()) {
             bail!(
                 "the Network {network} of the net config doesn't contain Node {}'s podCIDR {subnet}",
@@ -308,8 +316,14 @@ impl NodeSubnets {
     /// Follows every Node: the first message is the complete set of leases (once listed),
     /// then their changes; a re-list sends the complete set again. This node's annotations,
     /// if somebody changes them, are written back (`lease`: what it published).
-    pub fn watch(&self, lease: &Lease, tx: mpsc::Sender<WatchUpdate>) {
+    /// The receiver follows this node's zone label.
+    pub fn watch(
+        &self,
+        lease: &Lease,
+        tx: mpsc::Sender<WatchUpdate>,
+    ) -> tokio::sync::watch::Receiver<Option<String>> {
         let events = watcher(self.api.clone(), watcher::Config::default()).default_backoff();
+        let (zone, zone_rx) = tokio::sync::watch::channel(None);
         let own = Own {
             nodes: NodeSubnets {
                 api: self.api.clone(),
@@ -317,22 +331,42 @@ impl NodeSubnets {
                 keys: self.keys.clone(),
             },
             lease: lease.clone(),
+            zone,
         };
         tokio::spawn(follow(Box::pin(events), own, tx));
+        zone_rx
     }
 }
 
-/// This node, as the watch keeps its annotations.
+/// This node, as the watch keeps its annotations and follows its zone. The lease is the
+/// one acquired at start: a Node's podCIDR does not change once set (a Node deleted and
+/// made again with another one is not repaired here; the agent's renewal re-acquires it).
 struct Own {
     nodes: NodeSubnets,
     lease: Lease,
+    zone: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Own {
-    /// Writes back annotations that are not what this node published.
+    /// Follows its zone label, and writes back annotations that are not what this node
+    /// published.
     async fn repair(&self, node: &Node) {
-        if name(node) != self.nodes.node || pod_cidr(node).ok().flatten() != Some(self.lease.subnet)
-        {
+        if name(node) != self.nodes.node {
+            return;
+        }
+        let zone = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ZONE_LABEL));
+        self.zone.send_if_modified(|z| {
+            let changed = z.as_ref() != zone;
+            if changed {
+                *z = zone.cloned();
+            }
+            changed
+        });
+        if pod_cidr(node).ok().flatten() != Some(self.lease.subnet) {
             return;
         }
         if let Err(e) = self.nodes.publish(node, &self.lease.attrs, false).await {
@@ -430,7 +464,6 @@ where
     let mut listed = false;
     while let Some(batch) = next_batch(&mut events).await {
         let mut out = Vec::new();
-        let mut resync = None;
         for event in batch {
             match event {
                 Ok(watcher::Event::Apply(n)) => {
@@ -447,19 +480,19 @@ where
                     for n in &nodes {
                         own.repair(n).await;
                     }
-                    resync = Some(leases.relist(&keys, &nodes));
+                    // The complete set replaces whatever came before it; what follows
+                    // in this batch goes out after it.
                     out.clear();
+                    let all = leases.relist(&keys, &nodes);
+                    if tx.send(Decoded::Resync(all)).await.is_err() {
+                        return;
+                    }
                     listed = true;
                 }
                 Err(e) => warn!("kubernetes API: {e} (retrying)"),
             }
         }
-        let update = match resync {
-            Some(all) => Decoded::Resync(all),
-            None if listed && !out.is_empty() => Decoded::Events(out),
-            None => continue,
-        };
-        if tx.send(update).await.is_err() {
+        if listed && !out.is_empty() && tx.send(Decoded::Events(out)).await.is_err() {
             return;
         }
     }

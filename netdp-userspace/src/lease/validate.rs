@@ -85,13 +85,18 @@ pub struct LeaseSet {
     reported: HashMap<Ipv4Network, Rejection>,
 }
 
-/// A lease's own faults, whatever else is leased.
-fn check_alone(config: &NetworkConfig, lease: &PeerLease) -> Result<(), Rejection> {
+/// A lease's own faults, whatever else is leased. `any_length`: Node podCIDRs, whose
+/// length the controller chooses (and may vary), as flanneld routes them.
+fn check_alone(
+    config: &NetworkConfig,
+    lease: &PeerLease,
+    any_length: bool,
+) -> Result<(), Rejection> {
     let (net, subnet) = (config.network, lease.subnet);
     if subnet.prefix() < net.prefix() || !net.contains(subnet.network()) {
         return Err(Rejection::OutsideNetwork(net));
     }
-    if subnet.prefix() != config.subnet_len {
+    if !any_length && subnet.prefix() != config.subnet_len {
         return Err(Rejection::WrongLength(config.subnet_len));
     }
     let ip = lease.attrs.public_ip;
@@ -149,7 +154,7 @@ impl LeaseSet {
     fn key(&self, subnet: &Ipv4Network) -> String {
         match &self.prefix {
             Some(prefix) => subnet_key(prefix, subnet),
-            None => format!("the Node with podCIDR {subnet}"),
+            None => format!("{subnet} (a Node's podCIDR)"),
         }
     }
 
@@ -193,7 +198,7 @@ impl LeaseSet {
         });
         let mut pass = Pass::default();
         for lease in candidates {
-            let verdict = check_alone(config, lease).and_then(|()| {
+            let verdict = check_alone(config, lease, self.prefix.is_none()).and_then(|()| {
                 if let Some((other, own)) = taken.overlap(lease.subnet) {
                     let other = self.key(&other);
                     return Err(Rejection::Overlaps { other, own });

@@ -287,3 +287,30 @@ fn public_ips_are_ours_and_the_routed_ones() {
         ]
     );
 }
+
+#[test]
+fn node_pod_cidrs_of_any_length_are_routed_and_named_by_node() {
+    // The controller chooses podCIDR lengths (and a cluster may mix them): a /25 and a /23
+    // are routed from Node objects, never from etcd where SubnetLen rules.
+    let mut a = peer("10.244.2.0/25", [192, 168, 10, 12], 3);
+    a.attrs = a.attrs.with_node("w2");
+    let b = peer("10.244.4.0/23", [192, 168, 10, 13], 4);
+    let (accepted, rejected) = decide(&LeaseSet::for_nodes(), &[a.clone(), b.clone()]);
+    assert_eq!(accepted, ["10.244.2.0/25", "10.244.4.0/23"]);
+    assert!(rejected.is_empty());
+    let (accepted, _) = decide(&LeaseSet::new(PREFIX), &[a.clone(), b]);
+    assert!(accepted.is_empty());
+    // Log lines name the Node.
+    let mut set = LeaseSet::for_nodes();
+    let mut dup = peer("10.244.9.0/24", [192, 168, 10, 12], 9);
+    dup.attrs = dup.attrs.with_node("w9");
+    let own = own();
+    let pass = set.pass(&config(), Some(&own), [&a, &dup]);
+    let lines = set.record(Some(&own), &pass);
+    assert!(
+        lines.iter().any(|(_, l)| l
+            == "not routing Node w9 (podCIDR 10.244.9.0/24) (PublicIP 192.168.10.12): its \
+                PublicIP is already that of the older lease 10.244.2.0/25 (a Node's podCIDR)"),
+        "{lines:?}"
+    );
+}

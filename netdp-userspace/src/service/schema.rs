@@ -65,7 +65,8 @@ pub struct Spec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_traffic_policy: Option<String>,
     /// What topology hints the EndpointSlice controller computes (PreferClose,
-    /// PreferSameZone, PreferSameNode); the dataplane follows the hints themselves.
+    /// PreferSameZone, PreferSameNode). Not checked: the dataplane follows the hints
+    /// themselves, so a value a newer API server adds does not stop the service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_distribution: Option<String>,
 }

@@ -11,8 +11,6 @@ pub const ALGORITHM_ANNOTATION: &str = "netdp.io/lb-algorithm";
 /// Kubernetes' default and maximum sessionAffinity timeouts.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 pub const MAX_AFFINITY_TIMEOUT: u32 = 86400;
-/// `spec.trafficDistribution` values Kubernetes accepts.
-const TRAFFIC_DISTRIBUTIONS: [&str; 3] = ["PreferClose", "PreferSameZone", "PreferSameNode"];
 
 pub use netdp_common::proto::{IPPROTO_TCP, IPPROTO_UDP};
 
@@ -394,14 +392,6 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
             false
         }
     };
-    if let Some(t) = spec.traffic_distribution.as_deref()
-        && !TRAFFIC_DISTRIBUTIONS.contains(&t)
-    {
-        err(format!(
-            "spec.trafficDistribution: {t:?} is not one of {}",
-            TRAFFIC_DISTRIBUTIONS.join(", ")
-        ));
-    }
     let algorithm = match doc
         .metadata
         .annotations

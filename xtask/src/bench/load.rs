@@ -3,7 +3,9 @@
 //! figure is the cost of one flow's path rather than of CPU contention.
 //!
 //! - connection rate: connect, one 64-byte request and response, close (the server closes
-//!   first, so TIME_WAIT stays on the server and client ports never run out);
+//!   first, so TIME_WAIT stays on the server and client ports never run out), with each
+//!   connection's latency from connect() to its whole reply (kube-proxy's nftables
+//!   post's first-packet metric), of which p50 and p99 are reported;
 //! - request/response rate: 64-byte ping-pong on one established connection;
 //! - stream: 256 KiB writes for the sample's duration, counted by the receiver.
 //!
@@ -187,19 +189,39 @@ fn in_client<T: Send + 'static>(
     netns::join(netns::in_netns(ns, f)?)
 }
 
-/// New connections per second from namespace `ns` to `to` for `dur`.
-pub fn connection_rate(ns: &str, to: (Ipv4Addr, u16), dur: Duration) -> Result<f64> {
+/// A connection-rate sample: new connections per second, and each one's time from
+/// connect() to its whole reply, in µs.
+pub struct Connections {
+    pub rate: f64,
+    pub latency_us: Vec<f64>,
+}
+
+impl Connections {
+    /// The `q` quantile (0 to 1, nearest rank) of the latencies.
+    pub fn latency(&self, q: f64) -> f64 {
+        let mut v = self.latency_us.clone();
+        v.sort_by(f64::total_cmp);
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len().max(1));
+        v.get(rank - 1).copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// New connections from namespace `ns` to `to` for `dur`, one after another.
+pub fn connections(ns: &str, to: (Ipv4Addr, u16), dur: Duration) -> Result<Connections> {
     let to = SocketAddr::from(to);
     in_client(ns, move || {
         let start = Instant::now();
+        let mut latency_us = Vec::new();
         let mut n = 0u64;
         while start.elapsed() < dur {
             let req = request(CLOSE, n);
+            let began = Instant::now();
             let mut c = connect(to).with_context(|| format!("after {n} connections"))?;
             c.write_all(&req)?;
             let mut resp = [0u8; MSG];
             c.read_exact(&mut resp)
                 .with_context(|| format!("reply {n}"))?;
+            latency_us.push(began.elapsed().as_secs_f64() * 1e6);
             if resp != req {
                 bail!("reply {n} differs from its request");
             }
@@ -209,7 +231,10 @@ pub fn connection_rate(ns: &str, to: (Ipv4Addr, u16), dur: Duration) -> Result<f
             }
             n += 1;
         }
-        Ok(n as f64 / start.elapsed().as_secs_f64())
+        Ok(Connections {
+            rate: n as f64 / start.elapsed().as_secs_f64(),
+            latency_us,
+        })
     })
 }
 

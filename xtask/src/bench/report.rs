@@ -43,6 +43,16 @@ pub const CONN_RATE: Metric = Metric {
     unit: "conn/s",
     higher_is_better: true,
 };
+pub const LATENCY_P50: Metric = Metric {
+    name: "connect() to reply, p50",
+    unit: "µs",
+    higher_is_better: false,
+};
+pub const LATENCY_P99: Metric = Metric {
+    name: "connect() to reply, p99",
+    unit: "µs",
+    higher_is_better: false,
+};
 pub const RR_RATE: Metric = Metric {
     name: "request/response/s",
     unit: "trans/s",

@@ -71,12 +71,27 @@ pub fn repeat(
 
 /// A named source of samples.
 pub type Sampler<'a> = Box<dyn FnMut() -> Result<f64> + 'a>;
+/// A sampler of several figures at once (taken from one run).
+pub type SamplerOf<'a, T> = Box<dyn FnMut() -> Result<T> + 'a>;
 
 /// Takes `repeats` samples from each sampler, round-robin (A B C A B C ...), so load that
 /// comes and goes on a shared machine hits every subject alike and their ratios hold. A
 /// sampler that fails is dropped from later rounds and reports its error.
-pub fn interleave(repeats: usize, mut samplers: Vec<(String, Sampler<'_>)>) -> Vec<Result<Stats>> {
-    let mut samples: Vec<Result<Vec<f64>>> = samplers.iter().map(|_| Ok(Vec::new())).collect();
+pub fn interleave(repeats: usize, samplers: Vec<(String, Sampler<'_>)>) -> Vec<Result<Stats>> {
+    let names: Vec<String> = samplers.iter().map(|(w, _)| w.clone()).collect();
+    interleave_each(repeats, samplers)
+        .into_iter()
+        .zip(names)
+        .map(|(s, what)| s.and_then(|v| Stats::new(v).with_context(|| what)))
+        .collect()
+}
+
+/// [`interleave`] for samplers of any kind of sample: each one's samples, in order.
+pub fn interleave_each<T>(
+    repeats: usize,
+    mut samplers: Vec<(String, SamplerOf<'_, T>)>,
+) -> Vec<Result<Vec<T>>> {
+    let mut samples: Vec<Result<Vec<T>>> = samplers.iter().map(|_| Ok(Vec::new())).collect();
     for round in 0..repeats {
         for ((what, sampler), out) in samplers.iter_mut().zip(samples.iter_mut()) {
             let Ok(v) = out else { continue };
@@ -88,11 +103,7 @@ pub fn interleave(repeats: usize, mut samplers: Vec<(String, Sampler<'_>)>) -> V
             }
         }
     }
-    samplers
-        .iter()
-        .zip(samples)
-        .map(|((what, _), s)| s.and_then(|v| Stats::new(v).with_context(|| what.clone())))
-        .collect()
+    samples
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use super::{
     load::{self, Server},
     netdp_services,
     netfilter::{self, IptBackend, Load, LoadSizes},
-    report::{CONN_RATE, Outcome, RR_RATE, Row, SECONDS, Section, count},
+    report::{CONN_RATE, LATENCY_P50, LATENCY_P99, Outcome, RR_RATE, Row, SECONDS, Section, count},
     runner::{self, Plan, Stats},
 };
 
@@ -218,23 +218,53 @@ fn prepare(bins: &Binaries, mode: Mode, n: usize, budget: Duration) -> Result<Pr
     Ok(p)
 }
 
+/// What one subject's rotation measured: connection rate, its connections' latency p50
+/// and p99 (each a median over the samples), request/response rate.
+struct Sampled {
+    crr: Result<Stats>,
+    p50: Result<Stats>,
+    p99: Result<Stats>,
+    rr: Result<Stats>,
+}
+
 /// Connection and request rates of every prepared subject, sampled in rotation.
-fn sample(plan: Plan, live: &[(&str, &Prepared)]) -> Vec<(Result<Stats>, Result<Stats>)> {
-    let mut by_metric = Vec::new();
-    for f in [load::connection_rate, load::request_rate] {
-        let samplers: Vec<(String, runner::Sampler)> = live
-            .iter()
-            .map(|(subject, p)| {
-                let (ns, to) = (p.c.client.clone(), p.to);
-                let s: runner::Sampler = Box::new(move || f(&ns, to, plan.sample));
-                (format!("{subject} to {}:{}", to.0, to.1), s)
-            })
-            .collect();
-        by_metric.push(runner::interleave(plan.repeats, samplers));
-    }
-    let rr = by_metric.pop().unwrap_or_default();
-    let crr = by_metric.pop().unwrap_or_default();
-    crr.into_iter().zip(rr).collect()
+fn sample(plan: Plan, live: &[(&str, &Prepared)]) -> Vec<Sampled> {
+    let name = |p: &Prepared, subject: &str| format!("{subject} to {}:{}", p.to.0, p.to.1);
+    let connections: Vec<(String, runner::SamplerOf<load::Connections>)> = live
+        .iter()
+        .map(|(subject, p)| {
+            let (ns, to) = (p.c.client.clone(), p.to);
+            let s: runner::SamplerOf<load::Connections> =
+                Box::new(move || load::connections(&ns, to, plan.sample));
+            (name(p, subject), s)
+        })
+        .collect();
+    let requests: Vec<(String, runner::Sampler)> = live
+        .iter()
+        .map(|(subject, p)| {
+            let (ns, to) = (p.c.client.clone(), p.to);
+            let s: runner::Sampler = Box::new(move || load::request_rate(&ns, to, plan.sample));
+            (name(p, subject), s)
+        })
+        .collect();
+    let conns = runner::interleave_each(plan.repeats, connections);
+    let rr = runner::interleave(plan.repeats, requests);
+    conns
+        .into_iter()
+        .zip(rr)
+        .map(|(c, rr)| {
+            let figure = |f: &dyn Fn(&load::Connections) -> f64| match &c {
+                Ok(v) => Stats::new(v.iter().map(f).collect()),
+                Err(e) => Err(runner::same_error(e)),
+            };
+            Sampled {
+                crr: figure(&|c| c.rate),
+                p50: figure(&|c| c.latency(0.50)),
+                p99: figure(&|c| c.latency(0.99)),
+                rr,
+            }
+        })
+        .collect()
 }
 
 /// DNAT must have spread new connections over all 3 endpoints.
@@ -304,31 +334,38 @@ fn load_row(subject: &str, n: usize, compare: &[&str], loads: &[Load]) -> Row {
     .compared_to(compare)
 }
 
-fn rate_rows(
-    subject: &str,
-    case: &str,
-    compare: &[&str],
-    crr: Result<Stats>,
-    rr: Result<Stats>,
-) -> Vec<Row> {
-    vec![
-        Row::from_result(Section::Services, subject, case, CONN_RATE, crr).compared_to(compare),
-        Row::from_result(Section::Services, subject, case, RR_RATE, rr).compared_to(compare),
+fn rate_rows(subject: &str, case: &str, compare: &[&str], s: Sampled) -> Vec<Row> {
+    [
+        (CONN_RATE, s.crr),
+        (LATENCY_P50, s.p50),
+        (LATENCY_P99, s.p99),
+        (RR_RATE, s.rr),
     ]
+    .into_iter()
+    .map(|(metric, stats)| {
+        Row::from_result(Section::Services, subject, case, metric, stats).compared_to(compare)
+    })
+    .collect()
+}
+
+impl Sampled {
+    /// Every figure failed with `e`.
+    fn failed(e: &anyhow::Error) -> Self {
+        Sampled {
+            crr: Err(runner::same_error(e)),
+            p50: Err(runner::same_error(e)),
+            p99: Err(runner::same_error(e)),
+            rr: Err(runner::same_error(e)),
+        }
+    }
 }
 
 fn failed_rows(subject: &str, case: &str, compare: &[&str], e: &anyhow::Error) -> Vec<Row> {
-    rate_rows(
-        subject,
-        case,
-        compare,
-        Err(runner::same_error(e)),
-        Err(runner::same_error(e)),
-    )
+    rate_rows(subject, case, compare, Sampled::failed(e))
 }
 
 fn skipped_rows(subject: &str, case: &str, compare: &[&str], why: &str) -> Vec<Row> {
-    [CONN_RATE, RR_RATE]
+    [CONN_RATE, LATENCY_P50, LATENCY_P99, RR_RATE]
         .into_iter()
         .map(|m| {
             Row::new(
@@ -455,9 +492,9 @@ pub fn run(bins: &Binaries, plan: Plan, counts: &[usize], budget: Duration) -> V
         }
         let before: Vec<Result<Before>> = live.iter().map(|(_, p)| Before::of(p)).collect();
         let results = sample(plan, &live);
-        for (((subject, p), (crr, rr)), before) in live.iter().zip(results).zip(before) {
+        for (((subject, p), sampled), before) in live.iter().zip(results).zip(before) {
             if *subject == NO_SERVICE {
-                out.extend(rate_rows(NO_SERVICE, NO_SERVICE_CASE, &[], crr, rr));
+                out.extend(rate_rows(NO_SERVICE, NO_SERVICE_CASE, &[], sampled));
                 continue;
             }
             let compare = IMPLS
@@ -466,11 +503,11 @@ pub fn run(bins: &Binaries, plan: Plan, counts: &[usize], budget: Duration) -> V
                 .map(|k| k.compare)
                 .unwrap_or(&[]);
             let proof = before.and_then(|b| b.check(p)).and_then(|_| balanced(p));
-            let (crr, rr) = match proof {
-                Ok(()) => (crr, rr),
-                Err(e) => (Err(runner::same_error(&e)), Err(runner::same_error(&e))),
+            let sampled = match proof {
+                Ok(()) => sampled,
+                Err(e) => Sampled::failed(&e),
             };
-            out.extend(rate_rows(subject, &case(n), compare, crr, rr));
+            out.extend(rate_rows(subject, &case(n), compare, sampled));
         }
     }
     out
