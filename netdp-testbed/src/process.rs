@@ -159,3 +159,12 @@ mod tests {
         Ok(())
     }
 }
+
+/// What a finished command said: its stdout, then its stderr.
+pub fn said(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -4,6 +4,7 @@ use std::process::{Command, Output};
 
 use anyhow::Result;
 use netdp_testbed::etcd::LocalEtcd;
+use netdp_testbed::process::said;
 
 fn apply(etcd: &LocalEtcd, file: &std::path::Path, extra: &[&str]) -> Result<Output> {
     Ok(Command::new(env!("CARGO_BIN_EXE_netdp"))
@@ -12,14 +13,6 @@ fn apply(etcd: &LocalEtcd, file: &std::path::Path, extra: &[&str]) -> Result<Out
         .arg(format!("--etcd-endpoints={}", etcd.endpoint))
         .args(extra)
         .output()?)
-}
-
-fn said(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]
@@ -41,6 +34,17 @@ fn apply_creates_once_keeps_the_same_and_replaces_only_when_asked() -> Result<()
     assert!(!out.status.success());
     assert!(said(&out).contains("SubnetLen"), "{}", said(&out));
     assert_eq!(etcd.get(key)?, None, "an invalid config was written");
+
+    // The Kubernetes subnet manager's agents read the file: validated, nothing written.
+    let out = apply(&etcd, &bad, &["--kube-subnet-mgr"])?;
+    assert!(!out.status.success() && said(&out).contains("SubnetLen"));
+    let out = apply(&etcd, &first, &["--kube-subnet-mgr"])?;
+    assert!(
+        out.status.success() && said(&out).contains("nothing written to etcd"),
+        "{}",
+        said(&out)
+    );
+    assert_eq!(etcd.get(key)?, None, "written with --kube-subnet-mgr");
 
     let out = apply(&etcd, &first, &[])?;
     assert!(

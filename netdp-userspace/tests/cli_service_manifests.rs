@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, Result};
 use netdp_testbed::etcd::LocalEtcd;
+use netdp_testbed::process::said;
 use serde_json::Value;
 
 /// The four Service manifests of the notes (seeds/004), as written there (each its own
@@ -206,14 +207,6 @@ fn apply(etcd: &LocalEtcd, text: &str, extra: &[&str]) -> Result<Output> {
         .arg(format!("--etcd-endpoints={}", etcd.endpoint))
         .args(extra)
         .output()?)
-}
-
-fn said(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn stored(etcd: &LocalEtcd, id: &str) -> Result<Value> {

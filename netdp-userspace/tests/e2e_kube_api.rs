@@ -316,10 +316,14 @@ fn services_and_slices_from_the_api_are_programmed_and_followed_through_a_relist
     let mut relabelled = api.get("Node", &names[0].0)?.unwrap_or_default();
     relabelled["metadata"]["labels"]["topology.kubernetes.io/zone"] = json!("z2");
     api.apply(relabelled)?;
-    wait_until("near from n1 to follow zone z2", Duration::from_secs(20), || {
-        Ok(echo_many(&client.ns, Connect::new(NEAR, 80), 8)
-            .is_ok_and(|who| who.iter().all(|w| w == "b")))
-    })?;
+    wait_until(
+        "near from n1 to follow zone z2",
+        Duration::from_secs(20),
+        || {
+            Ok(echo_many(&client.ns, Connect::new(NEAR, 80), 8)
+                .is_ok_and(|who| who.iter().all(|w| w == "b")))
+        },
+    )?;
     println!("n1 relabelled to zone z2: near goes to b");
     // The nodes' own connections (translated at connect()) keep to the policy too: n2 to
     // its b, and n3, with no endpoint of its own, is refused.
