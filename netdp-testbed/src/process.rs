@@ -109,6 +109,15 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// What a finished command said: its stdout, then its stderr.
+pub fn said(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,13 +167,4 @@ mod tests {
         assert!(s.took >= grace, "{s}");
         Ok(())
     }
-}
-
-/// What a finished command said: its stdout, then its stderr.
-pub fn said(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
