@@ -11,16 +11,25 @@ pub enum Program {
     FromPod = 0,
     FromNetdev = 1,
     FromHost = 2,
+    /// XDP on the underlay interface, before `from_netdev`: the prefilter, and service
+    /// traffic from outside it finishes itself.
+    Xdp = 3,
 }
 
 impl Program {
-    pub const ALL: [Program; 3] = [Program::FromPod, Program::FromNetdev, Program::FromHost];
+    pub const ALL: [Program; 4] = [
+        Program::FromPod,
+        Program::FromNetdev,
+        Program::FromHost,
+        Program::Xdp,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             Program::FromPod => "from_pod",
             Program::FromNetdev => "from_netdev",
             Program::FromHost => "from_host",
+            Program::Xdp => "xdp",
         }
     }
 }
@@ -94,6 +103,9 @@ pub enum Reason {
     ToHost = 45,
     /// A fragment of a tunnel packet: only the kernel can reassemble it.
     DecapFragment = 46,
+    /// XDP left the packet to the tc programs: not service traffic it finishes itself (a
+    /// tunnel packet, a local backend, a destination it has no next-hop MAC for).
+    ToTc = 47,
     /// Translated, but the new destination is no pod we can reach: the kernel decides.
     ServiceToHost = 60,
     /// Frame shorter than its headers claim.
@@ -132,6 +144,8 @@ pub enum Reason {
     /// window (a blind reset or close from someone who knows only the tuple): dropped, the
     /// flow untouched (nf_conntrack calls it invalid, and kube-proxy drops those).
     OutOfWindow = 94,
+    /// The source is in the prefilter's deny list (`--deny-sources`), dropped by XDP.
+    DeniedSource = 95,
     /// externalTrafficPolicy Local and no endpoint on this node.
     ServiceNoLocalBackend = 104,
     /// Source NAT found no free port towards the chosen backend.
@@ -148,7 +162,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 44] = [
+    pub const ALL: [Reason; 46] = [
         Reason::LocalDelivery,
         Reason::Direct,
         Reason::DirectNeigh,
@@ -171,6 +185,7 @@ impl Reason {
         Reason::Ipv4Options,
         Reason::ToHost,
         Reason::DecapFragment,
+        Reason::ToTc,
         Reason::ServiceToHost,
         Reason::Malformed,
         Reason::RedirectFailed,
@@ -187,6 +202,7 @@ impl Reason {
         Reason::DecapSpoofedSource,
         Reason::NatNotSyn,
         Reason::OutOfWindow,
+        Reason::DeniedSource,
         Reason::ServiceNoLocalBackend,
         Reason::ServiceSnatExhausted,
         Reason::ServiceConntrackFull,
@@ -227,6 +243,7 @@ impl Reason {
             Reason::Ipv4Options => "ipv4_options",
             Reason::ToHost => "to_host",
             Reason::DecapFragment => "decap_fragment",
+            Reason::ToTc => "to_tc",
             Reason::ServiceToHost => "service_to_host",
             Reason::Malformed => "malformed",
             Reason::RedirectFailed => "redirect_failed",
@@ -243,6 +260,7 @@ impl Reason {
             Reason::DecapSpoofedSource => "decap_spoofed_source",
             Reason::NatNotSyn => "nat_not_syn",
             Reason::OutOfWindow => "out_of_window",
+            Reason::DeniedSource => "denied_source",
             Reason::ServiceNoLocalBackend => "service_no_local_backend",
             Reason::ServiceSnatExhausted => "service_snat_exhausted",
             Reason::ServiceConntrackFull => "service_conntrack_full",
@@ -348,7 +366,7 @@ mod tests {
         for e in Event::ALL {
             assert!((e as u32) < EVENTS);
         }
-        let last = event_index(Program::FromHost, Event::PortReclaimed);
+        let last = event_index(Program::Xdp, Event::PortReclaimed);
         assert!((REASONS * PROGRAMS..SLOTS).contains(&last));
     }
 }

@@ -43,6 +43,9 @@ pub mod program_names {
     pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
     pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
     pub const CLASSIFIERS: &[&str] = &[FROM_POD, FROM_NETDEV, FROM_HOST];
+    /// XDP on the node's underlay interface, ahead of `from_netdev`: the prefilter, and
+    /// service traffic from outside balanced before the kernel allocates an skb.
+    pub const XDP_NETDEV: &str = "xdp_netdev";
     pub const SOCKETS: &[&str] = &[
         SOCK_CONNECT4,
         SOCK_SENDMSG4,

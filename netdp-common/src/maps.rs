@@ -28,6 +28,7 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const MONITOR: &str = "MONITOR";
     pub const ROUTED_NETWORKS: &str = "ROUTED_NETWORKS";
+    pub const DENIED_SOURCES: &str = "DENIED_SOURCES";
 }
 
 /// Default capacities, as the programs declare them; the agent can override the
@@ -72,6 +73,8 @@ pub mod capacity {
     pub const MONITOR: u32 = 1;
     /// Networks outside the cluster allowed to send straight to pods (`--routed-networks`).
     pub const ROUTED_NETWORKS: u32 = 256;
+    /// Source networks the XDP prefilter drops (`--deny-sources`).
+    pub const DENIED_SOURCES: u32 = 16_384;
 }
 
 /// The kernel's map types netdp uses (`enum bpf_map_type`).
@@ -258,6 +261,13 @@ pub const CATALOGUE: &[MapSpec] = &[
         capacity::ROUTED_NETWORKS,
         false,
         "networks outside the cluster that may send straight to pods (agent, --routed-networks)",
+    ),
+    spec::<LpmKey, u32>(
+        names::DENIED_SOURCES,
+        MapKind::LpmTrie,
+        capacity::DENIED_SOURCES,
+        false,
+        "source networks XDP drops before the stack sees them (agent, --deny-sources)",
     ),
 ];
 

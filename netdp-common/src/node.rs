@@ -19,6 +19,9 @@ pub mod flags {
     /// `--source-verification=false`: packets are not checked against the endpoint or
     /// peer they come from (the programs' `source` module is pruned).
     pub const TRUST_SOURCES: u32 = 2;
+    /// `--deny-sources` is set: `from_netdev` checks DENIED_SOURCES as well, so the list
+    /// holds with XDP off (with XDP on, denied packets never get that far).
+    pub const DENY_SOURCES: u32 = 4;
 }
 
 #[repr(C)]

@@ -4,8 +4,8 @@
 //! `peer` writes PEERS, `counters` reads COUNTERS, `lb` writes the service maps (FRONTENDS,
 //! BACKENDS, MAGLEV, AFFINITY_BACKENDS, LB_CONFIG; `lb::writer`) with `maglev` computing the
 //! tables, `conntrack` reads and garbage-collects CONNTRACK and HALF_OPEN (service and
-//! masquerade flows), `nat` lists the masqueraded ones, and `routed` writes
-//! ROUTED_NETWORKS. `compat` deals with pinned maps an older build left.
+//! masquerade flows), `nat` lists the masqueraded ones, `networks` writes ROUTED_NETWORKS and
+//! DENIED_SOURCES, and `xdp` attaches the XDP program. `compat` deals with pinned maps an older build left.
 mod compat;
 pub mod config;
 pub mod conntrack;
@@ -16,12 +16,13 @@ pub mod lease;
 pub mod maglev;
 pub mod monitor;
 pub mod nat;
+pub mod networks;
 pub mod node;
 pub mod peer;
 pub mod pins;
 pub mod route;
-pub mod routed;
 pub mod util;
+pub mod xdp;
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
@@ -192,6 +193,12 @@ impl Dataplane {
                 .load()
                 .with_context(|| format!("loading program {name} into the kernel"))?;
         }
+        xdp::program(&mut ebpf)?.load().with_context(|| {
+            format!(
+                "loading program {} into the kernel",
+                program_names::XDP_NETDEV
+            )
+        })?;
         if let Some(pins) = pins {
             compat::check_pinned_sizes(&ebpf, pins, sizes);
         }

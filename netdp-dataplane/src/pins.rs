@@ -36,6 +36,10 @@ pub enum Hook {
     Host,
     /// A cgroup socket program (the name is the program's).
     Cgroup,
+    /// XDP on the underlay interface, in native (driver) mode.
+    XdpNative,
+    /// XDP on the underlay interface, in generic (skb) mode.
+    XdpGeneric,
 }
 
 impl Hook {
@@ -45,6 +49,8 @@ impl Hook {
             Hook::Pod => "pod-",
             Hook::Host => "host-",
             Hook::Cgroup => "cgroup-",
+            Hook::XdpNative => "xdp-native-",
+            Hook::XdpGeneric => "xdp-generic-",
         }
     }
 }

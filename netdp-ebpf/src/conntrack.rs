@@ -14,7 +14,6 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     btf_maps::LruHashMap,
     helpers::bpf_ktime_get_coarse_ns,
-    programs::TcContext,
 };
 use netdp_common::{
     conntrack::{CtEntry, CtKey, flags, state, timeout},
@@ -23,6 +22,7 @@ use netdp_common::{
 
 use crate::{
     counters,
+    ctx::Ctx,
     maps::{CONNTRACK, CT_TIMEOUTS, HALF_OPEN},
     parse::{IPPROTO_TCP, Ipv4Frame, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     window,
@@ -191,7 +191,7 @@ fn may_be_half_open(key: &CtKey, tcp_flags: u8) -> bool {
 /// The state of packet `l4`'s flow (`key` its tuple); a tracked packet also
 /// advances its flow ([`track`]).
 #[inline(always)]
-pub fn lookup(ctx: &TcContext, key: &CtKey, l4: &L4) -> CtState {
+pub fn lookup<C: Ctx>(ctx: &C, key: &CtKey, l4: &L4) -> CtState {
     let tcp_flags = l4.tcp_flags;
     if let Some((ptr, entry, now)) = live(&CONNTRACK, key, tcp_flags) {
         if !track(ctx, ptr, entry, now, key, l4) {
@@ -249,7 +249,7 @@ fn answered(e: *mut CtEntry, entry: Entry, now: u32, key: &CtKey, tcp_flags: u8)
 /// complete, as nf_conntrack's ASSURED: both directions move to CONNTRACK, established.
 /// Returns the opening direction's entry to translate the segment with.
 #[inline(always)]
-pub fn complete(ctx: &TcContext, key: &CtKey, l4: &L4) -> Option<CtEntry> {
+pub fn complete<C: Ctx>(ctx: &C, key: &CtKey, l4: &L4) -> Option<CtEntry> {
     let tcp_flags = l4.tcp_flags;
     if tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK {
         return None;
@@ -311,8 +311,8 @@ pub fn lookup_related(quoted: &CtKey) -> CtState {
 /// packet starts the flow anew (a new masquerade port, a backend chosen again) instead of
 /// sharing it.
 #[inline(always)]
-fn track(
-    ctx: &TcContext,
+fn track<C: Ctx>(
+    ctx: &C,
     e: *mut CtEntry,
     entry: &CtEntry,
     now: u32,
@@ -379,7 +379,7 @@ pub enum Claim {
 /// up: that is how ports of forgotten flows are reused before the agent's GC comes by. A
 /// new TCP flow claims it in HALF_OPEN, unless an established flow holds it in CONNTRACK.
 #[inline(always)]
-pub fn claim(ctx: &TcContext, program: Program, key: &CtKey, e: &CtEntry, now: u32) -> Claim {
+pub fn claim<C: Ctx>(ctx: &C, program: Program, key: &CtKey, e: &CtEntry, now: u32) -> Claim {
     if key.proto != IPPROTO_TCP {
         return claim_in(&CONNTRACK, ctx, program, key, e, now);
     }
@@ -406,9 +406,9 @@ fn holds<const N: usize>(table: &Table<N>, key: &CtKey, current: &CtEntry, now: 
 }
 
 #[inline(always)]
-fn claim_in<const N: usize>(
+fn claim_in<C: Ctx, const N: usize>(
     table: &Table<N>,
-    ctx: &TcContext,
+    ctx: &C,
     program: Program,
     key: &CtKey,
     e: &CtEntry,

@@ -1,22 +1,21 @@
 //! Counting what the programs do; one per-CPU slot per (program, reason) and per (program,
 //! event), no atomics.
-use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::bpf_skb_load_bytes,
-    programs::TcContext,
-};
+use core::ffi::c_void;
+
+use aya_ebpf::{bindings::TC_ACT_REDIRECT, programs::TcContext};
 use netdp_common::{
     counters::{Event, Program, Reason, event_index, index},
     monitor::{DropEvent, LISTENERS},
 };
 
 use crate::{
+    ctx::Ctx,
     maps::{COUNTERS, EVENTS, MONITOR},
     parse::{ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 #[inline(always)]
-fn bump(ctx: &TcContext, slot: u32) {
+fn bump<C: Ctx>(ctx: &C, slot: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe {
@@ -27,45 +26,45 @@ fn bump(ctx: &TcContext, slot: u32) {
 }
 
 #[inline(always)]
-pub fn count(ctx: &TcContext, program: Program, reason: Reason) {
+pub fn count<C: Ctx>(ctx: &C, program: Program, reason: Reason) {
     bump(ctx, index(program, reason));
 }
 
 /// Counts something the program set up (a new flow, a reclaimed port); the packet's own
 /// fate is counted by its reason as usual.
 #[inline(always)]
-pub fn event(ctx: &TcContext, program: Program, event: Event) {
+pub fn event<C: Ctx>(ctx: &C, program: Program, event: Event) {
     bump(ctx, event_index(program, event));
 }
 
 /// Hand the packet to the kernel unchanged, counting why.
 #[inline(always)]
-pub fn pass(ctx: &TcContext, program: Program, reason: Reason) -> i32 {
+pub fn pass<C: Ctx>(ctx: &C, program: Program, reason: Reason) -> i32 {
     count(ctx, program, reason);
-    TC_ACT_OK
+    C::PASS
 }
 
 /// Drop the packet, counting why, and telling `netdp monitor` if one listens.
 #[inline(always)]
-pub fn drop(ctx: &TcContext, program: Program, reason: Reason) -> i32 {
+pub fn drop<C: Ctx>(ctx: &C, program: Program, reason: Reason) -> i32 {
     count(ctx, program, reason);
     if MONITOR.get(LISTENERS).is_some_and(|n| *n > 0) {
-        report(ctx.skb.skb, program as u32, reason as u32);
+        report::<C>(ctx.raw(), program as u32, reason as u32);
     }
-    TC_ACT_SHOT
+    C::DROP
 }
 
 /// Writes a drop event. A function of its own (a BPF call), so the many places that drop
 /// share one copy of it instead of each inlining it.
 #[inline(never)]
-fn report(skb: *mut __sk_buff, program: u32, reason: u32) {
+fn report<C: Ctx>(raw: *mut c_void, program: u32, reason: u32) {
     // Written straight into the ring, header bytes loaded into the event itself: the
     // report takes next to none of the stack, which the call chain shares (512 bytes).
     let Some(mut entry) = EVENTS.reserve(0) else {
         return;
     };
-    // SAFETY: the program's own skb.
-    let (ifindex, len) = unsafe { ((*skb).ifindex, (*skb).len) };
+    // SAFETY: the program's own context.
+    let (ifindex, len) = unsafe { C::raw_ifindex_len(raw) };
     let ev = entry.write(DropEvent {
         program,
         reason,
@@ -75,7 +74,7 @@ fn report(skb: *mut __sk_buff, program: u32, reason: u32) {
     });
     let load = |off: usize, to: *mut u8, n: u32| {
         // SAFETY: the helper writes at most `n` bytes at `to`, inside the event.
-        unsafe { bpf_skb_load_bytes(skb as *const _, off as u32, to as *mut _, n) == 0 }
+        unsafe { C::load_raw(raw, off, to, n) }
     };
     // Ethernet type IPv4 (the protocol field doubles as scratch space), then the header.
     let proto_at = &mut ev.proto as *mut u8;

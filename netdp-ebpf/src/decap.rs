@@ -16,6 +16,7 @@ use netdp_common::{
 
 use crate::{
     counters::{drop, pass},
+    ctx::Ctx,
     maps,
     parse::{
         ETH_HLEN, ETH_P_IP, EthHdr, IP_HLEN, IP_OFFSET, IPPROTO_UDP, Ipv4Frame, Ipv4Hdr, UdpHdr,
@@ -38,9 +39,19 @@ pub fn receive(
     frame: &Ipv4Frame,
     node: &NodeConfig,
 ) -> Option<Result<(Reason, Peer), i32>> {
+    let (overhead, reason) = tunnel(ctx, frame, node)?;
     // SAFETY: bounds checked by the parser.
     let ip = unsafe { &*frame.ip };
-    let (overhead, reason) = match node.decap {
+    Some(strip(ctx, ip, node, overhead as usize, reason))
+}
+
+/// Whether `frame` (addressed to this node) is a tunnel packet of this node's backend:
+/// its encapsulation overhead, and the reason its inner packet's delivery counts as.
+#[inline(always)]
+pub fn tunnel(ctx: &impl Ctx, frame: &Ipv4Frame, node: &NodeConfig) -> Option<(u32, Reason)> {
+    // SAFETY: bounds checked by the parser.
+    let ip = unsafe { &*frame.ip };
+    match node.decap {
         decap::VXLAN | decap::UDP => {
             if ip.protocol != IPPROTO_UDP || ip.version_ihl != 0x45 {
                 return None;
@@ -55,20 +66,19 @@ pub fn receive(
                 return None;
             }
             if node.decap == decap::VXLAN {
-                (VXLAN_OVERHEAD, Reason::DecapVxlan)
+                Some((VXLAN_OVERHEAD, Reason::DecapVxlan))
             } else {
-                (UDP_OVERHEAD, Reason::DecapUdp)
+                Some((UDP_OVERHEAD, Reason::DecapUdp))
             }
         }
         decap::IPIP => {
             if ip.protocol != IPPROTO_IPIP || ip.version_ihl != 0x45 {
                 return None;
             }
-            (IPIP_OVERHEAD, Reason::DecapIpip)
+            Some((IPIP_OVERHEAD, Reason::DecapIpip))
         }
-        _ => return None,
-    };
-    Some(strip(ctx, ip, node, overhead as usize, reason))
+        _ => None,
+    }
 }
 
 #[inline(always)]

@@ -8,6 +8,7 @@ use netdp_common::{
     conntrack::flags,
     counters::{Program, Reason},
     endpoint::EndpointKey,
+    node::flags as node_flags,
     peer::Peer,
 };
 
@@ -180,9 +181,12 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
         Ok(f) => f,
         Err(verdict) => return verdict,
     };
+    let node = maps::node();
+    if node.flags & node_flags::DENY_SOURCES != 0 && source::denied(&frame) {
+        return drop(ctx, program, Reason::DeniedSource);
+    }
     // SAFETY: the header was bounds checked by the parser.
     let daddr = unsafe { (*frame.ip).daddr };
-    let node = maps::node();
     let to_node = daddr == node.node_ip;
     if to_node {
         match decap::receive(ctx, &frame, &node) {
@@ -192,7 +196,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
         }
     }
     if source::verifying()
-        && let Err(verdict) = source::underlay(ctx, &frame, to_node)
+        && let Err(verdict) = source::underlay(ctx, program, &frame, to_node)
     {
         return verdict;
     }
@@ -207,7 +211,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     // SAFETY: as above.
     if let Some(ep) = unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) } {
         if source::verifying()
-            && let Err(verdict) = source::outside_to_pod(ctx, &frame)
+            && let Err(verdict) = source::outside_to_pod(ctx, program, &frame)
         {
             return verdict;
         }

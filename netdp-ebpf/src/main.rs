@@ -5,7 +5,8 @@
 //! everything the node receives; `from_host` runs on the peer of the node's gateway device
 //! and sees what the node itself sends into the pod network. They forward by redirect when
 //! the maps say where a packet goes, and hand it to the kernel unchanged otherwise. The
-//! `sock_*` cgroup programs send the node's own connections to services straight to a
+//! `xdp_netdev` runs before `from_netdev` on the underlay (the prefilter, and node port
+//! traffic balanced before an skb exists). The `sock_*` cgroup programs send the node's own connections to services straight to a
 //! backend.
 #![no_std]
 #![no_main]
@@ -14,6 +15,7 @@ mod bench;
 mod conntrack;
 mod counters;
 mod csum;
+mod ctx;
 mod decap;
 mod egress;
 mod encap;
@@ -30,10 +32,11 @@ mod route;
 mod sock;
 mod source;
 mod window;
+mod xdp;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 #[classifier]
@@ -49,6 +52,11 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_host(ctx: TcContext) -> i32 {
     forward::from_host(&ctx)
+}
+
+#[xdp]
+pub fn xdp_netdev(ctx: XdpContext) -> u32 {
+    xdp::netdev(&ctx)
 }
 
 #[cgroup_sock_addr(connect4)]

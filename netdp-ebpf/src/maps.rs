@@ -93,6 +93,11 @@ pub static MONITOR: Array<u32, { capacity::MONITOR as usize }> = Array::new();
 pub static ROUTED_NETWORKS: LpmTrie<Ipv4, u32, { capacity::ROUTED_NETWORKS as usize }> =
     LpmTrie::new();
 
+/// Source networks the XDP prefilter drops (value unused).
+#[btf_map]
+pub static DENIED_SOURCES: LpmTrie<Ipv4, u32, { capacity::DENIED_SOURCES as usize }> =
+    LpmTrie::new();
+
 /// Conntrack lifetimes per state; the agent sets them at load time.
 #[unsafe(no_mangle)]
 pub static CT_TIMEOUTS: Global<[u32; 4]> = Global::new(timeout::DEFAULTS);

@@ -5,10 +5,7 @@
 //!
 //! The kernel's csum helpers are used because they also keep the skb's own checksum state
 //! right (CHECKSUM_PARTIAL from pods, CHECKSUM_COMPLETE from NICs).
-use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    programs::TcContext,
-};
+use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
 use netdp_common::{
     Ipv4,
     conntrack::{CtEntry, CtKey, flags},
@@ -20,6 +17,7 @@ use netdp_common::{
 use crate::{
     conntrack::{self, Claim},
     counters::{self, drop},
+    ctx::Ctx,
     parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP, IPPROTO_TCP, L4, only_syn},
 };
 
@@ -67,7 +65,7 @@ fn l4_csum(l4: &L4) -> (usize, u64, bool) {
 /// `to` (ports in host byte order; for ICMP echo the identifier). Packet pointers are
 /// invalid afterwards.
 #[inline(always)]
-pub fn rewrite(ctx: &TcContext, l4: &L4, from: &CtKey, to: &CtKey) -> Result<(), ()> {
+pub fn rewrite<C: Ctx>(ctx: &C, l4: &L4, from: &CtKey, to: &CtKey) -> Result<(), ()> {
     let (csum, l4_flags, pseudo) = l4_csum(l4);
     let pseudo = pseudo.then_some(csum);
     // The echo identifier stands in for whichever port is not 0.
@@ -94,8 +92,8 @@ pub fn rewrite(ctx: &TcContext, l4: &L4, from: &CtKey, to: &CtKey) -> Result<(),
 /// Replaces an IPv4 address of the outer header at `off`, fixing the IP checksum and, when
 /// given, the L4 checksum at `l4_csum` (whose pseudo-header covers the address).
 #[inline(always)]
-pub fn addr(
-    ctx: &TcContext,
+pub fn addr<C: Ctx>(
+    ctx: &C,
     off: usize,
     l4_csum: Option<usize>,
     old: Ipv4,
@@ -107,17 +105,16 @@ pub fn addr(
         u32::from_ne_bytes(new) as u64,
     );
     if let Some(c) = l4_csum {
-        ctx.l4_csum_replace(c, o, n, BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags)
-            .map_err(|_| ())?;
+        ctx.l4_csum_replace(c, o, n, BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags)?;
     }
-    ctx.l3_csum_replace(IP_CSUM_OFF, o, n, 4).map_err(|_| ())?;
-    ctx.store(off, &new, 0).map_err(|_| ())
+    ctx.l3_csum_replace(IP_CSUM_OFF, o, n, 4)?;
+    ctx.store(off, &new)
 }
 
 /// Replaces a port (host byte order values) at `off`, fixing the L4 checksum at `csum`.
 #[inline(always)]
-pub fn port(
-    ctx: &TcContext,
+pub fn port<C: Ctx>(
+    ctx: &C,
     off: usize,
     csum: usize,
     old: u16,
@@ -125,15 +122,14 @@ pub fn port(
     l4_flags: u64,
 ) -> Result<(), ()> {
     let (old, new) = (old.to_be(), new.to_be());
-    ctx.l4_csum_replace(csum, old as u64, new as u64, 2 | l4_flags)
-        .map_err(|_| ())?;
-    ctx.store(off, &new, 0).map_err(|_| ())
+    ctx.l4_csum_replace(csum, old as u64, new as u64, 2 | l4_flags)?;
+    ctx.store(off, &new)
 }
 
 /// Translates a packet of a tracked flow (either direction, either kind) as its entry `e`
 /// says (from [`conntrack::lookup`]).
 #[inline(always)]
-pub fn follow(ctx: &TcContext, program: Program, key: &CtKey, l4: &L4, e: &CtEntry) -> Outcome {
+pub fn follow<C: Ctx>(ctx: &C, program: Program, key: &CtKey, l4: &L4, e: &CtEntry) -> Outcome {
     match rewrite(ctx, l4, key, &e.nat_tuple(key.proto)) {
         Ok(()) => Outcome::Translated(Translated::of(e)),
         Err(()) => Outcome::Done(drop(ctx, program, Reason::AdjustFailed)),
@@ -146,8 +142,8 @@ pub fn follow(ctx: &TcContext, program: Program, key: &CtKey, l4: &L4, e: &CtEnt
 /// `None` when `PORT_PROBES` candidates are all taken.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn allocate(
-    ctx: &TcContext,
+pub fn allocate<C: Ctx>(
+    ctx: &C,
     program: Program,
     key: &CtKey,
     mut to: CtKey,
@@ -175,8 +171,8 @@ pub fn allocate(
 /// port of its range no other flow uses towards the same remote address and port, with the
 /// flow's two conntrack entries. The caller has looked the flow up already.
 #[inline(always)]
-pub fn masquerade(
-    ctx: &TcContext,
+pub fn masquerade<C: Ctx>(
+    ctx: &C,
     program: Program,
     key: &CtKey,
     l4: &L4,

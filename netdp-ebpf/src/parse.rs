@@ -1,6 +1,8 @@
 //! Header layouts and bounds-checked access to them.
 use aya_ebpf::programs::TcContext;
 
+use crate::ctx::Ctx;
+
 pub const ETH_HLEN: usize = 14;
 pub const IP_HLEN: usize = 20;
 /// Smallest TCP, UDP and ICMP headers.
@@ -101,7 +103,7 @@ pub struct IcmpHdr {
 
 /// A pointer to a `T` at `offset` in the packet, if the packet is long enough.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl Ctx, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -159,7 +161,7 @@ pub enum Parsed {
 /// Parses Ethernet + IPv4. Options and fragments are accepted here; callers that need L4
 /// decide what to do with them.
 #[inline(always)]
-pub fn ipv4(ctx: &TcContext) -> Parsed {
+pub fn ipv4<C: Ctx>(ctx: &C) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Malformed;
     };
@@ -227,7 +229,7 @@ pub enum Transport {
 
 /// Reads the transport header of a parsed IPv4 frame.
 #[inline(always)]
-pub fn transport(ctx: &TcContext, frame: &Ipv4Frame) -> Transport {
+pub fn transport<C: Ctx>(ctx: &C, frame: &Ipv4Frame) -> Transport {
     // SAFETY: the IP header was bounds checked by the parser.
     let (vihl, frag, proto, tot_len) = unsafe {
         (

@@ -4,7 +4,7 @@
 //! `--routed-networks`); a tunnel carries only its sending peer's pods. Without these
 //! checks a pod or an outside host could spoof any address: reach pods past the tunnel
 //! checks, and poison conntrack and session affinity.
-use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::btf_maps::lpm_trie::Key;
 use netdp_common::{
     counters::{Program, Reason},
     endpoint::EndpointKey,
@@ -13,16 +13,16 @@ use netdp_common::{
     route::{flags, mode},
 };
 
-use crate::{counters::drop, maps, parse::Ipv4Frame};
+use crate::{counters::drop, ctx::Ctx, maps, parse::Ipv4Frame};
 
 /// A pod's packet (on its host-side veth, `from_pod`): the source address must be an
 /// endpoint of this node attached to this very veth, and the source MAC that endpoint's.
 /// One ENDPOINTS lookup.
 #[inline(always)]
-pub fn pod(ctx: &TcContext, frame: &Ipv4Frame) -> Result<(), i32> {
+pub fn pod<C: Ctx>(ctx: &C, frame: &Ipv4Frame) -> Result<(), i32> {
     // SAFETY: headers bounds checked by the parser; our own skb.
-    let (saddr, smac, ifindex) =
-        unsafe { ((*frame.ip).saddr, (*frame.eth).src, (*ctx.skb.skb).ifindex) };
+    let ((saddr, smac), ifindex) =
+        (unsafe { ((*frame.ip).saddr, (*frame.eth).src) }, ctx.ifindex());
     // SAFETY: the value is only read.
     match unsafe { maps::ENDPOINTS.get(EndpointKey { addr: saddr }) } {
         Some(ep) if ep.ifindex == ifindex && ep.mac == smac => Ok(()),
@@ -38,7 +38,12 @@ pub fn pod(ctx: &TcContext, frame: &Ipv4Frame) -> Result<(), i32> {
 /// plain only from a peer routed directly. Sources outside the cluster are checked where
 /// they reach a pod untranslated ([`outside_to_pod`]).
 #[inline(always)]
-pub fn underlay(ctx: &TcContext, frame: &Ipv4Frame, to_node: bool) -> Result<(), i32> {
+pub fn underlay<C: Ctx>(
+    ctx: &C,
+    program: Program,
+    frame: &Ipv4Frame,
+    to_node: bool,
+) -> Result<(), i32> {
     // SAFETY: headers bounds checked by the parser.
     let (saddr, smac) = unsafe { ((*frame.ip).saddr, (*frame.eth).src) };
     if !in_cluster(saddr) {
@@ -50,34 +55,26 @@ pub fn underlay(ctx: &TcContext, frame: &Ipv4Frame, to_node: bool) -> Result<(),
             return Ok(());
         }
     }
-    Err(drop(
-        ctx,
-        Program::FromNetdev,
-        Reason::UnderlayForeignSource,
-    ))
+    Err(drop(ctx, program, Reason::UnderlayForeignSource))
 }
 
 /// A plain packet from the underlay that reaches a pod here untranslated: from outside the
 /// cluster only out of a network `--routed-networks` lets reach pods (a cluster source
 /// passed [`underlay`] already).
 #[inline(always)]
-pub fn outside_to_pod(ctx: &TcContext, frame: &Ipv4Frame) -> Result<(), i32> {
+pub fn outside_to_pod<C: Ctx>(ctx: &C, program: Program, frame: &Ipv4Frame) -> Result<(), i32> {
     // SAFETY: the header was bounds checked by the parser.
     let saddr = unsafe { (*frame.ip).saddr };
     if in_cluster(saddr) || maps::ROUTED_NETWORKS.get(&Key::new(32, saddr)).is_some() {
         return Ok(());
     }
-    Err(drop(
-        ctx,
-        Program::FromNetdev,
-        Reason::UnderlayForeignSource,
-    ))
+    Err(drop(ctx, program, Reason::UnderlayForeignSource))
 }
 
 /// A decapsulated packet: its inner source must lie in the subnet of the peer that sent
 /// the tunnel packet.
 #[inline(always)]
-pub fn decapsulated(ctx: &TcContext, frame: &Ipv4Frame, peer: &Peer) -> Result<(), i32> {
+pub fn decapsulated<C: Ctx>(ctx: &C, frame: &Ipv4Frame, peer: &Peer) -> Result<(), i32> {
     // SAFETY: the header was bounds checked by the parser.
     let saddr = u32::from_be_bytes(unsafe { (*frame.ip).saddr });
     let len = peer.prefix_len.min(32);
@@ -87,6 +84,14 @@ pub fn decapsulated(ctx: &TcContext, frame: &Ipv4Frame, peer: &Peer) -> Result<(
     } else {
         Err(drop(ctx, Program::FromNetdev, Reason::DecapSpoofedSource))
     }
+}
+
+/// Whether the frame's source is in the deny list (`--deny-sources`).
+#[inline(always)]
+pub fn denied(frame: &Ipv4Frame) -> bool {
+    // SAFETY: the header was bounds checked by the parser.
+    let saddr = unsafe { (*frame.ip).saddr };
+    maps::DENIED_SOURCES.get(&Key::new(32, saddr)).is_some()
 }
 
 /// Whether this node verifies sources (a load-time constant: with

@@ -8,10 +8,12 @@
 //! to [`SLACK`] ahead. Linux bounds it by the advertised windows instead, whose scale sits
 //! in SYN options this dataplane does not parse; the bound here is as wide as Linux's
 //! largest default receive window and no wider.
-use aya_ebpf::programs::TcContext;
 use netdp_common::conntrack::CtEntry;
 
-use crate::parse::{ETH_HLEN, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr};
+use crate::{
+    ctx::Ctx,
+    parse::{ETH_HLEN, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr},
+};
 
 /// Sequence space behind the next sequence number a RST may carry: the data in flight,
 /// which a receive window bounds (Linux's default largest, `tcp_rmem`, is 6 MiB).
@@ -75,18 +77,11 @@ fn in_window(seq: u32, next: u32) -> bool {
 /// otherwise the direction's next sequence number moves on. Out of line: inlined, it would
 /// not fit in the programs' frames, which are near the verifier's 512 bytes.
 #[inline(never)]
-pub fn follow(ctx: &TcContext, e: *mut CtEntry, off: usize, tcp_flags: u8) -> bool {
+pub fn follow<C: Ctx>(ctx: &C, e: *mut CtEntry, off: usize, tcp_flags: u8) -> bool {
     // Volatile reads: otherwise LLVM hands this function the loaded values instead of the
     // context (argument promotion), and the verifier refuses arithmetic on a packet end
     // that arrives as a plain argument.
-    let skb = ctx.skb.skb;
-    // SAFETY: the program's own skb.
-    let (start, end) = unsafe {
-        (
-            core::ptr::read_volatile(&(*skb).data) as usize,
-            core::ptr::read_volatile(&(*skb).data_end) as usize,
-        )
-    };
+    let (start, end) = ctx.bounds_volatile();
     let Some(seg) = segment(start, end, off, tcp_flags) else {
         return false;
     };

@@ -1,18 +1,27 @@
 //! Crafting and checking packets for BPF_PROG_TEST_RUN tests and benchmarks, and running
-//! a tc program on one.
+//! a tc or XDP program on one.
 use std::net::Ipv4Addr;
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 
 /// tc verdicts a program returns.
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
-/// Runs the loaded tc program `prog` once on `frame` with BPF_PROG_TEST_RUN (`ctx`: an
-/// `__sk_buff` to start from, if any): its verdict and the frame as the program left it.
-/// A redirect is decided but never carried out.
-pub fn test_run(prog: &mut SchedClassifier, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
+/// XDP verdicts (`enum xdp_action`).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// Runs the loaded tc or XDP program `prog` once on `frame` with BPF_PROG_TEST_RUN
+/// (`ctx`: an `__sk_buff` or `xdp_md` to start from, if any): its verdict and the frame as
+/// the program left it. A redirect or XDP_TX is decided but never carried out.
+pub fn test_run<P>(prog: &P, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     // Room for what the program may push (encapsulation, an ICMP error's headers).
     let mut out = vec![0u8; frame.len() + 256];
     let res = prog

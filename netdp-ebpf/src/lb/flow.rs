@@ -3,7 +3,6 @@
 //! translated, and creates the flow's two conntrack entries. Later packets, replies and
 //! ICMP errors follow those entries (`conntrack::lookup`, then `nat::follow` or
 //! `icmp::translate_error`).
-use aya_ebpf::programs::TcContext;
 use netdp_common::{
     conntrack::{CtKey, flags},
     counters::{Event, Program, Reason},
@@ -13,21 +12,46 @@ use netdp_common::{
 use crate::{
     conntrack::{self, Claim},
     counters::{self, drop},
+    ctx::Ctx,
     icmp,
     maps::LB_CONFIG,
     nat::{self, Outcome, Translated},
     parse::{IPPROTO_TCP, L4, only_syn},
 };
 
-/// The first packet of a flow (conntrack knows none) to a frontend, if `key` is one's.
+/// The first packet of a flow (conntrack knows none) to a frontend, if `key` is one's:
+/// its flow opened and the packet rewritten.
 #[inline(always)]
-pub fn new_flow(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey) -> Outcome {
+pub fn new_flow<C: Ctx>(ctx: &C, program: Program, l4: &L4, key: &CtKey) -> Outcome {
+    match open(ctx, program, l4, key) {
+        Flow::Opened(to, t) => match nat::rewrite(ctx, l4, key, &to) {
+            Ok(()) => Outcome::Translated(t),
+            Err(()) => Outcome::Done(drop(ctx, program, Reason::AdjustFailed)),
+        },
+        Flow::Not(outcome) => outcome,
+    }
+}
+
+/// A flow [`open`] started or completed, the packet not rewritten yet: XDP first makes
+/// sure it can send the packet on (tc follows the entries if it cannot).
+pub enum Flow {
+    /// The tuple the packet is to be rewritten to, and how it goes on.
+    Opened(CtKey, Translated),
+    /// No flow: the outcome for the packet as it is.
+    Not(Outcome),
+}
+
+/// Opens the flow of the first packet to a frontend (its backend chosen, its entries
+/// written), or completes a half-open one with the client's ACK; `Not` when `key` is no
+/// frontend's or the packet cannot start a flow.
+#[inline(always)]
+pub fn open<C: Ctx>(ctx: &C, program: Program, l4: &L4, key: &CtKey) -> Flow {
     if !may_be_frontend(key.daddr) {
-        return Outcome::Untouched;
+        return Flow::Not(Outcome::Untouched);
     }
     match super::frontend(key) {
         Some(fe) => start(ctx, program, l4, key, &fe),
-        None => Outcome::Untouched,
+        None => Flow::Not(Outcome::Untouched),
     }
 }
 
@@ -42,9 +66,11 @@ fn may_be_frontend(daddr: [u8; 4]) -> bool {
 }
 
 #[inline(always)]
-fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend) -> Outcome {
+fn start<C: Ctx>(ctx: &C, program: Program, l4: &L4, key: &CtKey, fe: &Frontend) -> Flow {
+    let done = |verdict| Flow::Not(Outcome::Done(verdict));
     // Node ports, external and load-balancer IPs reached from outside the node.
-    let external = program == Program::FromNetdev && fe.flags & frontend_flags::EXTERNAL != 0;
+    let external = (program == Program::FromNetdev || program == Program::Xdp)
+        && fe.flags & frontend_flags::EXTERNAL != 0;
     // externalTrafficPolicy Local binds traffic from outside only (pods reaching a node
     // port get every backend, as with kube-proxy); internalTrafficPolicy Local binds all
     // of a cluster IP's.
@@ -55,19 +81,23 @@ fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
     // exception is the ACK completing a half-open flow's handshake.
     if l4.proto == IPPROTO_TCP && !only_syn(l4.tcp_flags) {
         return match conntrack::complete(ctx, key, l4) {
-            Some(e) => nat::follow(ctx, program, key, l4, &e),
-            None => Outcome::Done(drop(ctx, program, Reason::ServiceNotSyn)),
+            Some(e) => Flow::Opened(e.nat_tuple(key.proto), Translated::of(&e)),
+            None => done(drop(ctx, program, Reason::ServiceNotSyn)),
         };
     }
     if fe.count == 0 {
-        return Outcome::Done(icmp::reject(ctx, program, l4));
+        // Answered with an ICMP error, which only tc can build: XDP leaves it to tc.
+        return match ctx.as_tc() {
+            Some(tc) => done(icmp::reject(tc, program, l4)),
+            None => Flow::Not(Outcome::Untouched),
+        };
     }
     if local_only && fe.local_count == 0 {
-        return Outcome::Done(drop(ctx, program, Reason::ServiceNoLocalBackend));
+        return done(drop(ctx, program, Reason::ServiceNoLocalBackend));
     }
     let now = conntrack::now();
     let Some(be) = super::select(fe, key, local_only, now) else {
-        return Outcome::Done(drop(ctx, program, Reason::ServiceBadBackend));
+        return done(drop(ctx, program, Reason::ServiceBadBackend));
     };
     // A pod reaching itself through its service would see its own address as the source
     // (a martian it drops), and replies from a remote backend to an outside client must come
@@ -78,9 +108,8 @@ fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
         dport: fe.target_port,
         ..*key
     };
-    let ifindex = if program == Program::FromNetdev {
-        // SAFETY: reading our own skb.
-        unsafe { (*ctx.skb.skb).ifindex }
+    let ifindex = if program == Program::FromNetdev || program == Program::Xdp {
+        ctx.ifindex()
     } else {
         0
     };
@@ -93,16 +122,16 @@ fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
             Claim::Claimed => claimed = true,
             Claim::Taken => {}
             Claim::Failed => {
-                return Outcome::Done(drop(ctx, program, Reason::ServiceConntrackFull));
+                return done(drop(ctx, program, Reason::ServiceConntrackFull));
             }
         }
     }
     if !claimed {
         let Some(cfg) = LB_CONFIG.get(0) else {
-            return Outcome::Done(drop(ctx, program, Reason::ServiceSnatExhausted));
+            return done(drop(ctx, program, Reason::ServiceSnatExhausted));
         };
         if cfg.snat_addr == [0; 4] {
-            return Outcome::Done(drop(ctx, program, Reason::ServiceSnatExhausted));
+            return done(drop(ctx, program, Reason::ServiceSnatExhausted));
         }
         to.saddr = cfg.snat_addr;
         reply.flags |= flags::SNAT;
@@ -119,22 +148,19 @@ fn start(ctx: &TcContext, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
                 now,
             ) {
                 Some(to) => to,
-                None => return Outcome::Done(drop(ctx, program, Reason::ServiceSnatExhausted)),
+                None => return done(drop(ctx, program, Reason::ServiceSnatExhausted)),
             },
             Claim::Failed => {
-                return Outcome::Done(drop(ctx, program, Reason::ServiceConntrackFull));
+                return done(drop(ctx, program, Reason::ServiceConntrackFull));
             }
         };
     }
     let Ok((to, forward)) = conntrack::open(key, &to, &reply) else {
-        return Outcome::Done(drop(ctx, program, Reason::ServiceConntrackFull));
+        return done(drop(ctx, program, Reason::ServiceConntrackFull));
     };
-    if nat::rewrite(ctx, l4, key, &to).is_err() {
-        return Outcome::Done(drop(ctx, program, Reason::AdjustFailed));
-    }
     counters::event(ctx, program, Event::ServiceFlow);
     if forward.flags & flags::SNAT != 0 {
         counters::event(ctx, program, Event::ServiceSnat);
     }
-    Outcome::Translated(Translated::of(&forward))
+    Flow::Opened(to, Translated::of(&forward))
 }

@@ -5,5 +5,5 @@
 mod flow;
 mod select;
 
-pub use flow::new_flow;
+pub use flow::{Flow, new_flow, open};
 pub use select::{frontend, select};

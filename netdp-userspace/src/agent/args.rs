@@ -85,6 +85,8 @@ pub struct AgentArgs {
     pub conntrack: conntrack::ConntrackArgs,
     #[command(flatten)]
     pub underlay: super::underlay::UnderlayArgs,
+    #[command(flatten)]
+    pub xdp: super::xdp::XdpArgs,
 }
 
 /// An address to listen on, or none ("off").

@@ -42,6 +42,7 @@ mod routes;
 pub mod services;
 mod subnets;
 pub mod underlay;
+pub mod xdp;
 
 pub use args::{AgentArgs, Listen};
 use gateway::ensure_gateway;
@@ -313,9 +314,12 @@ fn load_dataplane(
     }
     args.underlay.node_flags(&mut node_config);
     args.underlay.check(config)?;
+    args.xdp.node_flags(&mut node_config);
+    args.xdp.check(config)?;
     let mut dp = Dataplane::load_for(crate::ebpf_object(), Some(pins), &sizes, &node_config)?;
     args.underlay.program(&mut dp)?;
     let installed = dp.install(pins, &link.name)?;
+    args.xdp.install(&mut dp, pins, &link.name)?;
     info!(
         "dataplane at {}: underlay {} {}, {} pod links adopted, {} stale removed",
         pins.dir().display(),

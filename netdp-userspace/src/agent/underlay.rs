@@ -14,7 +14,7 @@ use netdp_common::{
 
 use crate::{
     config::NetworkConfig,
-    dataplane::{Dataplane, routed::RoutedNetworks},
+    dataplane::{Dataplane, networks::NetworkSet},
     service::addresses::parse_range,
 };
 
@@ -95,8 +95,8 @@ impl UnderlayArgs {
 
     /// Writes the routed networks into the programs' map.
     pub fn program(&self, dp: &mut Dataplane) -> Result<()> {
-        let mut map =
-            RoutedNetworks::from_map(dp.take_map(netdp_common::map_names::ROUTED_NETWORKS)?)?;
+        let name = netdp_common::map_names::ROUTED_NETWORKS;
+        let mut map = NetworkSet::from_map(dp.take_map(name)?, name)?;
         let desired: BTreeSet<_> = self.routed_networks.iter().copied().collect();
         map.set(&desired)?;
         if !desired.is_empty() {

@@ -23,9 +23,9 @@ use netdp::{
         counters::CounterMap,
         endpoint::EndpointMap,
         lb::{FrontendPlan, Lb, LbMaps, ServicePlan, frontend_key},
+        networks::NetworkSet,
         peer::PeerMap,
         route::{RouteMap, Underlay, entry_for, mode_for},
-        routed::RoutedNetworks,
     },
     lease::LeaseAttrs,
     netlink::Link,
@@ -163,7 +163,8 @@ pub struct Fixture {
     pub peers: PeerMap,
     pub counters: CounterMap,
     pub conntrack: ConntrackMap,
-    pub routed_networks: RoutedNetworks,
+    pub routed_networks: NetworkSet,
+    pub denied_sources: NetworkSet,
     /// The service maps' writer; nothing is written until a test applies a service.
     pub lb: Lb,
 }
@@ -187,8 +188,16 @@ impl Fixture {
         let counters = CounterMap::from_map(take(&mut dp, map_names::COUNTERS))
             .expect("COUNTERS is the counter map");
         let conntrack = ConntrackMap::take(&mut dp).expect("CONNTRACK and HALF_OPEN");
-        let routed_networks = RoutedNetworks::from_map(take(&mut dp, map_names::ROUTED_NETWORKS))
-            .expect("ROUTED_NETWORKS is the routed network map");
+        let routed_networks = NetworkSet::from_map(
+            take(&mut dp, map_names::ROUTED_NETWORKS),
+            map_names::ROUTED_NETWORKS,
+        )
+        .expect("ROUTED_NETWORKS is the routed network map");
+        let denied_sources = NetworkSet::from_map(
+            take(&mut dp, map_names::DENIED_SOURCES),
+            map_names::DENIED_SOURCES,
+        )
+        .expect("DENIED_SOURCES is a network map");
         let lb = Lb::new(
             LbMaps::take(&mut dp).expect("the object has the service maps"),
             16381,
@@ -202,6 +211,7 @@ impl Fixture {
             counters,
             conntrack,
             routed_networks,
+            denied_sources,
             lb,
         }
     }
@@ -267,6 +277,13 @@ impl Fixture {
             .program(prog)
             .unwrap_or_else(|e| panic!("program {prog}: {e:#}"));
         packet::test_run(prog, frame, ctx)
+    }
+
+    /// Runs the XDP program on `frame` (arriving on lo, BPF_PROG_TEST_RUN's device): its
+    /// verdict and the frame it leaves.
+    pub fn run_xdp(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog = self.dp.xdp().unwrap_or_else(|e| panic!("{e:#}"));
+        packet::test_run(prog, frame, None)
     }
 
     /// Packets program `p` counted for `r`.

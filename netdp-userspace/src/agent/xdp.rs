@@ -1,0 +1,83 @@
+//! The agent's XDP flags: which mode the XDP program runs in on the underlay (`--xdp`),
+//! and the prefilter's deny list (`--deny-sources`).
+use std::collections::BTreeSet;
+
+use anyhow::{Result, bail};
+use ipnetwork::Ipv4Network;
+use log::info;
+use netdp_common::{
+    map_names,
+    node::{NodeConfig, flags},
+};
+
+use crate::{
+    config::NetworkConfig,
+    dataplane::{Dataplane, Pins, networks::NetworkSet, xdp::XdpMode},
+    service::addresses::parse_range,
+};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct XdpArgs {
+    /// XDP on the underlay interface: `native` runs the prefilter and node port, external
+    /// and load-balancer IP traffic to remote backends in the driver, before the kernel
+    /// allocates an skb (where the driver has no native XDP, XDP is off, with a warning);
+    /// `generic` runs it after the skb is built (any driver); `off` leaves it all to tc.
+    #[arg(long = "xdp", env = "NETDP_XDP", default_value = "native")]
+    pub xdp: XdpMode,
+    /// Source networks to drop before anything else looks at their packets
+    /// (comma-separated CIDRs): at XDP, or at tc when XDP is off. Counted as
+    /// denied_source.
+    #[arg(
+        long = "deny-sources",
+        env = "NETDP_DENY_SOURCES",
+        value_delimiter = ',',
+        value_parser = parse_range
+    )]
+    pub deny_sources: Vec<Ipv4Network>,
+}
+
+impl XdpArgs {
+    /// Refuses a deny list that would cut pods off from each other (peers' pods are
+    /// checked against their leases instead).
+    pub fn check(&self, config: &NetworkConfig) -> Result<()> {
+        for net in &self.deny_sources {
+            if net.overlaps(config.network) {
+                bail!(
+                    "--deny-sources {net} overlaps the cluster Network {}: pods would lose \
+                     each other",
+                    config.network
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The node flags these settings stand for: tc checks the deny list too (it sees only
+    /// what XDP passed, or everything when XDP is off), so it holds in every mode.
+    pub fn node_flags(&self, node: &mut NodeConfig) {
+        if !self.deny_sources.is_empty() {
+            node.flags |= flags::DENY_SOURCES;
+        }
+    }
+
+    /// Writes the deny list and attaches XDP; the mode XDP runs in.
+    pub fn install(&self, dp: &mut Dataplane, pins: &Pins, netdev: &str) -> Result<XdpMode> {
+        let name = map_names::DENIED_SOURCES;
+        let mut map = NetworkSet::from_map(dp.take_map(name)?, name)?;
+        let desired: BTreeSet<_> = self.deny_sources.iter().copied().collect();
+        map.set(&desired)?;
+        if !desired.is_empty() {
+            info!(
+                "dropping packets from {}",
+                desired
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let mode = dp.attach_xdp(pins, netdev, self.xdp)?;
+        info!("XDP on {netdev}: {}", mode.name());
+        Ok(mode)
+    }
+}
