@@ -67,16 +67,18 @@ pub(crate) fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .with_context(|| format!("program {XDP_NETDEV} is not an XDP program"))
 }
 
-/// The mode XDP runs in on `netdev` as the pins say (what `netdp status` shows).
-pub fn attached(pins: &Pins, netdev: &str) -> XdpMode {
+/// The mode XDP runs in as the pins say, and on which interface (what `netdp status`
+/// shows); `Off` and `None` when no XDP link is pinned.
+pub fn attached(pins: &Pins) -> (XdpMode, Option<String>) {
     for mode in [XdpMode::Native, XdpMode::Generic] {
         if let Some(hook) = mode.hook()
-            && pins.link(hook, netdev).exists()
+            && let Ok(links) = pins.links(hook)
+            && let Some((ifname, _)) = links.into_iter().next()
         {
-            return mode;
+            return (mode, Some(ifname));
         }
     }
-    XdpMode::Off
+    (XdpMode::Off, None)
 }
 
 impl Dataplane {

@@ -21,8 +21,10 @@ use crate::{counters::drop, ctx::Ctx, maps, parse::Ipv4Frame};
 #[inline(always)]
 pub fn pod<C: Ctx>(ctx: &C, frame: &Ipv4Frame) -> Result<(), i32> {
     // SAFETY: headers bounds checked by the parser; our own skb.
-    let ((saddr, smac), ifindex) =
-        (unsafe { ((*frame.ip).saddr, (*frame.eth).src) }, ctx.ifindex());
+    let ((saddr, smac), ifindex) = (
+        unsafe { ((*frame.ip).saddr, (*frame.eth).src) },
+        ctx.ifindex(),
+    );
     // SAFETY: the value is only read.
     match unsafe { maps::ENDPOINTS.get(EndpointKey { addr: saddr }) } {
         Some(ep) if ep.ifindex == ifindex && ep.mac == smac => Ok(()),

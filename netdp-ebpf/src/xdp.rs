@@ -11,7 +11,9 @@
 //! packet untranslated: tc finds the flow's entries and follows them, so behaviour is the
 //! same with XDP and without.
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibLookup, xdp_action},
+    bindings::{
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup as FibLookup, xdp_action,
+    },
     btf_maps::lpm_trie::Key,
     helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
@@ -148,7 +150,9 @@ fn egress(ctx: &XdpContext, to: &CtKey) -> Option<Egress> {
     fib(ctx, to)
 }
 
-/// The kernel's route and neighbour for `to` (bpf_fib_lookup): the client's next hop.
+/// The kernel's route and neighbour for `to` (bpf_fib_lookup): the client's next hop, out
+/// of the interface the flow came in on. Looked up as the node's own output (it is the
+/// node's reply, from its address), so the node needs no IP forwarding for it.
 #[inline(always)]
 fn fib(ctx: &XdpContext, to: &CtKey) -> Option<Egress> {
     // SAFETY: a plain C struct, all zeroes is valid.
@@ -167,7 +171,7 @@ fn fib(ctx: &XdpContext, to: &CtKey) -> Option<Egress> {
             ctx.ctx as *mut _,
             &mut p,
             core::mem::size_of::<FibLookup>() as i32,
-            0,
+            BPF_FIB_LOOKUP_OUTPUT,
         )
     };
     (ret == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(Egress {

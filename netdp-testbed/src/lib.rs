@@ -21,6 +21,7 @@ pub mod hold;
 pub mod kube_api;
 pub mod netns;
 pub mod packet;
+mod peer_xdp;
 pub mod process;
 pub mod services;
 pub mod testbed;

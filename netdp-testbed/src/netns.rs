@@ -145,6 +145,55 @@ pub fn in_netns<T: Send + 'static>(
     }))
 }
 
+/// Turns transmit checksum offload off for `dev` of namespace `ns` (ethtool's
+/// ETHTOOL_STXCSUM; the ethtool tool is not installed here, and this one ioctl is all that
+/// is needed of it): the kernel then completes every checksum before the frame leaves, as
+/// a physical wire carries them. A node's XDP program sees frames before any skb exists,
+/// so a veth that hands it a locally sent packet's partial checksum (CHECKSUM_PARTIAL, the
+/// pseudo-header sum only) would have it forward an invalid one.
+pub fn tx_checksum_off(ns: &str, dev: &str) -> Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let dev = dev.to_string();
+    if dev.len() >= libc::IFNAMSIZ {
+        bail!("interface name {dev:?} too long");
+    }
+    join(in_netns(ns, move || {
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_STXCSUM,
+            data: 0,
+        };
+        // SAFETY: all-zero is a valid ifreq.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in ifr.ifr_name.iter_mut().zip(dev.bytes()) {
+            *d = s as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_data = &mut value as *mut EthtoolValue as *mut libc::c_char;
+        // SAFETY: plain syscalls; the ifreq and the value outlive the ioctl.
+        let rc = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            if fd < 0 {
+                bail!("socket: {}", std::io::Error::last_os_error());
+            }
+            let rc = libc::ioctl(fd, SIOCETHTOOL, &mut ifr);
+            libc::close(fd);
+            rc
+        };
+        if rc != 0 {
+            bail!(
+                "turning checksum offload off for {dev}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    })?)
+}
+
 /// Joins a thread started by [`in_netns`].
 pub fn join<T>(h: std::thread::JoinHandle<Result<T>>) -> Result<T> {
     h.join().map_err(|_| anyhow!("thread panicked"))?

@@ -63,6 +63,8 @@ pub struct Testbed {
     pub router_ns: Option<String>,
     pub outside_ns: Option<String>,
     pub ctl_ns: String,
+    /// The program the underlay's ends of node veths run (loaded with the first node).
+    pub(crate) peer_xdp: std::sync::OnceLock<crate::peer_xdp::PeerXdp>,
 }
 
 fn run_id() -> String {
@@ -112,6 +114,7 @@ impl Testbed {
             etcd_cluster: None,
             nodes: Vec::new(),
             spec: spec.clone(),
+            peer_xdp: std::sync::OnceLock::new(),
         };
         tb.build().context("building the testbed")?;
         Ok(tb)

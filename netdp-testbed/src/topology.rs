@@ -189,6 +189,23 @@ impl Testbed {
         Ok(())
     }
 
+    /// Makes the far end `dev` (in `ns`) of a node's veth behave like a wire into a NIC:
+    /// frames towards the node carry complete checksums, and frames the node's XDP sends
+    /// back are delivered (`peer_xdp`).
+    fn wire_end(&self, ns: &str, dev: &str) -> Result<()> {
+        netns::tx_checksum_off(ns, dev)?;
+        self.peer_xdp()?.attach(ns, dev)
+    }
+
+    /// The peers' XDP program, loaded on first use.
+    fn peer_xdp(&self) -> Result<&crate::peer_xdp::PeerXdp> {
+        if let Some(p) = self.peer_xdp.get() {
+            return Ok(p);
+        }
+        let p = crate::peer_xdp::PeerXdp::load()?;
+        Ok(self.peer_xdp.get_or_init(|| p))
+    }
+
     /// A veth pair with ends in two of our namespaces.
     fn veth(&self, ns_a: &str, a: &str, ns_b: &str, b: &str) -> Result<()> {
         netns::ip(&[
@@ -375,6 +392,7 @@ impl Testbed {
     ) -> Result<(Ipv4Addr, Ipv4Addr)> {
         let pfx = underlay_prefix(n.underlay);
         self.plug(n.underlay, &n.name, ns, "eth0")?;
+        self.wire_end(&self.underlay_ns, &n.name)?;
         let ip: Ipv4Addr = format!("{pfx}.{host}").parse()?;
         let gw = format!("{pfx}.1");
         address_host(ns, ip, needs_router.then_some(gw.as_str()))?;
@@ -401,6 +419,7 @@ impl Testbed {
             &format!("{pfx}.1"),
         ])?;
         self.veth(&gw, "lan", ns, "eth0")?;
+        self.wire_end(&gw, "lan")?;
         let lan = format!("172.16.{k}");
         netns::ip(&[
             "-n",

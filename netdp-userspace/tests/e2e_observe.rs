@@ -147,6 +147,8 @@ fn readyz_waits_for_the_first_sync_and_metrics_count_what_was_sent() -> Result<(
     let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(status["ready"], true, "{status}");
     assert_eq!(status["dataplane"]["routes"], 1, "{status}");
+    assert_eq!(status["dataplane"]["xdp"]["mode"], "native", "{status}");
+    assert_eq!(status["dataplane"]["xdp"]["interface"], "eth0", "{status}");
     assert!(sample(&after, "netdp_lease_expires_in_seconds", &[]) > 23.0 * 3600.0);
     Ok(())
 }

@@ -10,8 +10,8 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::{
-    ADJACENT_PEER_MAC, Fixture, GATEWAY, NODE_IP, ROUTER, ROUTER_MAC, TEST_RUN_IFINDEX,
-    UNDERLAY_MAC, direct_route, local, node_port, outer_from_peer, plan, pod_mac, remote, veth_mac,
+    ADJACENT_PEER_MAC, Fixture, GATEWAY, NODE_IP, ROUTER, ROUTER_MAC, UNDERLAY_MAC, direct_route,
+    local, node_port, outer_from_peer, plan, pod_mac, remote, veth_mac,
 };
 use netdp_common::{
     counters::{Event, Program, Reason},
@@ -22,7 +22,7 @@ use netdp_testbed::{
     netns,
     packet::{
         self, IPPROTO_TCP, IPPROTO_UDP, Ipv4View, PacketSpec, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS,
-        XDP_REDIRECT, XDP_TX,
+        XDP_TX,
     },
 };
 
@@ -42,15 +42,15 @@ fn node() -> NodeConfig {
     }
 }
 
-/// A node with a local backend pod and the route to the peer running the remote one. The
-/// route leaves by lo, where BPF_PROG_TEST_RUN delivers XDP frames: the next hop is out
-/// of the interface the packet came in on, so XDP answers XDP_TX.
-fn fixture(node: &NodeConfig) -> Fixture {
+/// A node with a local backend pod and the route to the peer running the remote one, out
+/// of `underlay` (the test namespace's interface, where the frames arrive): the next hop
+/// is out of the interface the packet came in on, so XDP answers XDP_TX.
+fn fixture(node: &NodeConfig, underlay: u32) -> Fixture {
     let mut f = Fixture::load(node);
     f.lb.set_config(GATEWAY, 0).expect("writing LB_CONFIG");
     f.add_pod(LOCAL_BACKEND, 42, pod_mac(3), veth_mac(3));
     let route = netdp_common::route::Route {
-        ifindex: TEST_RUN_IFINDEX,
+        ifindex: underlay,
         ..direct_route()
     };
     f.set_routes(&[("10.1.2.0/24", route)]);
@@ -73,19 +73,24 @@ fn from_router(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) 
     }
 }
 
-/// A network namespace this thread enters for the test, removed when dropped: lo (where
-/// test runs arrive) forwards, and a veth towards the router at [`ROUTER`] (neighbour
-/// entry [`ROUTER_MAC`]) carries the route to the outside clients, so bpf_fib_lookup
-/// finds their next hop here and not in the machine's own tables.
-struct TestNs(String);
+/// A network namespace this thread enters for the test, removed when dropped: its veth
+/// `up0` is the node's underlay, where test frames arrive, towards the router at
+/// [`ROUTER`] (neighbour entry [`ROUTER_MAC`]) that the route to the outside clients goes
+/// through, so bpf_fib_lookup finds their next hop here and not in the machine's own
+/// tables.
+struct TestNs {
+    name: String,
+    /// up0's index.
+    underlay: u32,
+}
 
 impl TestNs {
     fn enter(tag: &str) -> Self {
         let name = format!("ndpx-{}-{tag}", std::process::id());
         netns::delete(&name);
         netns::create(&name).expect("creating the test namespace");
-        let ns = TestNs(name);
-        let n = ns.0.as_str();
+        let mut ns = TestNs { name, underlay: 0 };
+        let n = ns.name.as_str();
         let mac = NS_MAC.map(|b| format!("{b:02x}")).join(":");
         for args in [
             vec!["link", "set", "lo", "up"],
@@ -112,19 +117,24 @@ impl TestNs {
             full.extend(args);
             netns::ip(&full).unwrap_or_else(|e| panic!("ip {full:?}: {e:#}"));
         }
-        netns::sysctl(n, "net.ipv4.ip_forward", "1").expect("forwarding on");
+        // bpf_fib_lookup answers only for an interface that forwards (the agent turns it
+        // on with XDP).
+        netns::sysctl(n, "net.ipv4.conf.up0.forwarding", "1").expect("forwarding on");
         let fd = std::fs::File::open(netns::path(n)).expect("opening the namespace");
         // SAFETY: plain syscall on an fd we own; moves only this test's thread.
         let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "entering {n}: {}", std::io::Error::last_os_error());
         assert_eq!(ROUTER, Ipv4Addr::new(192, 168, 10, 1));
+        // SAFETY: a NUL-terminated name.
+        ns.underlay = unsafe { libc::if_nametoindex(c"up0".as_ptr()) };
+        assert_ne!(ns.underlay, 0, "up0 in the test namespace");
         ns
     }
 }
 
 impl Drop for TestNs {
     fn drop(&mut self) {
-        netns::delete(&self.0);
+        netns::delete(&self.name);
     }
 }
 
@@ -140,8 +150,8 @@ fn hopped(spec: &PacketSpec, src_mac: [u8; 6], dst_mac: [u8; 6]) -> PacketSpec {
 
 #[test]
 fn node_port_to_a_remote_backend_is_balanced_in_xdp_and_the_reply_goes_back_out() {
-    let _ns = TestNs::enter("remote");
-    let mut f = fixture(&node());
+    let ns = TestNs::enter("remote");
+    let mut f = fixture(&node(), ns.underlay);
     f.apply(
         "np",
         plan(
@@ -151,7 +161,7 @@ fn node_port_to_a_remote_backend_is_balanced_in_xdp_and_the_reply_goes_back_out(
         ),
     );
     let syn = from_router(OUTSIDE, NODE_IP, 50000, 30080, 0x02);
-    let (verdict, out) = f.run_xdp(&syn.build());
+    let (verdict, out) = f.run_xdp(ns.underlay, &syn.build());
     assert_eq!(verdict, XDP_TX, "out of the interface it came in on");
     // Source NAT to the node (replies must come back here), DNAT to the backend, sent to
     // the peer's MAC: byte for byte the frame built from scratch.
@@ -167,13 +177,13 @@ fn node_port_to_a_remote_backend_is_balanced_in_xdp_and_the_reply_goes_back_out(
     assert_eq!(f.event(Program::Xdp, Event::ServiceSnat), 1);
 
     // The backend's SYN-ACK, from the peer: reverse translated, to the client's next hop
-    // as the FIB has it (the veth towards the router, not lo: a redirect).
+    // as the FIB has it (the router, out of the same interface).
     let syn_ack = PacketSpec {
         src_mac: ADJACENT_PEER_MAC,
         ..from_router(REMOTE_BACKEND, GATEWAY, 8080, 50000, 0x12)
     };
-    let (verdict, out) = f.run_xdp(&syn_ack.build());
-    assert_eq!(verdict, XDP_REDIRECT);
+    let (verdict, out) = f.run_xdp(ns.underlay, &syn_ack.build());
+    assert_eq!(verdict, XDP_TX);
     let expected = PacketSpec {
         src: NODE_IP,
         dst: OUTSIDE,
@@ -188,7 +198,7 @@ fn node_port_to_a_remote_backend_is_balanced_in_xdp_and_the_reply_goes_back_out(
         seq: 1001,
         ..from_router(OUTSIDE, NODE_IP, 50000, 30080, 0x10)
     };
-    let (verdict, out) = f.run_xdp(&ack.build());
+    let (verdict, out) = f.run_xdp(ns.underlay, &ack.build());
     assert_eq!(verdict, XDP_TX);
     let v = Ipv4View::parse(&out).expect("IPv4");
     assert_eq!((v.src, v.dst), (GATEWAY, REMOTE_BACKEND));
@@ -201,8 +211,8 @@ fn node_port_to_a_remote_backend_is_balanced_in_xdp_and_the_reply_goes_back_out(
 
 #[test]
 fn udp_node_port_keeps_a_zero_checksum_zero() {
-    let _ns = TestNs::enter("udp");
-    let mut f = fixture(&node());
+    let ns = TestNs::enter("udp");
+    let mut f = fixture(&node(), ns.underlay);
     f.apply(
         "dns",
         plan(
@@ -215,7 +225,7 @@ fn udp_node_port_keeps_a_zero_checksum_zero() {
         proto: IPPROTO_UDP,
         ..from_router(OUTSIDE, NODE_IP, 5353, 30053, 0)
     };
-    let (verdict, out) = f.run_xdp(&query.build());
+    let (verdict, out) = f.run_xdp(ns.underlay, &query.build());
     assert_eq!(verdict, XDP_TX);
     let expected = PacketSpec {
         src: GATEWAY,
@@ -228,7 +238,7 @@ fn udp_node_port_keeps_a_zero_checksum_zero() {
     let mut bare = query.build();
     bare[34 + 6..34 + 8].copy_from_slice(&[0, 0]);
     bare[34..36].copy_from_slice(&5354u16.to_be_bytes());
-    let (verdict, out) = f.run_xdp(&bare);
+    let (verdict, out) = f.run_xdp(ns.underlay, &bare);
     assert_eq!(verdict, XDP_TX);
     assert_eq!(out[34 + 6..34 + 8], [0, 0], "no checksum stays no checksum");
     assert!(packet::ipv4_checksum_ok(&out, 14));
@@ -236,8 +246,8 @@ fn udp_node_port_keeps_a_zero_checksum_zero() {
 
 #[test]
 fn a_local_backend_is_left_to_tc_which_follows_the_flow_xdp_opened() {
-    let _ns = TestNs::enter("local");
-    let mut f = fixture(&node());
+    let ns = TestNs::enter("local");
+    let mut f = fixture(&node(), ns.underlay);
     f.apply(
         "np",
         plan(
@@ -247,7 +257,7 @@ fn a_local_backend_is_left_to_tc_which_follows_the_flow_xdp_opened() {
         ),
     );
     let syn = from_router(OUTSIDE, NODE_IP, 50001, 30080, 0x02).build();
-    let (verdict, out) = f.run_xdp(&syn);
+    let (verdict, out) = f.run_xdp(ns.underlay, &syn);
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(out, syn, "passed untouched");
     assert_eq!(f.count(Program::Xdp, Reason::ToTc), 1);
@@ -263,29 +273,29 @@ fn a_local_backend_is_left_to_tc_which_follows_the_flow_xdp_opened() {
 
 #[test]
 fn packets_xdp_does_not_finish_pass_untouched() {
-    let _ns = TestNs::enter("pass");
-    let mut f = fixture(&node());
+    let ns = TestNs::enter("pass");
+    let mut f = fixture(&node(), ns.underlay);
     // To the node itself, no service: the kernel's (through tc).
     let ssh = from_router(OUTSIDE, NODE_IP, 50002, 22, 0x02).build();
-    assert_eq!(f.run_xdp(&ssh), (XDP_PASS, ssh.clone()));
+    assert_eq!(f.run_xdp(ns.underlay, &ssh), (XDP_PASS, ssh.clone()));
     // With IP options: tc's business.
     let mut opts = from_router(OUTSIDE, NODE_IP, 50003, 30080, 0x02).build();
     opts[14] = 0x46;
     opts.splice(34..34, [1, 1, 1, 0]);
     let tot = u16::from_be_bytes([opts[16], opts[17]]) + 4;
     opts[16..18].copy_from_slice(&tot.to_be_bytes());
-    assert_eq!(f.run_xdp(&opts).0, XDP_PASS);
+    assert_eq!(f.run_xdp(ns.underlay, &opts).0, XDP_PASS);
     // ARP.
     let mut arp = ssh.clone();
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    assert_eq!(f.run_xdp(&arp), (XDP_PASS, arp.clone()));
+    assert_eq!(f.run_xdp(ns.underlay, &arp), (XDP_PASS, arp.clone()));
     assert_eq!(f.count(Program::Xdp, Reason::NonIpv4), 1);
     assert_eq!(f.count(Program::Xdp, Reason::ToTc), 2);
 }
 
 #[test]
 fn the_prefilter_drops_denied_sources_foreign_pods_and_tunnels_from_strangers() {
-    let _ns = TestNs::enter("filter");
+    let ns = TestNs::enter("filter");
     let vxlan_node = NodeConfig {
         decap: decap::VXLAN,
         port: 8472,
@@ -294,20 +304,20 @@ fn the_prefilter_drops_denied_sources_foreign_pods_and_tunnels_from_strangers() 
         flags: flags::DENY_SOURCES,
         ..node()
     };
-    let mut f = fixture(&vxlan_node);
+    let mut f = fixture(&vxlan_node, ns.underlay);
     f.denied_sources
         .set(&["198.51.100.0/24".parse().expect("a CIDR")].into())
         .expect("writing DENIED_SOURCES");
     let denied = from_router(Ipv4Addr::new(198, 51, 100, 7), NODE_IP, 1, 22, 0x02).build();
-    assert_eq!(f.run_xdp(&denied).0, XDP_DROP);
+    assert_eq!(f.run_xdp(ns.underlay, &denied).0, XDP_DROP);
     assert_eq!(f.count(Program::Xdp, Reason::DeniedSource), 1);
     // Next door in the address space is not denied.
     let allowed = from_router(Ipv4Addr::new(198, 51, 101, 7), NODE_IP, 1, 22, 0x02).build();
-    assert_eq!(f.run_xdp(&allowed).0, XDP_PASS);
+    assert_eq!(f.run_xdp(ns.underlay, &allowed).0, XDP_PASS);
 
     // A pod address of the cluster from a MAC that is no peer's: spoofed.
     let spoofed = from_router(Ipv4Addr::new(10, 1, 9, 9), LOCAL_BACKEND, 1, 80, 0x02).build();
-    assert_eq!(f.run_xdp(&spoofed).0, XDP_DROP);
+    assert_eq!(f.run_xdp(ns.underlay, &spoofed).0, XDP_DROP);
     assert_eq!(f.count(Program::Xdp, Reason::UnderlayForeignSource), 1);
 
     // VXLAN from an address that is no peer: dropped; from the peer: tc decapsulates.
@@ -321,7 +331,7 @@ fn the_prefilter_drops_denied_sources_foreign_pods_and_tunnels_from_strangers() 
         common::PEER_VTEP,
         &inner,
     );
-    assert_eq!(f.run_xdp(&tunnel).0, XDP_DROP);
+    assert_eq!(f.run_xdp(ns.underlay, &tunnel).0, XDP_DROP);
     assert_eq!(f.count(Program::Xdp, Reason::DecapUnknownPeer), 1);
     f.peers
         .sync(
@@ -330,13 +340,13 @@ fn the_prefilter_drops_denied_sources_foreign_pods_and_tunnels_from_strangers() 
                 .collect(),
         )
         .expect("syncing PEERS");
-    assert_eq!(f.run_xdp(&tunnel), (XDP_PASS, tunnel.clone()));
+    assert_eq!(f.run_xdp(ns.underlay, &tunnel), (XDP_PASS, tunnel.clone()));
 }
 
 #[test]
 fn truncated_frames_at_every_length_are_never_forwarded() {
-    let _ns = TestNs::enter("short");
-    let mut f = fixture(&node());
+    let ns = TestNs::enter("short");
+    let mut f = fixture(&node(), ns.underlay);
     f.apply(
         "np",
         plan(
@@ -348,7 +358,7 @@ fn truncated_frames_at_every_length_are_never_forwarded() {
     let full = from_router(OUTSIDE, NODE_IP, 50010, 30080, 0x02).build();
     for len in 14..full.len() {
         let frame = &full[..len];
-        let (verdict, out) = f.run_xdp(frame);
+        let (verdict, out) = f.run_xdp(ns.underlay, frame);
         assert!(
             verdict == XDP_PASS || verdict == XDP_DROP,
             "{len} bytes: verdict {verdict}"

@@ -78,6 +78,28 @@ impl XdpArgs {
         }
         let mode = dp.attach_xdp(pins, netdev, self.xdp)?;
         info!("XDP on {netdev}: {}", mode.name());
+        if mode != XdpMode::Off {
+            forwarding_on(netdev)?;
+        }
         Ok(mode)
     }
+}
+
+/// Turns IPv4 forwarding on for `netdev`: XDP finds the next hop of a reply to a client
+/// outside the cluster with bpf_fib_lookup, which answers only for an interface that
+/// forwards (every Kubernetes node forwards; Cilium turns it on too). Only packets that
+/// arrive on `netdev` may then be routed by the kernel.
+fn forwarding_on(netdev: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{netdev}/forwarding");
+    let now = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?;
+    if now.trim() == "1" {
+        return Ok(());
+    }
+    std::fs::write(&path, "1").map_err(|e| {
+        anyhow::anyhow!(
+            "turning on forwarding on {netdev} ({path}), which XDP's next-hop lookups need: {e}"
+        )
+    })?;
+    info!("forwarding on for {netdev}: XDP's next-hop lookups need it");
+    Ok(())
 }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
 use super::{NodeArgs, Output};
-use crate::dataplane::{counters::CounterMap, route::RouteMap};
+use crate::dataplane::{counters::CounterMap, route::RouteMap, xdp};
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
@@ -41,6 +41,7 @@ pub fn run(args: StatusArgs) -> Result<()> {
     let status = agent_status(args.healthz_addr)?;
     let pins = args.node.pins()?;
     let routes = RouteMap::open(&pins).map(|r| r.list().len()).ok();
+    let (xdp_mode, xdp_on) = xdp::attached(&pins);
     let dropped: Option<u64> = CounterMap::open(&pins).ok().and_then(|c| {
         c.all().ok().map(|all| {
             all.iter()
@@ -56,6 +57,7 @@ pub fn run(args: StatusArgs) -> Result<()> {
                 "pins": pins.dir().display().to_string(),
                 "routes": routes,
                 "droppedPackets": dropped,
+                "xdp": {"mode": xdp_mode.name(), "interface": xdp_on},
             });
             super::print_value(args.node.output, &out);
         }
@@ -78,6 +80,10 @@ pub fn run(args: StatusArgs) -> Result<()> {
             match routes {
                 Some(n) => println!("  routes   {n} remote subnets"),
                 None => println!("  routes   (not pinned)"),
+            }
+            match &xdp_on {
+                Some(ifname) => println!("  xdp      {} on {ifname}", xdp_mode.name()),
+                None => println!("  xdp      off"),
             }
             if let Some(d) = dropped {
                 println!("  dropped  {d} packets (netdp counters for reasons)");

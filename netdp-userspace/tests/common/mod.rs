@@ -279,11 +279,17 @@ impl Fixture {
         packet::test_run(prog, frame, ctx)
     }
 
-    /// Runs the XDP program on `frame` (arriving on lo, BPF_PROG_TEST_RUN's device): its
-    /// verdict and the frame it leaves.
-    pub fn run_xdp(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+    /// Runs the XDP program on `frame` arriving on interface `ifindex` (of the thread's
+    /// namespace): its verdict and the frame it leaves.
+    pub fn run_xdp(&mut self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog = self.dp.xdp().unwrap_or_else(|e| panic!("{e:#}"));
-        packet::test_run(prog, frame, None)
+        // struct xdp_md: data, data_end (the frame's length), data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let md: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        packet::test_run(prog, frame, Some(&md))
     }
 
     /// Packets program `p` counted for `r`.
