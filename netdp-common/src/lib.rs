@@ -55,6 +55,8 @@ pub mod program_names {
     /// Redirects and nothing else: the floor `cargo xtask bench` measures the real paths
     /// against. Never loaded by the agent.
     pub const BENCH_REDIRECT: &str = "bench_redirect";
+    /// XDP_TX and nothing else: the floor of the XDP paths. Never loaded by the agent.
+    pub const BENCH_XDP_TX: &str = "bench_xdp_tx";
 }
 
 /// Where agents pin by default: `<BPF_ROOT>/<node>/{maps,progs,links}`.

@@ -87,6 +87,24 @@ impl Dataplane {
         program(&mut self.ebpf)
     }
 
+    /// XDP program `name` of the object (the benchmarks' floor is one), to load.
+    pub fn xdp_named(&mut self, name: &str) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not an XDP program"))
+    }
+
+    /// XDP program `name`, to run on crafted frames (BPF_PROG_TEST_RUN).
+    pub fn xdp_ref(&self, name: &str) -> Result<&Xdp> {
+        self.ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not an XDP program"))
+    }
+
     /// Runs the XDP program on `netdev` in `mode`, taking over the pinned link a previous
     /// agent left in that mode; links in another mode or on another interface are
     /// detached. Returns the mode XDP now runs in: `Native` that the driver refuses falls

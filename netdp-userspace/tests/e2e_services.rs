@@ -622,3 +622,69 @@ fn bad_services_are_refused_or_skipped_and_the_rest_keep_working() -> Result<()>
     tb.kill_agent("n1");
     Ok(())
 }
+
+/// The XDP program's id on a node's underlay (`ip link` shows `prog/xdp id N`), if any.
+fn xdp_prog_id(tb: &Testbed, node: &str) -> Result<Option<u32>> {
+    let ns = tb.node(node).ns.clone();
+    let out = netdp_testbed::netns::ip(&["-n", &ns, "-d", "link", "show", "eth0"])?;
+    Ok(out
+        .split("prog/xdp id ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok()))
+}
+
+/// XDP stays attached while the agent is away (its link is pinned), a new agent swaps its
+/// program in without a gap, and `--xdp=off` detaches it, tc carrying on alone.
+#[test]
+fn xdp_is_adopted_across_restarts_and_detached_when_turned_off() -> Result<()> {
+    let (mut tb, _servers) = cluster(2, true)?;
+    let out_ns = tb.outside_ns.clone().expect("outside host");
+    let docs = json!([service(
+        "np",
+        json!({"type": "NodePort", "clusterIP": "10.96.2.20"}),
+        &[("http", "TCP", 80, Some(30090))],
+        &eps(&backends(&tb, &["n2"]))
+    )]);
+    tb.apply_services(&docs.to_string())?;
+    tb.wait_services_programmed(WAIT)?;
+    next_hops_resolved(&tb)?;
+    let n1 = tb.node("n1").ip;
+    let through_xdp = |tb: &Testbed| -> Result<u64> {
+        let before = tb.counter("n1", "xdp", "direct")?;
+        let who = echo_many(&out_ns, Connect::new(n1, 30090), 5)?;
+        ensure!(who.iter().all(|w| w == "n2"), "{who:?}");
+        Ok(tb.counter("n1", "xdp", "direct")? - before)
+    };
+    let first = xdp_prog_id(&tb, "n1")?.context("no XDP program on n1's eth0")?;
+    ensure!(through_xdp(&tb)? >= 5, "XDP carried none of it");
+
+    tb.stop_agent("n1")?;
+    ensure!(
+        xdp_prog_id(&tb, "n1")? == Some(first),
+        "XDP left with the agent"
+    );
+    ensure!(through_xdp(&tb)? >= 5, "XDP stopped with the agent");
+
+    tb.start_agent("n1", &[])?;
+    let second = xdp_prog_id(&tb, "n1")?.context("no XDP program after the restart")?;
+    ensure!(
+        second != first,
+        "the new agent's program did not replace the old one"
+    );
+    ensure!(
+        through_xdp(&tb)? >= 5,
+        "XDP carried none of it after the restart"
+    );
+
+    tb.stop_agent("n1")?;
+    tb.start_agent("n1", &["--xdp=off"])?;
+    ensure!(
+        xdp_prog_id(&tb, "n1")?.is_none(),
+        "--xdp=off left XDP attached"
+    );
+    let tc_before = tb.counter("n1", "from_netdev", "service_reply")?;
+    ensure!(through_xdp(&tb)? == 0, "XDP counted traffic while off");
+    ensure!(tb.counter("n1", "from_netdev", "service_reply")? > tc_before);
+    Ok(())
+}

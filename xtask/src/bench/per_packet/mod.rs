@@ -21,12 +21,13 @@
 //! the agent programs ([`MAPS_FILLED`] says so in the results).
 //! (Over 500 lines: most of it is the PATHS table, one entry per measured path with the
 //! bytes it must write; a path's frame, runs and checks stay side by side.)
+mod node_ports;
 mod services;
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use ipnetwork::Ipv4Network;
 use netdp_common::{
     Mac,
@@ -34,7 +35,7 @@ use netdp_common::{
     encap::{self, IPIP_OVERHEAD, UDP_OVERHEAD, VXLAN_OVERHEAD},
     endpoint::Endpoint,
     map_names,
-    program_names::{BENCH_REDIRECT, FROM_NETDEV, FROM_POD},
+    program_names::{BENCH_REDIRECT, BENCH_XDP_TX, FROM_NETDEV, FROM_POD, XDP_NETDEV},
 };
 use netdp_dataplane::{
     Dataplane, Link, MapSizes, config::NetworkConfig, counters::CounterMap, endpoint::EndpointMap,
@@ -371,6 +372,9 @@ fn load(object: &[u8], backend: Backend, sizes: &MapSizes, verify: bool) -> Resu
     dp.program(BENCH_REDIRECT)?
         .load()
         .context("loading the floor program")?;
+    dp.xdp_named(BENCH_XDP_TX)?
+        .load()
+        .context("loading the XDP floor program")?;
     let mut endpoints = EndpointMap::from_map(dp.take_map(map_names::ENDPOINTS)?)?;
     for (pod, mac) in [
         (POD, POD_MAC),
@@ -449,22 +453,34 @@ fn timed_calls(
     mut next: impl FnMut(u64, &mut Vec<u8>) -> Result<()>,
     mut check: impl FnMut(u64, &[u8], &[u8]) -> Result<(), String>,
 ) -> Result<f64> {
-    let prog: &SchedClassifier = dp.classifier(program)?;
+    let xdp = [XDP_NETDEV, BENCH_XDP_TX].contains(&program);
+    let run = |opts: TestRunOptions| -> Result<TestRunResult> {
+        if xdp {
+            dp.xdp_ref(program)?.test_run(opts)
+        } else {
+            dp.classifier(program)?.test_run(opts)
+        }
+        .context("BPF_PROG_TEST_RUN")
+    };
     let mut out = vec![0u8; frame.len() + 256];
     let mut total_ns = 0f64;
     for call in 0..calls {
         next(call, &mut frame)?;
-        let res = prog
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                data_out: Some(&mut out),
-                repeat: per_call,
-                ..Default::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        if res.return_value != TC_ACT_REDIRECT {
+        let res = run(TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut out),
+            repeat: per_call,
+            ..Default::default()
+        })?;
+        // Sent on: redirected (tc), or back out or redirected (XDP).
+        let sent = if xdp {
+            [packet::XDP_TX, packet::XDP_REDIRECT].contains(&res.return_value)
+        } else {
+            res.return_value == TC_ACT_REDIRECT
+        };
+        if !sent {
             bail!(
-                "{program} returned {} on call {call}, not TC_ACT_REDIRECT",
+                "{program} returned {} on call {call}, not a verdict that sends it on",
                 res.return_value
             );
         }
@@ -605,6 +621,12 @@ pub fn run(packets: u64, single_runs: u64, repeats: usize) -> Vec<Row> {
         );
     }
     rows.extend(services::run(
+        &object,
+        single_runs,
+        repeats,
+        (FLOOR, FLOOR_ONCE_CASE),
+    ));
+    rows.extend(node_ports::run(
         &object,
         single_runs,
         repeats,
