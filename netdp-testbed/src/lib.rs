@@ -22,6 +22,7 @@ pub mod kube_api;
 pub mod netns;
 pub mod packet;
 mod peer_xdp;
+pub use peer_xdp::object as peer_xdp_object;
 pub mod process;
 pub mod services;
 pub mod testbed;

@@ -1,5 +1,5 @@
 //! The far end of each node's veth runs an XDP program that passes everything
-//! (`xdp_pass`, built with the programs): a veth delivers the frames its peer's XDP program
+//! (`xdp_pass` of the `xdp_peer` object, built with the programs): a veth delivers the frames its peer's XDP program
 //! transmits (a node's XDP_TX) only while it has an XDP program of its own, as a machine
 //! with a veth-based underlay would need too. Physical NICs need nothing of the kind.
 use std::{path::PathBuf, sync::Mutex};
@@ -13,11 +13,11 @@ use aya::{
 use crate::netns;
 
 /// The object `cargo xtask build-ebpf` builds next to netdp's programs.
-fn object() -> PathBuf {
-    match std::env::var_os("NETDP_XDP_PASS_OBJECT") {
+pub fn object() -> PathBuf {
+    match std::env::var_os("NETDP_XDP_PEER_OBJECT") {
         Some(p) => PathBuf::from(p),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/ebpf/bpfel-unknown-none/release/xdp_pass"),
+            .join("../target/ebpf/bpfel-unknown-none/release/xdp_peer"),
     }
 }
 

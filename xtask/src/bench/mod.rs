@@ -9,6 +9,7 @@ mod kube_proxy;
 mod load;
 mod netdp_services;
 mod netfilter;
+mod packet_rate;
 mod per_packet;
 mod plot;
 mod pod_to_pod;
@@ -118,6 +119,10 @@ pub fn run(args: Args) -> Result<()> {
             sizes.single_runs,
             sizes.plan.repeats,
         ));
+    }
+    if wanted(&args.only, "packet-rate") {
+        eprintln!("bench: packet rate through a node port (XDP, tc, iptables)");
+        rows.extend(packet_rate::run(&[10, 10_000], sizes.plan.repeats));
     }
     if wanted(&args.only, "pod-to-pod") {
         eprintln!("bench: pod to pod");

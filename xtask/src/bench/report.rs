@@ -15,6 +15,7 @@ pub enum Section {
     PodToPod,
     PerPacket,
     ControlPlane,
+    PacketRate,
 }
 
 impl Section {
@@ -26,6 +27,9 @@ impl Section {
             Section::PodToPod => "2. Pod to pod across nodes",
             Section::PerPacket => "3. Per-packet program cost (BPF_PROG_TEST_RUN)",
             Section::ControlPlane => "4. Control plane",
+            Section::PacketRate => {
+                "5. Packet rate through a node port to a remote endpoint (live-frames generator)"
+            }
         }
     }
 }
