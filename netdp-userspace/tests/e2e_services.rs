@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 const HOST_GW: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#;
 const BACKEND_PORT: u16 = 8080;
 const WAIT: Duration = Duration::from_secs(20);
+/// The LoadBalancer service's ingress address (the outside's router routes it to a node).
+const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
 
 /// A service document: `ports` as (name, protocol, port, nodePort), endpoints as (pod, node).
 fn service(
@@ -416,6 +418,15 @@ fn node_ports_from_outside(agent: &[&str], program: &str) -> Result<Testbed> {
     let all = backends(&tb, &["n1", "n2", "n3"]);
     let out_ns = tb.outside_ns.clone().expect("outside host");
     let ext = Ipv4Addr::new(198, 51, 100, 7);
+    // A LoadBalancer whose address the load balancer routes to n2, by Maglev.
+    let mut lb = service(
+        "lb",
+        json!({"type": "LoadBalancer", "clusterIP": "10.96.2.12",
+               "annotations": {"netdp.io/lb-algorithm": "maglev"}}),
+        &[("http", "TCP", 80, Some(30082))],
+        &eps(&all),
+    );
+    lb["status"] = json!({"loadBalancer": {"ingress": [{"ip": LB_IP.to_string()}]}});
     let docs = json!([
         service(
             "np",
@@ -432,6 +443,7 @@ fn node_ports_from_outside(agent: &[&str], program: &str) -> Result<Testbed> {
             &[("http", "TCP", 80, Some(30081))],
             &eps(&all[1..2])
         ),
+        lb,
     ]);
     tb.apply_services(&docs.to_string())?;
     tb.wait_services_programmed(WAIT)?;
@@ -462,6 +474,17 @@ fn node_ports_from_outside(agent: &[&str], program: &str) -> Result<Testbed> {
     tb.router_route(&format!("{ext}/32"), tb.node("n3").ip)?;
     let who = echo_many(&out_ns, Connect::new(ext, 80), 30)?;
     ensure!(tally(&who).len() == 3, "external IP: {:?}", tally(&who));
+
+    // So does a LoadBalancer address, here balanced by Maglev: each connection (a new
+    // client port, a new 5-tuple) lands by its hash, over every backend.
+    tb.router_route(&format!("{LB_IP}/32"), tb.node("n2").ip)?;
+    let sent_before = tb.counter("n2", program, "direct")?;
+    let who = echo_many(&out_ns, Connect::new(LB_IP, 80), 30)?;
+    ensure!(tally(&who).len() == 3, "LoadBalancer IP: {:?}", tally(&who));
+    ensure!(
+        tb.counter("n2", program, "direct")? > sent_before,
+        "{program} sent none of the LoadBalancer's traffic to a remote backend"
+    );
 
     // externalTrafficPolicy Local: the backend sees the outside host itself.
     let n2 = tb.node("n2").ip;
