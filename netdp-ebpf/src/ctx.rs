@@ -7,8 +7,11 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_MARK_MANGLED_0, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        xdp_action,
+    },
+    helpers::{bpf_skb_load_bytes, bpf_xdp_adjust_head, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
 
@@ -47,6 +50,11 @@ pub trait Ctx {
     /// # Safety
     /// `raw` is this kind's context.
     unsafe fn raw_ifindex_len(raw: *mut c_void) -> (u32, u32);
+    /// Makes room for `len` bytes of outer headers in front of the frame's IP header (the
+    /// Ethernet header in front of that room is the caller's to rewrite). `tc_flags` are
+    /// bpf_skb_adjust_room's encapsulation flags, for the skb's GSO state; XDP frames
+    /// have none and just grow at the front. Packet pointers are invalid afterwards.
+    fn push_outer(&self, len: u32, tc_flags: u64) -> Result<(), ()>;
     /// The tc context, where the caller needs what only tc can do (build an ICMP error);
     /// `None` in XDP, which leaves those packets to tc.
     fn as_tc(&self) -> Option<&TcContext>;
@@ -110,6 +118,11 @@ impl Ctx for TcContext {
         let skb = raw as *mut aya_ebpf::bindings::__sk_buff;
         // SAFETY: as the caller promises.
         unsafe { ((*skb).ifindex, (*skb).len) }
+    }
+    #[inline(always)]
+    fn push_outer(&self, len: u32, tc_flags: u64) -> Result<(), ()> {
+        self.adjust_room(len as i32, BPF_ADJ_ROOM_MAC, tc_flags)
+            .map_err(|_| ())
     }
     #[inline(always)]
     fn as_tc(&self) -> Option<&TcContext> {
@@ -184,6 +197,14 @@ impl Ctx for XdpContext {
         let md = raw as *mut aya_ebpf::bindings::xdp_md;
         // SAFETY: as the caller promises.
         unsafe { ((*md).ingress_ifindex, (*md).data_end - (*md).data) }
+    }
+    #[inline(always)]
+    fn push_outer(&self, len: u32, _tc_flags: u64) -> Result<(), ()> {
+        // SAFETY: the program's own context.
+        match unsafe { bpf_xdp_adjust_head(self.ctx, -(len as i32)) } {
+            0 => Ok(()),
+            _ => Err(()),
+        }
     }
     #[inline(always)]
     fn as_tc(&self) -> Option<&TcContext> {

@@ -1,13 +1,11 @@
-//! Encapsulation in Flannel's wire formats: VXLAN, IPIP and udp. The headers are pushed
-//! with bpf_skb_adjust_room and its encapsulation flags, so the kernel knows the inner
-//! headers and segments GSO packets from pods correctly; every field written comes from
-//! the route entry, precomputed by the agent, except lengths and the outer checksum.
-use aya_ebpf::{
-    bindings::{
-        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-    },
-    programs::TcContext,
+//! Encapsulation in Flannel's wire formats: VXLAN, IPIP and udp. In tc the headers are
+//! pushed with bpf_skb_adjust_room and its encapsulation flags, so the kernel knows the
+//! inner headers and segments GSO packets from pods correctly; in XDP the frame grows at
+//! the front (`Ctx::push_outer`). Every field written comes from the route entry,
+//! precomputed by the agent, except lengths and the outer checksum.
+use aya_ebpf::bindings::{
+    BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+    BPF_F_ADJ_ROOM_FIXED_GSO,
 };
 use netdp_common::{
     counters::Reason,
@@ -19,6 +17,7 @@ use netdp_common::{
 };
 
 use crate::{
+    ctx::Ctx,
     maps,
     parse::{ETH_HLEN, ETH_P_IP, EthHdr, IP_HLEN, IPPROTO_TCP, Ipv4Frame, Ipv4Hdr, UdpHdr, ptr_at},
 };
@@ -102,7 +101,7 @@ fn outer_ip(rt: &Route, tot_len: u16, proto: u8) -> Ipv4Hdr {
 /// The inner flow's hash: addresses, protocol and (for unfragmented TCP/UDP without IP
 /// options) ports.
 #[inline(always)]
-fn inner_flow_hash(ctx: &TcContext, frame: &Ipv4Frame) -> u32 {
+fn inner_flow_hash(ctx: &impl Ctx, frame: &Ipv4Frame) -> u32 {
     // SAFETY: bounds checked by the parser.
     let ip = unsafe { &*frame.ip };
     let mut ports = 0u32;
@@ -124,10 +123,10 @@ fn inner_flow_hash(ctx: &TcContext, frame: &Ipv4Frame) -> u32 {
 /// Wraps the IPv4 packet in VXLAN to the route's peer. The outer Ethernet MACs are left
 /// to the caller.
 #[inline(always)]
-pub fn vxlan(ctx: &TcContext, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason> {
+pub fn vxlan(ctx: &impl Ctx, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason> {
     let tot_len = lengths(frame, VXLAN_OVERHEAD)?;
     let sport = vxlan_source_port(inner_flow_hash(ctx, frame));
-    ctx.adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, VXLAN_FLAGS_ADJ)
+    ctx.push_outer(VXLAN_OVERHEAD, VXLAN_FLAGS_ADJ)
         .map_err(|_| Reason::AdjustFailed)?;
     let h = ptr_at::<VxlanOuter>(ctx, 0).ok_or(Reason::AdjustFailed)?;
     let vtep = maps::node().vtep_mac;
@@ -157,9 +156,9 @@ pub fn vxlan(ctx: &TcContext, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reaso
 /// Wraps the IPv4 packet in a UDP datagram to the route's peer (Flannel's udp backend:
 /// no header of its own, source and destination port both the backend's port).
 #[inline(always)]
-pub fn udp(ctx: &TcContext, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason> {
+pub fn udp(ctx: &impl Ctx, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason> {
     let tot_len = lengths(frame, UDP_OVERHEAD)?;
-    ctx.adjust_room(UDP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, UDP_FLAGS_ADJ)
+    ctx.push_outer(UDP_OVERHEAD, UDP_FLAGS_ADJ)
         .map_err(|_| Reason::AdjustFailed)?;
     let h = ptr_at::<UdpOuter>(ctx, 0).ok_or(Reason::AdjustFailed)?;
     // SAFETY: bounds checked by ptr_at.
@@ -177,9 +176,9 @@ pub fn udp(ctx: &TcContext, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason>
 
 /// Wraps the IPv4 packet in another IPv4 header (protocol 4) to the route's peer.
 #[inline(always)]
-pub fn ipip(ctx: &TcContext, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason> {
+pub fn ipip(ctx: &impl Ctx, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason> {
     let tot_len = lengths(frame, IPIP_OVERHEAD)?;
-    ctx.adjust_room(IPIP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, IPIP_FLAGS_ADJ)
+    ctx.push_outer(IPIP_OVERHEAD, IPIP_FLAGS_ADJ)
         .map_err(|_| Reason::AdjustFailed)?;
     let h = ptr_at::<IpipOuter>(ctx, 0).ok_or(Reason::AdjustFailed)?;
     // SAFETY: bounds checked by ptr_at.

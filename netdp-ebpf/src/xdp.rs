@@ -6,10 +6,10 @@
 //! a redirect when the next hop is behind another interface).
 //!
 //! Everything else is left to tc unchanged (`XDP_PASS`): tunnel packets, local backends,
-//! destinations behind a tunnel or without a resolved next hop, fragments and IP options,
-//! ICMP. Where XDP opened a flow and then cannot send its packet itself, it leaves the
-//! packet untranslated: tc finds the flow's entries and follows them, so behaviour is the
-//! same with XDP and without.
+//! next hops not resolved yet, fragments and IP options, ICMP. A backend behind a tunnel
+//! gets the packet encapsulated here as tc would. Where XDP opened a flow and then cannot
+//! send its packet itself, it leaves the packet untranslated: tc finds the flow's entries
+//! and follows them, so behaviour is the same with XDP and without.
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup as FibLookup, xdp_action,
@@ -25,7 +25,7 @@ use netdp_common::{
     endpoint::EndpointKey,
     node::flags as node_flags,
     peer::PeerKey,
-    route::{flags as route_flags, mode},
+    route::{Route, flags as route_flags, mode},
 };
 
 use crate::{
@@ -33,6 +33,7 @@ use crate::{
     counters::{count, drop, pass},
     csum,
     ctx::Ctx,
+    encap,
     lb::{self, Flow},
     maps,
     nat::{self, Translated},
@@ -43,11 +44,13 @@ use crate::{
 const PROGRAM: Program = Program::Xdp;
 const AF_INET: u8 = 2;
 
-/// Where a translated packet leaves: the interface and the MACs of its next hop.
+/// Where a translated packet leaves: the interface and the MACs of its next hop, and the
+/// route that encapsulates it (a peer behind a tunnel).
 struct Egress {
     ifindex: u32,
     dmac: Mac,
     smac: Mac,
+    tunnel: Option<&'static Route>,
 }
 
 #[inline(always)]
@@ -120,13 +123,13 @@ fn service(ctx: &XdpContext, frame: &Ipv4Frame, l4: &L4) -> i32 {
     } else {
         Reason::Direct
     };
-    transmit(ctx, &out, reason)
+    transmit(ctx, frame, &out, reason)
 }
 
-/// Where the translated packet `to` can go without tc: to a peer routed directly whose
-/// MAC the agent resolved, or (a reply to a client outside the cluster) wherever the FIB
-/// says with a resolved neighbour. `None` for a pod here, a peer behind a tunnel, or a
-/// next hop not resolved yet: tc takes those.
+/// Where the translated packet `to` can go without tc: to a peer, routed directly or
+/// encapsulated, whose next hop's MAC the agent resolved, or (a reply to a client outside
+/// the cluster) wherever the FIB says with a resolved neighbour. `None` for a pod here, a
+/// next hop not resolved yet, or a packet too big for the route: tc takes those.
 #[inline(always)]
 fn egress(ctx: &XdpContext, to: &CtKey) -> Option<Egress> {
     // SAFETY: only tested for presence.
@@ -134,17 +137,22 @@ fn egress(ctx: &XdpContext, to: &CtKey) -> Option<Egress> {
         return None;
     }
     if source::in_cluster(to.daddr) {
-        let rt = maps::ROUTES.get(&Key::new(32, to.daddr))?;
-        if rt.mode != mode::DIRECT || rt.flags & route_flags::HAS_MAC == 0 {
-            return None;
-        }
-        if ctx.len() as usize > parse::ETH_HLEN + rt.mtu as usize {
+        let rt: &'static Route = maps::ROUTES.get(&Key::new(32, to.daddr))?;
+        let tunnel = match rt.mode {
+            mode::DIRECT => None,
+            mode::VXLAN | mode::IPIP | mode::UDP => Some(rt),
+            _ => return None,
+        };
+        if rt.flags & route_flags::HAS_MAC == 0
+            || ctx.len() as usize > parse::ETH_HLEN + rt.mtu as usize
+        {
             return None;
         }
         return Some(Egress {
             ifindex: rt.ifindex,
             dmac: rt.dmac,
             smac: rt.smac,
+            tunnel,
         });
     }
     fib(ctx, to)
@@ -178,24 +186,42 @@ fn fib(ctx: &XdpContext, to: &CtKey) -> Option<Egress> {
         ifindex: p.ifindex,
         dmac: p.dmac,
         smac: p.smac,
+        tunnel: None,
     })
 }
 
-/// Sends the rewritten frame to its next hop: back out of the interface it came in on
-/// (`XDP_TX`), or redirected to another.
+/// Sends the rewritten frame to its next hop, one routing hop on (encapsulated first for
+/// a peer behind a tunnel): back out of the interface it came in on (`XDP_TX`), or
+/// redirected to another. Counted under `reason`, or the tunnel's.
 #[inline(always)]
-fn transmit(ctx: &XdpContext, out: &Egress, reason: Reason) -> i32 {
+fn transmit(ctx: &XdpContext, frame: &Ipv4Frame, out: &Egress, reason: Reason) -> i32 {
+    // SAFETY: bounds checked by the parser, and the rewrite moved nothing; the TTL was
+    // checked above 1.
+    unsafe { csum::decrease_ttl(frame.ip) };
+    let reason = match out.tunnel {
+        None => reason,
+        Some(rt) => {
+            let pushed = match rt.mode {
+                mode::VXLAN => encap::vxlan(ctx, frame, rt).map(|()| Reason::EncapVxlan),
+                mode::IPIP => encap::ipip(ctx, frame, rt).map(|()| Reason::EncapIpip),
+                _ => encap::udp(ctx, frame, rt).map(|()| Reason::EncapUdp),
+            };
+            match pushed {
+                Ok(r) => r,
+                Err(r) => return drop(ctx, PROGRAM, r),
+            }
+        }
+    };
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return drop(ctx, PROGRAM, Reason::Malformed);
     };
-    let Some(ip) = ptr_at::<parse::Ipv4Hdr>(ctx, parse::ETH_HLEN) else {
-        return drop(ctx, PROGRAM, Reason::Malformed);
-    };
-    // SAFETY: bounds checked by ptr_at; the TTL was checked above 1.
+    // SAFETY: bounds checked by ptr_at.
     unsafe {
         (*eth).dst = out.dmac;
         (*eth).src = out.smac;
-        csum::decrease_ttl(ip);
+        // A pushed header starts on bytes the frame never had (tc's room keeps the old
+        // Ethernet header in front).
+        (*eth).proto = parse::ETH_P_IP.to_be();
     }
     let verdict = if out.ifindex == ctx.ifindex() {
         xdp_action::XDP_TX

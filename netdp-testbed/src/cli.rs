@@ -8,6 +8,31 @@ use serde_json::Value;
 use crate::{Count, Testbed, netns};
 
 impl Testbed {
+    /// Waits until every node's routes carry their next hop's MAC, as the agents read them
+    /// from the neighbour table once the kernel resolved them (a ping between each pair of
+    /// nodes does): both hooks then send straight to the next hop, and XDP only then.
+    pub fn wait_next_hops_resolved(&self, timeout: std::time::Duration) -> Result<()> {
+        for n in &self.nodes {
+            for m in self.nodes.iter().filter(|m| m.name != n.name) {
+                netns::exec(&n.ns, &["ping", "-c1", "-W1", &m.ip.to_string()])?;
+            }
+        }
+        crate::wait::wait_until("every route's next-hop MAC", timeout, || {
+            for n in &self.nodes {
+                let routes = self.netdp_json(&n.name, &["route", "list"])?;
+                let resolved = routes.as_array().is_some_and(|r| {
+                    r.len() + 1 == self.nodes.len()
+                        && r.iter().all(|r| r["nexthopMac"] != "(kernel resolves)")
+                });
+                if !resolved {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?;
+        Ok(())
+    }
+
     /// Runs `netdp <args>` once in the node's namespace (a CLI call, or an agent expected to
     /// fail) and returns its output.
     pub fn netdp(&self, node: &str, args: &[&str]) -> Result<std::process::Output> {

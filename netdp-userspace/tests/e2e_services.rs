@@ -381,35 +381,6 @@ fn node_ports_and_external_ips_from_outside_with_xdp_off() -> Result<()> {
     Ok(())
 }
 
-/// Waits until every node's routes carry their next hop's MAC, as the agent reads them
-/// from the neighbour table once the kernel resolved them (a ping does): both hooks send
-/// straight to a resolved next hop, and XDP only to one.
-fn next_hops_resolved(tb: &Testbed) -> Result<()> {
-    for n in &tb.nodes {
-        for m in tb.nodes.iter().filter(|m| m.name != n.name) {
-            netdp_testbed::netns::exec(&n.ns, &["ping", "-c1", "-W1", &m.ip.to_string()])?;
-        }
-    }
-    netdp_testbed::wait::wait_until("every route's next-hop MAC", WAIT, || {
-        for n in &tb.nodes {
-            let out = tb.netdp(
-                &n.name,
-                &["route", "list", "--node-name", &n.ns, "-o", "json"],
-            )?;
-            let routes: Value = serde_json::from_slice(&out.stdout)?;
-            let resolved = routes.as_array().is_some_and(|r| {
-                r.len() == tb.nodes.len() - 1
-                    && r.iter().all(|r| r["nexthopMac"] != "(kernel resolves)")
-            });
-            if !resolved {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    })?;
-    Ok(())
-}
-
 /// Node ports, external IPs and externalTrafficPolicy Local from an outside host, with the
 /// agents started with `agent`; `program` is the one expected to handle traffic from
 /// outside (its counters are checked).
@@ -447,7 +418,7 @@ fn node_ports_from_outside(agent: &[&str], program: &str) -> Result<Testbed> {
     ]);
     tb.apply_services(&docs.to_string())?;
     tb.wait_services_programmed(WAIT)?;
-    next_hops_resolved(&tb)?;
+    tb.wait_next_hops_resolved(WAIT)?;
 
     // Every node's address serves the node port, balancing over all backends (remote ones
     // through source NAT to the node, so replies come back through it).
@@ -671,7 +642,7 @@ fn xdp_is_adopted_across_restarts_and_detached_when_turned_off() -> Result<()> {
     )]);
     tb.apply_services(&docs.to_string())?;
     tb.wait_services_programmed(WAIT)?;
-    next_hops_resolved(&tb)?;
+    tb.wait_next_hops_resolved(WAIT)?;
     let n1 = tb.node("n1").ip;
     let through_xdp = |tb: &Testbed| -> Result<u64> {
         let before = tb.counter("n1", "xdp", "direct")?;

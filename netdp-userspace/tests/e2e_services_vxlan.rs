@@ -150,18 +150,36 @@ fn cluster_ip_to_remote_backends_is_translated_then_encapsulated() -> Result<()>
     }
 
     // From outside, the node port on n1: source NAT to n1's gateway address, translated
-    // request encapsulated from the underlay program itself, replies decapsulated,
-    // translated back and sent out to the client.
+    // request encapsulated on the underlay itself (in XDP once the next hop's MAC is
+    // known, in tc before), replies decapsulated by tc, translated back and sent out to
+    // the client.
     let out_ns = tb.outside_ns.clone().expect("outside host");
     let n1 = tb.node("n1").ip;
-    let snat_before = tb.event("n1", "from_netdev", "service_snat")?;
-    let encap_before = tb.counter("n1", "from_netdev", "encap_vxlan")?;
+    tb.wait_next_hops_resolved(Duration::from_secs(20))?;
+    let both = |kind: &str| -> Result<u64> {
+        let mut n = 0;
+        for prog in ["xdp", "from_netdev"] {
+            n += if kind == "service_snat" {
+                tb.event("n1", prog, kind)?
+            } else {
+                tb.counter("n1", prog, kind)?
+            };
+        }
+        Ok(n)
+    };
+    let snat_before = both("service_snat")?;
+    let encap_before = both("encap_vxlan")?;
+    let xdp_before = tb.counter("n1", "xdp", "encap_vxlan")?;
     let who = echo_many(&out_ns, Connect::new(n1, NODE_PORT), 20)?;
     let served = tally(&who);
     println!("outside -> {n1}:{NODE_PORT}: {served:?}");
     ensure!(served.len() == 2, "{served:?}");
-    ensure!(tb.event("n1", "from_netdev", "service_snat")? - snat_before >= 20);
-    ensure!(tb.counter("n1", "from_netdev", "encap_vxlan")? > encap_before);
+    ensure!(both("service_snat")? - snat_before >= 20);
+    ensure!(both("encap_vxlan")? > encap_before);
+    ensure!(
+        tb.counter("n1", "xdp", "encap_vxlan")? > xdp_before,
+        "XDP encapsulated none of it"
+    );
     ensure!(tb.counter("n1", "from_netdev", "service_reply")? > 0);
     // The backends saw n1's gateway address (its first pod address), not the client.
     let (subnet, _) = tb.node("n1").subnet()?;

@@ -373,3 +373,95 @@ fn truncated_frames_at_every_length_are_never_forwarded() {
         "no flow from a truncated frame"
     );
 }
+
+#[test]
+fn a_backend_behind_a_tunnel_gets_the_packet_encapsulated_in_xdp() {
+    let ns = TestNs::enter("tunnel");
+    let backends = [
+        (
+            netdp::config::Backend::Vxlan {
+                vni: 1,
+                port: 8472,
+                direct_routing: false,
+            },
+            decap::VXLAN,
+            Reason::EncapVxlan,
+        ),
+        (
+            netdp::config::Backend::Ipip {
+                direct_routing: false,
+            },
+            decap::IPIP,
+            Reason::EncapIpip,
+        ),
+        (
+            netdp::config::Backend::Udp { port: 8285 },
+            decap::UDP,
+            Reason::EncapUdp,
+        ),
+    ];
+    for (backend, decap, reason) in backends {
+        let (port, vni) = match backend {
+            netdp::config::Backend::Vxlan { vni, port, .. } => (port, vni),
+            netdp::config::Backend::Udp { port } => (port, 0),
+            _ => (0, 0),
+        };
+        let mut f = fixture(
+            &NodeConfig {
+                decap,
+                port,
+                vni,
+                vtep_mac: common::OUR_VTEP,
+                ..node()
+            },
+            ns.underlay,
+        );
+        // The peer leasing 10.1.2.0/24 is behind the router, reached through the tunnel.
+        f.route_to_peer(&backend);
+        f.apply(
+            "np",
+            plan(
+                &[node_port(NODE_IP, 30080, IPPROTO_TCP)],
+                8080,
+                &[remote(REMOTE_BACKEND)],
+            ),
+        );
+        let syn = from_router(OUTSIDE, NODE_IP, 50020, 30080, 0x02);
+        let (verdict, out) = f.run_xdp(ns.underlay, &syn.build());
+        assert_eq!(
+            verdict,
+            packet::XDP_REDIRECT,
+            "{backend:?}: to the route's interface"
+        );
+        // The translated packet, one hop on, inside the tunnel's headers.
+        let inner = PacketSpec {
+            src: GATEWAY,
+            dst: REMOTE_BACKEND,
+            dport: 8080,
+            ..hopped(&syn, UNDERLAY_MAC, ADJACENT_PEER_MAC)
+        }
+        .build();
+        let outer = common::outer_to_peer();
+        let expected = match backend {
+            netdp::config::Backend::Vxlan { .. } => {
+                // The source port is the inner flow's hash: taken from the output, checked
+                // against the range Linux's vxlan draws from.
+                let sport = u16::from_be_bytes([out[34], out[35]]);
+                assert!(sport >= 32768, "VXLAN source port {sport}");
+                packet::vxlan(
+                    &outer,
+                    sport,
+                    8472,
+                    1,
+                    common::PEER_VTEP,
+                    common::OUR_VTEP,
+                    &inner,
+                )
+            }
+            netdp::config::Backend::Ipip { .. } => packet::ipip(&outer, &inner),
+            _ => packet::udp_encap(&outer, 8285, 8285, &inner),
+        };
+        assert_eq!(out, expected, "{backend:?}");
+        assert_eq!(f.count(Program::Xdp, reason), 1, "{backend:?}");
+    }
+}
