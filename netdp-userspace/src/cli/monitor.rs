@@ -36,7 +36,7 @@ pub struct MonitorArgs {
     /// Only packets from or to this address (a pod's, a node's).
     #[arg(long)]
     pod: Option<Ipv4Addr>,
-    /// Only this program (from_pod, from_netdev, from_host).
+    /// Only this program (from_pod, from_netdev, from_host, xdp).
     #[arg(long)]
     program: Option<String>,
     /// Stop after this many events.
@@ -92,10 +92,9 @@ pub async fn run(args: MonitorArgs) -> Result<()> {
     if let Some(p) = &args.program
         && !Program::ALL.iter().any(|x| x.name() == p)
     {
-        return Err(anyhow!(
-            "--program {p:?} is none of from_pod, from_netdev, from_host"
-        ))
-        .classify(super::Failure::BadInput);
+        let names: Vec<_> = Program::ALL.iter().map(|p| p.name()).collect();
+        return Err(anyhow!("--program {p:?} is none of {}", names.join(", ")))
+            .classify(super::Failure::BadInput);
     }
     let mut monitor = Monitor::open(&args.node.pins()?)?;
     let wanted = |ev: &DropEvent| {
