@@ -26,7 +26,6 @@
 //! One flow means one CPU at a time: the rates are per core, on a machine whose other
 //! core runs the generator's system call part of the time.
 use std::{
-    collections::BTreeMap,
     net::Ipv4Addr,
     os::fd::AsRawFd,
     time::{Duration, Instant},
@@ -40,17 +39,12 @@ use aya::{
 };
 use netdp_common::{
     counters::{Program, Reason},
-    lb::Backend as LbBackend,
     node::NodeConfig,
     program_names::FROM_NETDEV,
     route::{Route, flags, mode},
 };
 use netdp_dataplane::{
-    Dataplane, MapSizes, Pins,
-    counters::CounterMap,
-    lb::{FrontendPlan, Lb, LbMaps, ServicePlan, frontend_key},
-    route::RouteMap,
-    xdp::XdpMode as NetdpXdp,
+    Dataplane, MapSizes, Pins, counters::CounterMap, route::RouteMap, xdp::XdpMode as NetdpXdp,
 };
 use netdp_testbed::{
     netns,
@@ -268,41 +262,15 @@ fn netdp(object: &[u8], pair: &Pair, n: usize, bpf_root: &std::path::Path) -> Re
     RouteMap::from_map(dp.take_map(netdp_common::map_names::ROUTES)?)?.sync(
         &std::collections::HashMap::from([("10.244.2.0/24".parse()?, route)]),
     )?;
-    let mut lb = Lb::new(LbMaps::take(&mut dp)?, sizes.maglev_table_size)?;
-    lb.set_config(SNAT, 0)?;
-    let plans = (0..n)
-        .map(|i| {
-            let backends = (0..3)
-                .map(|j| LbBackend {
-                    addr: if i + 1 == n {
-                        ENDPOINTS[j].octets()
-                    } else {
-                        [10, 246, (i / 200 % 250) as u8, (i % 200 + j) as u8]
-                    },
-                    flags: 0,
-                })
-                .collect();
-            let plan = ServicePlan {
-                frontends: BTreeMap::from([(
-                    frontend_key(cluster_ip(i), PORT, IPPROTO_TCP),
-                    FrontendPlan {
-                        target_port: TARGET_PORT,
-                        external: true,
-                        local_only: false,
-                    },
-                )]),
-                backends,
-                local_count: 0,
-                maglev: false,
-                affinity_timeout: None,
-            };
-            (format!("bench/ext-{i}"), Some(plan))
-        })
-        .collect();
-    let stats = lb.apply(plans);
-    if stats.added != n || stats.failed != 0 {
-        bail!("programming {n} services: {stats:?}");
-    }
+    let services = super::per_packet::BenchServices {
+        n,
+        frontend: cluster_ip,
+        external: true,
+        real: ENDPOINTS,
+        fake: |i, j| [10, 246, (i / 200 % 250) as u8, (i % 200 + j) as u8],
+        snat: Some(SNAT),
+    };
+    super::per_packet::program_services(&mut dp, &sizes, &services)?;
     let counters = CounterMap::from_map(dp.take_map(netdp_common::map_names::COUNTERS)?)?;
     Ok(Netdp { dp, pins, counters })
 }

@@ -24,7 +24,10 @@
 mod node_ports;
 mod services;
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::programs::{TestRun, TestRunOptions, TestRunResult};
@@ -34,12 +37,21 @@ use netdp_common::{
     counters::{Program, Reason},
     encap::{self, IPIP_OVERHEAD, UDP_OVERHEAD, VXLAN_OVERHEAD},
     endpoint::Endpoint,
+    lb::Backend as LbBackend,
     map_names,
     program_names::{BENCH_REDIRECT, BENCH_XDP_TX, FROM_NETDEV, FROM_POD, XDP_NETDEV},
 };
 use netdp_dataplane::{
-    Dataplane, Link, MapSizes, config::NetworkConfig, counters::CounterMap, endpoint::EndpointMap,
-    lease::LeaseAttrs, node, peer::PeerMap, route, route::RouteMap,
+    Dataplane, Link, MapSizes,
+    config::NetworkConfig,
+    counters::CounterMap,
+    endpoint::EndpointMap,
+    lb::{FrontendPlan, Lb, LbMaps, ServicePlan, frontend_key},
+    lease::LeaseAttrs,
+    node,
+    peer::PeerMap,
+    route,
+    route::RouteMap,
 };
 use netdp_testbed::{
     flannel::{VNI, VXLAN_PORT},
@@ -411,6 +423,74 @@ fn load(object: &[u8], backend: Backend, sizes: &MapSizes, verify: bool) -> Resu
     PeerMap::from_map(dp.take_map(map_names::PEERS)?)?.sync(&HashMap::from([(PEER_IP, subnet)]))?;
     let counters = CounterMap::from_map(dp.take_map(map_names::COUNTERS)?)?;
     Ok(Node { dp, counters })
+}
+
+/// A benchmark's services: `n` of one TCP port each; service `i` answers on
+/// `frontend(i)`:80 (an external frontend, as node ports, external and load-balancer IPs
+/// are, when `external`) with 3 backends on port 8080, the last service's `real` and the
+/// others' `fake(i, j)`; `snat` is the node's source NAT address.
+#[derive(Clone, Copy)]
+pub(super) struct BenchServices {
+    pub n: usize,
+    pub frontend: fn(usize) -> Ipv4Addr,
+    pub external: bool,
+    pub real: [Ipv4Addr; 3],
+    pub fake: fn(usize, usize) -> [u8; 4],
+    pub snat: Option<Ipv4Addr>,
+}
+
+/// Programs `services` through the agent's own `Lb`.
+pub(super) fn program_services(
+    dp: &mut Dataplane,
+    sizes: &MapSizes,
+    services: &BenchServices,
+) -> Result<()> {
+    let BenchServices {
+        n,
+        frontend,
+        external,
+        real,
+        fake,
+        snat,
+    } = *services;
+    let mut lb = Lb::new(LbMaps::take(dp)?, sizes.maglev_table_size)?;
+    if let Some(addr) = snat {
+        lb.set_config(addr, 0)?;
+    }
+    let plans = (0..n)
+        .map(|i| {
+            let backends = (0..3)
+                .map(|j| LbBackend {
+                    addr: if i + 1 == n {
+                        real[j].octets()
+                    } else {
+                        fake(i, j)
+                    },
+                    flags: 0,
+                })
+                .collect();
+            let plan = ServicePlan {
+                frontends: BTreeMap::from([(
+                    frontend_key(frontend(i), 80, IPPROTO_TCP),
+                    FrontendPlan {
+                        target_port: 8080,
+                        external,
+                        local_only: false,
+                    },
+                )]),
+                backends,
+                local_count: 0,
+                maglev: false,
+                affinity_timeout: None,
+            };
+            (format!("bench/service-{i}"), Some(plan))
+        })
+        .collect();
+    let stats = lb.apply(plans);
+    if stats.added != n || stats.failed != 0 {
+        bail!("programming {n} services: {stats:?}");
+    }
+    Ok(())
 }
 
 /// Checks what one call left behind; `Err` says how the path was left.

@@ -14,21 +14,17 @@
 //! sample's counters (a new flow per first packet, one `direct` per packet, in the program
 //! measured). This measures the programs' own cost; what XDP saves beyond it (the skb
 //! never allocated, the stack never entered) shows only under live traffic.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use anyhow::{Result, bail};
 use aya::maps::{HashMap, MapData};
 use netdp_common::{
     conntrack::{CtEntry, CtKey},
     counters::{Event, Program, Reason},
-    lb::Backend as LbBackend,
     map_names,
     program_names::{BENCH_XDP_TX, FROM_NETDEV, XDP_NETDEV},
 };
-use netdp_dataplane::{
-    Dataplane, MapSizes,
-    lb::{FrontendPlan, Lb, LbMaps, ServicePlan, frontend_key},
-};
+use netdp_dataplane::{Dataplane, MapSizes};
 use netdp_testbed::packet::{self, IPPROTO_TCP, Ipv4View, PacketSpec};
 
 use super::{
@@ -111,44 +107,15 @@ fn syn_ack(backend: Ipv4Addr, dport: u16) -> Vec<u8> {
 }
 
 fn program(dp: &mut Dataplane, sizes: &MapSizes) -> Result<()> {
-    let mut lb = Lb::new(LbMaps::take(dp)?, sizes.maglev_table_size)?;
-    lb.set_config(SNAT, 0)?;
-    let plans = (0..SERVICES)
-        .map(|i| {
-            let backends = ENDPOINTS
-                .iter()
-                .enumerate()
-                .map(|(j, ep)| LbBackend {
-                    addr: if i + 1 == SERVICES {
-                        ep.octets()
-                    } else {
-                        [10, 1, 3 + (i % 200) as u8, 1 + j as u8]
-                    },
-                    flags: 0,
-                })
-                .collect();
-            let plan = ServicePlan {
-                frontends: BTreeMap::from([(
-                    frontend_key(external_ip(i), PORT, IPPROTO_TCP),
-                    FrontendPlan {
-                        target_port: TARGET_PORT,
-                        external: true,
-                        local_only: false,
-                    },
-                )]),
-                backends,
-                local_count: 0,
-                maglev: false,
-                affinity_timeout: None,
-            };
-            (format!("bench/external-{i}"), Some(plan))
-        })
-        .collect();
-    let stats = lb.apply(plans);
-    if stats.added != SERVICES || stats.failed != 0 {
-        bail!("programming {SERVICES} services: {stats:?}");
-    }
-    Ok(())
+    let services = super::BenchServices {
+        n: SERVICES,
+        frontend: external_ip,
+        external: true,
+        real: ENDPOINTS,
+        fake: |i, j| [10, 1, 3 + (i % 200) as u8, 1 + j as u8],
+        snat: Some(SNAT),
+    };
+    super::program_services(dp, sizes, &services)
 }
 
 /// A client's packet DNATed to one of `allowed`, source-NATed to the node, sent to the peer.

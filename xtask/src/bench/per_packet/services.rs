@@ -20,21 +20,15 @@
 //! Every call's output is checked: addresses, ports, TTL, MACs and both checksums.
 use std::net::Ipv4Addr;
 
-use std::collections::BTreeMap;
-
 use anyhow::{Result, anyhow, bail};
 use aya::maps::{HashMap, MapData};
 use netdp_common::{
     conntrack::{CtEntry, CtKey, state},
     counters::{Event, Program, Reason},
-    lb::Backend as LbBackend,
     map_names,
     program_names::{FROM_NETDEV, FROM_POD},
 };
-use netdp_dataplane::{
-    Dataplane, MapSizes,
-    lb::{FrontendPlan, Lb, LbMaps, ServicePlan, frontend_key},
-};
+use netdp_dataplane::{Dataplane, MapSizes};
 use netdp_testbed::packet::{self, IPPROTO_TCP, Ipv4View, PacketSpec};
 
 use super::{
@@ -117,43 +111,15 @@ fn from_backend(backend: Ipv4Addr, dport: u16, tcp_flags: u8, payload: usize) ->
 /// `cluster_ip(i)`; the last one's backends are `ENDPOINTS`, the others' made-up pods of the
 /// peer's subnet.
 fn program(dp: &mut Dataplane, sizes: &MapSizes) -> Result<()> {
-    let mut lb = Lb::new(LbMaps::take(dp)?, sizes.maglev_table_size)?;
-    let plans = (0..SERVICES)
-        .map(|i| {
-            let backends = ENDPOINTS
-                .iter()
-                .enumerate()
-                .map(|(j, ep)| LbBackend {
-                    addr: if i + 1 == SERVICES {
-                        ep.octets()
-                    } else {
-                        [10, 1, 3 + (i % 200) as u8, 1 + j as u8]
-                    },
-                    flags: 0,
-                })
-                .collect();
-            let plan = ServicePlan {
-                frontends: BTreeMap::from([(
-                    frontend_key(cluster_ip(i), PORT, IPPROTO_TCP),
-                    FrontendPlan {
-                        target_port: TARGET_PORT,
-                        external: false,
-                        local_only: false,
-                    },
-                )]),
-                backends,
-                local_count: 0,
-                maglev: false,
-                affinity_timeout: None,
-            };
-            (format!("bench/service-{i}"), Some(plan))
-        })
-        .collect();
-    let stats = lb.apply(plans);
-    if stats.added != SERVICES || stats.failed != 0 {
-        bail!("programming {SERVICES} services: {stats:?}");
-    }
-    Ok(())
+    let services = super::BenchServices {
+        n: SERVICES,
+        frontend: cluster_ip,
+        external: false,
+        real: ENDPOINTS,
+        fake: |i, j| [10, 1, 3 + (i % 200) as u8, 1 + j as u8],
+        snat: None,
+    };
+    super::program_services(dp, sizes, &services)
 }
 
 /// CONNTRACK and HALF_OPEN.
