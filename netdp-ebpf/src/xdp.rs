@@ -78,10 +78,19 @@ pub fn netdev(ctx: &XdpContext) -> u32 {
             drop(ctx, PROGRAM, Reason::DecapUnknownPeer)
         } as u32;
     }
-    if source::verifying()
-        && let Err(verdict) = source::underlay(ctx, PROGRAM, &frame, to_node)
-    {
-        return verdict as u32;
+    if source::verifying() {
+        if let Err(verdict) = source::underlay(ctx, PROGRAM, &frame, to_node) {
+            return verdict as u32;
+        }
+        // Straight to a pod here from outside the cluster: only from a routed network
+        // (nothing translated is addressed to a pod: services and masquerading answer
+        // on their own addresses).
+        // SAFETY: only tested for presence.
+        if unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) }.is_some()
+            && let Err(verdict) = source::outside_to_pod(ctx, PROGRAM, &frame)
+        {
+            return verdict as u32;
+        }
     }
     // Forwarding is a routing hop; one that would expire, tc hands to the kernel.
     if !plain || ttl <= 1 {

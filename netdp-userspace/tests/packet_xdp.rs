@@ -319,6 +319,14 @@ fn the_prefilter_drops_denied_sources_foreign_pods_and_tunnels_from_strangers() 
     let spoofed = from_router(Ipv4Addr::new(10, 1, 9, 9), LOCAL_BACKEND, 1, 80, 0x02).build();
     assert_eq!(f.run_xdp(ns.underlay, &spoofed).0, XDP_DROP);
     assert_eq!(f.count(Program::Xdp, Reason::UnderlayForeignSource), 1);
+    // An outside host straight to a pod here: only from a routed network.
+    let direct = from_router(OUTSIDE, LOCAL_BACKEND, 1, 80, 0x02).build();
+    assert_eq!(f.run_xdp(ns.underlay, &direct).0, XDP_DROP);
+    assert_eq!(f.count(Program::Xdp, Reason::UnderlayForeignSource), 2);
+    f.routed_networks
+        .set(&["203.0.113.0/24".parse().expect("a CIDR")].into())
+        .expect("writing ROUTED_NETWORKS");
+    assert_eq!(f.run_xdp(ns.underlay, &direct), (XDP_PASS, direct.clone()));
 
     // VXLAN from an address that is no peer: dropped; from the peer: tc decapsulates.
     let inner = PacketSpec::default().build();
