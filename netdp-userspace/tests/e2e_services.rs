@@ -652,6 +652,12 @@ fn xdp_is_adopted_across_restarts_and_detached_when_turned_off() -> Result<()> {
     };
     let first = xdp_prog_id(&tb, "n1")?.context("no XDP program on n1's eth0")?;
     ensure!(through_xdp(&tb)? >= 5, "XDP carried none of it");
+    // The underlay is a veth: the agent says what its other end needs.
+    let log = std::fs::read_to_string(tb.node("n1").agent_log())?;
+    ensure!(
+        log.contains("XDP on eth0, a veth"),
+        "no word about the veth underlay in n1's log"
+    );
 
     tb.stop_agent("n1")?;
     ensure!(

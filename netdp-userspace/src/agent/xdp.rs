@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Result, bail};
 use ipnetwork::Ipv4Network;
-use log::info;
+use log::{info, warn};
 use netdp_common::{
     map_names,
     node::{NodeConfig, flags},
@@ -80,9 +80,61 @@ impl XdpArgs {
         info!("XDP on {netdev}: {}", mode.name());
         if mode != XdpMode::Off {
             forwarding_on(netdev)?;
+            if driver(netdev).as_deref() == Some("veth") {
+                warn!(
+                    "XDP on {netdev}, a veth: the frames XDP sends back out reach the other \
+                     end only while that end runs an XDP program of its own (any that passes \
+                     everything will do) and, for XDP to translate them, arrive with \
+                     complete checksums (no transmit checksum offload where they are sent \
+                     from); otherwise run with --xdp=off"
+                );
+            }
         }
         Ok(mode)
     }
+}
+
+/// The driver of `netdev` (ethtool's ETHTOOL_GDRVINFO; no crate wraps this one ioctl).
+fn driver(netdev: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    /// struct ethtool_drvinfo, up to the driver name and what follows it.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    if netdev.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    // SAFETY: all-zero is a valid ifreq.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(netdev.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = &mut info as *mut DrvInfo as *mut libc::c_char;
+    // SAFETY: plain syscalls; `ifr` and `info` outlive the ioctl, which writes at most
+    // struct ethtool_drvinfo (196 bytes) into `info`.
+    let rc = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return None;
+        }
+        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut ifr);
+        libc::close(fd);
+        rc
+    };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
 /// Turns IPv4 forwarding on for `netdev`: XDP finds the next hop of a reply to a client
