@@ -1,41 +1,5 @@
 //! Checksums: incremental updates (RFC 1624) done in place, and full sums of small
-//! headers the programs build themselves. Also the routing hop, which is mostly one.
-use aya_ebpf::programs::TcContext;
-use netdp_common::counters::{Program, Reason};
-
-use crate::{
-    counters::pass,
-    parse::{Ipv4Frame, Ipv4Hdr},
-};
-
-/// One routing hop for a packet the program forwards: the TTL goes down by one, or, if it
-/// would expire, the packet goes to the kernel (which answers ICMP time exceeded) and that
-/// verdict is returned.
-#[inline(always)]
-pub fn hop(ctx: &TcContext, program: Program, frame: &Ipv4Frame) -> Result<(), i32> {
-    // SAFETY: headers were bounds checked by the parser and nothing has moved the packet.
-    unsafe {
-        if (*frame.ip).ttl <= 1 {
-            return Err(pass(ctx, program, Reason::TtlExceeded));
-        }
-        decrease_ttl(frame.ip);
-    }
-    Ok(())
-}
-
-/// Decrements the TTL and patches the header checksum, as the kernel's ip_decrease_ttl does.
-///
-/// # Safety
-/// `ip` must point at a bounds-checked IPv4 header.
-#[inline(always)]
-pub unsafe fn decrease_ttl(ip: *mut Ipv4Hdr) {
-    unsafe {
-        let mut check = (*ip).check as u32;
-        check += 0x0100u16.to_be() as u32;
-        (*ip).check = (check + (check >= 0xffff) as u32) as u16;
-        (*ip).ttl -= 1;
-    }
-}
+//! headers the programs build themselves. Pure arithmetic, for both hooks.
 
 /// Folds a 32-bit ones'-complement sum to 16 bits.
 #[inline(always)]

@@ -11,7 +11,7 @@ use netdp_common::{
 use crate::{
     conntrack::{self, CtState},
     counters::{drop, pass, redirected},
-    csum, fragment, maps,
+    fragment, hop, maps,
     nat::{self, Outcome},
     parse::{self, Ipv4Frame, Parsed, Transport},
 };
@@ -91,7 +91,7 @@ pub fn send(
     ifindex: u32,
     reason: Reason,
 ) -> i32 {
-    if let Err(verdict) = csum::hop(ctx, program, frame) {
+    if let Err(verdict) = hop::hop(ctx, program, frame) {
         return verdict;
     }
     // SAFETY: no neighbour parameters: the kernel routes by the packet's destination.

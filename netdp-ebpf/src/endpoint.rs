@@ -6,7 +6,7 @@ use netdp_common::{
     endpoint::Endpoint,
 };
 
-use crate::{counters::redirected, csum, parse::Ipv4Frame};
+use crate::{counters::redirected, hop, parse::Ipv4Frame};
 
 /// Hands the frame to the pod, counting it under `reason` (plain delivery, or delivery
 /// after decapsulation or reverse translation).
@@ -18,7 +18,7 @@ pub fn deliver(
     ep: &Endpoint,
     reason: Reason,
 ) -> i32 {
-    if let Err(verdict) = csum::hop(ctx, program, frame) {
+    if let Err(verdict) = hop::hop(ctx, program, frame) {
         return verdict;
     }
     // SAFETY: bounds checked by the parser; the TTL update moved nothing.

@@ -22,6 +22,7 @@ mod encap;
 mod endpoint;
 mod forward;
 mod fragment;
+mod hop;
 mod icmp;
 mod lb;
 mod maps;

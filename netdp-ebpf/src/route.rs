@@ -13,7 +13,7 @@ use netdp_common::{
 
 use crate::{
     counters::{drop, pass, redirected},
-    csum, encap, icmp, mtu,
+    encap, hop, icmp, mtu,
     parse::{EthHdr, Ipv4Frame, ptr_at},
 };
 
@@ -32,7 +32,7 @@ pub fn forward(ctx: &TcContext, program: Program, frame: &Ipv4Frame, rt: &Route)
         return icmp::frag_needed(ctx, program, frame, rt.mtu);
     }
     // SAFETY: as above.
-    unsafe { csum::decrease_ttl(frame.ip) };
+    unsafe { hop::decrease_ttl(frame.ip) };
     let encapsulated = match rt.mode {
         mode::VXLAN => encap::vxlan(ctx, frame, rt).map(|()| Reason::EncapVxlan),
         mode::IPIP => encap::ipip(ctx, frame, rt).map(|()| Reason::EncapIpip),

@@ -31,9 +31,8 @@ use netdp_common::{
 use crate::{
     conntrack::{self, CtState},
     counters::{count, drop, pass},
-    csum,
     ctx::Ctx,
-    encap,
+    encap, hop,
     lb::{self, Flow},
     maps,
     nat::{self, Translated},
@@ -206,7 +205,7 @@ fn fib(ctx: &XdpContext, to: &CtKey) -> Option<Egress> {
 fn transmit(ctx: &XdpContext, frame: &Ipv4Frame, out: &Egress, reason: Reason) -> i32 {
     // SAFETY: bounds checked by the parser, and the rewrite moved nothing; the TTL was
     // checked above 1.
-    unsafe { csum::decrease_ttl(frame.ip) };
+    unsafe { hop::decrease_ttl(frame.ip) };
     let reason = match out.tunnel {
         None => reason,
         Some(rt) => {

@@ -1,15 +1,13 @@
 //! The node's own lease: renewing it, re-acquiring it when it is gone, publishing it in the
-//! subnet file; and the watch that streams everybody's leases to the agent.
+//! subnet file.
 
 use anyhow::Result;
 use log::{error, info, warn};
-use tokio::sync::mpsc;
 
 use super::{AgentArgs, State, gateway::ensure_gateway, subnets::Subnets};
 use crate::{
     config::NetworkConfig,
-    etcd::watch::{Follow, forward},
-    lease::{Lease, LeaseAttrs, LeaseOptions, LeaseWatch, Registry, WatchUpdate},
+    lease::{Lease, LeaseAttrs, LeaseOptions},
     subnet_file::SubnetFile,
 };
 
@@ -79,28 +77,4 @@ pub(super) fn write_subnet_file(
         ipmasq: args.ip_masq,
     }
     .write(&args.subnet_file)
-}
-
-/// Lease changes as the agent follows them, from the registry's own connection.
-struct LeaseFollow {
-    watch: LeaseWatch,
-    registry: Registry,
-}
-
-impl Follow for LeaseFollow {
-    type Update = WatchUpdate;
-
-    async fn next(&mut self) -> Result<WatchUpdate> {
-        self.watch.next(&mut self.registry).await
-    }
-
-    fn revision(&self) -> i64 {
-        self.watch.revision()
-    }
-}
-
-/// Streams lease changes to the agent; a broken watch resumes where it left off.
-pub(super) async fn watch_leases(registry: Registry, revision: i64, tx: mpsc::Sender<WatchUpdate>) {
-    let watch = LeaseWatch::new(revision);
-    forward(LeaseFollow { watch, registry }, tx).await
 }

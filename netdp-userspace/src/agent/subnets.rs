@@ -12,11 +12,13 @@ use ipnetwork::Ipv4Network;
 use log::warn;
 use tokio::sync::mpsc;
 
-use super::leases::watch_leases;
 use crate::{
     config::NetworkConfig,
+    etcd::watch::{Follow, forward},
     k8s::nodes::{DEFAULT_ANNOTATION_PREFIX, NodeSubnets},
-    lease::{Lease, LeaseAttrs, LeaseOptions, LeaseSet, PeerLease, Registry, WatchUpdate},
+    lease::{
+        Lease, LeaseAttrs, LeaseOptions, LeaseSet, LeaseWatch, PeerLease, Registry, WatchUpdate,
+    },
 };
 
 /// The flags of the Kubernetes subnet manager (flanneld's names).
@@ -180,4 +182,28 @@ impl Subnets {
             Subnets::Kube { .. } => LeaseSet::for_nodes(),
         }
     }
+}
+
+/// Lease changes as the agent follows them, from the registry's own connection.
+struct LeaseFollow {
+    watch: LeaseWatch,
+    registry: Registry,
+}
+
+impl Follow for LeaseFollow {
+    type Update = WatchUpdate;
+
+    async fn next(&mut self) -> Result<WatchUpdate> {
+        self.watch.next(&mut self.registry).await
+    }
+
+    fn revision(&self) -> i64 {
+        self.watch.revision()
+    }
+}
+
+/// Streams lease changes to the agent; a broken watch resumes where it left off.
+pub(super) async fn watch_leases(registry: Registry, revision: i64, tx: mpsc::Sender<WatchUpdate>) {
+    let watch = LeaseWatch::new(revision);
+    forward(LeaseFollow { watch, registry }, tx).await
 }
