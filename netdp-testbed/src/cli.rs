@@ -131,4 +131,30 @@ impl Testbed {
             .and_then(|c| c["count"].as_u64())
             .unwrap_or(0))
     }
+
+    /// The programs that see what a node receives on its underlay: XDP first (when it
+    /// runs, it takes node port traffic), then `from_netdev`.
+    pub const UNDERLAY_PROGRAMS: [&str; 2] = ["xdp", "from_netdev"];
+
+    /// Packets the underlay's programs together counted for `reason`.
+    pub fn underlay_counter(&self, node: &str, reason: &str) -> Result<u64> {
+        let all = self.counters(node)?;
+        Ok(Self::UNDERLAY_PROGRAMS
+            .iter()
+            .map(|p| {
+                all.get(&(p.to_string(), reason.to_string()))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum())
+    }
+
+    /// How often the underlay's programs together saw `event`.
+    pub fn underlay_event(&self, node: &str, event: &str) -> Result<u64> {
+        let mut n = 0;
+        for p in Self::UNDERLAY_PROGRAMS {
+            n += self.event(node, p, event)?;
+        }
+        Ok(n)
+    }
 }

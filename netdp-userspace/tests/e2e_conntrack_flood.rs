@@ -6,8 +6,9 @@
 //! source ports, sources on the outside network that nobody holds, so no handshake is ever
 //! completed). The connection goes on afterwards, on the same socket with the same backend,
 //! and its two entries never leave CONNTRACK; the flood is shown to have been real (tens of
-//! thousands of service flows on n1's `from_netdev`) and to have filled HALF_OPEN, so one
-//! table of that size would have evicted the idle connection many times over.
+//! thousands of service flows on n1's underlay programs, XDP or `from_netdev`) and to have
+//! filled HALF_OPEN, so one table of that size would have evicted the idle connection many
+//! times over.
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     time::{Duration, Instant},
@@ -176,7 +177,7 @@ fn an_idle_connection_through_a_cluster_ip_survives_a_syn_flood_at_a_node_port()
         "the idle connection is not established in CONNTRACK: {}",
         describe(&ours)
     );
-    let flows_before = tb.event("n1", "from_netdev", "service_flow")?;
+    let flows_before = tb.underlay_event("n1", "service_flow")?;
 
     let flood = Flood::start(
         &out_ns,
@@ -208,13 +209,13 @@ fn an_idle_connection_through_a_cluster_ip_survives_a_syn_flood_at_a_node_port()
         }
     }
     let report = flood.wait()?;
-    let flows = tb.event("n1", "from_netdev", "service_flow")? - flows_before;
-    let snat = tb.event("n1", "from_netdev", "service_snat")?;
+    let flows = tb.underlay_event("n1", "service_flow")? - flows_before;
+    let snat = tb.underlay_event("n1", "service_snat")?;
     let not_syn = tb.counter("n1", "from_pod", "service_not_syn")?;
     let (ct_after, from_outside) = tables.conntrack_len();
     println!(
         "flood: {} SYNs in {:.1?} ({:.0}/s, {} refused by the kernel) from {}-{} to \
-         {n1}:{}; n1 from_netdev service_flow +{flows} (service_snat {snat}); HALF_OPEN held \
+         {n1}:{}; n1's underlay programs service_flow +{flows} (service_snat {snat}); HALF_OPEN held \
          at most {max_half_open} of {TABLE} live entries ({} now); CONNTRACK holds {ct_after} of \
          {TABLE}, {from_outside} of them of established flows from outside",
         report.sent,
@@ -269,7 +270,7 @@ fn an_idle_connection_through_a_cluster_ip_survives_a_syn_flood_at_a_node_port()
     );
     ensure!(
         flows >= 20_000 && flows * 2 >= report.sent,
-        "n1's from_netdev started {flows} service flows for {} SYNs",
+        "n1's underlay programs (XDP, from_netdev) started {flows} service flows for {} SYNs",
         report.sent
     );
     ensure!(

@@ -104,19 +104,19 @@ fn forged_resets_and_closes_do_not_end_a_connection_through_a_node_port() -> Res
         .map(|i| forged(0x04, i))
         .chain((0..FINS).map(|i| forged(0x11, i)))
         .collect();
-    let before = tb.counter("n1", "from_netdev", "out_of_window")?;
+    let before = tb.underlay_counter("n1", "out_of_window")?;
     let sent = send_forged(&out_ns, frames)?;
     let mut dropped = 0;
     tb.wait_for(
         "n1 to drop every forged segment",
         Duration::from_secs(10),
         || {
-            dropped = tb.counter("n1", "from_netdev", "out_of_window")? - before;
+            dropped = tb.underlay_counter("n1", "out_of_window")? - before;
             Ok(dropped >= sent)
         },
     )?;
     println!(
-        "forged {sent} RSTs and FINs from the outside host; n1 from_netdev out_of_window +{dropped}"
+        "forged {sent} RSTs and FINs from the outside host; n1's underlay programs out_of_window +{dropped}"
     );
     ensure!(
         dropped == u64::from(RSTS + FINS),
