@@ -91,6 +91,10 @@ pub mod flags {
     /// original direction leaves through the underlay, its replies are counted as
     /// unmasqueraded.
     pub const MASQ: u8 = 4;
+    /// A node port flow sent on with direct server return (on the frontend's node): its
+    /// packets are not rewritten but carried to the backend's node with the backend in a
+    /// [`crate::dsr`] IP option, whose node translates them and answers the client itself.
+    pub const DSR: u8 = 8;
 }
 
 /// What to do with packets of one direction of a flow.

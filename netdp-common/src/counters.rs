@@ -159,10 +159,16 @@ pub enum Reason {
     /// A TCP packet other than a SYN to a frontend, for no tracked flow: it cannot start
     /// one (kube-proxy drops these as conntrack-invalid).
     ServiceNotSyn = 109,
+    /// A DSR option naming a backend that is no pod on this node.
+    DsrNoEndpoint = 110,
+    /// A DSR flow's reply tuple is another live flow's (the same client port to two
+    /// services sharing a backend): source NAT, which would resolve it, is what DSR does
+    /// without.
+    DsrTupleTaken = 111,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 46] = [
+    pub const ALL: [Reason; 48] = [
         Reason::LocalDelivery,
         Reason::Direct,
         Reason::DirectNeigh,
@@ -209,6 +215,8 @@ impl Reason {
         Reason::ServiceBadBackend,
         Reason::ServiceRejectFailed,
         Reason::ServiceNotSyn,
+        Reason::DsrNoEndpoint,
+        Reason::DsrTupleTaken,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -267,6 +275,8 @@ impl Reason {
             Reason::ServiceBadBackend => "service_bad_backend",
             Reason::ServiceRejectFailed => "service_reject_failed",
             Reason::ServiceNotSyn => "service_not_syn",
+            Reason::DsrNoEndpoint => "dsr_no_endpoint",
+            Reason::DsrTupleTaken => "dsr_tuple_taken",
         }
     }
 }
@@ -287,14 +297,22 @@ pub enum Event {
     /// A translation's port was taken over from a flow that had expired or lost its other
     /// direction.
     PortReclaimed = 3,
+    /// A new flow to a node port went to its remote backend with direct server return
+    /// (this node will not see the replies).
+    ServiceDsr = 4,
+    /// A flow another node sent here with direct server return opened: its packets are
+    /// translated to the local backend, and its replies leave from here to the client.
+    DsrFlow = 5,
 }
 
 impl Event {
-    pub const ALL: [Event; 4] = [
+    pub const ALL: [Event; 6] = [
         Event::ServiceFlow,
         Event::ServiceSnat,
         Event::MasqueradeFlow,
         Event::PortReclaimed,
+        Event::ServiceDsr,
+        Event::DsrFlow,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -303,6 +321,8 @@ impl Event {
             Event::ServiceSnat => "service_snat",
             Event::MasqueradeFlow => "masquerade_flow",
             Event::PortReclaimed => "port_reclaimed",
+            Event::ServiceDsr => "service_dsr",
+            Event::DsrFlow => "dsr_flow",
         }
     }
 }

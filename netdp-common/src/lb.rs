@@ -32,6 +32,10 @@ pub mod frontend_flags {
     /// (externalTrafficPolicy) for traffic arriving from outside, which keeps its source
     /// address; on a cluster IP (internalTrafficPolicy) for all of its traffic.
     pub const LOCAL_ONLY: u16 = 8;
+    /// Direct server return (on an EXTERNAL frontend): a remote backend behind a tunnel gets
+    /// the client's packets with the client's address, and its node answers the client
+    /// directly, instead of source NAT to this node (`netdp.io/forwarding-mode: dsr`).
+    pub const DSR: u16 = 16;
 }
 
 /// A frontend: where its backends are and how to pick one. Precomputed by the agent so a

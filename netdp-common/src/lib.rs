@@ -10,6 +10,7 @@ extern crate std;
 
 pub mod conntrack;
 pub mod counters;
+pub mod dsr;
 pub mod encap;
 pub mod endpoint;
 pub mod fragment;

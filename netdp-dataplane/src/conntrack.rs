@@ -56,6 +56,9 @@ impl Flow {
     pub fn kind(&self) -> &'static str {
         if self.is_masquerade() {
             "masquerade"
+        } else if self.entry.flags & flags::DSR != 0 {
+            // Sent on untranslated to the backend's node, which answers the client.
+            "service-dsr"
         } else {
             "service"
         }

@@ -255,10 +255,15 @@ pub fn complete<C: Ctx>(ctx: &C, key: &CtKey, l4: &L4) -> Option<CtEntry> {
         return None;
     }
     let (_, entry, now) = live(&HALF_OPEN, key, tcp_flags)?;
-    if entry.flags & flags::REPLY != 0 || entry.state != state::ESTABLISHED {
+    // A flow sent on with direct server return is answered past this node: the client's
+    // ACK is all of the handshake it sees.
+    if entry.flags & flags::REPLY != 0
+        || (entry.state != state::ESTABLISHED && entry.flags & flags::DSR == 0)
+    {
         return None;
     }
     let e = CtEntry {
+        state: state::ESTABLISHED,
         expires: now + lifetime(state::ESTABLISHED),
         ..*entry
     };

@@ -8,7 +8,8 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_F_MARK_MANGLED_0, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        BPF_F_MARK_MANGLED_0, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_adj_room_mode::{BPF_ADJ_ROOM_MAC, BPF_ADJ_ROOM_NET},
         xdp_action,
     },
     helpers::{bpf_skb_load_bytes, bpf_xdp_adjust_head, bpf_xdp_load_bytes},
@@ -55,6 +56,11 @@ pub trait Ctx {
     /// bpf_skb_adjust_room's encapsulation flags, for the skb's GSO state; XDP frames
     /// have none and just grow at the front. Packet pointers are invalid afterwards.
     fn push_outer(&self, len: u32, tc_flags: u64) -> Result<(), ()>;
+    /// Makes room for `len` bytes right after a 20-byte IP header (an IP option). tc moves
+    /// the Ethernet and IP headers to the front; XDP just grows at the front, so the bytes
+    /// before the room are the caller's to write whole. Packet pointers are invalid
+    /// afterwards.
+    fn insert_after_ip(&self, len: u32) -> Result<(), ()>;
     /// The tc context, where the caller needs what only tc can do (build an ICMP error);
     /// `None` in XDP, which leaves those packets to tc.
     fn as_tc(&self) -> Option<&TcContext>;
@@ -122,6 +128,11 @@ impl Ctx for TcContext {
     #[inline(always)]
     fn push_outer(&self, len: u32, tc_flags: u64) -> Result<(), ()> {
         self.adjust_room(len as i32, BPF_ADJ_ROOM_MAC, tc_flags)
+            .map_err(|_| ())
+    }
+    #[inline(always)]
+    fn insert_after_ip(&self, len: u32) -> Result<(), ()> {
+        self.adjust_room(len as i32, BPF_ADJ_ROOM_NET, 0)
             .map_err(|_| ())
     }
     #[inline(always)]
@@ -205,6 +216,10 @@ impl Ctx for XdpContext {
             0 => Ok(()),
             _ => Err(()),
         }
+    }
+    #[inline(always)]
+    fn insert_after_ip(&self, len: u32) -> Result<(), ()> {
+        self.push_outer(len, 0)
     }
     #[inline(always)]
     fn as_tc(&self) -> Option<&TcContext> {

@@ -5,6 +5,7 @@
 //! the cluster, or to the kernel.
 use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use netdp_common::{
+    Ipv4,
     conntrack::flags,
     counters::{Program, Reason},
     endpoint::EndpointKey,
@@ -15,7 +16,7 @@ use netdp_common::{
 use crate::{
     conntrack::{self, CtState},
     counters::{drop, pass},
-    decap, egress, endpoint, fragment, icmp, lb, maps,
+    decap, dsr, egress, endpoint, fragment, icmp, lb, maps,
     nat::{self, Outcome, Translated},
     parse::{self, Ipv4Frame, Parsed, Transport},
     route, source,
@@ -42,6 +43,10 @@ enum Stage {
     Received { to_node: bool },
     /// Out of a tunnel: tracked flows only (their replies); delivery counts as `Reason`.
     Decapsulated(Reason),
+    /// Out of a tunnel, sent by a node port's node with direct server return to the
+    /// backend (address, port) its option named: tracked flows, and new flows to that
+    /// backend. Delivery counts as `Reason`.
+    Dispatched(Reason, (Ipv4, u16)),
 }
 
 /// The translation stage: packets of tracked flows (either kind, either direction) and
@@ -61,13 +66,14 @@ fn translate(
                 CtState::Invalid => Outcome::Done(drop(ctx, program, Reason::OutOfWindow)),
                 CtState::New => match stage {
                     Stage::Decapsulated(_) => Outcome::Untouched,
+                    Stage::Dispatched(_, backend) => dsr::open(ctx, program, &l4, &key, backend),
                     _ => lb::new_flow(ctx, program, &l4, &key),
                 },
                 CtState::Established(e) | CtState::Reply(e) | CtState::Related(e) => {
                     nat::follow(ctx, program, &key, &l4, e)
                 }
             };
-            if l4.first_fragment && matches!(outcome, Outcome::Translated(_)) {
+            if l4.first_fragment && matches!(outcome, Outcome::Translated(t) if !t.is_dsr()) {
                 fragment::remember(ctx, &key);
             }
             outcome
@@ -107,7 +113,7 @@ fn translated_or(
     stage: Stage,
 ) -> Result<Ipv4Frame, i32> {
     let delivered = match stage {
-        Stage::Decapsulated(reason) => reason,
+        Stage::Decapsulated(reason) | Stage::Dispatched(reason, _) => reason,
         _ => Reason::LocalDelivery,
     };
     match translate(ctx, program, frame, t, stage) {
@@ -230,13 +236,24 @@ fn inner(ctx: &TcContext, reason: Reason, peer: &Peer) -> i32 {
         Ok(f) => f,
         Err(verdict) => return verdict,
     };
-    if source::verifying()
+    // A node port's flow sent here with direct server return: its source is the client's,
+    // and the peer vouches for it.
+    let (frame, stage) = match dsr::take(ctx, &frame) {
+        Ok(None) => (frame, Stage::Decapsulated(reason)),
+        Ok(Some(backend)) => match parse(ctx, program) {
+            Ok(f) => (f, Stage::Dispatched(reason, backend)),
+            Err(verdict) => return verdict,
+        },
+        Err(()) => return drop(ctx, program, Reason::AdjustFailed),
+    };
+    if matches!(stage, Stage::Decapsulated(_))
+        && source::verifying()
         && let Err(verdict) = source::decapsulated(ctx, &frame, peer)
     {
         return verdict;
     }
     let t = parse::transport(ctx, &frame);
-    let frame = match translated_or(ctx, program, &frame, &t, Stage::Decapsulated(reason)) {
+    let frame = match translated_or(ctx, program, &frame, &t, stage) {
         Ok(f) => f,
         Err(verdict) => return verdict,
     };
@@ -259,6 +276,9 @@ fn translated(ctx: &TcContext, program: Program, t: &Translated, delivered: Reas
         Ok(f) => f,
         Err(_) => return drop(ctx, program, Reason::Malformed),
     };
+    if t.is_dsr() {
+        return dsr::dispatch(ctx, program, &frame, t);
+    }
     let reply = t.flags & flags::REPLY != 0;
     if t.flags & flags::MASQ != 0 && !reply {
         return egress::send(

@@ -123,6 +123,8 @@ pub fn outcome_of(ctx: &TcContext, program: Program, packed: u64) -> Outcome {
         TRANSLATED => Outcome::Translated(Translated {
             flags: (packed >> 32) as u8,
             ifindex: packed as u32,
+            // Flows sent on with direct server return are not remembered.
+            backend: ([0; 4], 0),
         }),
         FAILED => Outcome::Done(drop(ctx, program, Reason::AdjustFailed)),
         _ => Outcome::Untouched,

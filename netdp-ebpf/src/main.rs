@@ -17,6 +17,7 @@ mod counters;
 mod csum;
 mod ctx;
 mod decap;
+mod dsr;
 mod egress;
 mod encap;
 mod endpoint;

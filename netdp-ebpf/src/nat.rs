@@ -28,6 +28,9 @@ pub struct Translated {
     pub flags: u8,
     /// Where replies to a client outside the cluster leave (0: nowhere but pods).
     pub ifindex: u32,
+    /// With `flags::DSR`: the backend (address, port) the untranslated packet is carried
+    /// to, whose node translates it.
+    pub backend: (Ipv4, u16),
 }
 
 impl Translated {
@@ -36,7 +39,14 @@ impl Translated {
         Translated {
             flags: e.flags,
             ifindex: e.ifindex,
+            backend: (e.nat_daddr, e.nat_dport),
         }
+    }
+
+    /// A packet of a flow sent on with direct server return: not rewritten here.
+    #[inline(always)]
+    pub fn is_dsr(&self) -> bool {
+        self.flags & (flags::DSR | flags::REPLY) == flags::DSR
     }
 }
 
@@ -130,8 +140,13 @@ pub fn port<C: Ctx>(
 /// says (from [`conntrack::lookup`]).
 #[inline(always)]
 pub fn follow<C: Ctx>(ctx: &C, program: Program, key: &CtKey, l4: &L4, e: &CtEntry) -> Outcome {
+    let t = Translated::of(e);
+    if t.is_dsr() {
+        // The backend's node translates it (`dsr`).
+        return Outcome::Translated(t);
+    }
     match rewrite(ctx, l4, key, &e.nat_tuple(key.proto)) {
-        Ok(()) => Outcome::Translated(Translated::of(e)),
+        Ok(()) => Outcome::Translated(t),
         Err(()) => Outcome::Done(drop(ctx, program, Reason::AdjustFailed)),
     }
 }

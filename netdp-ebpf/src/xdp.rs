@@ -22,6 +22,7 @@ use netdp_common::{
     Mac,
     conntrack::{CtKey, flags},
     counters::{Program, Reason},
+    dsr::OPTION_LEN,
     endpoint::EndpointKey,
     node::flags as node_flags,
     peer::PeerKey,
@@ -32,7 +33,7 @@ use crate::{
     conntrack::{self, CtState},
     counters::{count, drop, pass},
     ctx::Ctx,
-    encap, hop,
+    dsr, encap, hop,
     lb::{self, Flow},
     maps,
     nat::{self, Translated},
@@ -120,7 +121,10 @@ fn service(ctx: &XdpContext, frame: &Ipv4Frame, l4: &L4) -> i32 {
             (e.nat_tuple(key.proto), Translated::of(e))
         }
     };
-    let Some(out) = egress(ctx, &to) else {
+    if t.is_dsr() {
+        return dispatch(ctx, frame, &to);
+    }
+    let Some(out) = egress(ctx, &to, 0) else {
         return pass(ctx, PROGRAM, Reason::ToTc);
     };
     if nat::rewrite(ctx, l4, &key, &to).is_err() {
@@ -134,12 +138,30 @@ fn service(ctx: &XdpContext, frame: &Ipv4Frame, l4: &L4) -> i32 {
     transmit(ctx, frame, &out, reason)
 }
 
-/// Where the translated packet `to` can go without tc: to a peer, routed directly or
+/// A packet of a flow sent on with direct server return: untranslated, with backend `to`
+/// in the option (`dsr`), through the tunnel to the backend's node; tc takes it where XDP
+/// cannot send it (as for any flow).
+#[inline(always)]
+fn dispatch(ctx: &XdpContext, frame: &Ipv4Frame, to: &CtKey) -> i32 {
+    let Some(out) = egress(ctx, to, OPTION_LEN).filter(|out| out.tunnel.is_some()) else {
+        return pass(ctx, PROGRAM, Reason::ToTc);
+    };
+    if dsr::push(ctx, frame, to.daddr, to.dport).is_err() {
+        return drop(ctx, PROGRAM, Reason::AdjustFailed);
+    }
+    match parse::ipv4(ctx) {
+        Parsed::Ipv4(frame) => transmit(ctx, &frame, &out, Reason::Direct),
+        _ => drop(ctx, PROGRAM, Reason::Malformed),
+    }
+}
+
+/// Where the translated packet `to` (`extra` bytes longer than the frame is now) can go
+/// without tc: to a peer, routed directly or
 /// encapsulated, whose next hop's MAC the agent resolved, or (a reply to a client outside
 /// the cluster) wherever the FIB says with a resolved neighbour. `None` for a pod here, a
 /// next hop not resolved yet, or a packet too big for the route: tc takes those.
 #[inline(always)]
-fn egress(ctx: &XdpContext, to: &CtKey) -> Option<Egress> {
+fn egress(ctx: &XdpContext, to: &CtKey, extra: usize) -> Option<Egress> {
     // SAFETY: only tested for presence.
     if unsafe { maps::ENDPOINTS.get(EndpointKey { addr: to.daddr }) }.is_some() {
         return None;
@@ -152,7 +174,7 @@ fn egress(ctx: &XdpContext, to: &CtKey) -> Option<Egress> {
             _ => return None,
         };
         if rt.flags & route_flags::HAS_MAC == 0
-            || ctx.len() as usize > parse::ETH_HLEN + rt.mtu as usize
+            || ctx.len() as usize + extra > parse::ETH_HLEN + rt.mtu as usize
         {
             return None;
         }

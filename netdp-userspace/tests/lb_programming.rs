@@ -19,6 +19,7 @@ fn plan(vip: Ipv4Addr, backends: &[u8], maglev: bool) -> ServicePlan {
             target_port: 8080,
             external: false,
             local_only: false,
+            dsr: false,
         },
     );
     ServicePlan {

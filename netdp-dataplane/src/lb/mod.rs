@@ -144,6 +144,7 @@ impl FrontendEntry {
             (frontend_flags::AFFINITY, "affinity"),
             (frontend_flags::EXTERNAL, "external"),
             (frontend_flags::LOCAL_ONLY, "local"),
+            (frontend_flags::DSR, "dsr"),
         ]
         .into_iter()
         .filter(|(b, _)| f & b != 0)

@@ -3,10 +3,12 @@
 //! translated, and creates the flow's two conntrack entries. Later packets, replies and
 //! ICMP errors follow those entries (`conntrack::lookup`, then `nat::follow` or
 //! `icmp::translate_error`).
+use aya_ebpf::btf_maps::lpm_trie::Key;
 use netdp_common::{
     conntrack::{CtKey, flags},
     counters::{Event, Program, Reason},
     lb::{Frontend, backend_flags, frontend_flags},
+    route::mode,
 };
 
 use crate::{
@@ -24,6 +26,7 @@ use crate::{
 #[inline(always)]
 pub fn new_flow<C: Ctx>(ctx: &C, program: Program, l4: &L4, key: &CtKey) -> Outcome {
     match open(ctx, program, l4, key) {
+        Flow::Opened(_, t) if t.is_dsr() => Outcome::Translated(t),
         Flow::Opened(to, t) => match nat::rewrite(ctx, l4, key, &to) {
             Ok(()) => Outcome::Translated(t),
             Err(()) => Outcome::Done(drop(ctx, program, Reason::AdjustFailed)),
@@ -99,10 +102,16 @@ fn start<C: Ctx>(ctx: &C, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
     let Some(be) = super::select(fe, key, local_only, now) else {
         return done(drop(ctx, program, Reason::ServiceBadBackend));
     };
+    let remote = external && be.flags & backend_flags::LOCAL == 0;
+    // Direct server return: the backend's node answers the client itself, which it can
+    // where the packet reaches it through a tunnel, option and all (`dsr`); a fragment's
+    // flow is not sent that way (the fragments behind it carry no ports to follow it by).
+    let dsr =
+        remote && fe.flags & frontend_flags::DSR != 0 && !l4.first_fragment && tunnelled(be.addr);
     // A pod reaching itself through its service would see its own address as the source
     // (a martian it drops), and replies from a remote backend to an outside client must come
     // back here to be translated: both are source-NATed to the node.
-    let snat = be.addr == key.saddr || (external && be.flags & backend_flags::LOCAL == 0);
+    let snat = be.addr == key.saddr || (remote && !dsr);
     let mut to = CtKey {
         daddr: be.addr,
         dport: fe.target_port,
@@ -113,7 +122,8 @@ fn start<C: Ctx>(ctx: &C, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
     } else {
         0
     };
-    let mut reply = conntrack::new_reply(key, now, ifindex, fe.service_id, 0);
+    let kind = if dsr { flags::DSR } else { 0 };
+    let mut reply = conntrack::new_reply(key, now, ifindex, fe.service_id, kind);
     // Claim the reply tuple. Without source NAT it is normally free; if another flow holds
     // it (the same client port to two services sharing a backend), source NAT resolves it.
     let mut claimed = false;
@@ -134,7 +144,8 @@ fn start<C: Ctx>(ctx: &C, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
             return done(drop(ctx, program, Reason::ServiceSnatExhausted));
         }
         to.saddr = cfg.snat_addr;
-        reply.flags |= flags::SNAT;
+        // Source NAT resolves a taken tuple for a flow meant for DSR too.
+        reply.flags = (reply.flags & !flags::DSR) | flags::SNAT;
         // The client's own port first; then the node's source NAT range.
         to = match conntrack::claim(ctx, program, &to.reversed(), &reply, now) {
             Claim::Claimed => to,
@@ -162,5 +173,16 @@ fn start<C: Ctx>(ctx: &C, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
     if forward.flags & flags::SNAT != 0 {
         counters::event(ctx, program, Event::ServiceSnat);
     }
+    if forward.flags & flags::DSR != 0 {
+        counters::event(ctx, program, Event::ServiceDsr);
+    }
     Flow::Opened(to, Translated::of(&forward))
+}
+
+/// Whether the node running pod `addr` is reached through a tunnel.
+#[inline(always)]
+fn tunnelled(addr: [u8; 4]) -> bool {
+    crate::maps::ROUTES
+        .get(&Key::new(32, addr))
+        .is_some_and(|rt| matches!(rt.mode, mode::VXLAN | mode::IPIP | mode::UDP))
 }

@@ -39,7 +39,10 @@ use crate::{
     k8s::{self, Changes},
     lease::Lease,
     netlink::Netlink,
-    service::{self, AddressArgs, AddressPolicy, NodeInfo, ServiceDef, store::ServiceDecoder},
+    service::{
+        self, AddressArgs, AddressPolicy, NodeInfo, ServiceDef, store::ServiceDecoder,
+        validate::Forwarding,
+    },
 };
 
 fn parse_prime(s: &str) -> Result<u32, String> {
@@ -101,6 +104,12 @@ pub struct ServiceArgs {
     /// /sys/fs/cgroup or /sys/fs/cgroup/unified; "none" turns it off).
     #[arg(long = "cgroup-root", env = "NETDP_CGROUP_ROOT")]
     pub cgroup_root: Option<PathBuf>,
+    /// How node ports, external and load-balancer IPs reach backends on other nodes,
+    /// unless a service's `netdp.io/forwarding-mode` annotation says: snat (replies come
+    /// back through this node) or dsr (direct server return: the backend's node answers
+    /// the client, over the tunnel's backends vxlan, ipip and udp).
+    #[arg(long = "lb-mode", value_enum, default_value_t = Forwarding::Snat, env = "NETDP_LB_MODE")]
+    pub lb_mode: Forwarding,
     #[command(flatten)]
     pub addresses: AddressArgs,
 }
@@ -160,6 +169,7 @@ impl Host<'_> {
             addresses,
             subnet: self.lease.subnet,
             zone: self.zone.map(String::from),
+            forwarding: Forwarding::Snat,
         }
     }
 }
@@ -277,7 +287,8 @@ impl Services {
         let mut lb = Lb::new(LbMaps::take(dp)?, args.maglev_table_size)?;
         lb.set_config(host.gateway(), netns_cookie())?;
         attach_sockets(args, dp, pins)?;
-        let node = host.info().await;
+        let mut node = host.info().await;
+        node.forwarding = args.lb_mode;
         let policy = host.policy(&args.addresses, &node);
         let mut refused = HashMap::new();
         let mut decoder = ServiceDecoder::new(&args.service_prefix);
@@ -324,7 +335,8 @@ impl Services {
         if let Err(e) = ensure_host_route(host.nl, host.network, host.lease).await {
             error!("{e:#}");
         }
-        let node = host.info().await;
+        let mut node = host.info().await;
+        node.forwarding = self.node.forwarding;
         let policy = host.policy(&self.addresses, &node);
         self.set_node(node, policy);
         if let Err(e) = self.lb.set_config(host.gateway(), netns_cookie()) {

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use ipnetwork::Ipv4Network;
 use netdp_common::lb::{Backend, backend_flags};
 
-use super::validate::{Algorithm, EndpointDef, ServiceDef};
+use super::validate::{Algorithm, EndpointDef, Forwarding, ServiceDef};
 use crate::dataplane::lb::{FrontendPlan, ServicePlan, frontend_key};
 
 /// The node the plan is for.
@@ -21,6 +21,8 @@ pub struct NodeInfo {
     pub subnet: Ipv4Network,
     /// Its `topology.kubernetes.io/zone`, for endpoints' zone hints.
     pub zone: Option<String>,
+    /// How its node ports reach remote backends unless a service says (`--lb-mode`).
+    pub forwarding: Forwarding,
 }
 
 impl NodeInfo {
@@ -41,11 +43,13 @@ pub fn plan(def: &ServiceDef, node: &NodeInfo) -> Option<ServicePlan> {
             target_port: p.target_port,
             external: false,
             local_only: def.internal_local,
+            dsr: false,
         };
         let external = FrontendPlan {
             target_port: p.target_port,
             external: true,
             local_only: def.local_policy,
+            dsr: def.forwarding.unwrap_or(node.forwarding) == Forwarding::Dsr,
         };
         if let Some(ip) = def.cluster_ip {
             frontends.insert(frontend_key(ip, p.port, p.proto), cluster);

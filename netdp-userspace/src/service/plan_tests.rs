@@ -41,6 +41,7 @@ fn node(name: &str, zone: Option<&str>) -> NodeInfo {
         addresses: vec![Ipv4Addr::new(192, 168, 10, 11)],
         subnet: "10.244.1.0/24".parse().unwrap(),
         zone: zone.map(String::from),
+        forwarding: Default::default(),
     }
 }
 

@@ -2,7 +2,7 @@ use std::net::Ipv4Addr;
 
 use super::{
     NodeInfo, decode, parse_file, plan,
-    validate::{Algorithm, ServiceType, validate},
+    validate::{Algorithm, Forwarding, ServiceType, validate},
 };
 
 const WEB: &str = r#"
@@ -101,6 +101,10 @@ fn errors_name_the_field() {
             r#"{"metadata":{"name":"a"},"spec":{"clusterIP":"10.96.0.1","ports":[{"port":80}],"sessionAffinity":"ClientIP","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":0}}}}"#,
             "spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0",
         ),
+        (
+            r#"{"metadata":{"name":"a","annotations":{"service.cilium.io/forwarding-mode":"direct"}},"spec":{"clusterIP":"10.96.0.1","ports":[{"port":80}]}}"#,
+            "metadata.annotations[\"service.cilium.io/forwarding-mode\"]: \"direct\" is not one of snat, dsr",
+        ),
         (r#"{"spec":{}}"#, "missing field `metadata`"),
         ("metadata: [", "document 1: not valid YAML"),
     ];
@@ -124,6 +128,7 @@ fn plans_put_local_endpoints_first_and_node_ports_on_node_addresses() {
         ],
         subnet: "10.244.2.0/24".parse().unwrap(),
         zone: None,
+        forwarding: Default::default(),
     };
     let p = plan(&def, &node).unwrap();
     // 2 ports x (cluster IP + external IP + 2 node addresses).
@@ -166,4 +171,52 @@ fn terminating_serving_endpoints_are_used_only_when_none_is_ready() {
     assert!(svc(&format!("{gone},{unready}")).is_empty());
     // Without conditions an endpoint is ready (the format netdp stores).
     assert_eq!(svc(r#"{"ip":"10.244.1.5"}"#), ["10.244.1.5"]);
+}
+
+#[test]
+fn the_forwarding_mode_annotation_picks_dsr_for_external_frontends_only() {
+    let doc = |annotations: &str| {
+        let text = format!(
+            r#"{{"metadata":{{"name":"a"{annotations}}},"spec":{{"type":"NodePort","clusterIP":"10.96.0.1","externalIPs":["192.0.2.7"],"ports":[{{"port":80,"nodePort":30080}}]}}}}"#
+        );
+        validate(&parse_file(&text).unwrap()[0]).unwrap()
+    };
+    let node = |forwarding| NodeInfo {
+        name: "n1".into(),
+        addresses: vec![Ipv4Addr::new(192, 168, 10, 11)],
+        subnet: "10.244.1.0/24".parse().unwrap(),
+        zone: None,
+        forwarding,
+    };
+    // (annotations, the node's --lb-mode, whether external frontends are DSR)
+    let cases = [
+        ("", Forwarding::Snat, false),
+        ("", Forwarding::Dsr, true),
+        (
+            r#","annotations":{"netdp.io/forwarding-mode":"dsr"}"#,
+            Forwarding::Snat,
+            true,
+        ),
+        (
+            r#","annotations":{"netdp.io/forwarding-mode":"snat"}"#,
+            Forwarding::Dsr,
+            false,
+        ),
+        (
+            r#","annotations":{"service.cilium.io/forwarding-mode":"dsr"}"#,
+            Forwarding::Snat,
+            true,
+        ),
+    ];
+    for (annotations, mode, dsr) in cases {
+        let p = plan(&doc(annotations), &node(mode)).unwrap();
+        for (key, fp) in &p.frontends {
+            let want = dsr && fp.external;
+            assert_eq!(fp.dsr, want, "{annotations} {mode:?}: frontend {key:?}");
+        }
+        assert!(
+            p.frontends.values().any(|f| !f.external),
+            "the cluster IP is there"
+        );
+    }
 }

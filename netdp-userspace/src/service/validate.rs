@@ -8,6 +8,10 @@ use crate::dataplane::lb::proto_name;
 
 /// The annotation choosing the backend selection of a service.
 pub const ALGORITHM_ANNOTATION: &str = "netdp.io/lb-algorithm";
+/// The annotation choosing how node port traffic reaches a remote backend.
+pub const FORWARDING_ANNOTATION: &str = "netdp.io/forwarding-mode";
+/// Cilium's name for it, taken as well so services move over unchanged.
+pub const CILIUM_FORWARDING_ANNOTATION: &str = "service.cilium.io/forwarding-mode";
 /// Kubernetes' default and maximum sessionAffinity timeouts.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 pub const MAX_AFFINITY_TIMEOUT: u32 = 86400;
@@ -20,6 +24,19 @@ pub enum ServiceType {
     NodePort,
     LoadBalancer,
     ExternalName,
+}
+
+/// How traffic from outside to a node port, external or load-balancer IP reaches a backend
+/// on another node (Cilium's `loadBalancer.mode`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Source-NATed to this node, whose replies come back through it (kube-proxy's way).
+    #[default]
+    Snat,
+    /// Direct server return: the client's address kept, the backend's node answering the
+    /// client itself (needs a tunnel to that node: vxlan, ipip or udp; host-gw peers are
+    /// source-NATed).
+    Dsr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +95,8 @@ pub struct ServiceDef {
     /// internalTrafficPolicy: Local: cluster IP traffic only to this node's endpoints.
     pub internal_local: bool,
     pub algorithm: Algorithm,
+    /// The forwarding-mode annotation's choice; `None`: the node's (`--lb-mode`).
+    pub forwarding: Option<Forwarding>,
     pub endpoints: Vec<EndpointDef>,
 }
 
@@ -408,6 +427,21 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
         }
     };
 
+    let annotations = &doc.metadata.annotations;
+    let forwarding = match [FORWARDING_ANNOTATION, CILIUM_FORWARDING_ANNOTATION]
+        .into_iter()
+        .find_map(|k| annotations.get(k).map(|v| (k, v.as_str())))
+    {
+        None => None,
+        Some((_, "snat")) => Some(Forwarding::Snat),
+        Some((_, "dsr")) => Some(Forwarding::Dsr),
+        Some((key, other)) => {
+            err(format!(
+                "metadata.annotations[\"{key}\"]: {other:?} is not one of snat, dsr"
+            ));
+            None
+        }
+    };
     let endpoints = super::endpoints::validate(&doc.endpoints, &mut err);
     if !errs.is_empty() {
         return Err(errs.join("; "));
@@ -424,6 +458,7 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
         local_policy,
         internal_local,
         algorithm,
+        forwarding,
         endpoints,
     })
 }

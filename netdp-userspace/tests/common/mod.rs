@@ -322,6 +322,8 @@ pub struct Frontend {
     pub external: bool,
     /// externalTrafficPolicy Local: only to this node's backends.
     pub local_only: bool,
+    /// Direct server return to remote backends.
+    pub dsr: bool,
 }
 
 /// A cluster IP frontend.
@@ -332,6 +334,7 @@ pub fn cluster_ip(addr: Ipv4Addr, port: u16, proto: u8) -> Frontend {
         proto,
         external: false,
         local_only: false,
+        dsr: false,
     }
 }
 
@@ -350,6 +353,11 @@ impl Frontend {
             local_only: true,
             ..self
         }
+    }
+
+    /// With direct server return (`netdp.io/forwarding-mode: dsr`).
+    pub fn dsr(self) -> Self {
+        Frontend { dsr: true, ..self }
     }
 }
 
@@ -386,6 +394,7 @@ pub fn plan(frontends: &[Frontend], target_port: u16, backends: &[LbBackend]) ->
                         target_port,
                         external: f.external,
                         local_only: f.local_only,
+                        dsr: f.dsr,
                     },
                 )
             })

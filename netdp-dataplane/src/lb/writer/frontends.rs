@@ -94,6 +94,9 @@ pub(super) fn frontend_value(
     if fp.local_only {
         flags |= frontend_flags::LOCAL_ONLY;
     }
+    if fp.external && fp.dsr {
+        flags |= frontend_flags::DSR;
+    }
     Frontend {
         service_id: id,
         backends: base,

@@ -36,6 +36,8 @@ pub struct FrontendPlan {
     pub external: bool,
     /// externalTrafficPolicy Local.
     pub local_only: bool,
+    /// Direct server return to remote backends (with `external`).
+    pub dsr: bool,
 }
 
 /// Everything one service needs from this node's dataplane.

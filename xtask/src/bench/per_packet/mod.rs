@@ -476,6 +476,7 @@ pub(super) fn program_services(
                         target_port: 8080,
                         external,
                         local_only: false,
+                        dsr: false,
                     },
                 )]),
                 backends,
