@@ -287,8 +287,35 @@ async fn lease_subnet(
         },
         if args.ip_masq { ", masquerading" } else { "" },
     );
+    warn_dsr_limits(args, &config.backend);
     write_subnet_file(args, config, &lease, link.mtu)?;
     Ok((lease, attrs))
+}
+
+/// Direct server return needs a tunnel to the backend's node to carry its option: says
+/// where `--lb-mode=dsr` falls back to source NAT.
+fn warn_dsr_limits(args: &AgentArgs, backend: &crate::config::Backend) {
+    use crate::{config::Backend, service::validate::Forwarding};
+    if args.services.lb_mode != Forwarding::Dsr {
+        return;
+    }
+    match backend {
+        Backend::HostGw => warn!(
+            "--lb-mode=dsr: the host-gw backend has no tunnel to carry the backend to its \
+             node, so node ports source-NAT to remote endpoints as with snat"
+        ),
+        Backend::Vxlan {
+            direct_routing: true,
+            ..
+        }
+        | Backend::Ipip {
+            direct_routing: true,
+        } => info!(
+            "--lb-mode=dsr: peers on this node's subnet are routed directly \
+             (DirectRouting) and get source NAT; the others direct server return"
+        ),
+        _ => {}
+    }
 }
 
 /// Loads the programs with the agent's map sizes and this node's settings, and installs
