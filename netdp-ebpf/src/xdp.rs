@@ -84,9 +84,12 @@ pub fn netdev(ctx: &XdpContext) -> u32 {
         }
         // Straight to a pod here from outside the cluster: only from a routed network
         // (nothing translated is addressed to a pod: services and masquerading answer
-        // on their own addresses).
-        // SAFETY: only tested for presence.
-        if unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) }.is_some()
+        // on their own addresses). Pods are in the cluster Network: service traffic to
+        // the node or to external addresses costs no lookup here.
+        if !to_node
+            && source::in_cluster(daddr)
+            // SAFETY: only tested for presence.
+            && unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) }.is_some()
             && let Err(verdict) = source::outside_to_pod(ctx, PROGRAM, &frame)
         {
             return verdict as u32;
@@ -159,13 +162,11 @@ fn dispatch(ctx: &XdpContext, frame: &Ipv4Frame, to: &CtKey) -> i32 {
 /// without tc: to a peer, routed directly or
 /// encapsulated, whose next hop's MAC the agent resolved, or (a reply to a client outside
 /// the cluster) wherever the FIB says with a resolved neighbour. `None` for a pod here, a
-/// next hop not resolved yet, or a packet too big for the route: tc takes those.
+/// next hop not resolved yet, or a packet too big for the route: tc takes those. A pod
+/// here has no route (ROUTES holds the peers' subnets, never this node's own), so the
+/// route lookup alone tells a remote backend from a local one.
 #[inline(always)]
 fn egress(ctx: &XdpContext, to: &CtKey, extra: usize) -> Option<Egress> {
-    // SAFETY: only tested for presence.
-    if unsafe { maps::ENDPOINTS.get(EndpointKey { addr: to.daddr }) }.is_some() {
-        return None;
-    }
     if source::in_cluster(to.daddr) {
         let rt: &'static Route = maps::ROUTES.get(&Key::new(32, to.daddr))?;
         let tunnel = match rt.mode {

@@ -11,9 +11,9 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::{
-    ADJACENT_PEER_MAC, Fixture, GATEWAY, NODE_IP, OUR_VTEP, PEER_IP, PEER_VTEP, ROUTER_MAC,
-    TEST_RUN_IFINDEX, UNDERLAY_MAC, node_config, node_port, outer_from_peer, outer_to_peer, plan,
-    pod_mac, remote, veth_mac,
+    ADJACENT_PEER_MAC, Fixture, Frontend, GATEWAY, NODE_IP, OUR_VTEP, PEER_IP, PEER_VTEP,
+    ROUTER_MAC, TEST_RUN_IFINDEX, UNDERLAY_MAC, node_config, node_port, outer_from_peer,
+    outer_to_peer, plan, pod_mac, remote, veth_mac,
 };
 use netdp::config::Backend;
 use netdp_common::{
@@ -80,21 +80,19 @@ fn tunnels() -> [Backend; 3] {
     ]
 }
 
-/// A node port's node whose one (DSR) service has its backend behind the tunnel to the
-/// peer.
-fn frontend_node(backend: &Backend, proto: u8) -> Fixture {
+/// A node port's node whose one service, frontend `fe`, has its backend behind the
+/// tunnel to the peer.
+fn frontend_node(backend: &Backend, fe: Frontend) -> Fixture {
     let mut f = Fixture::load(&tunnel_node(backend));
     f.lb.set_config(GATEWAY, 0).expect("writing LB_CONFIG");
     f.route_to_peer(backend);
-    f.apply(
-        "np",
-        plan(
-            &[node_port(NODE_IP, 30080, proto).dsr()],
-            8080,
-            &[remote(REMOTE_BACKEND)],
-        ),
-    );
+    f.apply("np", plan(&[fe], 8080, &[remote(REMOTE_BACKEND)]));
     f
+}
+
+/// The node port, with direct server return.
+fn dsr_port(proto: u8) -> Frontend {
+    node_port(NODE_IP, 30080, proto).dsr()
 }
 
 fn from_client(proto: u8, sport: u16, tcp_flags: u8) -> PacketSpec {
@@ -142,7 +140,7 @@ fn dispatched(spec: &PacketSpec) -> Vec<u8> {
 #[test]
 fn xdp_sends_a_dsr_flow_untranslated_with_its_backend_in_an_option() {
     for backend in tunnels() {
-        let mut f = frontend_node(&backend, IPPROTO_TCP);
+        let mut f = frontend_node(&backend, dsr_port(IPPROTO_TCP));
         let syn = from_client(IPPROTO_TCP, 50000, 0x02);
         let (verdict, out) = f.run_xdp(TEST_RUN_IFINDEX, &syn.build());
         assert_eq!(
@@ -183,7 +181,7 @@ fn xdp_sends_a_dsr_flow_untranslated_with_its_backend_in_an_option() {
 #[test]
 fn tc_sends_a_dsr_flow_the_same_way_with_xdp_off() {
     for backend in tunnels() {
-        let mut f = frontend_node(&backend, IPPROTO_UDP);
+        let mut f = frontend_node(&backend, dsr_port(IPPROTO_UDP));
         let query = from_client(IPPROTO_UDP, 5353, 0);
         let (verdict, out) = f.run(FROM_NETDEV, &query.build());
         assert_eq!(verdict, TC_ACT_REDIRECT, "{backend:?}");
@@ -203,17 +201,7 @@ fn tc_sends_a_dsr_flow_the_same_way_with_xdp_off() {
 #[test]
 fn a_node_port_without_dsr_or_a_host_gw_backend_is_source_nated_as_before() {
     let backend = tunnels()[0].clone();
-    let mut f = Fixture::load(&tunnel_node(&backend));
-    f.lb.set_config(GATEWAY, 0).expect("writing LB_CONFIG");
-    f.route_to_peer(&backend);
-    f.apply(
-        "np",
-        plan(
-            &[node_port(NODE_IP, 30080, IPPROTO_TCP)],
-            8080,
-            &[remote(REMOTE_BACKEND)],
-        ),
-    );
+    let mut f = frontend_node(&backend, node_port(NODE_IP, 30080, IPPROTO_TCP));
     let (_, out) = f.run_xdp(
         TEST_RUN_IFINDEX,
         &from_client(IPPROTO_TCP, 50001, 2).build(),
