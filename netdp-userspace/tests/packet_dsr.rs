@@ -385,3 +385,38 @@ fn the_option_is_believed_only_in_a_peers_tunnel_and_only_for_a_pod_here() {
     assert_eq!(f.event(Program::FromNetdev, Event::DsrFlow), 0);
     assert!(f.conntrack.list().is_empty(), "no flow opened");
 }
+
+#[test]
+fn truncated_or_malformed_dsr_packets_never_open_a_flow() {
+    let backend = tunnels()[0].clone();
+    let mut f = backend_node(&backend);
+    let full = from_frontend(&backend, &client_to_peer(50020, 0x02), LOCAL_BACKEND);
+    // Cut anywhere: dropped or left to the kernel, never delivered.
+    for len in 14..full.len() {
+        // The kernel refuses to run a frame too short for an skb at all.
+        if let Ok((verdict, _)) = f.try_run(FROM_NETDEV, &full[..len]) {
+            assert_ne!(
+                verdict,
+                TC_ACT_REDIRECT,
+                "{len} of {} bytes delivered",
+                full.len()
+            );
+        }
+    }
+    // The option with another length byte, or another type: not the option, so a packet
+    // from outside the peer's subnet.
+    // The inner IP header: behind the outer Ethernet, IP, UDP, VXLAN and inner Ethernet.
+    let inner_ip = 14 + 20 + 8 + 8 + 14;
+    for (at, value) in [(inner_ip + 21, 12u8), (inner_ip + 20, 0x94)] {
+        let mut bad = full.clone();
+        bad[at] = value;
+        assert_eq!(
+            f.run(FROM_NETDEV, &bad).0,
+            TC_ACT_SHOT,
+            "byte {at} = {value:#x}"
+        );
+    }
+    assert_eq!(f.count(Program::FromNetdev, Reason::DecapSpoofedSource), 2);
+    assert_eq!(f.event(Program::FromNetdev, Event::DsrFlow), 0);
+    assert!(f.conntrack.list().is_empty(), "no flow opened");
+}
