@@ -12,13 +12,18 @@ use netdp_common::{
 
 use super::{Pins, open_pinned, route::SyncStats};
 
-pub struct PeerMap(BpfHashMap<MapData, PeerKey, Peer>);
+/// PEERS, and what this handle last made it hold (see `RouteMap`).
+pub struct PeerMap {
+    map: BpfHashMap<MapData, PeerKey, Peer>,
+    written: Option<HashMap<Ipv4Addr, Ipv4Network>>,
+}
 
 impl PeerMap {
     pub fn from_map(map: Map) -> Result<Self> {
-        Ok(PeerMap(
-            BpfHashMap::try_from(map).context("PEERS has an unexpected type")?,
-        ))
+        Ok(PeerMap {
+            map: BpfHashMap::try_from(map).context("PEERS has an unexpected type")?,
+            written: None,
+        })
     }
 
     pub fn open(pins: &Pins) -> Result<Self> {
@@ -27,7 +32,7 @@ impl PeerMap {
 
     pub fn list(&self) -> Vec<(Ipv4Addr, Ipv4Network)> {
         let mut v: Vec<_> = self
-            .0
+            .map
             .iter()
             .filter_map(|r| r.ok())
             .filter_map(|(k, p)| {
@@ -43,7 +48,10 @@ impl PeerMap {
     /// Makes the map hold exactly `desired` (peer address -> its subnet), touching only
     /// entries that differ.
     pub fn sync(&mut self, desired: &HashMap<Ipv4Addr, Ipv4Network>) -> Result<SyncStats> {
-        let current: HashMap<Ipv4Addr, Ipv4Network> = self.list().into_iter().collect();
+        let current = match self.written.take() {
+            Some(w) => w,
+            None => self.list().into_iter().collect(),
+        };
         let mut stats = SyncStats::default();
         for (addr, subnet) in desired {
             let changed = match current.get(addr) {
@@ -55,7 +63,7 @@ impl PeerMap {
                 subnet: subnet.network().octets(),
                 prefix_len: subnet.prefix() as u32,
             };
-            self.0
+            self.map
                 .insert(
                     PeerKey {
                         addr: addr.octets(),
@@ -67,13 +75,19 @@ impl PeerMap {
             *changed += 1;
         }
         for addr in current.keys().filter(|a| !desired.contains_key(a)) {
-            match self.0.remove(&PeerKey {
+            match self.map.remove(&PeerKey {
                 addr: addr.octets(),
             }) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.removed += 1,
                 Err(e) => return Err(e).with_context(|| format!("removing peer {addr}")),
             }
         }
+        self.written = Some(desired.clone());
         Ok(stats)
+    }
+
+    /// Makes the next sync read the map again (see `RouteMap::forget`).
+    pub fn forget(&mut self) {
+        self.written = None;
     }
 }

@@ -12,7 +12,14 @@ use netdp_common::{
 use super::{Pins, open_pinned};
 use crate::{Link, config::Backend, lease::LeaseAttrs};
 
-pub struct RouteMap(LpmTrie<MapData, Ipv4, Route>);
+/// ROUTES, and what this handle last made it hold: a sync compares with that instead of
+/// reading thousands of entries back from the kernel on every lease change.
+pub struct RouteMap {
+    map: LpmTrie<MapData, Ipv4, Route>,
+    /// `None`: not known (a fresh handle, a failed write, or [`RouteMap::forget`]); the
+    /// next sync reads the map.
+    written: Option<HashMap<Ipv4Network, Route>>,
+}
 
 fn key(subnet: &Ipv4Network) -> Key<Ipv4> {
     Key::new(subnet.prefix() as u32, subnet.network().octets())
@@ -20,9 +27,10 @@ fn key(subnet: &Ipv4Network) -> Key<Ipv4> {
 
 impl RouteMap {
     pub fn from_map(map: Map) -> Result<Self> {
-        Ok(RouteMap(
-            LpmTrie::try_from(map).context("ROUTES has an unexpected type")?,
-        ))
+        Ok(RouteMap {
+            map: LpmTrie::try_from(map).context("ROUTES has an unexpected type")?,
+            written: None,
+        })
     }
 
     pub fn open(pins: &Pins) -> Result<Self> {
@@ -31,7 +39,7 @@ impl RouteMap {
 
     pub fn list(&self) -> Vec<(Ipv4Network, Route)> {
         let mut v: Vec<_> = self
-            .0
+            .map
             .iter()
             .filter_map(|r| r.ok())
             .filter_map(|(k, r)| {
@@ -47,7 +55,10 @@ impl RouteMap {
     /// Makes the map hold exactly `desired`, touching only entries that differ so packets
     /// in flight never see a missing route for a subnet that stays.
     pub fn sync(&mut self, desired: &HashMap<Ipv4Network, Route>) -> Result<SyncStats> {
-        let current: HashMap<Ipv4Network, Route> = self.list().into_iter().collect();
+        let current = match self.written.take() {
+            Some(w) => w,
+            None => self.list().into_iter().collect(),
+        };
         let mut stats = SyncStats::default();
         for (subnet, route) in desired {
             let (count, what) = match current.get(subnet) {
@@ -55,18 +66,33 @@ impl RouteMap {
                 Some(_) => (&mut stats.updated, "updating"),
                 None => (&mut stats.added, "adding"),
             };
-            self.0
+            self.map
                 .insert(&key(subnet), route, 0)
                 .with_context(|| format!("{what} route {subnet}"))?;
             *count += 1;
         }
         for subnet in current.keys().filter(|s| !desired.contains_key(s)) {
-            match self.0.remove(&key(subnet)) {
+            match self.map.remove(&key(subnet)) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.removed += 1,
                 Err(e) => return Err(e).with_context(|| format!("removing route {subnet}")),
             }
         }
+        self.written = Some(desired.clone());
         Ok(stats)
+    }
+
+    /// Routes in the map: as last written, or read from it.
+    pub fn count(&self) -> usize {
+        match &self.written {
+            Some(w) => w.len(),
+            None => self.list().len(),
+        }
+    }
+
+    /// Makes the next sync read the map again, so it also repairs what someone else
+    /// changed there (the agent's periodic resync).
+    pub fn forget(&mut self) {
+        self.written = None;
     }
 }
 

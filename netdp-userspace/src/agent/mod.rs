@@ -63,6 +63,9 @@ struct State {
     routes: RouteMap,
     peer_map: PeerMap,
     nl: Netlink,
+    /// The underlay next hop of each peer reached through a router, as the kernel's
+    /// routes had it at the last resync.
+    nexthops: HashMap<Ipv4Addr, Ipv4Addr>,
     /// Peers already reported as unreachable by the backend.
     reported_unreachable: std::collections::HashSet<Ipv4Addr>,
     /// The node's topology zone (--node-zone, else its Node's label).
@@ -146,6 +149,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         routes,
         peer_map,
         nl,
+        nexthops: Default::default(),
         reported_unreachable: Default::default(),
         zone: node_zone(&args, kube.as_ref(), &node).await,
     };
@@ -400,8 +404,15 @@ impl Agent<'_> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
                 Some(update) = watches.leases.recv() => {
+                    // Whatever else has arrived goes in the same batch: at thousands of
+                    // nodes, leases change faster than routes could be recomputed once per
+                    // change.
+                    let mut batch = vec![update];
+                    while let Ok(u) = watches.leases.try_recv() {
+                        batch.push(u);
+                    }
                     let started = Instant::now();
-                    if self.follow_leases(update).await {
+                    if self.follow_leases(batch).await {
                         next_renew = Instant::now();
                     }
                     self.applied("leases", started);
@@ -452,16 +463,16 @@ impl Agent<'_> {
         let (services, backends) = self.services.programmed();
         self.metrics.services.set(services as i64);
         self.metrics.service_backends.set(backends as i64);
-        self.metrics
-            .routes
-            .set(self.state.routes.list().len() as i64);
+        self.metrics.routes.set(self.state.routes.count() as i64);
     }
 
-    /// Applies lease changes and reroutes. `true` when this node's own lease is gone (to be
-    /// re-acquired at once).
-    async fn follow_leases(&mut self, update: WatchUpdate) -> bool {
+    /// Applies a batch of lease changes and reroutes once. `true` when this node's own
+    /// lease is gone (to be re-acquired at once).
+    async fn follow_leases(&mut self, batch: Vec<WatchUpdate>) -> bool {
         let state = &mut self.state;
-        update.apply_to(&mut state.peers);
+        for update in batch {
+            update.apply_to(&mut state.peers);
+        }
         let own = state.peers.get(&state.lease.subnet);
         let gone = own.is_none_or(|l| l.attrs.public_ip != state.lease.attrs.public_ip);
         if gone {
@@ -508,6 +519,11 @@ impl Agent<'_> {
     /// services.
     async fn resync(&mut self) {
         check_config(&mut self.subnets, &mut self.state).await;
+        // Against the maps as they are, so what anyone else changed there is put right,
+        // and with next hops looked up anew.
+        self.state.routes.forget();
+        self.state.peer_map.forget();
+        self.state.nexthops.clear();
         if let Err(e) = self.state.sync_routes().await {
             error!("programming routes: {e:#}");
         }

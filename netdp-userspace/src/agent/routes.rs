@@ -38,14 +38,18 @@ impl State {
                     // table names.
                     let nexthop = if m == mode::DIRECT || self.underlay.is_adjacent(ip) {
                         ip
+                    } else if let Some(nh) = self.nexthops.get(&ip) {
+                        *nh
                     } else {
-                        match self.nl.route_get(ip).await {
+                        let nh = match self.nl.route_get(ip).await {
                             Ok(nh) => nh.addr,
                             Err(e) => {
                                 warn!("peer {ip}: {e:#}; sending to it as if on-link");
                                 ip
                             }
-                        }
+                        };
+                        self.nexthops.insert(ip, nh);
+                        nh
                     };
                     let mac = neighbours.get(&nexthop).copied();
                     entry_for(

@@ -36,7 +36,7 @@ const NETDP_AGENT: &str = "netdp agent (its own programming time)";
 
 /// The agent leases from 10.200.0.0/16; peers come from 10.100.0.0/14, so one key range
 /// holds exactly the peers.
-const CONFIG: &str = r#"{"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": "10.200.0.0", "SubnetMax": "10.200.255.0", "Backend": {"Type": "host-gw"}}"#;
+pub(super) const CONFIG: &str = r#"{"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": "10.200.0.0", "SubnetMax": "10.200.255.0", "Backend": {"Type": "host-gw"}}"#;
 /// etcd refuses transactions of more than 128 operations by default.
 const TXN_OPS: usize = 100;
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(180);
@@ -65,12 +65,12 @@ fn etcd_post(addr: (Ipv4Addr, u16), path: &str, body: &str) -> Result<String> {
 }
 
 /// One etcd transaction of `ops` (JSON request ops), all of which must succeed.
-fn etcd_txn(etcd: (Ipv4Addr, u16), ops: &[String]) -> Result<()> {
+pub(super) fn etcd_txn(etcd: (Ipv4Addr, u16), ops: &[String]) -> Result<()> {
     let body = format!(r#"{{"success":[{}]}}"#, ops.join(","));
     etcd_post(etcd, "/v3/kv/txn", &body).map(|_| ())
 }
 
-fn peer_key(prefix: &str, i: usize) -> String {
+pub(super) fn peer_key(prefix: &str, i: usize) -> String {
     let net = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + ((i as u32) << 8));
     format!("{prefix}/subnets/{net}-24")
 }
@@ -82,7 +82,12 @@ fn peer_value(i: usize) -> String {
 }
 
 /// Puts `n` peer leases in transactions of TXN_OPS; returns how long the writes took.
-fn put_peers(ctl_ns: &str, etcd: (Ipv4Addr, u16), prefix: &str, n: usize) -> Result<Duration> {
+pub(super) fn put_peers(
+    ctl_ns: &str,
+    etcd: (Ipv4Addr, u16),
+    prefix: &str,
+    n: usize,
+) -> Result<Duration> {
     let prefix = prefix.to_string();
     netns::join(netns::in_netns(ctl_ns, move || {
         let start = Instant::now();

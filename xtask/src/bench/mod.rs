@@ -6,6 +6,7 @@
 mod control_plane;
 mod kube_api;
 mod kube_proxy;
+mod lease_churn;
 mod load;
 mod netdp_services;
 mod netfilter;
@@ -145,6 +146,10 @@ pub fn run(args: Args) -> Result<()> {
             sizes.cp_repeats,
             sizes.load_budget,
         ));
+    }
+    if wanted(&args.only, "control-plane lease-churn") {
+        eprintln!("bench: control plane, 5,000 leases changing");
+        rows.extend(lease_churn::run(&bins, 5_000, sizes.cp_repeats));
     }
     if wanted(&args.only, "control-plane kube-api") {
         eprintln!("bench: control plane, services from the Kubernetes API");
