@@ -66,6 +66,17 @@ pub fn one_line(e: &impl Display) -> String {
 
 pub use netdp_dataplane::util::{mac_string, parse_mac};
 
+/// Hands the heap's free pages back to the system (glibc's `malloc_trim`): after a bulk
+/// load (100,000 services listed, decoded, planned and programmed) the allocator keeps its
+/// high-water mark resident otherwise, though the agent holds far less from then on.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no preconditions; it only returns memory malloc has free.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,7 @@ use crate::{
     },
     etcd::{
         decode::{decode, decode_all},
-        watch::{Follow, PrefixWatch, Update, forward, list_prefix},
+        watch::{Follow, PrefixWatch, Update, forward, list_pages},
     },
     k8s::{self, Changes},
     lease::Lease,
@@ -124,6 +124,10 @@ impl ServiceArgs {
         sizes.affinity_backends = self.affinity;
     }
 }
+
+/// A batch this large (services changed at once) leaves the allocator's free memory to be
+/// handed back: decoding and planning it held several times what stays.
+const BULK: usize = 1000;
 
 /// What the service loop needs to know about the node.
 pub struct Host<'a> {
@@ -307,6 +311,7 @@ impl Services {
             })
             .collect();
         let stats = lb.adopt(plans);
+        crate::util::release_free_memory();
         info!(
             "read {} services from {} in {listed:.1?}",
             defs.len(),
@@ -379,9 +384,13 @@ impl Services {
         }
         // Service ids as they were before the batch (the flows carry those).
         let gone = GoneUdp::by_service_id(&self.lb, gone_udp);
+        let bulk = batch.len() >= BULK;
         let stats = self.lb.apply(batch);
         self.lb.log_stats("updated", &stats, started.elapsed());
         gone.purge(conntrack);
+        if bulk {
+            crate::util::release_free_memory();
+        }
     }
 
     /// What the updates change, service by service (`None`: no longer served).
@@ -534,8 +543,12 @@ async fn list_etcd(
     decoder: &mut ServiceDecoder,
 ) -> Result<(HashMap<String, ServiceDef>, mpsc::Receiver<ServiceUpdate>)> {
     let prefix = decoder.prefix().to_string();
-    let (kvs, revision) = list_prefix(&mut client, &prefix).await?;
-    let defs = decode_all(decoder, &kvs).into_iter().collect();
+    // Decoded page by page: 100,000 services' documents are never held at once.
+    let mut defs = HashMap::new();
+    let revision = list_pages(&mut client, &prefix, |kvs| {
+        defs.extend(decode_all(decoder, &kvs));
+    })
+    .await?;
     let (tx, rx) = mpsc::channel(256);
     let watch = PrefixWatch::new("service", revision);
     tokio::spawn(forward(

@@ -71,10 +71,22 @@ fn range_end(prefix: &[u8]) -> Vec<u8> {
 /// Everything under `prefix` at one revision (read page by page, so a large set neither
 /// needs one huge response nor can change half-way), and that revision.
 pub async fn list_prefix(client: &mut Client, prefix: &str) -> Result<(Vec<Kv>, i64)> {
+    let mut out = Vec::new();
+    let revision = list_pages(client, prefix, |page| out.extend(page)).await?;
+    Ok((out, revision))
+}
+
+/// Lists every key under `prefix` as [`list_prefix`] does, handing each page (`PAGE` keys,
+/// all at one revision) to `page` as it arrives, so a caller that keeps only what it
+/// decodes never holds the whole listing. Returns the revision listed at.
+pub async fn list_pages(
+    client: &mut Client,
+    prefix: &str,
+    mut page: impl FnMut(Vec<Kv>),
+) -> Result<i64> {
     let end = range_end(prefix.as_bytes());
     let mut start = prefix.as_bytes().to_vec();
     let mut revision = 0;
-    let mut out = Vec::new();
     loop {
         let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
         if revision > 0 {
@@ -89,13 +101,19 @@ pub async fn list_prefix(client: &mut Client, prefix: &str) -> Result<(Vec<Kv>, 
         if revision == 0 {
             revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         }
-        out.extend(resp.kvs().iter().map(Kv::from));
-        match (resp.more(), out.last()) {
-            (true, Some(last)) => {
-                start = last.key.clone();
-                start.push(0);
+        let kvs: Vec<Kv> = resp.kvs().iter().map(Kv::from).collect();
+        let next = resp
+            .more()
+            .then(|| kvs.last().map(|last| last.key.clone()))
+            .flatten();
+        drop(resp);
+        page(kvs);
+        match next {
+            Some(mut key) => {
+                key.push(0);
+                start = key;
             }
-            _ => return Ok((out, revision)),
+            None => return Ok(revision),
         }
     }
 }
