@@ -237,8 +237,17 @@ fn inner(ctx: &TcContext, reason: Reason, peer: &Peer) -> i32 {
         Err(verdict) => return verdict,
     };
     // A node port's flow sent here with direct server return: its source is the client's,
-    // and the peer vouches for it.
-    let (frame, stage) = match dsr::take(ctx, &frame) {
+    // outside the cluster, and the peer vouches for it. A pod's packet (a cluster source)
+    // never carries the option honoured: a pod could otherwise pick any pod and port here
+    // past the address it sent to.
+    // SAFETY: the header was bounds checked by the parser.
+    let from_outside = !source::in_cluster(unsafe { (*frame.ip).saddr });
+    let taken = if from_outside {
+        dsr::take(ctx, &frame)
+    } else {
+        Ok(None)
+    };
+    let (frame, stage) = match taken {
         Ok(None) => (frame, Stage::Decapsulated(reason)),
         Ok(Some(backend)) => match parse(ctx, program) {
             Ok(f) => (f, Stage::Dispatched(reason, backend)),

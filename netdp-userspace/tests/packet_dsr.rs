@@ -420,3 +420,32 @@ fn truncated_or_malformed_dsr_packets_never_open_a_flow() {
     assert_eq!(f.event(Program::FromNetdev, Event::DsrFlow), 0);
     assert!(f.conntrack.list().is_empty(), "no flow opened");
 }
+
+#[test]
+fn a_pods_packet_carrying_the_option_is_not_redirected_by_it() {
+    let backend = tunnels()[0].clone();
+    let mut f = backend_node(&backend);
+    // A pod of the peer (a source the peer's tunnel may carry) sends to port 9999 of our
+    // pod with an option naming port 8080: delivered as sent, to 9999, option and all.
+    let spec = PacketSpec {
+        src: REMOTE_BACKEND,
+        dst: LOCAL_BACKEND,
+        dport: 9999,
+        ..client_to_peer(50030, 0x02)
+    };
+    let inner = with_option(&spec.build(), LOCAL_BACKEND, 8080);
+    let tunnel = packet::vxlan(
+        &outer_from_peer(),
+        41234,
+        8472,
+        1,
+        OUR_VTEP,
+        PEER_VTEP,
+        &inner,
+    );
+    let (verdict, out) = f.run(FROM_NETDEV, &tunnel);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, packet::routed(&inner, pod_mac(3), veth_mac(3)));
+    assert_eq!(f.event(Program::FromNetdev, Event::DsrFlow), 0);
+    assert!(f.conntrack.list().is_empty(), "no flow opened");
+}
