@@ -160,11 +160,11 @@ pub enum Reason {
     /// one (kube-proxy drops these as conntrack-invalid).
     ServiceNotSyn = 109,
     /// A DSR option naming a backend that is no pod on this node.
-    DsrNoEndpoint = 110,
+    ServiceDsrNoEndpoint = 110,
     /// A DSR flow's reply tuple is another live flow's (the same client port to two
     /// services sharing a backend): source NAT, which would resolve it, is what DSR does
     /// without.
-    DsrTupleTaken = 111,
+    ServiceDsrTupleTaken = 111,
 }
 
 impl Reason {
@@ -215,8 +215,8 @@ impl Reason {
         Reason::ServiceBadBackend,
         Reason::ServiceRejectFailed,
         Reason::ServiceNotSyn,
-        Reason::DsrNoEndpoint,
-        Reason::DsrTupleTaken,
+        Reason::ServiceDsrNoEndpoint,
+        Reason::ServiceDsrTupleTaken,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -275,8 +275,8 @@ impl Reason {
             Reason::ServiceBadBackend => "service_bad_backend",
             Reason::ServiceRejectFailed => "service_reject_failed",
             Reason::ServiceNotSyn => "service_not_syn",
-            Reason::DsrNoEndpoint => "dsr_no_endpoint",
-            Reason::DsrTupleTaken => "dsr_tuple_taken",
+            Reason::ServiceDsrNoEndpoint => "service_dsr_no_endpoint",
+            Reason::ServiceDsrTupleTaken => "service_dsr_tuple_taken",
         }
     }
 }

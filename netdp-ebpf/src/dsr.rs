@@ -132,7 +132,7 @@ pub fn open(
     }
     // SAFETY: only tested for presence.
     if unsafe { maps::ENDPOINTS.get(EndpointKey { addr: backend }) }.is_none() {
-        return done(drop(ctx, program, Reason::DsrNoEndpoint));
+        return done(drop(ctx, program, Reason::ServiceDsrNoEndpoint));
     }
     let to = CtKey {
         daddr: backend,
@@ -143,7 +143,7 @@ pub fn open(
     let reply = conntrack::new_reply(key, now, ctx.ifindex(), 0, 0);
     match conntrack::claim(ctx, program, &to.reversed(), &reply, now) {
         Claim::Claimed => {}
-        Claim::Taken => return done(drop(ctx, program, Reason::DsrTupleTaken)),
+        Claim::Taken => return done(drop(ctx, program, Reason::ServiceDsrTupleTaken)),
         Claim::Failed => return done(drop(ctx, program, Reason::ServiceConntrackFull)),
     }
     let Ok((to, forward)) = conntrack::open(key, &to, &reply) else {

@@ -185,8 +185,8 @@ fn dsr_from_outside(agent: &[&str], program: &str) -> Result<()> {
     }
     for (n, c) in &after {
         for reason in [
-            "dsr_no_endpoint",
-            "dsr_tuple_taken",
+            "service_dsr_no_endpoint",
+            "service_dsr_tuple_taken",
             "decap_spoofed_source",
             "adjust_failed",
             "service_not_syn",

@@ -332,7 +332,10 @@ fn the_option_is_believed_only_in_a_peers_tunnel_and_only_for_a_pod_here() {
     let syn = client_to_peer(50010, 0x02);
     let stray = from_frontend(&backend, &syn, Ipv4Addr::new(10, 1, 1, 99));
     assert_eq!(f.run(FROM_NETDEV, &stray).0, TC_ACT_SHOT);
-    assert_eq!(f.count(Program::FromNetdev, Reason::DsrNoEndpoint), 1);
+    assert_eq!(
+        f.count(Program::FromNetdev, Reason::ServiceDsrNoEndpoint),
+        1
+    );
 
     // An outside host sending the option itself, straight to the pod: a packet from
     // outside to a pod like any other (no routed network: dropped), its option ignored.
