@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use etcd_client::Client;
 use ipnetwork::Ipv4Network;
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use netdp_common::capacity;
 use tokio::sync::mpsc;
 
@@ -413,6 +413,11 @@ impl Services {
         if node == self.node && policy == self.policy {
             return;
         }
+        // Leases' addresses changing (nodes coming and going: at thousands of nodes, many a
+        // second) matter only to services that name one of them.
+        let changed = (node == self.node)
+            .then(|| policy.node_ips_changed(&self.policy))
+            .flatten();
         if node.zone != self.node.zone {
             info!(
                 "node zone now {:?}: reprogramming services (topology hints)",
@@ -423,23 +428,42 @@ impl Services {
                 "node addresses now {:?} (subnet {}): reprogramming services",
                 node.addresses, node.subnet
             );
-        } else {
-            info!(
-                "node addresses of the leases now {:?}: re-checking services",
-                policy.node_ips
-            );
+        } else if changed.is_none() {
+            info!("the service address policy changed: re-checking services");
         }
         self.node = node;
         self.policy = policy;
         let started = Instant::now();
-        let batch = self
+        let batch: Vec<_> = self
             .defs
             .iter()
+            .filter(|(_, d)| {
+                changed
+                    .as_ref()
+                    .is_none_or(|ips| AddressPolicy::touches(d, ips))
+            })
             .map(|(id, d)| {
                 let plan = checked_plan(&self.policy, &self.node, &mut self.refused, id, d);
                 (id.clone(), plan)
             })
             .collect();
+        if let Some(ips) = &changed {
+            let (n, all) = (ips.len(), self.policy.node_ips.len());
+            if batch.is_empty() {
+                debug!(
+                    "{n} node addresses of the leases changed ({all} now); no service names them"
+                );
+            } else {
+                info!(
+                    "{n} node addresses of the leases changed ({all} now): re-checking the {} \
+                     services that name them",
+                    batch.len()
+                );
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
         let stats = self.lb.apply(batch);
         self.lb.log_stats("reprogrammed", &stats, started.elapsed());
     }

@@ -108,6 +108,29 @@ impl AddressPolicy {
         }
     }
 
+    /// The node addresses in one of `self` and `other` but not both, if that is all that
+    /// differs between them (`None`: something else changed too).
+    pub fn node_ips_changed(&self, other: &AddressPolicy) -> Option<BTreeSet<Ipv4Addr>> {
+        let same_rest = self.pod_network == other.pod_network
+            && self.service_range == other.service_range
+            && self.external_allow == other.external_allow
+            && self.endpoint_allow == other.endpoint_allow;
+        same_rest.then(|| {
+            self.node_ips
+                .symmetric_difference(&other.node_ips)
+                .copied()
+                .collect()
+        })
+    }
+
+    /// Whether the verdict on `def` can depend on whether the addresses `ips` are node
+    /// addresses: one of its service addresses or endpoints is among them.
+    pub fn touches(def: &ServiceDef, ips: &BTreeSet<Ipv4Addr>) -> bool {
+        def.cluster_ip.is_some_and(|ip| ips.contains(&ip))
+            || def.external_fields.iter().any(|(ip, _)| ips.contains(ip))
+            || def.endpoints.iter().any(|e| ips.contains(&e.ip))
+    }
+
     /// Why `ip` may not be a service address of any kind, if it may not.
     fn forbidden(&self, ip: Ipv4Addr) -> Option<String> {
         if let Some(n) = self.pod_network.filter(|n| n.contains(ip)) {

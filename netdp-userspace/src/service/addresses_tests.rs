@@ -250,3 +250,36 @@ fn endpoints_lie_in_the_pod_network_on_nodes_or_in_the_allowed_ranges() {
             .contains("host bits")
     );
 }
+
+#[test]
+fn a_change_of_lease_addresses_alone_touches_only_services_naming_them() {
+    let cfg = config("");
+    let before = policy(&[], &cfg);
+    let moved = Ipv4Addr::new(192, 168, 10, 99);
+    let after = AddressPolicy::new(&flags(&[]).expect("valid flags"), Some(&cfg), [NODE, moved]);
+    let changed = after
+        .node_ips_changed(&before)
+        .expect("only node addresses changed");
+    assert_eq!(changed, [PEER, moved].into_iter().collect());
+    // Anything else changing as well: everything is to be re-checked.
+    let other = AddressPolicy::new(
+        &flags(&["--external-ip-allow", "198.51.100.0/24"]).expect("valid flags"),
+        Some(&cfg),
+        [NODE, moved],
+    );
+    assert_eq!(other.node_ips_changed(&before), None);
+
+    let untouched = service("10.96.0.10", "[198.51.100.7]", "", "[]");
+    assert!(!AddressPolicy::touches(&untouched, &changed));
+    let named = service("10.96.0.10", &format!("[{moved}]"), "", "[]");
+    assert!(AddressPolicy::touches(&named, &changed));
+    let docs = parse_file(&format!(
+        "metadata: {{name: host}}\nspec: {{clusterIP: 10.96.0.11, ports: [{{port: 80}}]}}\nendpoints: [{{ip: {PEER}}}]\n"
+    ))
+    .expect("parses");
+    let endpoint = validate(&docs[0]).expect("valid");
+    assert!(
+        AddressPolicy::touches(&endpoint, &changed),
+        "a node address as endpoint"
+    );
+}
