@@ -137,5 +137,36 @@ fn services_claiming_pod_or_node_addresses_are_never_programmed() -> Result<()> 
         let err = tb.apply_services(&doc).expect_err("apply must refuse");
         ensure!(err.to_string().contains(&why), "{err:#}");
     }
+
+    // A node leaving changes the node addresses: the services naming it are checked again
+    // (and only those: nobody else's verdict can change).
+    let left = service(
+        "node-left",
+        json!({"clusterIP": "10.96.5.12", "externalIPs": [n2.to_string()]}),
+        pod,
+    );
+    tb.etcd()
+        .put("/netdp/services/default/node-left", &left.to_string())?;
+    let logged = |tb: &Testbed, why: &str| -> Result<bool> {
+        let log = std::fs::read_to_string(tb.node("n1").agent_log())?;
+        Ok(log.contains(&format!(
+            "service default/node-left not programmed: spec.externalIPs[0]: {n2} {why}"
+        )))
+    };
+    tb.wait_for("n1 to refuse node-left", Duration::from_secs(10), || {
+        logged(&tb, "is a node address")
+    })?;
+    let n2_subnet = tb.subnet_of("n2")?;
+    tb.stop_agent("n2")?;
+    tb.etcd().delete(&format!(
+        "{}/subnets/{}",
+        tb.prefix,
+        n2_subnet.replace('/', "-")
+    ))?;
+    tb.wait_for(
+        "n1 to re-check node-left once n2's lease is gone",
+        Duration::from_secs(10),
+        || logged(&tb, "is not in --external-ip-allow (198.51.100.0/24)"),
+    )?;
     Ok(())
 }
