@@ -18,6 +18,12 @@ pub mod mode {
     /// The bare IP packet as a UDP payload, Flannel's `udp` backend.
     pub const UDP: u32 = 4;
 
+    /// Whether routes of `mode` encapsulate: what carries direct server return's option.
+    #[inline(always)]
+    pub const fn is_tunnel(mode: u32) -> bool {
+        matches!(mode, VXLAN | IPIP | UDP)
+    }
+
     pub const fn name(mode: u32) -> &'static str {
         match mode {
             DIRECT => "direct",

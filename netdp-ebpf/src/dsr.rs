@@ -166,7 +166,7 @@ pub fn dispatch(ctx: &TcContext, program: Program, frame: &Ipv4Frame, t: &Transl
     let Some(rt) = maps::ROUTES.get(&Key::new(32, backend)) else {
         return pass(ctx, program, Reason::ServiceToHost);
     };
-    if !matches!(rt.mode, mode::VXLAN | mode::IPIP | mode::UDP) {
+    if !mode::is_tunnel(rt.mode) {
         return pass(ctx, program, Reason::ServiceToHost);
     }
     // SAFETY: bounds checked by the parser.

@@ -184,5 +184,5 @@ fn start<C: Ctx>(ctx: &C, program: Program, l4: &L4, key: &CtKey, fe: &Frontend)
 fn tunnelled(addr: [u8; 4]) -> bool {
     crate::maps::ROUTES
         .get(&Key::new(32, addr))
-        .is_some_and(|rt| matches!(rt.mode, mode::VXLAN | mode::IPIP | mode::UDP))
+        .is_some_and(|rt| mode::is_tunnel(rt.mode))
 }
