@@ -29,6 +29,7 @@ pub mod names {
     pub const MONITOR: &str = "MONITOR";
     pub const ROUTED_NETWORKS: &str = "ROUTED_NETWORKS";
     pub const DENIED_SOURCES: &str = "DENIED_SOURCES";
+    pub const CLUSTER_NETWORKS: &str = "CLUSTER_NETWORKS";
 }
 
 /// Default capacities, as the programs declare them; the agent can override the
@@ -75,6 +76,8 @@ pub mod capacity {
     pub const ROUTED_NETWORKS: u32 = 256;
     /// Source networks the XDP prefilter drops (`--deny-sources`).
     pub const DENIED_SOURCES: u32 = 16_384;
+    /// The other clusters of a mesh (one pod Network each; Cilium's ids go to 255).
+    pub const CLUSTER_NETWORKS: u32 = 255;
 }
 
 /// The kernel's map types netdp uses (`enum bpf_map_type`).
@@ -268,6 +271,13 @@ pub const CATALOGUE: &[MapSpec] = &[
         capacity::DENIED_SOURCES,
         false,
         "source networks XDP drops before the stack sees them (agent, --deny-sources)",
+    ),
+    spec::<LpmKey, u32>(
+        names::CLUSTER_NETWORKS,
+        MapKind::LpmTrie,
+        capacity::CLUSTER_NETWORKS,
+        false,
+        "the other clusters' pod Networks -> cluster id, counted as the cluster's own (agent, Clusters)",
     ),
 ];
 

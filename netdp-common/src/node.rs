@@ -22,6 +22,10 @@ pub mod flags {
     /// `--deny-sources` is set: `from_netdev` checks DENIED_SOURCES as well, so the list
     /// holds with XDP off (with XDP on, denied packets never get that far).
     pub const DENY_SOURCES: u32 = 4;
+    /// The network config names other clusters (`Clusters`): their pod Networks, in
+    /// CLUSTER_NETWORKS, count as the cluster's own where sources are judged. Without it
+    /// the check is the Network's mask alone.
+    pub const MESH: u32 = 8;
 }
 
 #[repr(C)]

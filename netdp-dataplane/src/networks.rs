@@ -1,8 +1,9 @@
 //! Sets of networks the programs match sources against (LPM tries keyed by address):
 //! ROUTED_NETWORKS, outside networks whose hosts route to pod addresses themselves and may
 //! therefore send straight to pods from the underlay (everything else reaching a pod from
-//! the underlay must come from a peer's pods, the programs' `source` module); and
-//! DENIED_SOURCES, the XDP prefilter's deny list.
+//! the underlay must come from a peer's pods, the programs' `source` module);
+//! DENIED_SOURCES, the XDP prefilter's deny list; and CLUSTER_NETWORKS, the other
+//! clusters of a mesh (labelled with their ids).
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
@@ -64,5 +65,17 @@ impl NetworkSet {
             }
         }
         Ok(())
+    }
+
+    /// Adds `net` labelled `value` (or relabels it), leaving the others.
+    pub fn insert(&mut self, net: &Ipv4Network, value: u32) -> Result<()> {
+        self.map
+            .insert(&key(net), value, 0)
+            .with_context(|| format!("adding {net} to {}", self.name))
+    }
+
+    /// The label of the longest network holding `addr`.
+    pub fn lookup(&self, addr: std::net::Ipv4Addr) -> Option<u32> {
+        self.map.get(&Key::new(32, addr.octets()), 0).ok()
     }
 }

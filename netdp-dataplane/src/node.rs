@@ -46,7 +46,12 @@ pub fn node_config(
         cluster_mask: config.network.mask().octets(),
         underlay_ifindex: underlay.link.index,
         decap,
-        flags: if ip_masq { flags::MASQUERADE } else { 0 },
+        flags: if ip_masq { flags::MASQUERADE } else { 0 }
+            | if config.clusters.is_empty() {
+                0
+            } else {
+                flags::MESH
+            },
         vni,
         port,
         // The agent picks the range against the node's ephemeral ports (`--masquerade-ports`).

@@ -14,6 +14,7 @@ use crate::{
     fragment, hop, maps,
     nat::{self, Outcome},
     parse::{self, Ipv4Frame, Parsed, Transport},
+    source,
 };
 
 const PROGRAM: Program = Program::FromPod;
@@ -25,9 +26,7 @@ pub fn outside(ctx: &TcContext, frame: &Ipv4Frame, t: &Transport) -> i32 {
     let node = maps::node();
     // SAFETY: bounds checked by the parser.
     let (daddr, ttl) = unsafe { ((*frame.ip).daddr, (*frame.ip).ttl) };
-    let dst = u32::from_ne_bytes(daddr);
-    let mask = u32::from_ne_bytes(node.cluster_mask);
-    if node.underlay_ifindex == 0 || dst & mask == u32::from_ne_bytes(node.cluster) {
+    if node.underlay_ifindex == 0 || source::in_cluster(daddr) {
         // A cluster address nobody leases (or no egress configured): the kernel's call.
         return pass(ctx, PROGRAM, Reason::UnknownDestination);
     }

@@ -98,6 +98,12 @@ pub static ROUTED_NETWORKS: LpmTrie<Ipv4, u32, { capacity::ROUTED_NETWORKS as us
 pub static DENIED_SOURCES: LpmTrie<Ipv4, u32, { capacity::DENIED_SOURCES as usize }> =
     LpmTrie::new();
 
+/// The other clusters' pod Networks (value: the cluster's id), read only on a node of a
+/// mesh (`node::flags::MESH`).
+#[btf_map]
+pub static CLUSTER_NETWORKS: LpmTrie<Ipv4, u32, { capacity::CLUSTER_NETWORKS as usize }> =
+    LpmTrie::new();
+
 /// Conntrack lifetimes per state; the agent sets them at load time.
 #[unsafe(no_mangle)]
 pub static CT_TIMEOUTS: Global<[u32; 4]> = Global::new(timeout::DEFAULTS);

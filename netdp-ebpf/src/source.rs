@@ -104,10 +104,21 @@ pub fn verifying() -> bool {
     maps::node().flags & node::flags::TRUST_SOURCES == 0
 }
 
-/// Whether `addr` is in the cluster Network.
+/// Whether `addr` is in this cluster's Network: where this cluster's pods (and none of its
+/// service addresses) are.
 #[inline(always)]
-pub fn in_cluster(addr: [u8; 4]) -> bool {
+pub fn in_network(addr: [u8; 4]) -> bool {
     let node = maps::node();
     u32::from_ne_bytes(addr) & u32::from_ne_bytes(node.cluster_mask)
         == u32::from_ne_bytes(node.cluster)
+}
+
+/// Whether `addr` is a pod address of the cluster or of another cluster of its mesh:
+/// sources there are judged as pods' (a lease routes them, a tunnel vouches for them),
+/// never as outside hosts'. One LPM lookup, only on a node of a mesh.
+#[inline(always)]
+pub fn in_cluster(addr: [u8; 4]) -> bool {
+    in_network(addr)
+        || (maps::node().flags & node::flags::MESH != 0
+            && maps::CLUSTER_NETWORKS.get(&Key::new(32, addr)).is_some())
 }

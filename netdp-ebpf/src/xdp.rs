@@ -87,7 +87,7 @@ pub fn netdev(ctx: &XdpContext) -> u32 {
         // on their own addresses). Pods are in the cluster Network: service traffic to
         // the node or to external addresses costs no lookup here.
         if !to_node
-            && source::in_cluster(daddr)
+            && source::in_network(daddr)
             // SAFETY: only tested for presence.
             && unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) }.is_some()
             && let Err(verdict) = source::outside_to_pod(ctx, PROGRAM, &frame)
@@ -167,7 +167,7 @@ fn dispatch(ctx: &XdpContext, frame: &Ipv4Frame, to: &CtKey) -> i32 {
 /// route lookup alone tells a remote backend from a local one.
 #[inline(always)]
 fn egress(ctx: &XdpContext, to: &CtKey, extra: usize) -> Option<Egress> {
-    if source::in_cluster(to.daddr) {
+    if source::in_network(to.daddr) {
         let rt: &'static Route = maps::ROUTES.get(&Key::new(32, to.daddr))?;
         let tunnel = match rt.mode {
             mode::DIRECT => None,

@@ -32,7 +32,7 @@ impl Testbed {
         let n = self.node(node);
         let mut args = vec![
             "agent".to_string(),
-            format!("--etcd-endpoints={}", self.etcd_endpoint()),
+            format!("--etcd-endpoints={}", self.etcd_endpoint_of(n.cluster)),
             format!("--etcd-prefix={}", self.prefix),
             "--iface=eth0".into(),
             format!("--node-name={}", n.ns),

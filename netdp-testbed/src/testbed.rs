@@ -55,6 +55,8 @@ pub struct Testbed {
     /// The one etcd, unless the spec asked for a cluster.
     pub etcd: Option<Etcd>,
     pub etcd_cluster: Option<EtcdCluster>,
+    /// The etcds of [`Spec::clusters`]: cluster `k`'s is `cluster_etcds[k - 1]`.
+    pub cluster_etcds: Vec<Etcd>,
     pub nodes: Vec<Node>,
     pub spec: Spec,
     pub prefix: String,
@@ -112,6 +114,7 @@ impl Testbed {
             bins,
             etcd: None,
             etcd_cluster: None,
+            cluster_etcds: Vec::new(),
             nodes: Vec::new(),
             spec: spec.clone(),
             peer_xdp: std::sync::OnceLock::new(),
@@ -143,6 +146,22 @@ impl Testbed {
         match &self.etcd_cluster {
             Some(c) => c.endpoint_list(),
             None => self.etcd().endpoint.clone(),
+        }
+    }
+
+    /// The etcd of cluster `k` (1 on: [`Spec::cluster`]).
+    pub fn cluster_etcd(&mut self, k: usize) -> &mut Etcd {
+        let n = self.cluster_etcds.len();
+        self.cluster_etcds
+            .get_mut(k.wrapping_sub(1))
+            .unwrap_or_else(|| panic!("no cluster {k}: this testbed has {n} more clusters"))
+    }
+
+    /// What the agents of cluster `k` are given as `--etcd-endpoints`.
+    pub fn etcd_endpoint_of(&self, k: usize) -> String {
+        match k {
+            0 => self.etcd_endpoint(),
+            k => self.cluster_etcds[k - 1].endpoint.clone(),
         }
     }
 
@@ -200,6 +219,9 @@ impl Drop for Testbed {
             e.stop();
         }
         drop(self.etcd_cluster.take());
+        for mut e in self.cluster_etcds.drain(..) {
+            e.stop();
+        }
         cleanup::release(&self.id);
     }
 }

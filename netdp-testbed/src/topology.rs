@@ -25,6 +25,8 @@ pub struct NodeSpec {
     pub underlay: usize,
     /// Behind a NAT gateway on its underlay.
     pub nat: bool,
+    /// Which cluster it joins: 0, the testbed's, or one of [`Spec::clusters`] (1 on).
+    pub cluster: usize,
 }
 
 /// The shape of a testbed.
@@ -40,6 +42,9 @@ pub struct Spec {
     pub bins: Option<Binaries>,
     /// etcd members, each in a namespace of its own (0 or 1: one etcd on the etcd host).
     pub etcd_members: usize,
+    /// Further clusters, each with an etcd of its own holding this network config:
+    /// cluster `k` (1 on) has its etcd at `.2` of underlay `k`.
+    pub clusters: Vec<String>,
 }
 
 impl Spec {
@@ -65,6 +70,7 @@ impl Spec {
             name: name.into(),
             underlay,
             nat: false,
+            cluster: 0,
         });
         self
     }
@@ -74,7 +80,24 @@ impl Spec {
             name: name.into(),
             underlay,
             nat: true,
+            cluster: 0,
         });
+        self
+    }
+
+    /// Another cluster with an etcd of its own holding `network_json` (at `.2` of
+    /// underlay `k` for the `k`th such cluster).
+    pub fn cluster(mut self, network_json: &str) -> Self {
+        self.clusters.push(network_json.into());
+        self
+    }
+
+    /// A node of cluster `cluster` (0: the testbed's own; see [`Spec::cluster`]).
+    pub fn cluster_node(mut self, name: &str, underlay: usize, cluster: usize) -> Self {
+        self = self.node(name, underlay);
+        if let Some(n) = self.nodes.last_mut() {
+            n.cluster = cluster;
+        }
         self
     }
 
@@ -118,6 +141,8 @@ pub struct Node {
     /// Address other nodes see (the NAT gateway's for a node behind NAT).
     pub public_ip: Ipv4Addr,
     pub underlay: usize,
+    /// Its cluster (0: the testbed's own).
+    pub cluster: usize,
     pub dir: PathBuf,
     /// The running agent, if any (started and stopped in `agents.rs`).
     pub(crate) agent: Option<Child>,
@@ -249,6 +274,9 @@ impl Testbed {
         if let Some(cfg) = &spec.network_config {
             self.set_network_config(cfg)?;
         }
+        for (i, cfg) in spec.clusters.iter().enumerate() {
+            self.start_cluster_etcd(i + 1, cfg)?;
+        }
 
         let mut next_host = vec![11u8; spec.underlays.max(1)];
         let mut nat_count = 0u8;
@@ -275,6 +303,7 @@ impl Testbed {
                 ip,
                 public_ip,
                 underlay: n.underlay,
+                cluster: n.cluster,
                 dir,
                 agent: None,
                 pods: Vec::new(),
@@ -362,6 +391,28 @@ impl Testbed {
         }
         let etcd = Etcd::start(&self.dir, Some(&ctl), etcd_ip, None)?;
         self.etcd = Some(etcd);
+        Ok(())
+    }
+
+    /// Cluster `k`'s etcd, in a namespace of its own at `.2` of underlay `k`, holding
+    /// `config` at the testbed's prefix.
+    fn start_cluster_etcd(&mut self, k: usize, config: &str) -> Result<()> {
+        if k >= self.spec.underlays {
+            return Err(anyhow!(
+                "cluster {k} needs underlay {k} for its etcd: ask for {} underlays",
+                k + 1
+            ));
+        }
+        let ns = self.ns(&format!("etcd-c{k}"));
+        self.add_ns(&ns)?;
+        self.plug(k, &format!("etcd-c{k}"), &ns, "eth0")?;
+        let ip: Ipv4Addr = format!("{}.2", underlay_prefix(k)).parse()?;
+        address_host(&ns, ip, Some(&format!("{}.1", underlay_prefix(k))))?;
+        let dir = self.dir.join(format!("cluster{k}"));
+        std::fs::create_dir_all(&dir)?;
+        let etcd = Etcd::start(&dir, Some(&ns), ip, None)?;
+        etcd.put(&format!("{}/config", self.prefix), config)?;
+        self.cluster_etcds.push(etcd);
         Ok(())
     }
 

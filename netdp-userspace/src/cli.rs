@@ -1,6 +1,7 @@
 //! The `netdp` command line: the agent plus read-only views of etcd and the maps, and
 //! the services in etcd.
 mod check;
+mod cluster;
 mod conntrack;
 mod install_cni;
 mod maps;
@@ -62,6 +63,9 @@ pub enum Command {
     /// Remote subnets, as the dataplane routes them.
     #[command(subcommand)]
     Route(RouteCmd),
+    /// The clusters of this node's mesh, as its agent follows them.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
     /// Pod flows masqueraded to the outside (--ip-masq).
     #[command(subcommand)]
     Nat(conntrack::NatCmd),
@@ -245,6 +249,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Map(cmd) => maps::run(cmd),
         Command::Monitor(args) => monitor::run(args).await,
         Command::Status(args) => status::run(args),
+        Command::Cluster(cmd) => cluster::run(cmd),
         Command::Check => check::run(),
         Command::InstallCni(args) => install_cni::run(args),
         Command::Counters(args) => {
@@ -333,7 +338,21 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Route(RouteCmd::List(args)) => {
-            let routes = RouteMap::open(&args.pins()?)?.list();
+            let pins = args.pins()?;
+            let routes = RouteMap::open(&pins)?.list();
+            // Which cluster of the mesh leases each subnet: "local", or the other's id.
+            let clusters = crate::dataplane::networks::NetworkSet::open(
+                &pins,
+                netdp_common::map_names::CLUSTER_NETWORKS,
+            )
+            .ok();
+            let cluster = |n: &ipnetwork::Ipv4Network| match clusters
+                .as_ref()
+                .and_then(|c| c.lookup(n.network()))
+            {
+                Some(id) => id.to_string(),
+                None => "local".to_string(),
+            };
             let mode = netdp_common::route::mode::name;
             let vtep = |r: &netdp_common::route::Route| {
                 if r.mode == netdp_common::route::mode::VXLAN {
@@ -356,7 +375,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                         "subnet": n.to_string(), "node": Ipv4Addr::from(r.node_ip).to_string(),
                         "nexthop": Ipv4Addr::from(r.nexthop).to_string(), "ifindex": r.ifindex,
                         "mode": mode(r.mode), "nexthopMac": mac(r), "vtepMac": vtep(r),
-                        "mtu": r.mtu,
+                        "mtu": r.mtu, "cluster": cluster(n),
                     })).collect::<Vec<_>>()),
                 ),
                 Output::Table => print_table(
@@ -369,6 +388,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                         "NEXTHOP MAC",
                         "VTEP MAC",
                         "MTU",
+                        "CLUSTER",
                     ],
                     &routes
                         .iter()
@@ -382,6 +402,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                                 mac(r),
                                 vtep(r),
                                 r.mtu.to_string(),
+                                cluster(n),
                             ]
                         })
                         .collect::<Vec<_>>(),

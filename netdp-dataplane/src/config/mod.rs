@@ -5,6 +5,9 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod clusters;
+pub use clusters::{Identity, RemoteCluster};
+
 /// A config value that cannot be used, naming the field and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -97,6 +100,12 @@ pub struct NetworkConfig {
     /// Services whose clusterIP lies outside it are not programmed (CVE-2020-8554).
     #[serde(rename = "ServiceNetwork", skip_serializing_if = "Option::is_none")]
     pub service_network: Option<Ipv4Network>,
+    /// This cluster's `ClusterName` and `ClusterID` (netdp's keys), for a mesh.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+    /// The other clusters whose leases become routes here (`Clusters`).
+    #[serde(rename = "Clusters", skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<RemoteCluster>,
 }
 
 #[derive(Deserialize)]
@@ -116,6 +125,12 @@ struct RawConfig {
     mtu: Option<Value>,
     #[serde(rename = "ServiceNetwork")]
     service_network: Option<Value>,
+    #[serde(rename = "ClusterName")]
+    cluster_name: Option<Value>,
+    #[serde(rename = "ClusterID")]
+    cluster_id: Option<Value>,
+    #[serde(rename = "Clusters")]
+    clusters: Option<Value>,
     // Fields Flannel knows that netdp has nothing to do with; accepted and ignored.
     #[serde(rename = "EnableIPv4")]
     _enable_ipv4: Option<Value>,
@@ -386,7 +401,12 @@ impl NetworkConfig {
                 Some(s)
             }
         };
+        let identity =
+            clusters::parse_identity(raw.cluster_name.as_ref(), raw.cluster_id.as_ref())?;
+        let clusters = clusters::parse_remotes(raw.clusters.as_ref(), identity.as_ref())?;
         Ok(NetworkConfig {
+            identity,
+            clusters,
             network,
             subnet_len,
             subnet_min: subnet_min.into(),

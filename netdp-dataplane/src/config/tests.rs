@@ -238,3 +238,102 @@ fn service_network_is_optional_and_never_overlaps_the_network() {
         assert_eq!(parse(json).unwrap_err().to_string(), why, "{json}");
     }
 }
+
+#[test]
+fn clusters_of_a_mesh() {
+    let c = parse(
+        r#"{"Network": "10.1.0.0/16", "ClusterName": "east", "ClusterID": 1,
+            "Clusters": [{"Name": "west", "Endpoints": ["https://192.168.20.2:2379"],
+                          "Prefix": "/west/network/", "CAFile": "/etc/w/ca.pem",
+                          "CertFile": "/etc/w/c.pem", "KeyFile": "/etc/w/k.pem"},
+                         {"Name": "north", "Endpoints": ["http://10.9.0.1:2379"]}]}"#,
+    )
+    .unwrap();
+    let id = c.identity.as_ref().unwrap();
+    assert_eq!((id.name.as_str(), id.id), ("east", 1));
+    assert_eq!(c.clusters.len(), 2);
+    assert_eq!(c.clusters[0].prefix, "/west/network");
+    assert_eq!(c.clusters[0].key_file.as_deref(), Some("/etc/w/k.pem"));
+    assert_eq!(c.clusters[1].prefix, clusters::DEFAULT_PREFIX);
+    assert_eq!(c.clusters[1].ca_file, None);
+    // The keys come back as they were given (netdp network show).
+    let shown = serde_json::to_value(&c).unwrap();
+    assert_eq!(shown["ClusterName"], "east");
+    assert_eq!(shown["ClusterID"], 1);
+    assert_eq!(shown["Clusters"][1]["Name"], "north");
+    // No mesh: no keys.
+    let plain = serde_json::to_value(parse(r#"{"Network": "10.1.0.0/16"}"#).unwrap()).unwrap();
+    assert!(plain.get("ClusterName").is_none() && plain.get("Clusters").is_none());
+}
+
+#[test]
+fn bad_cluster_keys_name_the_field() {
+    let net = r#""Network": "10.1.0.0/16""#;
+    let own = r#""ClusterName": "east", "ClusterID": 1"#;
+    let west = r#""Name": "west", "Endpoints": ["http://10.9.0.1:2379"]"#;
+    for (json, field) in [
+        (format!(r#"{{{net}, "ClusterName": "east"}}"#), "ClusterID"),
+        (format!(r#"{{{net}, "ClusterID": 3}}"#), "ClusterName"),
+        (
+            format!(r#"{{{net}, "ClusterName": "East!", "ClusterID": 1}}"#),
+            "ClusterName",
+        ),
+        (
+            format!(r#"{{{net}, "ClusterName": "east", "ClusterID": 0}}"#),
+            "ClusterID",
+        ),
+        (
+            format!(r#"{{{net}, "ClusterName": "east", "ClusterID": 256}}"#),
+            "ClusterID",
+        ),
+        (
+            format!(r#"{{{net}, "Clusters": [{{{west}}}]}}"#),
+            "Clusters",
+        ),
+        (format!(r#"{{{net}, {own}, "Clusters": {{}}}}"#), "Clusters"),
+        (
+            format!(r#"{{{net}, {own}, "Clusters": [{{{west}, "Mode": "x"}}]}}"#),
+            "Clusters[0].Mode",
+        ),
+        (
+            format!(r#"{{{net}, {own}, "Clusters": [{{"Endpoints": ["http://a:1"]}}]}}"#),
+            "Clusters[0].Name",
+        ),
+        (
+            format!(
+                r#"{{{net}, {own}, "Clusters": [{{"Name": "east", "Endpoints": ["http://a:1"]}}]}}"#
+            ),
+            "Clusters[0].Name",
+        ),
+        (
+            format!(r#"{{{net}, {own}, "Clusters": [{{{west}}}, {{{west}}}]}}"#),
+            "Clusters[1].Name",
+        ),
+        (
+            format!(r#"{{{net}, {own}, "Clusters": [{{"Name": "west"}}]}}"#),
+            "Clusters[0].Endpoints",
+        ),
+        (
+            format!(r#"{{{net}, {own}, "Clusters": [{{"Name": "west", "Endpoints": []}}]}}"#),
+            "Clusters[0].Endpoints",
+        ),
+        (
+            format!(
+                r#"{{{net}, {own}, "Clusters": [{{"Name": "west", "Endpoints": ["10.9.0.1:2379"]}}]}}"#
+            ),
+            "Clusters[0].Endpoints",
+        ),
+        (
+            format!(r#"{{{net}, {own}, "Clusters": [{{{west}, "Prefix": "west"}}]}}"#),
+            "Clusters[0].Prefix",
+        ),
+        (
+            format!(r#"{{{net}, {own}, "Clusters": [{{{west}, "CertFile": "/c.pem"}}]}}"#),
+            "Clusters[0].KeyFile",
+        ),
+    ] {
+        assert_eq!(field_of(&json), field, "{json}");
+    }
+    // Clusters without identity is fine when empty.
+    assert!(parse(&format!(r#"{{{net}, "Clusters": []}}"#)).is_ok());
+}

@@ -65,7 +65,7 @@ pub fn open<C: Ctx>(ctx: &C, program: Program, l4: &L4, key: &CtKey) -> Flow {
 /// only for cluster addresses).
 #[inline(always)]
 fn may_be_frontend(daddr: [u8; 4]) -> bool {
-    !crate::source::in_cluster(daddr) || LB_CONFIG.get(0).is_some_and(|c| c.snat_addr == daddr)
+    !crate::source::in_network(daddr) || LB_CONFIG.get(0).is_some_and(|c| c.snat_addr == daddr)
 }
 
 #[inline(always)]

@@ -24,6 +24,7 @@ use crate::{
         Dataplane, MapSizes, Pins,
         conntrack::ConntrackMap,
         counters::CounterMap,
+        networks::NetworkSet,
         node, node_name,
         peer::PeerMap,
         route::{RouteMap, Underlay},
@@ -38,6 +39,7 @@ mod args;
 pub mod conntrack;
 mod gateway;
 mod leases;
+mod mesh;
 mod routes;
 pub mod services;
 mod subnets;
@@ -70,6 +72,8 @@ struct State {
     reported_unreachable: std::collections::HashSet<Ipv4Addr>,
     /// The node's topology zone (--node-zone, else its Node's label).
     zone: Option<String>,
+    /// The other clusters whose leases are routed here too.
+    mesh: mesh::Mesh,
 }
 
 impl State {
@@ -138,6 +142,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let routes = RouteMap::from_map(dp.take_map(netdp_common::map_names::ROUTES)?)?;
     let peer_map = PeerMap::from_map(dp.take_map(netdp_common::map_names::PEERS)?)?;
     let conntrack = ConntrackMap::take(&mut dp)?;
+    let cluster_networks = {
+        let name = netdp_common::map_names::CLUSTER_NETWORKS;
+        NetworkSet::from_map(dp.take_map(name)?, name)?
+    };
+    let (mesh, cluster_updates) = mesh::Mesh::start(&config, cluster_networks, args.etcd.timeout)?;
     ensure_gateway(&nl, &lease).await?;
     let mut state = State {
         config,
@@ -152,6 +161,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         nexthops: Default::default(),
         reported_unreachable: Default::default(),
         zone: node_zone(&args, kube.as_ref(), &node).await,
+        mesh,
     };
     // Leases first: services are checked against the node addresses they name.
     let (leases, lease_updates, zone_updates) = subnets.follow(&state.lease).await?;
@@ -178,6 +188,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         leases: lease_updates,
         services: service_updates,
         zone: zone_updates,
+        clusters: cluster_updates,
     };
     let agent = Agent {
         opts: args.lease_options(),
@@ -372,6 +383,8 @@ struct Watches {
     services: mpsc::Receiver<services::ServiceUpdate>,
     /// This node's zone label, when its Node is followed (--kube-subnet-mgr).
     zone: Option<tokio::sync::watch::Receiver<Option<String>>>,
+    /// The other clusters' configs and leases (`mesh`).
+    clusters: mpsc::Receiver<mesh::ClusterUpdate>,
 }
 
 /// The running agent: what it follows and keeps in step.
@@ -418,6 +431,15 @@ impl Agent<'_> {
                     self.applied("leases", started);
                 }
                 _ = sleep_until(next_renew) => next_renew = self.renew_lease().await,
+                Some(update) = watches.clusters.recv() => {
+                    let mut batch = vec![update];
+                    while let Ok(u) = watches.clusters.try_recv() {
+                        batch.push(u);
+                    }
+                    let started = Instant::now();
+                    self.follow_clusters(batch).await;
+                    self.applied("clusters", started);
+                }
                 Some(update) = watches.services.recv() => {
                     // Whatever else has arrived goes in the same batch.
                     let mut batch = vec![update];
@@ -464,6 +486,29 @@ impl Agent<'_> {
         self.metrics.services.set(services as i64);
         self.metrics.service_backends.set(backends as i64);
         self.metrics.routes.set(self.state.routes.count() as i64);
+        self.health
+            .set_clusters(self.state.mesh.status(&self.state.config));
+    }
+
+    /// Applies a batch of the other clusters' updates and reroutes once if any of their
+    /// routes may have changed.
+    async fn follow_clusters(&mut self, batch: Vec<mesh::ClusterUpdate>) {
+        let state = &mut self.state;
+        let mut changed = false;
+        for update in batch {
+            let (joined, routes) = state.mesh.apply(&state.config, update);
+            changed |= routes;
+            // The node's own traffic to the cluster's pods goes through the gateway
+            // device as to this cluster's.
+            if let Some(network) = joined
+                && let Err(e) = gateway::ensure_host_route(&state.nl, network, &state.lease).await
+            {
+                warn!("routing the node's traffic to {network}: {e:#}");
+            }
+        }
+        if changed && let Err(e) = state.sync_routes().await {
+            error!("programming routes: {e:#}");
+        }
     }
 
     /// Applies a batch of lease changes and reroutes once. `true` when this node's own

@@ -1,6 +1,6 @@
 //! Turning the set of leases into the ROUTES and PEERS maps: the ones
 //! [`crate::lease::LeaseSet`] accepts.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 use log::{info, warn};
@@ -24,9 +24,17 @@ impl State {
         let mut peers = HashMap::new();
         // Only leases that pass validation (in the Network, of SubnetLen, no overlap, one
         // PublicIP each; ours first) become routes and peers.
-        let routed = self
+        let mut routed = self
             .admission
             .admit(&self.config, Some(&self.lease), self.peers.values());
+        // The other clusters' leases, as if they were this cluster's (their own configs
+        // validated them), but for a PublicIP some node here has already.
+        let taken: HashSet<_> = routed
+            .iter()
+            .map(|l| l.attrs.public_ip)
+            .chain([self.lease.attrs.public_ip])
+            .collect();
+        routed.extend(self.mesh.routed(&taken));
         for peer in routed {
             let ip = peer.attrs.public_ip;
             peers.insert(ip, peer.subnet);

@@ -22,7 +22,7 @@ pub struct StatusArgs {
     healthz_addr: SocketAddr,
 }
 
-fn agent_status(addr: SocketAddr) -> Result<Value> {
+pub(super) fn agent_status(addr: SocketAddr) -> Result<Value> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| {
         format!("no agent answers at {addr} (is it running, with --healthz-addr {addr}?)")
     })?;

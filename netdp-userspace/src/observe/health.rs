@@ -20,6 +20,8 @@ pub struct Health {
     /// Unix seconds: the last beat, and when the node's lease expires.
     beat: AtomicU64,
     lease_expiry: AtomicU64,
+    /// The clusters of the mesh and where each stands (the agent's `mesh`).
+    clusters: std::sync::Mutex<Value>,
 }
 
 fn unix_now() -> u64 {
@@ -61,6 +63,12 @@ impl Health {
         self.leases_synced.store(true, Ordering::Relaxed);
     }
 
+    pub fn set_clusters(&self, clusters: Value) {
+        if let Ok(mut c) = self.clusters.lock() {
+            *c = clusters;
+        }
+    }
+
     pub fn set_services_synced(&self) {
         self.services_synced.store(true, Ordering::Relaxed);
     }
@@ -99,6 +107,7 @@ impl Health {
             "ready": self.ready(),
             "checks": self.checks().iter().map(|(name, ok)| json!({"check": name, "ok": ok})).collect::<Vec<_>>(),
             "leaseExpiresInSeconds": self.lease_expires_in(),
+            "clusters": self.clusters.lock().map(|c| c.clone()).unwrap_or_default(),
         })
     }
 }

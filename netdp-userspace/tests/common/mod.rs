@@ -216,6 +216,11 @@ impl Fixture {
         }
     }
 
+    /// A map the fixture keeps no handle of.
+    pub fn take_map(&mut self, name: &str) -> aya::maps::Map {
+        take(&mut self.dp, name)
+    }
+
     /// Adds a pod on this node, as the CNI plugin does.
     pub fn add_pod(&mut self, ip: Ipv4Addr, ifindex: u32, mac: [u8; 6], host_mac: [u8; 6]) {
         let ep = Endpoint {
