@@ -167,7 +167,7 @@ fn dispatch(ctx: &XdpContext, frame: &Ipv4Frame, to: &CtKey) -> i32 {
 /// route lookup alone tells a remote backend from a local one.
 #[inline(always)]
 fn egress(ctx: &XdpContext, to: &CtKey, extra: usize) -> Option<Egress> {
-    if source::in_network(to.daddr) {
+    if source::in_cluster(to.daddr) {
         let rt: &'static Route = maps::ROUTES.get(&Key::new(32, to.daddr))?;
         let tunnel = match rt.mode {
             mode::DIRECT => None,

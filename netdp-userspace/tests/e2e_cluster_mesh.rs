@@ -4,11 +4,15 @@
 //! 192.168.20.2), joined by a router. Each cluster's network config names the other by
 //! its etcd. Nodes forward with IP forwarding off, so what crosses was carried by the
 //! programs, and their counters must show it.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
-use netdp_testbed::{Spec, Testbed, traffic};
-use serde_json::Value;
+use netdp_testbed::{
+    Spec, Testbed,
+    services::{Connect, EchoServer, echo_many},
+    traffic,
+};
+use serde_json::{Value, json};
 
 const MIB: u64 = 1 << 20;
 const TRANSFER: u64 = 50 * MIB;
@@ -252,5 +256,138 @@ fn a_cluster_whose_network_overlaps_is_refused_naming_both_and_joins_once_fixed(
     {
         bail!("west's lease not routed: {routes:?}");
     }
+    Ok(())
+}
+
+/// A service document of `name` in namespace shop: port 80 to 8080, `annotations`, the
+/// pods of `backends` (node names as the agents know them) as endpoints.
+fn service(tb: &Testbed, cluster_ip: &str, annotations: Value, backends: &[&str]) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop", "annotations": annotations},
+        "spec": {"clusterIP": cluster_ip, "ports": [{"port": 80, "targetPort": 8080}]},
+        "endpoints": backends.iter().map(|n| json!({
+            "ip": tb.pod(n, "p1").ip.to_string(), "nodeName": tb.node(n).ns,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `netdp service apply` of `doc` into the etcd at `endpoint` (east's or west's).
+fn apply(tb: &Testbed, endpoint: &str, doc: &Value) -> Result<()> {
+    let file = tb.dir.join(format!("svc-{}.json", rand_name(doc)));
+    std::fs::write(&file, doc.to_string())?;
+    let flag = format!("--etcd-endpoints={endpoint}");
+    let path = file.display().to_string();
+    let out = tb.netdp_ctl(&["service", "apply", "-f", &path, &flag])?;
+    ensure!(
+        out.status.success(),
+        "service apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn rand_name(doc: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    doc.to_string().hash(&mut h);
+    h.finish()
+}
+
+/// Which backends `n` connections from east's client to the cluster IP reached.
+fn spread(tb: &Testbed, cluster_ip: Ipv4Addr, n: usize) -> Result<BTreeMap<String, usize>> {
+    let client = tb.pod("e1", "client").clone();
+    let who = echo_many(&client.ns, Connect::new(cluster_ip, 80), n)?;
+    let mut m = BTreeMap::new();
+    for w in who {
+        *m.entry(w).or_insert(0) += 1;
+    }
+    Ok(m)
+}
+
+#[test]
+fn a_global_service_is_balanced_over_both_clusters_endpoints_as_its_affinity_says() -> Result<()> {
+    let mut tb = mesh()?;
+    let mut servers = Vec::new();
+    for n in ["e1", "e2", "w1", "w2"] {
+        let ns = tb.pod(n, "p1").ns.clone();
+        servers.push(EchoServer::start(&ns, 8080, n)?);
+    }
+    tb.add_pod("e1", "client")?;
+    let (east_etcd, west_etcd) = (tb.etcd_endpoint_of(0), tb.etcd_endpoint_of(1));
+    let web: Ipv4Addr = "10.96.0.10".parse()?;
+    let global = json!({"netdp.io/global": "true"});
+    // West's copy uses Cilium's annotation: services move over unchanged.
+    let cilium = json!({"service.cilium.io/global": "true"});
+    apply(
+        &tb,
+        &west_etcd,
+        &service(&tb, "10.97.0.10", cilium, &["w1", "w2"]),
+    )?;
+    apply(
+        &tb,
+        &east_etcd,
+        &service(&tb, "10.96.0.10", global.clone(), &["e1", "e2"]),
+    )?;
+    let all_four = |m: &BTreeMap<String, usize>| m.len() == 4;
+    tb.wait_for(
+        "east's service to reach west's endpoints",
+        Duration::from_secs(30),
+        || Ok(spread(&tb, web, 20)?.len() == 4),
+    )?;
+    let m = spread(&tb, web, 200)?;
+    println!("global service, no affinity: {m:?}");
+    ensure!(all_four(&m), "{m:?}");
+    for (who, n) in &m {
+        // 50 each expected; 5 standard deviations of a fair split.
+        ensure!((20..=80).contains(n), "{who} got {n} of 200: {m:?}");
+    }
+
+    // Local first: only east's while one of them is ready.
+    let local = json!({"netdp.io/global": "true", "netdp.io/global-affinity": "local"});
+    apply(
+        &tb,
+        &east_etcd,
+        &service(&tb, "10.96.0.10", local.clone(), &["e1", "e2"]),
+    )?;
+    tb.wait_for("local affinity", Duration::from_secs(30), || {
+        Ok(spread(&tb, web, 20)?.keys().all(|k| k.starts_with('e')))
+    })?;
+    let m = spread(&tb, web, 60)?;
+    ensure!(
+        m.keys().all(|k| k.starts_with('e')) && m.len() == 2,
+        "{m:?}"
+    );
+    // East's endpoints go: west's take over.
+    apply(&tb, &east_etcd, &service(&tb, "10.96.0.10", local, &[]))?;
+    tb.wait_for(
+        "west's endpoints once east has none",
+        Duration::from_secs(30),
+        || Ok(spread(&tb, web, 20)?.len() == 2),
+    )?;
+    let m = spread(&tb, web, 60)?;
+    ensure!(
+        m.keys().all(|k| k.starts_with('w')) && m.len() == 2,
+        "{m:?}"
+    );
+
+    // West's no longer global: none of its endpoints are used here (east has none left,
+    // so connections are refused, not sent to west).
+    apply(
+        &tb,
+        &east_etcd,
+        &service(&tb, "10.96.0.10", global, &["e1"]),
+    )?;
+    apply(
+        &tb,
+        &west_etcd,
+        &service(&tb, "10.97.0.10", json!({}), &["w1", "w2"]),
+    )?;
+    tb.wait_for(
+        "west's endpoints withdrawn",
+        Duration::from_secs(30),
+        || Ok(spread(&tb, web, 20)?.keys().all(|k| k == "e1")),
+    )?;
+    drop(servers);
     Ok(())
 }

@@ -29,6 +29,9 @@ pub struct RemoteCluster {
     pub endpoints: Vec<String>,
     #[serde(rename = "Prefix")]
     pub prefix: String,
+    /// Where its global services are (`--service-prefix` of its agents; default theirs).
+    #[serde(rename = "ServicePrefix", skip_serializing_if = "Option::is_none")]
+    pub service_prefix: Option<String>,
     #[serde(rename = "CAFile", skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
     #[serde(rename = "CertFile", skip_serializing_if = "Option::is_none")]
@@ -84,6 +87,7 @@ const KEYS: &[&str] = &[
     "Name",
     "Endpoints",
     "Prefix",
+    "ServicePrefix",
     "CAFile",
     "CertFile",
     "KeyFile",
@@ -169,6 +173,18 @@ pub(super) fn parse_remotes(
                 p => return Err(err(&field("Prefix"), format!("{p:?} must start with '/'"))),
             },
         };
+        let service_prefix = match obj.get("ServicePrefix") {
+            None => None,
+            Some(p) => match as_str(&field("ServicePrefix"), p)? {
+                p if p.starts_with('/') => Some(p.to_string()),
+                p => {
+                    return Err(err(
+                        &field("ServicePrefix"),
+                        format!("{p:?} must start with '/'"),
+                    ));
+                }
+            },
+        };
         let file = |k: &str| -> Result<Option<String>, ConfigError> {
             obj.get(k)
                 .map(|v| as_str(&field(k), v).map(String::from))
@@ -189,6 +205,7 @@ pub(super) fn parse_remotes(
             name,
             endpoints,
             prefix,
+            service_prefix,
             ca_file,
             cert_file,
             key_file,

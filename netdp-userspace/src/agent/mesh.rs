@@ -16,11 +16,18 @@ use log::{error, info, warn};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use etcd_client::Client;
+
 use crate::{
     config::{Backend, NetworkConfig, RemoteCluster},
     dataplane::networks::NetworkSet,
-    etcd::EtcdArgs,
+    etcd::{
+        EtcdArgs,
+        decode::{Decoded, Event as DecodedEvent, decode, decode_all},
+        watch::{PrefixWatch, list_pages},
+    },
     lease::{LeaseSet, LeaseWatch, PeerLease, Registry, WatchUpdate},
+    service::{self, ServiceDef, store::ServiceDecoder},
 };
 
 /// What a follower says about its cluster.
@@ -28,13 +35,19 @@ pub(super) enum Event {
     /// Its network config, read at each (re)connection.
     Config(NetworkConfig),
     Leases(WatchUpdate),
+    /// Its global services changed (`None`: gone, or no longer global), or were all
+    /// listed (`resync`).
+    Services {
+        changes: Vec<(String, Option<ServiceDef>)>,
+        resync: bool,
+    },
     /// Its etcd stopped answering (what was learned stays).
     Down(String),
 }
 
 pub(super) struct ClusterUpdate {
-    cluster: String,
-    event: Event,
+    pub(super) cluster: String,
+    pub(super) event: Event,
 }
 
 /// Where a cluster stands.
@@ -174,6 +187,8 @@ impl Mesh {
                 update.apply_to(&mut remote.leases);
                 (None, remote.config.is_some())
             }
+            // The agent hands these to its services (`agent/global.rs`).
+            Event::Services { .. } => (None, false),
             Event::Down(why) => {
                 if !matches!(remote.standing, Standing::Down(_) | Standing::Refused(_)) {
                     warn!(
@@ -187,6 +202,11 @@ impl Mesh {
                 (None, false)
             }
         }
+    }
+
+    /// The Network of cluster `name`, while it is accepted.
+    pub(super) fn network_of(&self, name: &str) -> Option<Ipv4Network> {
+        Some(self.remotes.get(name)?.config.as_ref()?.network)
     }
 
     /// Makes CLUSTER_NETWORKS hold exactly the accepted clusters' Networks, each labelled
@@ -400,12 +420,15 @@ async fn follow(decl: RemoteCluster, timeout: Duration, tx: mpsc::Sender<Cluster
                 return Ok(());
             }
             synced = true;
-            let configs = Registry::new(client, &decl.prefix);
-            poller = Some(tokio::spawn(poll_config(
-                configs,
-                config_rev,
-                sender.clone(),
-            )));
+            let configs = Registry::new(client.clone(), &decl.prefix);
+            let prefix = decl
+                .service_prefix
+                .as_deref()
+                .unwrap_or(service::DEFAULT_PREFIX);
+            poller = Some((
+                tokio::spawn(poll_config(configs, config_rev, sender.clone())),
+                tokio::spawn(follow_services(client, prefix.to_string(), sender.clone())),
+            ));
             let mut watch = LeaseWatch::new(revision);
             loop {
                 let update = watch.next(&mut registry).await?;
@@ -415,8 +438,9 @@ async fn follow(decl: RemoteCluster, timeout: Duration, tx: mpsc::Sender<Cluster
             }
         }
         .await;
-        if let Some(p) = poller {
-            p.abort();
+        if let Some((config, services)) = poller {
+            config.abort();
+            services.abort();
         }
         let why: anyhow::Error = match why {
             Ok(()) => return, // the agent is stopping
@@ -430,6 +454,68 @@ async fn follow(decl: RemoteCluster, timeout: Duration, tx: mpsc::Sender<Cluster
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Follows the cluster's global services: listed, then watched (a broken watch starts
+/// over with a listing; the lease watch reports the etcd's state).
+async fn follow_services(mut client: Client, prefix: String, sender: Sender) {
+    let mut decoder = ServiceDecoder::new(&prefix);
+    let global = |(id, d): (String, ServiceDef)| -> (String, Option<ServiceDef>) {
+        let d = Some(d).filter(|d| d.global.is_some());
+        (id, d)
+    };
+    loop {
+        let listed = async {
+            let mut all = Vec::new();
+            let prefix = decoder.prefix().to_string();
+            let revision = list_pages(&mut client, &prefix, |kvs| {
+                all.extend(
+                    decode_all(&mut decoder, &kvs)
+                        .into_iter()
+                        .map(global)
+                        .filter(|(_, d)| d.is_some()),
+                );
+            })
+            .await?;
+            if !sender
+                .send(Event::Services {
+                    changes: all,
+                    resync: true,
+                })
+                .await
+            {
+                return Ok(());
+            }
+            let mut watch = PrefixWatch::new("service", revision);
+            loop {
+                let update = watch.next(&mut client, &prefix).await?;
+                let (changes, resync) = match decode(&mut decoder, update) {
+                    Decoded::Events(events) => (
+                        events
+                            .into_iter()
+                            .map(|e| match e {
+                                DecodedEvent::Upsert(id, d) => global((id, d)),
+                                DecodedEvent::Removed(id) => (id, None),
+                            })
+                            .collect(),
+                        false,
+                    ),
+                    Decoded::Resync(all) => (all.into_iter().map(global).collect(), true),
+                };
+                if !sender.send(Event::Services { changes, resync }).await {
+                    return Ok::<_, anyhow::Error>(());
+                }
+            }
+        }
+        .await;
+        match listed {
+            Ok(()) => return,
+            Err(e) => {
+                log::debug!("global services of cluster {}: {e:#}", sender.cluster);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

@@ -38,6 +38,7 @@ use crate::{
 mod args;
 pub mod conntrack;
 mod gateway;
+mod global;
 mod leases;
 mod mesh;
 mod routes;
@@ -496,7 +497,18 @@ impl Agent<'_> {
         let state = &mut self.state;
         let mut changed = false;
         for update in batch {
+            if let mesh::Event::Services { changes, resync } = update.event {
+                let network = state.mesh.network_of(&update.cluster);
+                self.services
+                    .apply_remote(&update.cluster, network, changes, resync);
+                continue;
+            }
+            let cluster = update.cluster.clone();
             let (joined, routes) = state.mesh.apply(&state.config, update);
+            if state.mesh.network_of(&cluster).is_none() {
+                // Refused: none of its endpoints either.
+                self.services.apply_remote(&cluster, None, Vec::new(), true);
+            }
             changed |= routes;
             // The node's own traffic to the cluster's pods goes through the gateway
             // device as to this cluster's.

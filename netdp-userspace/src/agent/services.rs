@@ -40,8 +40,8 @@ use crate::{
     lease::Lease,
     netlink::Netlink,
     service::{
-        self, AddressArgs, AddressPolicy, NodeInfo, ServiceDef, store::ServiceDecoder,
-        validate::Forwarding,
+        self, AddressArgs, AddressPolicy, NodeInfo, ServiceDef, global::RemoteEndpoints,
+        store::ServiceDecoder, validate::Forwarding,
     },
 };
 
@@ -194,10 +194,11 @@ impl Host<'_> {
 /// The plan of one service, if its addresses pass `policy`; endpoints the policy refuses
 /// are left out. What is refused is logged once (in `refused`, by service), naming the
 /// service and the field.
-fn checked_plan(
+pub(super) fn checked_plan(
     policy: &AddressPolicy,
     node: &NodeInfo,
     refused: &mut HashMap<String, String>,
+    remote: &RemoteEndpoints,
     id: &str,
     def: &ServiceDef,
 ) -> Option<ServicePlan> {
@@ -216,7 +217,7 @@ fn checked_plan(
         if refused.remove(id).is_some() {
             info!("service {id}: its addresses are allowed now; programming it");
         }
-        return service::plan(def, node);
+        return plan_with(remote, def, node);
     }
     // By address: slices' endpoints are merged, so an index would name no field.
     let lines: Vec<String> = (skipped.iter())
@@ -231,7 +232,16 @@ fn checked_plan(
         .filter(|(i, _)| !skipped.iter().any(|(s, _)| s == i))
         .map(|(_, e)| e)
         .collect();
-    service::plan(&def, node)
+    plan_with(remote, &def, node)
+}
+
+/// The plan of `def`, with the other clusters' endpoints if it is global (they were
+/// checked against their own cluster's Network: [`RemoteEndpoints::set`]).
+fn plan_with(remote: &RemoteEndpoints, def: &ServiceDef, node: &NodeInfo) -> Option<ServicePlan> {
+    match remote.merged(def) {
+        Some(merged) => service::plan(&merged, node),
+        None => service::plan(def, node),
+    }
 }
 
 /// The cgroup2 directory the socket programs attach to.
@@ -259,14 +269,16 @@ fn cgroup_root(args: &ServiceArgs) -> Result<Option<PathBuf>> {
 
 /// The services of the cluster as this node programs them.
 pub struct Services {
-    lb: Lb,
-    node: NodeInfo,
+    pub(super) lb: Lb,
+    pub(super) node: NodeInfo,
     addresses: AddressArgs,
-    policy: AddressPolicy,
+    pub(super) policy: AddressPolicy,
     /// Services the policy refused, with why (logged once each).
-    refused: HashMap<String, String>,
+    pub(super) refused: HashMap<String, String>,
     decoder: ServiceDecoder,
-    defs: HashMap<String, ServiceDef>,
+    pub(super) defs: HashMap<String, ServiceDef>,
+    /// The other clusters' endpoints of global services (`agent/global.rs`).
+    pub(super) remote: RemoteEndpoints,
 }
 
 impl Services {
@@ -296,6 +308,7 @@ impl Services {
         let policy = host.policy(&args.addresses, &node);
         let mut refused = HashMap::new();
         let mut decoder = ServiceDecoder::new(&args.service_prefix);
+        let remote = RemoteEndpoints::default();
 
         let started = Instant::now();
         let (defs, updates) = match (args.source, etcd, kube) {
@@ -307,7 +320,7 @@ impl Services {
         let plans: Vec<(String, ServicePlan)> = defs
             .iter()
             .filter_map(|(id, d)| {
-                checked_plan(&policy, &node, &mut refused, id, d).map(|p| (id.clone(), p))
+                checked_plan(&policy, &node, &mut refused, &remote, id, d).map(|p| (id.clone(), p))
             })
             .collect();
         let stats = lb.adopt(plans);
@@ -329,6 +342,7 @@ impl Services {
             refused,
             decoder,
             defs,
+            remote,
         };
         Ok((s, updates))
     }
@@ -371,7 +385,14 @@ impl Services {
                 gone_udp.insert(id.clone(), gone);
             }
             let plan = match &def {
-                Some(d) => checked_plan(&self.policy, &self.node, &mut self.refused, &id, d),
+                Some(d) => checked_plan(
+                    &self.policy,
+                    &self.node,
+                    &mut self.refused,
+                    &self.remote,
+                    &id,
+                    d,
+                ),
                 None => {
                     self.refused.remove(&id);
                     None
@@ -443,7 +464,14 @@ impl Services {
                     .is_none_or(|ips| AddressPolicy::touches(d, ips))
             })
             .map(|(id, d)| {
-                let plan = checked_plan(&self.policy, &self.node, &mut self.refused, id, d);
+                let plan = checked_plan(
+                    &self.policy,
+                    &self.node,
+                    &mut self.refused,
+                    &self.remote,
+                    id,
+                    d,
+                );
                 (id.clone(), plan)
             })
             .collect();

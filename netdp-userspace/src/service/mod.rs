@@ -5,6 +5,7 @@ pub mod addresses;
 pub mod allocate;
 pub mod api;
 pub mod endpoints;
+pub mod global;
 pub mod plan;
 pub mod schema;
 pub mod slices;

@@ -97,6 +97,8 @@ pub struct ServiceDef {
     pub algorithm: Algorithm,
     /// The forwarding-mode annotation's choice; `None`: the node's (`--lb-mode`).
     pub forwarding: Option<Forwarding>,
+    /// Global across the clusters of a mesh (`netdp.io/global`), with its affinity.
+    pub global: Option<super::global::Affinity>,
     pub endpoints: Vec<EndpointDef>,
 }
 
@@ -442,6 +444,7 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
             None
         }
     };
+    let global = super::global::parse(annotations, &mut err);
     let endpoints = super::endpoints::validate(&doc.endpoints, &mut err);
     if !errs.is_empty() {
         return Err(errs.join("; "));
@@ -459,6 +462,7 @@ pub fn validate(doc: &ServiceDoc) -> Result<ServiceDef, String> {
         internal_local,
         algorithm,
         forwarding,
+        global,
         endpoints,
     })
 }
