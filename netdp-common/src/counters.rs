@@ -84,6 +84,9 @@ pub enum Reason {
     Unmasquerade = 11,
     /// Too big for the path with DF set: answered with ICMP "fragmentation needed".
     FragNeeded = 12,
+    /// A peer's NAT keepalive, taken in: its NAT's port learned (NAT_PEERS), the packet
+    /// consumed.
+    NatKeepalive = 13,
     /// A reverse-translated service reply sent to a client outside the cluster (the kernel
     /// resolves the next hop).
     ServiceReply = 20,
@@ -168,7 +171,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 48] = [
+    pub const ALL: [Reason; 49] = [
         Reason::LocalDelivery,
         Reason::Direct,
         Reason::DirectNeigh,
@@ -182,6 +185,7 @@ impl Reason {
         Reason::Masquerade,
         Reason::Unmasquerade,
         Reason::FragNeeded,
+        Reason::NatKeepalive,
         Reason::ServiceReply,
         Reason::ServiceReject,
         Reason::NonIpv4,
@@ -242,6 +246,7 @@ impl Reason {
             Reason::Masquerade => "masquerade",
             Reason::Unmasquerade => "unmasquerade",
             Reason::FragNeeded => "frag_needed",
+            Reason::NatKeepalive => "nat_keepalive",
             Reason::ServiceReply => "service_reply",
             Reason::ServiceReject => "service_reject",
             Reason::NonIpv4 => "non_ipv4",

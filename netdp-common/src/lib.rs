@@ -14,6 +14,7 @@ pub mod dsr;
 pub mod encap;
 pub mod endpoint;
 pub mod fragment;
+pub mod keepalive;
 pub mod lb;
 pub mod maps;
 pub mod monitor;
@@ -89,6 +90,7 @@ mod pod_impls {
     unsafe impl aya::Pod for endpoint::EndpointKey {}
     unsafe impl aya::Pod for endpoint::Endpoint {}
     unsafe impl aya::Pod for route::Route {}
+    unsafe impl aya::Pod for keepalive::NatPeer {}
     unsafe impl aya::Pod for counters::CounterValue {}
     unsafe impl aya::Pod for node::NodeConfig {}
     unsafe impl aya::Pod for peer::PeerKey {}

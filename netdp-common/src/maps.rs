@@ -4,7 +4,7 @@
 //! here plus its code on both sides.
 use core::mem::size_of;
 
-use crate::{Ipv4, conntrack, counters, endpoint, fragment, lb, peer, route};
+use crate::{Ipv4, conntrack, counters, endpoint, fragment, keepalive, lb, peer, route};
 
 /// Ring buffers have no key or value (their records are `monitor::DropEvent`s).
 struct NoKey;
@@ -30,6 +30,7 @@ pub mod names {
     pub const ROUTED_NETWORKS: &str = "ROUTED_NETWORKS";
     pub const DENIED_SOURCES: &str = "DENIED_SOURCES";
     pub const CLUSTER_NETWORKS: &str = "CLUSTER_NETWORKS";
+    pub const NAT_PEERS: &str = "NAT_PEERS";
 }
 
 /// Default capacities, as the programs declare them; the agent can override the
@@ -78,6 +79,8 @@ pub mod capacity {
     pub const DENIED_SOURCES: u32 = 16_384;
     /// The other clusters of a mesh (one pod Network each; Cilium's ids go to 255).
     pub const CLUSTER_NETWORKS: u32 = 255;
+    /// Peers behind a NAT, learned from their keepalives (at most every peer).
+    pub const NAT_PEERS: u32 = PEERS;
 }
 
 /// The kernel's map types netdp uses (`enum bpf_map_type`).
@@ -278,6 +281,13 @@ pub const CATALOGUE: &[MapSpec] = &[
         capacity::CLUSTER_NETWORKS,
         false,
         "the other clusters' pod Networks -> cluster id, counted as the cluster's own (agent, Clusters)",
+    ),
+    spec::<peer::PeerKey, keepalive::NatPeer>(
+        names::NAT_PEERS,
+        MapKind::LruHash,
+        capacity::NAT_PEERS,
+        false,
+        "peers behind a NAT: the port their keepalives arrive from (from_netdev; the agent sends there)",
     ),
 ];
 

@@ -41,6 +41,9 @@ pub mod flags {
     /// `dmac`/`smac` hold the resolved next-hop MAC; without it the program asks the
     /// kernel to resolve the neighbour (bpf_redirect_neigh).
     pub const HAS_MAC: u32 = 1;
+    /// vxlan: the outer source port is this node's tunnel port, not a flow hash: this node
+    /// or the peer is behind a NAT, whose mapping only that port matches.
+    pub const FIXED_SPORT: u32 = 2;
 }
 
 /// Everything the program needs to forward to a remote subnet.

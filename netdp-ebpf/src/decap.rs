@@ -4,18 +4,20 @@
 //! the caller, and so is the inner packet (for a pod here, or a reply of a flow this node
 //! translated).
 use aya_ebpf::{
-    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
 use netdp_common::{
     counters::{Program, Reason},
     encap::{IPIP_OVERHEAD, IPPROTO_IPIP, UDP_OVERHEAD, VXLAN_FLAGS, VXLAN_OVERHEAD},
+    keepalive::{self, NatPeer},
     node::{NodeConfig, decap},
     peer::{Peer, PeerKey},
 };
 
 use crate::{
-    counters::{drop, pass},
+    counters::{count, drop, pass},
     ctx::Ctx,
     maps,
     parse::{
@@ -97,6 +99,11 @@ fn strip(
     let Some(peer) = unsafe { maps::PEERS.get(PeerKey { addr: outer.saddr }) }.copied() else {
         return Err(drop(ctx, PROGRAM, Reason::DecapUnknownPeer));
     };
+    if let Some(port) = keepalive(ctx, outer, node) {
+        learn(outer, port);
+        count(ctx, PROGRAM, Reason::NatKeepalive);
+        return Err(TC_ACT_SHOT);
+    }
     if node.decap == decap::VXLAN {
         check_vxlan(ctx, node).map_err(|reason| drop(ctx, PROGRAM, reason))?;
     }
@@ -133,6 +140,42 @@ fn strip(
         return Err(drop(ctx, PROGRAM, Reason::AdjustFailed));
     }
     Ok((ok, peer))
+}
+
+/// A peer's NAT keepalive (`keepalive::MAGIC` as the whole tunnel payload): the port it
+/// came from (`NO_PORT` for ipip). One compare of the length for every other packet.
+#[inline(always)]
+fn keepalive(ctx: &TcContext, outer: &Ipv4Hdr, node: &NodeConfig) -> Option<u16> {
+    let ipip = node.decap == decap::IPIP;
+    let at = if ipip { L4 } else { L4 + 8 };
+    if u16::from_be(outer.tot_len) as usize != at - ETH_HLEN + keepalive::LEN {
+        return None;
+    }
+    let magic = ptr_at::<[u8; keepalive::LEN]>(ctx, at)?;
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { *magic } != keepalive::MAGIC {
+        return None;
+    }
+    if ipip {
+        return Some(keepalive::NO_PORT);
+    }
+    let udp = ptr_at::<UdpHdr>(ctx, L4)?;
+    // SAFETY: bounds checked by ptr_at.
+    Some(u16::from_be(unsafe { (*udp).sport }))
+}
+
+/// Remembers where a peer's keepalives come from, for the agent to send there.
+#[inline(always)]
+fn learn(outer: &Ipv4Hdr, port: u16) {
+    let seen = NatPeer {
+        port,
+        _pad: [0; 2],
+        addr: outer.saddr,
+        // SAFETY: a helper without arguments.
+        seen_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // A full map evicts the least recently seen; the next keepalive comes back.
+    let _ = maps::NAT_PEERS.insert(PeerKey { addr: outer.saddr }, seen, 0);
 }
 
 #[repr(C)]

@@ -13,7 +13,7 @@ use netdp_common::{
         IPIP_OVERHEAD, IPPROTO_IPIP, IPPROTO_UDP, OUTER_FRAG_OFF, OUTER_TTL, UDP_OVERHEAD,
         VXLAN_FLAGS, VXLAN_OVERHEAD, flow_hash, outer_ip_check, vxlan_source_port,
     },
-    route::Route,
+    route::{Route, flags},
 };
 
 use crate::{
@@ -125,7 +125,13 @@ fn inner_flow_hash(ctx: &impl Ctx, frame: &Ipv4Frame) -> u32 {
 #[inline(always)]
 pub fn vxlan(ctx: &impl Ctx, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason> {
     let tot_len = lengths(frame, VXLAN_OVERHEAD)?;
-    let sport = vxlan_source_port(inner_flow_hash(ctx, frame));
+    // Through a NAT only the port its mapping has matches; elsewhere the flow's hash
+    // spreads flows over the underlay's paths, as Linux's vxlan does.
+    let sport = if rt.flags & flags::FIXED_SPORT != 0 {
+        maps::node().port
+    } else {
+        vxlan_source_port(inner_flow_hash(ctx, frame))
+    };
     ctx.push_outer(VXLAN_OVERHEAD, VXLAN_FLAGS_ADJ)
         .map_err(|_| Reason::AdjustFailed)?;
     let h = ptr_at::<VxlanOuter>(ctx, 0).ok_or(Reason::AdjustFailed)?;
@@ -154,7 +160,8 @@ pub fn vxlan(ctx: &impl Ctx, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason
 }
 
 /// Wraps the IPv4 packet in a UDP datagram to the route's peer (Flannel's udp backend:
-/// no header of its own, source and destination port both the backend's port).
+/// no header of its own, from the node's port to the route's: the backend's port both,
+/// but for a peer behind a NAT that maps it to another).
 #[inline(always)]
 pub fn udp(ctx: &impl Ctx, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason> {
     let tot_len = lengths(frame, UDP_OVERHEAD)?;
@@ -165,7 +172,7 @@ pub fn udp(ctx: &impl Ctx, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason> 
     unsafe {
         (*h).ip = outer_ip(rt, tot_len, IPPROTO_UDP);
         (*h).udp = UdpHdr {
-            sport: rt.port.to_be(),
+            sport: maps::node().port.to_be(),
             dport: rt.port.to_be(),
             len: (tot_len - IP_HLEN as u16).to_be(),
             check: 0,

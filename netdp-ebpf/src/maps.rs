@@ -12,6 +12,7 @@ use netdp_common::{
     counters::CounterValue,
     endpoint::{Endpoint, EndpointKey},
     fragment::{FragmentKey, FragmentPorts},
+    keepalive::NatPeer,
     lb::{
         Affinity, AffinityBackendKey, AffinityKey, Backend, Frontend, FrontendKey, LbConfig,
         MAGLEV_TABLE_SIZE as DEFAULT_MAGLEV_TABLE_SIZE, MaglevRow, SockNat, SockNatKey,
@@ -97,6 +98,11 @@ pub static ROUTED_NETWORKS: LpmTrie<Ipv4, u32, { capacity::ROUTED_NETWORKS as us
 #[btf_map]
 pub static DENIED_SOURCES: LpmTrie<Ipv4, u32, { capacity::DENIED_SOURCES as usize }> =
     LpmTrie::new();
+
+/// Peers behind a NAT: where their keepalives arrive from (written by `decap`).
+#[btf_map]
+pub static NAT_PEERS: LruHashMap<PeerKey, NatPeer, { capacity::NAT_PEERS as usize }> =
+    LruHashMap::new();
 
 /// The other clusters' pod Networks (value: the cluster's id), read only on a node of a
 /// mesh (`node::flags::MESH`).

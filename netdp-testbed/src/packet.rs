@@ -229,6 +229,18 @@ fn udp_header(sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
     u
 }
 
+/// A UDP datagram of `payload` with a tunnel's outer headers (a NAT keepalive, say).
+pub fn udp_datagram(outer: &Outer, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = udp_header(sport, dport, payload.len());
+    p.extend_from_slice(payload);
+    outer_frame(outer, IPPROTO_UDP, &p)
+}
+
+/// `payload` as the whole IP payload of protocol `proto` with a tunnel's outer headers.
+pub fn ip_payload(outer: &Outer, proto: u8, payload: &[u8]) -> Vec<u8> {
+    outer_frame(outer, proto, payload)
+}
+
 /// `inner` (an Ethernet frame) in VXLAN: outer Ethernet/IPv4/UDP, VXLAN header with
 /// `vni`, then the inner frame with its MACs replaced by `inner_dst`/`inner_src`.
 pub fn vxlan(

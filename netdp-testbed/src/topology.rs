@@ -481,6 +481,26 @@ impl Testbed {
             "dev",
             "lan",
         ])?;
+        // A NAT that maps UDP to ports of its own (as carrier-grade and most cloud NATs
+        // do): peers must learn the port, not assume the node's.
+        netns::exec(
+            &gw,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "wan",
+                "-p",
+                "udp",
+                "-j",
+                "MASQUERADE",
+                "--to-ports",
+                "20000-29999",
+            ],
+        )?;
         netns::exec(
             &gw,
             &[

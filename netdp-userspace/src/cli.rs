@@ -375,7 +375,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                         "subnet": n.to_string(), "node": Ipv4Addr::from(r.node_ip).to_string(),
                         "nexthop": Ipv4Addr::from(r.nexthop).to_string(), "ifindex": r.ifindex,
                         "mode": mode(r.mode), "nexthopMac": mac(r), "vtepMac": vtep(r),
-                        "mtu": r.mtu, "cluster": cluster(n),
+                        "mtu": r.mtu, "cluster": cluster(n), "port": r.port,
+                        "fixedSourcePort": r.flags & netdp_common::route::flags::FIXED_SPORT != 0,
                     })).collect::<Vec<_>>()),
                 ),
                 Output::Table => print_table(

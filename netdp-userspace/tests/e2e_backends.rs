@@ -162,64 +162,76 @@ fn path_mtu_discovery(tb: &mut Testbed, path_mtu: u32) -> Result<()> {
     Ok(())
 }
 
-/// What works through the NAT gateway in front of n4 (record in the README).
-#[derive(Debug, PartialEq, Eq)]
-enum BehindNat {
-    /// n4's pods reach n1's and, once they have, n1's reach them back.
-    WorksWhenNatedNodeStarts,
-    /// n4's packets arrive and are decapsulated at n1, but replies cannot get back in.
-    OneWayOnly,
-    /// Not routable at all.
-    Unreachable,
-}
-
-fn behind_nat(tb: &Testbed, name: &str) -> Result<BehindNat> {
-    let (inside, outside) = (tb.pod("n4", "p1"), tb.pod("n1", "p1"));
-    let decap = |tb: &Testbed| tb.counter("n1", "from_netdev", &format!("decap_{name}"));
-    let before = decap(tb)?;
-    if traffic::ping(&inside.ns, outside.ip, 3).is_ok() {
-        traffic::ping(&outside.ns, inside.ip, 3).context("n1 -> n4 after n4 -> n1")?;
-        traffic::tcp_transfer(&outside.ns, &inside.ns, inside.ip, 6100, 4 * MIB)?;
-        return Ok(BehindNat::WorksWhenNatedNodeStarts);
+/// Through the NAT in front of n4 (one that maps UDP to ports of its own), both ways and
+/// whoever sends first: n4's keepalives reach its peers, which learn the NAT's port for
+/// it (vxlan, udp) and send there from their own tunnel port; then n1's and n3's pods
+/// reach n4's before n4's have sent them anything, and TCP flows both ways.
+fn through_nat(tb: &Testbed, name: &str) -> Result<()> {
+    let n4_subnet = tb.subnet_of("n4")?;
+    for peer in ["n1", "n2", "n3"] {
+        tb.wait_for(
+            &format!("{peer} to hear n4's keepalives"),
+            std::time::Duration::from_secs(20),
+            || Ok(tb.counter(peer, "from_netdev", "nat_keepalive")? > 0),
+        )?;
+        if name == "ipip" {
+            continue;
+        }
+        // The route to n4 goes to the port the NAT maps n4's to, from this node's port.
+        tb.wait_for(
+            &format!("{peer} to send to n4's NAT port"),
+            std::time::Duration::from_secs(10),
+            || {
+                let routes = tb.netdp_json(peer, &["route", "list"])?;
+                Ok(routes.as_array().into_iter().flatten().any(|r| {
+                    r["subnet"] == n4_subnet.as_str()
+                        && r["port"]
+                            .as_u64()
+                            .is_some_and(|p| (20000..30000).contains(&p))
+                        && (name != "vxlan" || r["fixedSourcePort"] == true)
+                }))
+            },
+        )?;
+    }
+    let inside = tb.pod("n4", "p1");
+    let decap_n4 = tb.counter("n4", "from_netdev", &format!("decap_{name}"))?;
+    for from in ["n1", "n3"] {
+        let outside = tb.pod(from, "p1");
+        traffic::ping(&outside.ns, inside.ip, 3)
+            .with_context(|| format!("{from} -> n4, {from} first"))?;
     }
     ensure!(
-        !traffic::reachable(&outside.ns, inside.ip),
-        "n1 -> n4 works although n4 -> n1 does not"
+        tb.counter("n4", "from_netdev", &format!("decap_{name}"))? > decap_n4,
+        "n4 decapsulated nothing"
     );
-    Ok(if decap(tb)? > before {
-        BehindNat::OneWayOnly
-    } else {
-        BehindNat::Unreachable
-    })
+    let outside = tb.pod("n1", "p1");
+    traffic::ping(&inside.ns, outside.ip, 3).context("n4 -> n1")?;
+    traffic::tcp_transfer(&outside.ns, &inside.ns, inside.ip, 6100, 4 * MIB)
+        .context("TCP n1 -> n4")?;
+    traffic::tcp_transfer(&inside.ns, &outside.ns, outside.ip, 6101, 4 * MIB)
+        .context("TCP n4 -> n1")?;
+    Ok(())
 }
 
 #[test]
 fn vxlan_carries_pod_traffic_between_every_pair_of_nodes() -> Result<()> {
     let tb = encapsulating_backend(r#"{"Type": "vxlan"}"#, "vxlan", 50)?;
-    // Through NAT the vxlan replies go to the gateway's port 8472, which no conntrack
-    // entry leads back to n4 (the outer source port is a flow hash, as Linux's).
-    assert_eq!(behind_nat(&tb, "vxlan")?, BehindNat::OneWayOnly);
-    Ok(())
+    // Linux's vxlan (a flow hash for source port) could not get back through the NAT.
+    through_nat(&tb, "vxlan")
 }
 
 #[test]
 fn ipip_carries_pod_traffic_between_every_pair_of_nodes() -> Result<()> {
     let tb = encapsulating_backend(r#"{"Type": "ipip"}"#, "ipip", 20)?;
-    // The gateway tracks protocol 4 by addresses alone: replies follow the mapping n4's
-    // first packet created.
-    assert_eq!(
-        behind_nat(&tb, "ipip")?,
-        BehindNat::WorksWhenNatedNodeStarts
-    );
-    Ok(())
+    // The gateway tracks protocol 4 by addresses alone: n4's keepalives keep its mapping.
+    through_nat(&tb, "ipip")
 }
 
 #[test]
 fn udp_carries_pod_traffic_between_every_pair_of_nodes() -> Result<()> {
     let tb = encapsulating_backend(r#"{"Type": "udp"}"#, "udp", 28)?;
-    // 8285 -> 8285 both ways: replies match the gateway's mapping of n4's packets.
-    assert_eq!(behind_nat(&tb, "udp")?, BehindNat::WorksWhenNatedNodeStarts);
-    Ok(())
+    // The NAT maps n4's 8285 to a port of its own: its peers send there.
+    through_nat(&tb, "udp")
 }
 
 #[test]
@@ -258,7 +270,12 @@ fn host_gw_routes_on_one_segment_and_reports_peers_it_cannot_reach() -> Result<(
         );
         assert_eq!(log.matches(&line).count(), 1, "{line}\n{log}");
     }
-    assert_eq!(behind_nat(&tb, "host-gw")?, BehindNat::Unreachable);
+    // Nor n4 it: its peers are across its NAT, off its segment.
+    let (inside, outside) = (tb.pod("n4", "p1"), tb.pod("n1", "p1"));
+    assert!(
+        !traffic::reachable(&inside.ns, outside.ip),
+        "n4 -> n1 with host-gw"
+    );
     Ok(())
 }
 

@@ -49,6 +49,11 @@ pub struct AgentArgs {
     /// Capacity of the route map.
     #[arg(long = "route-map-size", default_value_t = netdp_common::capacity::ROUTES)]
     pub route_map_size: u32,
+    /// How often a node behind a NAT (its --public-ip not an address of its own) sends
+    /// every peer a keepalive through it, so peers can send first and learn the NAT's
+    /// port ("0s": never; NATs forget idle UDP mappings after 30 s or more).
+    #[arg(long = "nat-keepalive", value_parser = parse_duration, default_value = "10s", env = "NETDP_NAT_KEEPALIVE")]
+    pub nat_keepalive: Duration,
     /// How often to re-check next-hop MACs and the network config.
     #[arg(long = "resync-interval", value_parser = parse_duration, default_value = "5s")]
     pub resync_interval: Duration,

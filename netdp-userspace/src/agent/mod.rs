@@ -39,6 +39,7 @@ mod args;
 pub mod conntrack;
 mod gateway;
 mod global;
+mod keepalive;
 mod leases;
 mod mesh;
 mod routes;
@@ -75,6 +76,13 @@ struct State {
     zone: Option<String>,
     /// The other clusters whose leases are routed here too.
     mesh: mesh::Mesh,
+    /// This node's PublicIP is not its own: its tunnels' source ports must be fixed.
+    behind_nat: bool,
+    /// Peers behind a NAT, as their keepalives arrive, and the ports learned from them.
+    nat_peers: keepalive::NatPeers,
+    nat_ports: keepalive::NatPorts,
+    /// The peers this node's keepalives go to (PublicIP, tunnel port), when behind a NAT.
+    keepalive_to: tokio::sync::watch::Sender<Vec<(Ipv4Addr, u16)>>,
 }
 
 impl State {
@@ -148,6 +156,21 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         NetworkSet::from_map(dp.take_map(name)?, name)?
     };
     let (mesh, cluster_updates) = mesh::Mesh::start(&config, cluster_networks, args.etcd.timeout)?;
+    let nat_peers =
+        keepalive::NatPeers::from_map(dp.take_map(netdp_common::map_names::NAT_PEERS)?)?;
+    let behind_nat = lease.attrs.public_ip != underlay.addr.ip();
+    let (keepalive_to, keepalive_peers) = tokio::sync::watch::channel(Vec::new());
+    if behind_nat
+        && config.backend != crate::config::Backend::HostGw
+        && !args.nat_keepalive.is_zero()
+    {
+        tokio::spawn(keepalive::send(
+            config.backend.clone(),
+            underlay.addr.ip(),
+            args.nat_keepalive,
+            keepalive_peers,
+        ));
+    }
     ensure_gateway(&nl, &lease).await?;
     let mut state = State {
         config,
@@ -163,6 +186,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         reported_unreachable: Default::default(),
         zone: node_zone(&args, kube.as_ref(), &node).await,
         mesh,
+        behind_nat,
+        nat_peers,
+        nat_ports: Default::default(),
+        keepalive_to,
     };
     // Leases first: services are checked against the node addresses they name.
     let (leases, lease_updates, zone_updates) = subnets.follow(&state.lease).await?;
@@ -412,6 +439,9 @@ impl Agent<'_> {
             signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
         let mut next_renew = Instant::now() + self.opts.renew_every();
         let mut resync = tokio::time::interval(self.args.resync_interval);
+        // Peers behind a NAT announce themselves by keepalive: a second at most before
+        // this node sends to where their NAT maps.
+        let mut nat = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             self.health.beat();
             tokio::select! {
@@ -460,6 +490,16 @@ impl Agent<'_> {
                         }
                     }
                     self.resync().await
+                }
+                _ = nat.tick() => {
+                    let ports = self.state.nat_peers.ports();
+                    if ports != self.state.nat_ports {
+                        info!("peers behind a NAT (address: port it maps): {ports:?}");
+                        self.state.nat_ports = ports;
+                        if let Err(e) = self.state.sync_routes().await {
+                            error!("programming routes: {e:#}");
+                        }
+                    }
                 }
                 _ = gc.tick() => {
                     conntrack::gc(&mut self.conntrack);

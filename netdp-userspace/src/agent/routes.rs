@@ -4,10 +4,35 @@ use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 use log::{info, warn};
-use netdp_common::route::{flags, mode};
+use netdp_common::{
+    keepalive,
+    route::{Route, flags, mode},
+};
 
 use super::State;
 use crate::dataplane::route::{entry_for, mode_for};
+
+/// `route` to `peer` as a NAT between the two needs it: to the port the peer's NAT maps
+/// (learned from its keepalives, `nat_ports`), and for vxlan from this node's own tunnel
+/// port when either side is behind a NAT.
+fn through_nat(
+    nat_ports: &super::keepalive::NatPorts,
+    behind_nat: bool,
+    mut route: Route,
+    peer: std::net::Ipv4Addr,
+) -> Route {
+    if route.mode != mode::VXLAN && route.mode != mode::UDP {
+        return route;
+    }
+    let learned = nat_ports.get(&peer).copied();
+    if let Some(port) = learned.filter(|p| *p != keepalive::NO_PORT) {
+        route.port = port;
+    }
+    if route.mode == mode::VXLAN && (behind_nat || learned.is_some()) {
+        route.flags |= flags::FIXED_SPORT;
+    }
+    route
+}
 
 impl State {
     /// Recomputes every route from the leases and writes the difference to the maps.
@@ -87,8 +112,19 @@ impl State {
                     )
                 }
             };
+            let route = through_nat(&self.nat_ports, self.behind_nat, route, ip);
             desired.insert(peer.subnet, route);
         }
+        let keepalives: Vec<(std::net::Ipv4Addr, u16)> = desired
+            .values()
+            .filter(|r| mode::is_tunnel(r.mode))
+            .map(|r| (r.node_ip.into(), r.port))
+            .collect();
+        self.keepalive_to.send_if_modified(|k| {
+            let changed = *k != keepalives;
+            *k = keepalives;
+            changed
+        });
         let stats = self.routes.sync(&desired)?;
         let peer_stats = self.peer_map.sync(&peers)?;
         if !stats.is_empty() || !peer_stats.is_empty() {
