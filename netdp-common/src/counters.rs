@@ -87,6 +87,10 @@ pub enum Reason {
     /// A peer's NAT keepalive, taken in: its NAT's port learned (NAT_PEERS), the packet
     /// consumed.
     NatKeepalive = 13,
+    /// Encapsulated to another cluster's gateway (gateway mode).
+    EncapGateway = 14,
+    /// Decapsulated from another cluster's gateway (gateway mode).
+    DecapGateway = 15,
     /// A reverse-translated service reply sent to a client outside the cluster (the kernel
     /// resolves the next hop).
     ServiceReply = 20,
@@ -171,7 +175,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 49] = [
+    pub const ALL: [Reason; 51] = [
         Reason::LocalDelivery,
         Reason::Direct,
         Reason::DirectNeigh,
@@ -186,6 +190,8 @@ impl Reason {
         Reason::Unmasquerade,
         Reason::FragNeeded,
         Reason::NatKeepalive,
+        Reason::EncapGateway,
+        Reason::DecapGateway,
         Reason::ServiceReply,
         Reason::ServiceReject,
         Reason::NonIpv4,
@@ -247,6 +253,8 @@ impl Reason {
             Reason::Unmasquerade => "unmasquerade",
             Reason::FragNeeded => "frag_needed",
             Reason::NatKeepalive => "nat_keepalive",
+            Reason::EncapGateway => "encap_gateway",
+            Reason::DecapGateway => "decap_gateway",
             Reason::ServiceReply => "service_reply",
             Reason::ServiceReject => "service_reject",
             Reason::NonIpv4 => "non_ipv4",

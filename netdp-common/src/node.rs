@@ -6,10 +6,10 @@ use crate::{Ipv4, Mac};
 
 /// Which encapsulation `from_netdev` strips (the route modes say what `from_pod` adds).
 pub mod decap {
-    pub const NONE: u32 = 0;
-    pub const VXLAN: u32 = 1;
-    pub const IPIP: u32 = 2;
-    pub const UDP: u32 = 3;
+    pub const NONE: u16 = 0;
+    pub const VXLAN: u16 = 1;
+    pub const IPIP: u16 = 2;
+    pub const UDP: u16 = 3;
 }
 
 /// Node flags.
@@ -26,6 +26,10 @@ pub mod flags {
     /// CLUSTER_NETWORKS, count as the cluster's own where sources are judged. Without it
     /// the check is the Network's mask alone.
     pub const MESH: u32 = 8;
+    /// A gateway of its cluster (`--gateway`): decapsulates the gateway tunnel on
+    /// `gateway_port` and forwards what other clusters' gateways, and this cluster's
+    /// nodes, send through it.
+    pub const GATEWAY: u32 = 16;
 }
 
 #[repr(C)]
@@ -39,7 +43,9 @@ pub struct NodeConfig {
     /// Underlay interface: traffic leaving the cluster goes out here.
     pub underlay_ifindex: u32,
     /// One of [`decap`].
-    pub decap: u32,
+    pub decap: u16,
+    /// UDP port of the tunnel between clusters' gateways (host order; 0: not a gateway).
+    pub gateway_port: u16,
     /// Bit set of [`flags`].
     pub flags: u32,
     /// VXLAN network identifier accepted (host order).
@@ -54,4 +60,5 @@ pub struct NodeConfig {
     pub vtep_mac: Mac,
 }
 
+// Copied onto from_netdev's full stack frame: no bigger than it has to be.
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 40);

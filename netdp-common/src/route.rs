@@ -17,6 +17,9 @@ pub mod mode {
     pub const IPIP: u32 = 3;
     /// The bare IP packet as a UDP payload, Flannel's `udp` backend.
     pub const UDP: u32 = 4;
+    /// The bare IP packet in UDP from this node's gateway port to another cluster's
+    /// active gateway (at the address and port it advertises): gateway mode.
+    pub const GATEWAY: u32 = 5;
 
     /// Whether routes of `mode` encapsulate: what carries direct server return's option.
     #[inline(always)]
@@ -31,6 +34,7 @@ pub mod mode {
             VXLAN => "vxlan",
             IPIP => "ipip",
             UDP => "udp",
+            GATEWAY => "gateway",
             _ => "?",
         }
     }

@@ -58,6 +58,8 @@ pub fn node_config(
         nat_port_min: nat::PORT_MIN,
         nat_port_max: nat::PORT_MAX,
         vtep_mac: vtep,
+        // A gateway's port is the agent's to set (`--gateway`).
+        gateway_port: 0,
     }
 }
 

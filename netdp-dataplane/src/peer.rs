@@ -12,10 +12,14 @@ use netdp_common::{
 
 use super::{Pins, open_pinned, route::SyncStats};
 
+/// What a peer may tunnel here: its subnet (a gateway across clusters: its cluster's
+/// Network), and `netdp_common::peer::flags`.
+pub type PeerEntry = (Ipv4Network, u16);
+
 /// PEERS, and what this handle last made it hold (see `RouteMap`).
 pub struct PeerMap {
     map: BpfHashMap<MapData, PeerKey, Peer>,
-    written: Option<HashMap<Ipv4Addr, Ipv4Network>>,
+    written: Option<HashMap<Ipv4Addr, PeerEntry>>,
 }
 
 impl PeerMap {
@@ -31,37 +35,54 @@ impl PeerMap {
     }
 
     pub fn list(&self) -> Vec<(Ipv4Addr, Ipv4Network)> {
+        self.entries()
+            .into_iter()
+            .map(|(a, (n, _))| (a, n))
+            .collect()
+    }
+
+    /// Every peer with its flags.
+    pub fn entries(&self) -> Vec<(Ipv4Addr, PeerEntry)> {
         let mut v: Vec<_> = self
             .map
             .iter()
             .filter_map(|r| r.ok())
             .filter_map(|(k, p)| {
-                Ipv4Network::new(Ipv4Addr::from(p.subnet), p.prefix_len as u8)
+                Ipv4Network::new(Ipv4Addr::from(p.subnet), p.prefix_len)
                     .ok()
-                    .map(|n| (Ipv4Addr::from(k.addr), n))
+                    .map(|n| (Ipv4Addr::from(k.addr), (n, p.flags)))
             })
             .collect();
         v.sort();
         v
     }
 
-    /// Makes the map hold exactly `desired` (peer address -> its subnet), touching only
-    /// entries that differ.
+    /// Makes the map hold exactly `desired` (peer address -> its subnet), no flags.
     pub fn sync(&mut self, desired: &HashMap<Ipv4Addr, Ipv4Network>) -> Result<SyncStats> {
+        let flagged = desired.iter().map(|(a, n)| (*a, (*n, 0))).collect();
+        self.sync_flagged(&flagged)
+    }
+
+    /// Makes the map hold exactly `desired` (peer address -> its subnet and flags),
+    /// touching only entries that differ.
+    pub fn sync_flagged(&mut self, desired: &HashMap<Ipv4Addr, PeerEntry>) -> Result<SyncStats> {
         let current = match self.written.take() {
             Some(w) => w,
-            None => self.list().into_iter().collect(),
+            None => self.entries().into_iter().collect(),
         };
         let mut stats = SyncStats::default();
-        for (addr, subnet) in desired {
+        for (addr, entry) in desired {
             let changed = match current.get(addr) {
-                Some(s) if s == subnet => continue,
+                Some(s) if s == entry => continue,
                 Some(_) => &mut stats.updated,
                 None => &mut stats.added,
             };
+            let (subnet, flags) = entry;
             let peer = Peer {
                 subnet: subnet.network().octets(),
-                prefix_len: subnet.prefix() as u32,
+                prefix_len: subnet.prefix(),
+                _pad: 0,
+                flags: *flags,
             };
             self.map
                 .insert(

@@ -53,6 +53,17 @@ pub fn receive(
 pub fn tunnel(ctx: &impl Ctx, frame: &Ipv4Frame, node: &NodeConfig) -> Option<(u32, Reason)> {
     // SAFETY: bounds checked by the parser.
     let ip = unsafe { &*frame.ip };
+    // Another cluster's gateway: on the gateway port, whatever this cluster's backend.
+    if node.gateway_port != 0
+        && ip.protocol == IPPROTO_UDP
+        && ip.version_ihl == 0x45
+        && u16::from_be(ip.frag_off) & IP_OFFSET == 0
+        && let Some(udp) = ptr_at::<UdpHdr>(ctx, L4)
+        // SAFETY: bounds checked by ptr_at.
+        && u16::from_be(unsafe { (*udp).dport }) == node.gateway_port
+    {
+        return Some((UDP_OVERHEAD, Reason::DecapGateway));
+    }
     match node.decap {
         decap::VXLAN | decap::UDP => {
             if ip.protocol != IPPROTO_UDP || ip.version_ihl != 0x45 {
@@ -99,12 +110,12 @@ fn strip(
     let Some(peer) = unsafe { maps::PEERS.get(PeerKey { addr: outer.saddr }) }.copied() else {
         return Err(drop(ctx, PROGRAM, Reason::DecapUnknownPeer));
     };
-    if let Some(port) = keepalive(ctx, outer, node) {
+    if let Some(port) = keepalive(ctx, outer) {
         learn(outer, port);
         count(ctx, PROGRAM, Reason::NatKeepalive);
         return Err(TC_ACT_SHOT);
     }
-    if node.decap == decap::VXLAN {
+    if ok == Reason::DecapVxlan {
         check_vxlan(ctx, node).map_err(|reason| drop(ctx, PROGRAM, reason))?;
     }
     // The outer datagram must hold the tunnel headers and an inner IPv4 header (what lies
@@ -145,8 +156,8 @@ fn strip(
 /// A peer's NAT keepalive (`keepalive::MAGIC` as the whole tunnel payload): the port it
 /// came from (`NO_PORT` for ipip). One compare of the length for every other packet.
 #[inline(always)]
-fn keepalive(ctx: &TcContext, outer: &Ipv4Hdr, node: &NodeConfig) -> Option<u16> {
-    let ipip = node.decap == decap::IPIP;
+fn keepalive(ctx: &TcContext, outer: &Ipv4Hdr) -> Option<u16> {
+    let ipip = outer.protocol == IPPROTO_IPIP;
     let at = if ipip { L4 } else { L4 + 8 };
     if u16::from_be(outer.tot_len) as usize != at - ETH_HLEN + keepalive::LEN {
         return None;
@@ -164,8 +175,9 @@ fn keepalive(ctx: &TcContext, outer: &Ipv4Hdr, node: &NodeConfig) -> Option<u16>
     Some(u16::from_be(unsafe { (*udp).sport }))
 }
 
-/// Remembers where a peer's keepalives come from, for the agent to send there.
-#[inline(always)]
+/// Remembers where a peer's keepalives come from, for the agent to send there. A BPF
+/// call of its own: its record stays off `from_netdev`'s full stack frame.
+#[inline(never)]
 fn learn(outer: &Ipv4Hdr, port: u16) {
     let seen = NatPeer {
         port,

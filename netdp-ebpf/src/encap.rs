@@ -160,10 +160,10 @@ pub fn vxlan(ctx: &impl Ctx, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason
 }
 
 /// Wraps the IPv4 packet in a UDP datagram to the route's peer (Flannel's udp backend:
-/// no header of its own, from the node's port to the route's: the backend's port both,
-/// but for a peer behind a NAT that maps it to another).
+/// no header of its own), from `sport` (the node's tunnel or gateway port) to the route's
+/// port (the backend's, but for a peer behind a NAT that maps it to another).
 #[inline(always)]
-pub fn udp(ctx: &impl Ctx, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason> {
+pub fn udp(ctx: &impl Ctx, frame: &Ipv4Frame, rt: &Route, sport: u16) -> Result<(), Reason> {
     let tot_len = lengths(frame, UDP_OVERHEAD)?;
     ctx.push_outer(UDP_OVERHEAD, UDP_FLAGS_ADJ)
         .map_err(|_| Reason::AdjustFailed)?;
@@ -172,7 +172,7 @@ pub fn udp(ctx: &impl Ctx, frame: &Ipv4Frame, rt: &Route) -> Result<(), Reason> 
     unsafe {
         (*h).ip = outer_ip(rt, tot_len, IPPROTO_UDP);
         (*h).udp = UdpHdr {
-            sport: maps::node().port.to_be(),
+            sport: sport.to_be(),
             dport: rt.port.to_be(),
             len: (tot_len - IP_HLEN as u16).to_be(),
             check: 0,

@@ -271,6 +271,30 @@ fn inner(ctx: &TcContext, reason: Reason, peer: &Peer) -> i32 {
     // SAFETY: copied out before anything could reuse the slot.
     match unsafe { maps::ENDPOINTS.get(EndpointKey { addr: daddr }) } {
         Some(ep) => endpoint::deliver(ctx, program, &frame, ep, reason),
+        None => transit(ctx),
+    }
+}
+
+/// A decapsulated packet for no pod here: on a gateway, another cluster's packet for a
+/// pod of this one, or one of this cluster's for another cluster, goes on by its route
+/// (the gateway tunnel, or this cluster's backend to the pod's node). Nothing else is
+/// relayed: a gateway is no open forwarder between this cluster's nodes.
+#[inline(always)]
+fn transit(ctx: &TcContext) -> i32 {
+    let program = Program::FromNetdev;
+    let frame = &match parse(ctx, program) {
+        Ok(f) => f,
+        Err(verdict) => return verdict,
+    };
+    // SAFETY: the header was bounds checked by the parser.
+    let (saddr, daddr) = unsafe { ((*frame.ip).saddr, (*frame.ip).daddr) };
+    let across = (source::from_other_cluster(saddr) && source::in_network(daddr))
+        || (source::in_network(saddr) && source::from_other_cluster(daddr));
+    if maps::node().flags & node_flags::GATEWAY == 0 || !across {
+        return drop(ctx, program, Reason::DecapNoEndpoint);
+    }
+    match maps::ROUTES.get(&Key::new(32, daddr)) {
+        Some(rt) => route::forward(ctx, program, frame, rt),
         None => drop(ctx, program, Reason::DecapNoEndpoint),
     }
 }

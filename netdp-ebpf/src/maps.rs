@@ -133,6 +133,7 @@ static NODE: Global<NodeConfig> = Global::new(NodeConfig {
     nat_port_min: 0,
     nat_port_max: 0,
     vtep_mac: [0; 6],
+    gateway_port: 0,
 });
 
 #[inline(always)]

@@ -13,7 +13,7 @@ use netdp_common::{
 
 use crate::{
     counters::{drop, pass, redirected},
-    encap, hop, icmp, mtu,
+    encap, hop, icmp, maps, mtu,
     parse::{EthHdr, Ipv4Frame, ptr_at},
 };
 
@@ -36,7 +36,16 @@ pub fn forward(ctx: &TcContext, program: Program, frame: &Ipv4Frame, rt: &Route)
     let encapsulated = match rt.mode {
         mode::VXLAN => encap::vxlan(ctx, frame, rt).map(|()| Reason::EncapVxlan),
         mode::IPIP => encap::ipip(ctx, frame, rt).map(|()| Reason::EncapIpip),
-        mode::UDP => encap::udp(ctx, frame, rt).map(|()| Reason::EncapUdp),
+        mode::UDP | mode::GATEWAY => {
+            // One copy of the udp encapsulation for both: from_netdev's frame is full.
+            let node = maps::node();
+            let (sport, reason) = if rt.mode == mode::GATEWAY {
+                (node.gateway_port, Reason::EncapGateway)
+            } else {
+                (node.port, Reason::EncapUdp)
+            };
+            encap::udp(ctx, frame, rt, sport).map(|()| reason)
+        }
         _ => return transmit(ctx, program, rt, Reason::Direct, Reason::DirectNeigh),
     };
     match encapsulated {

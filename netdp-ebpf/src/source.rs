@@ -9,7 +9,7 @@ use netdp_common::{
     counters::{Program, Reason},
     endpoint::EndpointKey,
     node,
-    peer::Peer,
+    peer::{Peer, flags as peer_flags},
     route::{flags, mode},
 };
 
@@ -83,6 +83,12 @@ pub fn decapsulated<C: Ctx>(ctx: &C, frame: &Ipv4Frame, peer: &Peer) -> Result<(
     let mask = (u64::from(u32::MAX) << (32 - len)) as u32;
     if saddr & mask == u32::from_be_bytes(peer.subnet) & mask {
         Ok(())
+    } else if peer.flags & peer_flags::GATEWAY != 0
+        // SAFETY: the header was bounds checked by the parser.
+        && relayed(unsafe { (*frame.ip).saddr })
+    {
+        // This cluster's gateway passing on another cluster's packet.
+        Ok(())
     } else {
         Err(drop(ctx, Program::FromNetdev, Reason::DecapSpoofedSource))
     }
@@ -111,6 +117,20 @@ pub fn in_network(addr: [u8; 4]) -> bool {
     let node = maps::node();
     u32::from_ne_bytes(addr) & u32::from_ne_bytes(node.cluster_mask)
         == u32::from_ne_bytes(node.cluster)
+}
+
+/// Whether a gateway may have relayed a packet from `saddr`: another cluster's pod. A BPF
+/// call of its own, off `from_netdev`'s full stack frame.
+#[inline(never)]
+fn relayed(saddr: [u8; 4]) -> bool {
+    from_other_cluster(saddr)
+}
+
+/// Whether `addr` is a pod address of another cluster of the mesh.
+#[inline(always)]
+pub fn from_other_cluster(addr: [u8; 4]) -> bool {
+    maps::node().flags & node::flags::MESH != 0
+        && maps::CLUSTER_NETWORKS.get(&Key::new(32, addr)).is_some()
 }
 
 /// Whether `addr` is a pod address of the cluster or of another cluster of its mesh:

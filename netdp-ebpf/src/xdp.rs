@@ -235,7 +235,7 @@ fn transmit(ctx: &XdpContext, frame: &Ipv4Frame, out: &Egress, reason: Reason) -
             let pushed = match rt.mode {
                 mode::VXLAN => encap::vxlan(ctx, frame, rt).map(|()| Reason::EncapVxlan),
                 mode::IPIP => encap::ipip(ctx, frame, rt).map(|()| Reason::EncapIpip),
-                _ => encap::udp(ctx, frame, rt).map(|()| Reason::EncapUdp),
+                _ => encap::udp(ctx, frame, rt, maps::node().port).map(|()| Reason::EncapUdp),
             };
             match pushed {
                 Ok(r) => r,

@@ -12,7 +12,7 @@ use netdp_common::{
 use crate::dataplane::{Dataplane, MapSizes};
 
 /// Each backend's decapsulation mode and port, as the agent bakes them into the programs.
-const BACKENDS: [(&str, u32, u16); 4] = [
+const BACKENDS: [(&str, u16, u16); 4] = [
     ("host-gw", decap::NONE, 0),
     ("vxlan", decap::VXLAN, 8472),
     ("ipip", decap::IPIP, 0),
@@ -23,19 +23,25 @@ pub fn run() -> Result<()> {
     let mut failed = Vec::new();
     for (name, mode, port) in BACKENDS {
         for masq in [false, true] {
-            // Settings of a real node (every path enabled), so the verifier sees them all.
+            // Settings of a real node (every path enabled: masquerading, a mesh, a
+            // gateway), so the verifier sees them all.
             let node = NodeConfig {
                 node_ip: [192, 0, 2, 1],
                 cluster: [10, 244, 0, 0],
                 cluster_mask: [255, 255, 0, 0],
                 underlay_ifindex: 1,
                 decap: mode,
-                flags: if masq { flags::MASQUERADE } else { 0 },
+                flags: if masq {
+                    flags::MASQUERADE | flags::MESH | flags::GATEWAY
+                } else {
+                    0
+                },
                 vni: if mode == decap::VXLAN { 1 } else { 0 },
                 port,
                 nat_port_min: nat::PORT_MIN,
                 nat_port_max: nat::PORT_MAX,
                 vtep_mac: [0x02, 0, 0, 0, 0, 1],
+                gateway_port: if masq { 4800 } else { 0 },
             };
             let label = format!("{name}{}", if masq { " + ip-masq" } else { "" });
             let started = Instant::now();
