@@ -8,7 +8,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_F_MARK_MANGLED_0, TC_ACT_OK, TC_ACT_SHOT,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_MARK_MANGLED_0, TC_ACT_OK, TC_ACT_SHOT,
         bpf_adj_room_mode::{BPF_ADJ_ROOM_MAC, BPF_ADJ_ROOM_NET},
         xdp_action,
     },
@@ -127,8 +127,21 @@ impl Ctx for TcContext {
     }
     #[inline(always)]
     fn push_outer(&self, len: u32, tc_flags: u64) -> Result<(), ()> {
-        self.adjust_room(len as i32, BPF_ADJ_ROOM_MAC, tc_flags)
-            .map_err(|_| ())
+        if self
+            .adjust_room(len as i32, BPF_ADJ_ROOM_MAC, tc_flags)
+            .is_ok()
+        {
+            return Ok(());
+        }
+        // The kernel encapsulates an skb only once (-EALREADY): one a gateway just took out
+        // of a tunnel may still be marked encapsulated (an skb that came over a veth keeps
+        // the mark). Its segments keep their size (fixed GSO); the headers are ours.
+        self.adjust_room(
+            len as i32,
+            BPF_ADJ_ROOM_MAC,
+            BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+        )
+        .map_err(|_| ())
     }
     #[inline(always)]
     fn insert_after_ip(&self, len: u32) -> Result<(), ()> {

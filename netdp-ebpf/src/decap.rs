@@ -4,7 +4,10 @@
 //! the caller, and so is the inner packet (for a pod here, or a reply of a flow this node
 //! translated).
 use aya_ebpf::{
-    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    bindings::{
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
     helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
@@ -144,7 +147,7 @@ fn strip(
         .adjust_room(
             -(overhead as i32),
             BPF_ADJ_ROOM_MAC,
-            BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+            (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4) as u64,
         )
         .is_err()
     {

@@ -92,6 +92,15 @@ impl Spec {
         self
     }
 
+    /// A node of cluster `cluster` behind a NAT gateway on its underlay.
+    pub fn cluster_nat_node(mut self, name: &str, underlay: usize, cluster: usize) -> Self {
+        self = self.nat_node(name, underlay);
+        if let Some(n) = self.nodes.last_mut() {
+            n.cluster = cluster;
+        }
+        self
+    }
+
     /// A node of cluster `cluster` (0: the testbed's own; see [`Spec::cluster`]).
     pub fn cluster_node(mut self, name: &str, underlay: usize, cluster: usize) -> Self {
         self = self.node(name, underlay);

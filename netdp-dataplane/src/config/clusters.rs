@@ -20,11 +20,27 @@ pub struct Identity {
     pub id: u8,
 }
 
+/// How pods reach another cluster's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub enum Mode {
+    /// Every node of each reaches every node of the other (ClusterMesh's way): its leases
+    /// are routed here as this cluster's are.
+    #[default]
+    #[serde(rename = "direct")]
+    Direct,
+    /// Only the clusters' gateways reach each other (Submariner's way): its Network is
+    /// routed to this cluster's active gateway, and from there to its active gateway.
+    #[serde(rename = "gateway")]
+    Gateway,
+}
+
 /// Another cluster, reached through its etcd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RemoteCluster {
     #[serde(rename = "Name")]
     pub name: String,
+    #[serde(rename = "Mode")]
+    pub mode: Mode,
     #[serde(rename = "Endpoints")]
     pub endpoints: Vec<String>,
     #[serde(rename = "Prefix")]
@@ -88,6 +104,7 @@ const KEYS: &[&str] = &[
     "Endpoints",
     "Prefix",
     "ServicePrefix",
+    "Mode",
     "CAFile",
     "CertFile",
     "KeyFile",
@@ -185,6 +202,19 @@ pub(super) fn parse_remotes(
                 }
             },
         };
+        let mode = match obj.get("Mode") {
+            None => Mode::Direct,
+            Some(m) => match as_str(&field("Mode"), m)? {
+                "direct" => Mode::Direct,
+                "gateway" => Mode::Gateway,
+                other => {
+                    return Err(err(
+                        &field("Mode"),
+                        format!("{other:?} is not one of direct, gateway"),
+                    ));
+                }
+            },
+        };
         let file = |k: &str| -> Result<Option<String>, ConfigError> {
             obj.get(k)
                 .map(|v| as_str(&field(k), v).map(String::from))
@@ -203,6 +233,7 @@ pub(super) fn parse_remotes(
         }
         remotes.push(RemoteCluster {
             name,
+            mode,
             endpoints,
             prefix,
             service_prefix,

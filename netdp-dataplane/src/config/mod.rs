@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub mod clusters;
-pub use clusters::{Identity, RemoteCluster};
+pub use clusters::{Identity, Mode as ClusterMode, RemoteCluster};
 
 /// A config value that cannot be used, naming the field and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

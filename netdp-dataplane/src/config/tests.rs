@@ -246,7 +246,7 @@ fn clusters_of_a_mesh() {
             "Clusters": [{"Name": "west", "Endpoints": ["https://192.168.20.2:2379"],
                           "Prefix": "/west/network/", "CAFile": "/etc/w/ca.pem",
                           "CertFile": "/etc/w/c.pem", "KeyFile": "/etc/w/k.pem"},
-                         {"Name": "north", "Endpoints": ["http://10.9.0.1:2379"]}]}"#,
+                         {"Name": "north", "Mode": "gateway", "Endpoints": ["http://10.9.0.1:2379"]}]}"#,
     )
     .unwrap();
     let id = c.identity.as_ref().unwrap();
@@ -256,6 +256,8 @@ fn clusters_of_a_mesh() {
     assert_eq!(c.clusters[0].key_file.as_deref(), Some("/etc/w/k.pem"));
     assert_eq!(c.clusters[1].prefix, clusters::DEFAULT_PREFIX);
     assert_eq!(c.clusters[1].ca_file, None);
+    assert_eq!(c.clusters[0].mode, ClusterMode::Direct);
+    assert_eq!(c.clusters[1].mode, ClusterMode::Gateway);
     // The keys come back as they were given (netdp network show).
     let shown = serde_json::to_value(&c).unwrap();
     assert_eq!(shown["ClusterName"], "east");
@@ -294,6 +296,10 @@ fn bad_cluster_keys_name_the_field() {
         (
             format!(r#"{{{net}, {own}, "Clusters": [{{{west}, "Mode": "x"}}]}}"#),
             "Clusters[0].Mode",
+        ),
+        (
+            format!(r#"{{{net}, {own}, "Clusters": [{{{west}, "Tunnel": 1}}]}}"#),
+            "Clusters[0].Tunnel",
         ),
         (
             format!(r#"{{{net}, {own}, "Clusters": [{{"Endpoints": ["http://a:1"]}}]}}"#),

@@ -92,6 +92,8 @@ pub struct AgentArgs {
     pub underlay: super::underlay::UnderlayArgs,
     #[command(flatten)]
     pub xdp: super::xdp::XdpArgs,
+    #[command(flatten)]
+    pub gateway: super::gateways::GatewayArgs,
 }
 
 /// An address to listen on, or none ("off").

@@ -90,15 +90,34 @@ pub(super) async fn send(
         }
     };
     info!(
-        "behind a NAT: keepalives to every peer every {every:?} from {addr} ({} backend)",
-        backend.type_name()
+        "keepalives through NATs every {every:?} from {addr} ({} {})",
+        backend.type_name(),
+        match &backend {
+            Backend::Vxlan { port, .. } | Backend::Udp { port } => format!("port {port}"),
+            _ => "protocol 4".into(),
+        }
     );
-    let mut tick = tokio::time::interval(every);
+    // A peer that just appeared may not know this node yet (its agent still starting):
+    // a change is followed by a keepalive a second for a few seconds, then every `every`.
+    const BURST: u32 = 5;
+    let step = every.min(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(step);
+    let (mut burst, mut since) = (BURST, Duration::ZERO);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
-            changed = peers.changed() => if changed.is_err() { return },
+            _ = tick.tick() => since += step,
+            changed = peers.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                burst = BURST;
+            }
         }
+        if burst == 0 && since < every {
+            continue;
+        }
+        burst = burst.saturating_sub(1);
+        since = Duration::ZERO;
         let list = peers.borrow_and_update().clone();
         let mut failed = 0;
         for (ip, port) in &list {

@@ -18,8 +18,9 @@ use tokio::sync::mpsc;
 
 use etcd_client::Client;
 
+use super::gateways::{self, Gateway};
 use crate::{
-    config::{Backend, NetworkConfig, RemoteCluster},
+    config::{Backend, ClusterMode, NetworkConfig, RemoteCluster},
     dataplane::networks::NetworkSet,
     etcd::{
         EtcdArgs,
@@ -41,6 +42,8 @@ pub(super) enum Event {
         changes: Vec<(String, Option<ServiceDef>)>,
         resync: bool,
     },
+    /// Its active gateway (gateway mode), as its `<prefix>/gateway` has it.
+    Gateway(Option<Gateway>),
     /// Its etcd stopped answering (what was learned stays).
     Down(String),
 }
@@ -83,6 +86,8 @@ struct Remote {
     admission: LeaseSet,
     /// Leases routed at the last sync.
     routed: usize,
+    /// Its active gateway, as last read.
+    gateway: Option<Gateway>,
 }
 
 /// The other clusters this node routes to.
@@ -127,6 +132,7 @@ impl Mesh {
                     config: None,
                     leases: HashMap::new(),
                     routed: 0,
+                    gateway: None,
                 },
             );
         }
@@ -189,6 +195,20 @@ impl Mesh {
             }
             // The agent hands these to its services (`agent/global.rs`).
             Event::Services { .. } => (None, false),
+            Event::Gateway(g) => {
+                let changed = remote.gateway != g;
+                if changed {
+                    match &g {
+                        Some(g) => info!(
+                            "cluster {name}: active gateway {} at {}",
+                            g.node, g.endpoint
+                        ),
+                        None => warn!("cluster {name} has no active gateway"),
+                    }
+                }
+                remote.gateway = g;
+                (None, changed && remote.decl.mode == ClusterMode::Gateway)
+            }
             Event::Down(why) => {
                 if !matches!(remote.standing, Standing::Down(_) | Standing::Refused(_)) {
                     warn!(
@@ -240,7 +260,11 @@ impl Mesh {
         let mut out = Vec::new();
         let mut seen = taken.clone();
         for (name, remote) in self.remotes.iter_mut() {
-            let Some(config) = &remote.config else {
+            let Some(config) = remote
+                .config
+                .as_ref()
+                .filter(|_| remote.decl.mode == ClusterMode::Direct)
+            else {
                 remote.routed = 0;
                 continue;
             };
@@ -261,6 +285,21 @@ impl Mesh {
             }
         }
         out
+    }
+
+    /// The clusters reached through gateways: their Network and active gateway.
+    pub(super) fn gateway_clusters(&self) -> Vec<(Ipv4Network, Option<Gateway>)> {
+        (self.remotes.values())
+            .filter(|r| r.decl.mode == ClusterMode::Gateway)
+            .filter_map(|r| Some((r.config.as_ref()?.network, r.gateway.clone())))
+            .collect()
+    }
+
+    /// Whether any cluster is reached through gateways.
+    pub(super) fn has_gateway_clusters(&self) -> bool {
+        self.remotes
+            .values()
+            .any(|r| r.decl.mode == ClusterMode::Gateway)
     }
 
     /// Every cluster, for `/status` and `netdp cluster list`.
@@ -288,6 +327,8 @@ impl Mesh {
                 },
                 "leases": r.leases.len(),
                 "routes": r.routed,
+                "mode": match r.decl.mode { ClusterMode::Direct => "direct", ClusterMode::Gateway => "gateway" },
+                "gateway": r.gateway.as_ref().map(|g| json!({"node": g.node, "endpoint": g.endpoint.to_string()})),
             })
         });
         Value::Array(own.into_iter().chain(remotes).collect())
@@ -534,11 +575,32 @@ impl Sender {
     }
 }
 
-/// Reads the cluster's network config every [`CONFIG_EVERY`] and passes on each new
-/// revision (errors are the lease watch's to report).
+/// Reads the cluster's active gateway every [`gateways::POLL`] and its network config
+/// every [`CONFIG_EVERY`], passing on what changed (errors are the lease watch's to
+/// report).
 async fn poll_config(mut registry: Registry, mut revision: i64, sender: Sender) {
+    let prefix = registry.prefix().to_string();
+    let mut gateway = None;
+    let mut since_config = Duration::ZERO;
+    let mut first = true;
     loop {
-        tokio::time::sleep(CONFIG_EVERY).await;
+        if !first {
+            tokio::time::sleep(gateways::POLL).await;
+            since_config += gateways::POLL;
+        }
+        first = false;
+        if let Ok(g) = gateways::read(&mut registry.client, &prefix).await
+            && g != gateway
+        {
+            gateway = g.clone();
+            if !sender.send(Event::Gateway(g)).await {
+                return;
+            }
+        }
+        if since_config < CONFIG_EVERY {
+            continue;
+        }
+        since_config = Duration::ZERO;
         match registry.config().await {
             Ok((config, rev)) if rev != revision => {
                 revision = rev;

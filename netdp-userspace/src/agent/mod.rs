@@ -38,6 +38,7 @@ use crate::{
 mod args;
 pub mod conntrack;
 mod gateway;
+mod gateways;
 mod global;
 mod keepalive;
 mod leases;
@@ -83,6 +84,11 @@ struct State {
     nat_ports: keepalive::NatPorts,
     /// The peers this node's keepalives go to (PublicIP, tunnel port), when behind a NAT.
     keepalive_to: tokio::sync::watch::Sender<Vec<(Ipv4Addr, u16)>>,
+    /// This node's name, and its cluster's active gateway (gateway mode).
+    node: String,
+    local_gateway: Option<gateways::Gateway>,
+    /// The other clusters' gateways this node's gateway keepalives go to, when active.
+    gateway_keepalive_to: tokio::sync::watch::Sender<Vec<(Ipv4Addr, u16)>>,
 }
 
 impl State {
@@ -160,6 +166,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         keepalive::NatPeers::from_map(dp.take_map(netdp_common::map_names::NAT_PEERS)?)?;
     let behind_nat = lease.attrs.public_ip != underlay.addr.ip();
     let (keepalive_to, keepalive_peers) = tokio::sync::watch::channel(Vec::new());
+    let (gateway_keepalive_to, gateway_peers) = tokio::sync::watch::channel(Vec::new());
+    let local_gateway = follow_gateway(&args, &subnets, &mesh, &lease, &node, gateway_peers);
     if behind_nat
         && config.backend != crate::config::Backend::HostGw
         && !args.nat_keepalive.is_zero()
@@ -190,6 +198,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         nat_peers,
         nat_ports: Default::default(),
         keepalive_to,
+        node: node.clone(),
+        local_gateway: None,
+        gateway_keepalive_to,
     };
     // Leases first: services are checked against the node addresses they name.
     let (leases, lease_updates, zone_updates) = subnets.follow(&state.lease).await?;
@@ -217,6 +228,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         services: service_updates,
         zone: zone_updates,
         clusters: cluster_updates,
+        gateway: local_gateway,
     };
     let agent = Agent {
         opts: args.lease_options(),
@@ -267,6 +279,65 @@ async fn node_zone(args: &AgentArgs, kube: Option<&kube::Client>, node: &str) ->
         None => info!("node {node} has no zone label: topology hints are not used"),
     }
     zone
+}
+
+/// Follows this cluster's active gateway, when a cluster is reached through gateways, and
+/// stands for it with `--gateway` (sending the other clusters' gateways keepalives from
+/// the gateway port, to `gateway_peers`, while active). Gateways live in etcd: with
+/// `--kube-subnet-mgr` there are none.
+fn follow_gateway(
+    args: &AgentArgs,
+    subnets: &Subnets,
+    mesh: &mesh::Mesh,
+    lease: &Lease,
+    node: &str,
+    gateway_peers: tokio::sync::watch::Receiver<Vec<(Ipv4Addr, u16)>>,
+) -> Option<tokio::sync::watch::Receiver<Option<gateways::Gateway>>> {
+    if !mesh.has_gateway_clusters() && !args.gateway.candidate {
+        return None;
+    }
+    let Subnets::Etcd(registry) = subnets else {
+        warn!("gateway mode needs the leases in etcd: no gateway is followed");
+        return None;
+    };
+    let me = args.gateway.candidate.then(|| {
+        let endpoint = args
+            .gateway
+            .gateway_endpoint
+            .unwrap_or(std::net::SocketAddrV4::new(
+                lease.attrs.public_ip,
+                args.gateway.gateway_port,
+            ));
+        let me = gateways::Gateway {
+            node: node.to_string(),
+            public_ip: lease.attrs.public_ip,
+            subnet: lease.subnet,
+            endpoint,
+        };
+        (me, args.gateway.gateway_ttl)
+    });
+    if me.is_some() {
+        tokio::spawn(keepalive::send(
+            crate::config::Backend::Udp {
+                port: args.gateway.gateway_port,
+            },
+            std::net::Ipv4Addr::UNSPECIFIED,
+            // Gateways are few: keepalives every 2 s let the other side learn a NAT's
+            // port within seconds of a gateway becoming active (or of a failover).
+            args.nat_keepalive
+                .min(std::time::Duration::from_secs(2))
+                .max(std::time::Duration::from_millis(200)),
+            gateway_peers,
+        ));
+    }
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(gateways::follow(
+        registry.client.clone(),
+        registry.prefix().to_string(),
+        me,
+        tx,
+    ));
+    Some(rx)
 }
 
 /// The underlay interface (--iface, else the one holding the default route), this node's
@@ -385,6 +456,10 @@ fn load_dataplane(
     args.underlay.node_flags(&mut node_config);
     args.underlay.check(config)?;
     args.xdp.node_flags(&mut node_config);
+    if args.gateway.candidate {
+        node_config.flags |= netdp_common::node::flags::GATEWAY;
+        node_config.gateway_port = args.gateway.gateway_port;
+    }
     args.xdp.check(config)?;
     let mut dp = Dataplane::load_for(crate::ebpf_object(), Some(pins), &sizes, &node_config)?;
     args.underlay.program(&mut dp)?;
@@ -413,6 +488,8 @@ struct Watches {
     zone: Option<tokio::sync::watch::Receiver<Option<String>>>,
     /// The other clusters' configs and leases (`mesh`).
     clusters: mpsc::Receiver<mesh::ClusterUpdate>,
+    /// This cluster's active gateway, when a cluster is reached through gateways.
+    gateway: Option<tokio::sync::watch::Receiver<Option<gateways::Gateway>>>,
 }
 
 /// The running agent: what it follows and keeps in step.
@@ -491,6 +568,20 @@ impl Agent<'_> {
                     }
                     self.resync().await
                 }
+                Ok(()) = async {
+                    match watches.gateway.as_mut() {
+                        Some(g) => g.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now = watches.gateway.as_mut().and_then(|g| g.borrow_and_update().clone());
+                    self.state.local_gateway = now;
+                    let started = Instant::now();
+                    if let Err(e) = self.state.sync_routes().await {
+                        error!("programming routes: {e:#}");
+                    }
+                    self.applied("gateway", started);
+                }
                 _ = nat.tick() => {
                     let ports = self.state.nat_peers.ports();
                     if ports != self.state.nat_ports {
@@ -508,6 +599,11 @@ impl Agent<'_> {
                     self.metrics.masquerade_flows.set(self.conntrack.masqueraded().len() as i64);
                 }
             }
+        }
+        if self.args.gateway.candidate
+            && let Subnets::Etcd(registry) = &self.subnets
+        {
+            gateways::resign(&mut registry.client.clone(), registry.prefix(), self.node).await;
         }
         Ok(())
     }
