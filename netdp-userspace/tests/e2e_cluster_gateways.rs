@@ -165,6 +165,30 @@ fn pods_reach_another_cluster_through_the_gateways_and_survive_a_gateway_failing
     wait_route(&tb, "e1", "10.245.0.0/16", &w1_public, "gateway")?;
     wait_route(&tb, "w2", "10.244.0.0/16", &w1_public, "vxlan")?;
     wait_route(&tb, "w1", "10.244.0.0/16", &ip("e1"), "gateway")?;
+    // What the operator sees on e3: east's active gateway e1, west's w1 at its NAT.
+    let out = tb.netdp("e3", &["cluster", "list", "-o", "json"])?;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let by_name = |n: &str| {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == n)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (east, west) = (by_name("east"), by_name("west"));
+    ensure!(
+        east["gateway"]["node"] == tb.node("e1").ns.as_str(),
+        "{list}"
+    );
+    ensure!(
+        west["mode"] == "gateway" && west["state"] == "connected",
+        "{list}"
+    );
+    ensure!(
+        west["gateway"]["endpoint"] == format!("{w1_public}:4800").as_str(),
+        "{list}"
+    );
     // Through w1's NAT: e1 to the port it maps w1's gateway port to, w2 to the one it maps
     // w1's vxlan port to (learned from w1's keepalives).
     wait_nat_port(&tb, "e1", "10.245.0.0/16")?;

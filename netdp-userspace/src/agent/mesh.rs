@@ -303,10 +303,11 @@ impl Mesh {
     }
 
     /// Every cluster, for `/status` and `netdp cluster list`.
-    pub(super) fn status(&self, local: &NetworkConfig) -> Value {
+    pub(super) fn status(&self, local: &NetworkConfig, gateway: Option<&Gateway>) -> Value {
         let own = local.identity.as_ref().map(|i| {
             json!({"name": i.name, "id": i.id, "network": local.network.to_string(),
-                   "local": true, "state": "local"})
+                   "local": true, "state": "local",
+                   "gateway": gateway.map(|g| json!({"node": g.node, "endpoint": g.endpoint.to_string()}))})
         });
         let remotes = self.remotes.values().map(|r| {
             let since = r

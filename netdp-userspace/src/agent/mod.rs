@@ -623,8 +623,11 @@ impl Agent<'_> {
         self.metrics.services.set(services as i64);
         self.metrics.service_backends.set(backends as i64);
         self.metrics.routes.set(self.state.routes.count() as i64);
-        self.health
-            .set_clusters(self.state.mesh.status(&self.state.config));
+        self.health.set_clusters(
+            self.state
+                .mesh
+                .status(&self.state.config, self.state.local_gateway.as_ref()),
+        );
     }
 
     /// Applies a batch of the other clusters' updates and reroutes once if any of their

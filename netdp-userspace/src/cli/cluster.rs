@@ -67,6 +67,7 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
                         text(&c["name"]),
                         text(&c["id"]),
                         text(&c["network"]),
+                        if local { "-".into() } else { text(&c["mode"]) },
                         text(&c["state"]),
                         c["since"].as_u64().map_or("-".into(), age),
                         if local {
