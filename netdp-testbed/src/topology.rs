@@ -492,38 +492,13 @@ impl Testbed {
         ])?;
         // A NAT that maps UDP to ports of its own (as carrier-grade and most cloud NATs
         // do): peers must learn the port, not assume the node's.
-        netns::exec(
-            &gw,
-            &[
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "wan",
-                "-p",
-                "udp",
-                "-j",
-                "MASQUERADE",
-                "--to-ports",
-                "20000-29999",
-            ],
-        )?;
-        netns::exec(
-            &gw,
-            &[
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "wan",
-                "-j",
-                "MASQUERADE",
-            ],
-        )?;
+        let udp: &[&str] = &["-p", "udp", "-j", "MASQUERADE", "--to-ports", "20000-29999"];
+        let rest: &[&str] = &["-j", "MASQUERADE"];
+        for rule in [udp, rest] {
+            let mut args = vec!["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan"];
+            args.extend_from_slice(rule);
+            netns::exec(&gw, &args)?;
+        }
         let ip: Ipv4Addr = format!("{lan}.2").parse()?;
         address_host(ns, ip, Some(&format!("{lan}.1")))?;
         Ok((ip, wan))

@@ -13,12 +13,11 @@ use std::net::Ipv4Addr;
 use common::{
     ADJACENT_PEER_MAC, Fixture, Frontend, GATEWAY, NODE_IP, OUR_VTEP, PEER_IP, PEER_VTEP,
     ROUTER_MAC, TEST_RUN_IFINDEX, UNDERLAY_MAC, node_config, node_port, outer_from_peer,
-    outer_to_peer, plan, pod_mac, remote, veth_mac,
+    outer_to_peer, plan, pod_mac, remote, tunnel_node, tunnels, veth_mac, with_option,
 };
 use netdp::config::Backend;
 use netdp_common::{
     counters::{Event, Program, Reason},
-    node::{NodeConfig, decap},
     program_names::{FROM_NETDEV, FROM_POD},
 };
 use netdp_testbed::packet::{
@@ -30,55 +29,6 @@ const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 5);
 /// A pod of the node under test (when it plays the backend's node).
 const LOCAL_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
-
-/// `frame` (Ethernet, then IPv4 without options) with the DSR option naming
-/// `backend:port` behind its IP header: type 0x9e (copied, class 0, number 30), length 8,
-/// the port, the address; the header length, total length and checksum to match.
-fn with_option(frame: &[u8], backend: Ipv4Addr, port: u16) -> Vec<u8> {
-    let mut f = frame[..34].to_vec();
-    f.extend_from_slice(&[0x9e, 8]);
-    f.extend_from_slice(&port.to_be_bytes());
-    f.extend_from_slice(&backend.octets());
-    f.extend_from_slice(&frame[34..]);
-    f[14] = 0x47;
-    let tot = u16::from_be_bytes([f[16], f[17]]) + 8;
-    f[16..18].copy_from_slice(&tot.to_be_bytes());
-    f[24..26].copy_from_slice(&[0, 0]);
-    let c = packet::checksum(&f[14..42], 0);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f
-}
-
-/// The node settings of a node running `backend`, decapsulating what its peers send.
-fn tunnel_node(backend: &Backend) -> NodeConfig {
-    let (decap, port, vni) = match *backend {
-        Backend::Vxlan { vni, port, .. } => (decap::VXLAN, port, vni),
-        Backend::Ipip { .. } => (decap::IPIP, 0, 0),
-        Backend::Udp { port } => (decap::UDP, port, 0),
-        _ => panic!("not a tunnel: {backend:?}"),
-    };
-    NodeConfig {
-        decap,
-        port,
-        vni,
-        vtep_mac: OUR_VTEP,
-        ..node_config()
-    }
-}
-
-fn tunnels() -> [Backend; 3] {
-    [
-        Backend::Vxlan {
-            vni: 1,
-            port: 8472,
-            direct_routing: false,
-        },
-        Backend::Ipip {
-            direct_routing: false,
-        },
-        Backend::Udp { port: 8285 },
-    ]
-}
 
 /// A node port's node whose one service, frontend `fe`, has its backend behind the
 /// tunnel to the peer.

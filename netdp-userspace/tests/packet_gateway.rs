@@ -16,15 +16,11 @@ use common::{
 };
 use netdp::{
     config::Backend,
-    dataplane::{
-        networks::NetworkSet,
-        route::{entry_for, mode_for},
-    },
+    dataplane::route::{entry_for, mode_for},
     lease::LeaseAttrs,
 };
 use netdp_common::{
     counters::{Program, Reason},
-    map_names,
     node::{NodeConfig, decap, flags},
     peer::flags as peer_flags,
     program_names::FROM_NETDEV,
@@ -103,14 +99,7 @@ fn gateway(active: bool) -> Fixture {
             .collect(),
         )
         .expect("PEERS");
-    let mut networks = NetworkSet::from_map(
-        f.take_map(map_names::CLUSTER_NETWORKS),
-        map_names::CLUSTER_NETWORKS,
-    )
-    .expect("CLUSTER_NETWORKS");
-    networks
-        .insert(&"10.2.0.0/16".parse().unwrap(), 2)
-        .expect("the other cluster");
+    common::other_cluster(&mut f, "10.2.0.0/16", 2);
     f
 }
 

@@ -24,7 +24,6 @@ use netdp::{
 };
 use netdp_common::{
     counters::{Event, Program, Reason},
-    map_names,
     node::{NodeConfig, decap, flags},
     program_names::{FROM_NETDEV, FROM_POD},
 };
@@ -85,14 +84,7 @@ fn mesh() -> Mesh {
                 .collect(),
         )
         .expect("syncing PEERS");
-    let mut networks = NetworkSet::from_map(
-        f.take_map(map_names::CLUSTER_NETWORKS),
-        map_names::CLUSTER_NETWORKS,
-    )
-    .expect("CLUSTER_NETWORKS is a network map");
-    networks
-        .insert(&REMOTE_NETWORK.parse().unwrap(), 2)
-        .expect("adding the other cluster");
+    let networks = common::other_cluster(&mut f, REMOTE_NETWORK, 2);
     Mesh { f, networks }
 }
 
@@ -121,23 +113,6 @@ fn remote_pod_to_pod(dport: u16) -> PacketSpec {
         tcp_flags: 0x02,
         ..Default::default()
     }
-}
-
-/// `frame` with the DSR option naming `backend:port` behind its IP header (RFC 791
-/// layout: type 0x9e, length 8, port, address), lengths and checksum to match.
-fn with_option(frame: &[u8], backend: Ipv4Addr, port: u16) -> Vec<u8> {
-    let mut f = frame[..34].to_vec();
-    f.extend_from_slice(&[0x9e, 8]);
-    f.extend_from_slice(&port.to_be_bytes());
-    f.extend_from_slice(&backend.octets());
-    f.extend_from_slice(&frame[34..]);
-    f[14] = 0x47;
-    let tot = u16::from_be_bytes([f[16], f[17]]) + 8;
-    f[16..18].copy_from_slice(&tot.to_be_bytes());
-    f[24..26].copy_from_slice(&[0, 0]);
-    let c = packet::checksum(&f[14..42], 0);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f
 }
 
 #[test]
@@ -208,7 +183,7 @@ fn the_dsr_option_of_another_clusters_pod_is_not_believed() {
     } = mesh();
     // A pod of the other cluster sends to port 9999 of our pod with an option naming
     // 8080: delivered as sent, option and all, no flow opened.
-    let inner = with_option(&remote_pod_to_pod(9999).build(), POD, 8080);
+    let inner = common::with_option(&remote_pod_to_pod(9999).build(), POD, 8080);
     let (verdict, out) = f.run(FROM_NETDEV, &from_peer(&inner));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(out, packet::routed(&inner, pod_mac(3), veth_mac(3)));

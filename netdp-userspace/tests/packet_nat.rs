@@ -10,15 +10,14 @@ use std::net::Ipv4Addr;
 
 use aya::maps::HashMap as BpfHashMap;
 use common::{
-    Fixture, OUR_VTEP, PEER_IP, PEER_VTEP, TEST_RUN_IFINDEX, node_config, outer_from_peer,
-    outer_to_peer, pod_mac, veth_mac,
+    Fixture, OUR_VTEP, PEER_IP, PEER_VTEP, TEST_RUN_IFINDEX, outer_from_peer, outer_to_peer,
+    pod_mac, veth_mac,
 };
 use netdp::config::Backend;
 use netdp_common::{
     counters::{Program, Reason},
     keepalive::{MAGIC, NO_PORT, NatPeer},
     map_names,
-    node::{NodeConfig, decap},
     peer::PeerKey,
     program_names::{FROM_NETDEV, FROM_POD},
     route::flags,
@@ -29,36 +28,6 @@ use netdp_testbed::packet::{
 
 /// The port the peer's NAT maps its tunnel port to.
 const NAT_PORT: u16 = 20417;
-
-fn node(backend: &Backend) -> NodeConfig {
-    let (decap, port, vni) = match *backend {
-        Backend::Vxlan { vni, port, .. } => (decap::VXLAN, port, vni),
-        Backend::Ipip { .. } => (decap::IPIP, 0, 0),
-        Backend::Udp { port } => (decap::UDP, port, 0),
-        _ => panic!("not a tunnel"),
-    };
-    NodeConfig {
-        decap,
-        port,
-        vni,
-        vtep_mac: OUR_VTEP,
-        ..node_config()
-    }
-}
-
-fn tunnels() -> [Backend; 3] {
-    [
-        Backend::Vxlan {
-            vni: 1,
-            port: 8472,
-            direct_routing: false,
-        },
-        Backend::Ipip {
-            direct_routing: false,
-        },
-        Backend::Udp { port: 8285 },
-    ]
-}
 
 /// The peer's keepalive from `from` (its NAT's address) as `backend` carries it.
 fn keepalive(backend: &Backend, outer: &packet::Outer, payload: &[u8]) -> Vec<u8> {
@@ -82,8 +51,8 @@ fn learned(f: &mut Fixture) -> Vec<(Ipv4Addr, NatPeer)> {
 
 #[test]
 fn a_peers_keepalive_is_taken_in_and_its_nat_port_learned() {
-    for backend in tunnels() {
-        let mut f = Fixture::load(&node(&backend));
+    for backend in common::tunnels() {
+        let mut f = Fixture::load(&common::tunnel_node(&backend));
         f.route_to_peer(&backend);
         let (verdict, _) = f.run(
             FROM_NETDEV,
@@ -111,8 +80,8 @@ fn a_peers_keepalive_is_taken_in_and_its_nat_port_learned() {
 
 #[test]
 fn only_a_peer_keepalive_of_the_exact_form_counts() {
-    for backend in tunnels() {
-        let mut f = Fixture::load(&node(&backend));
+    for backend in common::tunnels() {
+        let mut f = Fixture::load(&common::tunnel_node(&backend));
         f.route_to_peer(&backend);
         // From a stranger: an unknown peer, learned nothing.
         let stranger = packet::Outer {
@@ -158,8 +127,8 @@ fn pod_packet() -> PacketSpec {
 
 #[test]
 fn a_route_through_a_nat_goes_to_its_port_from_this_nodes_own() {
-    for backend in [tunnels()[0].clone(), tunnels()[2].clone()] {
-        let mut f = Fixture::load(&node(&backend));
+    for backend in [common::tunnels()[0].clone(), common::tunnels()[2].clone()] {
+        let mut f = Fixture::load(&common::tunnel_node(&backend));
         f.add_pod(pod_packet().src, TEST_RUN_IFINDEX, pod_mac(3), veth_mac(3));
         f.route_to_peer(&backend);
         // As the agent writes it once the keepalives are learned.

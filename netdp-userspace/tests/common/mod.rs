@@ -35,7 +35,7 @@ use netdp_common::{
     endpoint::Endpoint,
     lb::{Backend as LbBackend, backend_flags},
     map_names,
-    node::NodeConfig,
+    node::{NodeConfig, decap},
     route::{Route, flags, mode},
 };
 use netdp_testbed::packet::{self, Outer, PacketSpec};
@@ -432,4 +432,67 @@ impl Fixture {
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value, out))
     }
+}
+
+/// `frame` (Ethernet, then IPv4 without options) with the DSR option naming
+/// `backend:port` behind its IP header: type 0x9e (copied, class 0, number 30), length 8,
+/// the port, the address; the header length, total length and checksum to match.
+pub fn with_option(frame: &[u8], backend: Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut f = frame[..34].to_vec();
+    f.extend_from_slice(&[0x9e, 8]);
+    f.extend_from_slice(&port.to_be_bytes());
+    f.extend_from_slice(&backend.octets());
+    f.extend_from_slice(&frame[34..]);
+    f[14] = 0x47;
+    let tot = u16::from_be_bytes([f[16], f[17]]) + 8;
+    f[16..18].copy_from_slice(&tot.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = packet::checksum(&f[14..42], 0);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The node settings of a node running `backend`, decapsulating what its peers send.
+pub fn tunnel_node(backend: &Backend) -> NodeConfig {
+    let (decap, port, vni) = match *backend {
+        Backend::Vxlan { vni, port, .. } => (decap::VXLAN, port, vni),
+        Backend::Ipip { .. } => (decap::IPIP, 0, 0),
+        Backend::Udp { port } => (decap::UDP, port, 0),
+        _ => panic!("not a tunnel: {backend:?}"),
+    };
+    NodeConfig {
+        decap,
+        port,
+        vni,
+        vtep_mac: OUR_VTEP,
+        ..node_config()
+    }
+}
+
+pub fn tunnels() -> [Backend; 3] {
+    [
+        Backend::Vxlan {
+            vni: 1,
+            port: 8472,
+            direct_routing: false,
+        },
+        Backend::Ipip {
+            direct_routing: false,
+        },
+        Backend::Udp { port: 8285 },
+    ]
+}
+
+/// CLUSTER_NETWORKS with `network` as the other cluster `id` (as the agent's mesh writes
+/// it); the handle, to change it later.
+pub fn other_cluster(f: &mut Fixture, network: &str, id: u32) -> NetworkSet {
+    let mut networks = NetworkSet::from_map(
+        f.take_map(map_names::CLUSTER_NETWORKS),
+        map_names::CLUSTER_NETWORKS,
+    )
+    .expect("CLUSTER_NETWORKS is a network map");
+    networks
+        .insert(&network.parse().expect("a CIDR"), id)
+        .expect("adding the other cluster");
+    networks
 }
