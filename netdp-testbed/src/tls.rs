@@ -25,7 +25,8 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
         .context("openssl (is it installed?)")
 }
 
-/// Creates `ca`, `server` (valid for 127.0.0.1 and the testbed's etcd address) and `client`
+/// Creates `ca`, `server` (valid for 127.0.0.1 and the testbed's etcd addresses: its own and
+/// further clusters') and `client`
 /// key pairs under `dir`.
 pub fn generate(dir: &Path) -> Result<TlsFiles> {
     std::fs::create_dir_all(dir)?;
@@ -48,7 +49,7 @@ pub fn generate(dir: &Path) -> Result<TlsFiles> {
         ],
     )?;
     let sans = format!(
-        "subjectAltName=IP:{},IP:192.168.10.2,DNS:localhost",
+        "subjectAltName=IP:{},IP:192.168.10.2,IP:192.168.20.2,IP:192.168.30.2,DNS:localhost",
         Ipv4Addr::LOCALHOST
     );
     for (name, ext) in [

@@ -45,6 +45,8 @@ pub struct Spec {
     /// Further clusters, each with an etcd of its own holding this network config:
     /// cluster `k` (1 on) has its etcd at `.2` of underlay `k`.
     pub clusters: Vec<String>,
+    /// The further clusters' etcds serve HTTPS and want client certificates.
+    pub cluster_tls: bool,
 }
 
 impl Spec {
@@ -89,6 +91,12 @@ impl Spec {
     /// underlay `k` for the `k`th such cluster).
     pub fn cluster(mut self, network_json: &str) -> Self {
         self.clusters.push(network_json.into());
+        self
+    }
+
+    /// The further clusters' etcds with TLS (their files: [`crate::etcd::Etcd::tls`]).
+    pub fn cluster_tls(mut self) -> Self {
+        self.cluster_tls = true;
         self
     }
 
@@ -419,7 +427,11 @@ impl Testbed {
         address_host(&ns, ip, Some(&format!("{}.1", underlay_prefix(k))))?;
         let dir = self.dir.join(format!("cluster{k}"));
         std::fs::create_dir_all(&dir)?;
-        let etcd = Etcd::start(&dir, Some(&ns), ip, None)?;
+        let tls = match self.spec.cluster_tls {
+            true => Some(crate::tls::generate(&dir.join("pki"))?),
+            false => None,
+        };
+        let etcd = Etcd::start(&dir, Some(&ns), ip, tls)?;
         etcd.put(&format!("{}/config", self.prefix), config)?;
         self.cluster_etcds.push(etcd);
         Ok(())

@@ -259,6 +259,45 @@ fn a_cluster_whose_network_overlaps_is_refused_naming_both_and_joins_once_fixed(
     Ok(())
 }
 
+#[test]
+fn the_other_clusters_etcd_is_read_over_tls_with_the_files_the_config_names() -> Result<()> {
+    let spec = Spec::default()
+        .underlays(2)
+        .network(&east())
+        .cluster(&west())
+        .cluster_tls()
+        .cluster_node("e1", 0, 0);
+    let mut tb = Testbed::new(spec)?;
+    let tls = tb
+        .cluster_etcd(1)
+        .tls
+        .clone()
+        .context("west's etcd has TLS")?;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let config = json!({
+        "Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"},
+        "ClusterName": "east", "ClusterID": 1,
+        "Clusters": [{"Name": "west", "Endpoints": [format!("https://{WEST_ETCD}:2379")],
+                      "CAFile": path(&tls.ca), "CertFile": path(&tls.client_cert),
+                      "KeyFile": path(&tls.client_key)}],
+    });
+    tb.set_network_config(&config.to_string())?;
+    let lease = r#"{"PublicIP":"192.168.20.11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:20:11"}}"#;
+    let prefix = tb.prefix.clone();
+    tb.cluster_etcd(1)
+        .put(&format!("{prefix}/subnets/10.245.7.0-24"), lease)?;
+    tb.start_agent("e1", &[])?;
+    tb.wait_for("e1 to read west over TLS", Duration::from_secs(30), || {
+        Ok(cluster_state(&tb, "e1", "west")?["state"] == "connected")
+    })?;
+    wait_routes(&tb, "e1", 1)?;
+    ensure!(
+        tb.routes("e1")?.iter().any(|(s, _)| s == "10.245.7.0/24"),
+        "west's lease, read over TLS, is routed"
+    );
+    Ok(())
+}
+
 /// A service document of `name` in namespace shop: port 80 to 8080, `annotations`, the
 /// pods of `backends` (node names as the agents know them) as endpoints.
 fn service(tb: &Testbed, cluster_ip: &str, annotations: Value, backends: &[&str]) -> Value {

@@ -30,6 +30,8 @@ pub const FLANNEL_VXLAN: &str = "kernel vxlan flannel.1 (as Flannel)";
 pub const NETDP_VXLAN: &str = "netdp vxlan";
 pub const NETDP_IPIP: &str = "netdp ipip";
 pub const NETDP_UDP: &str = "netdp udp";
+pub const NETDP_MESH_DIRECT: &str = "netdp vxlan across clusters, direct";
+pub const NETDP_MESH_GATEWAY: &str = "netdp vxlan across clusters, through gateways";
 pub const RR_CASE: &str = "64 B request/response, 1 connection";
 pub const STREAM_CASE: &str = "1 TCP stream";
 
@@ -51,6 +53,19 @@ enum Carrier {
     },
     /// Both nodes set up as flanneld sets them up, the kernel forwarding.
     Flannel(FlannelBackend),
+    /// netdp vxlan, the client's node in one cluster and the server's in another, each
+    /// with its own etcd and underlay, joined by a router: directly, or through each
+    /// cluster's gateway (`gateway`: two more nodes, three tunnels on the way).
+    Mesh { gateway: bool },
+}
+
+/// The reasons the client's and the server's nodes count pod traffic under, for netdp.
+fn netdp_reasons(carrier: Carrier) -> Option<(&'static [Reason], Reason)> {
+    match carrier {
+        Carrier::Netdp { sent, received, .. } => Some((sent, received)),
+        Carrier::Mesh { .. } => Some((&[Reason::EncapVxlan], Reason::DecapVxlan)),
+        _ => None,
+    }
 }
 
 struct Subject {
@@ -113,7 +128,73 @@ const SUBJECTS: &[Subject] = &[
             received: Reason::DecapUdp,
         },
     },
+    Subject {
+        name: NETDP_MESH_DIRECT,
+        compare: &[NETDP_VXLAN],
+        carrier: Carrier::Mesh { gateway: false },
+    },
+    Subject {
+        name: NETDP_MESH_GATEWAY,
+        compare: &[NETDP_VXLAN, NETDP_MESH_DIRECT],
+        carrier: Carrier::Mesh { gateway: true },
+    },
 ];
+
+/// The two clusters' network configs, each naming the other (`mode`: direct, gateway).
+fn mesh_configs(mode: &str) -> (String, String) {
+    let config = |name: &str, id: u8, network: &str, other: &str, etcd: &str| {
+        format!(
+            r#"{{"Network": "{network}", "Backend": {{"Type": "vxlan"}},
+                "ClusterName": "{name}", "ClusterID": {id},
+                "Clusters": [{{"Name": "{other}", "Mode": "{mode}",
+                               "Endpoints": ["http://{etcd}:2379"]}}]}}"#
+        )
+    };
+    (
+        config("east", 1, "10.244.0.0/16", "west", "192.168.20.2"),
+        config("west", 2, "10.245.0.0/16", "east", "192.168.10.2"),
+    )
+}
+
+/// A mesh subject's testbed: n1 (east) holds the client, n2 (west) the server; with
+/// gateways, g1 and g2 are the clusters' gateways. Ready once n1 routes west's pods.
+fn mesh(
+    bins: &Binaries,
+    gateway: bool,
+) -> Result<(Testbed, netdp_testbed::Pod, netdp_testbed::Pod)> {
+    let (east, west) = mesh_configs(if gateway { "gateway" } else { "direct" });
+    let mut spec = Spec::default()
+        .underlays(2)
+        .binaries(bins.clone())
+        .network(&east)
+        .cluster(&west)
+        .cluster_node("n1", 0, 0)
+        .cluster_node("n2", 1, 1);
+    if gateway {
+        spec = spec.cluster_node("g1", 0, 0).cluster_node("g2", 1, 1);
+    }
+    let mut tb = Testbed::new(spec)?;
+    if gateway {
+        tb.start_agent("g1", &["--gateway"])?;
+        tb.start_agent("g2", &["--gateway"])?;
+    }
+    tb.start_agent("n1", &[])?;
+    tb.start_agent("n2", &[])?;
+    let (a, b) = (tb.add_pod("n1", "client")?, tb.add_pod("n2", "server")?);
+    let want = if gateway {
+        "10.245.0.0/16".to_string()
+    } else {
+        tb.subnet_of("n2")?
+    };
+    tb.wait_for(
+        "the client's node to route the other cluster",
+        Duration::from_secs(60),
+        || Ok(tb.routes("n1")?.iter().any(|(s, _)| *s == want)),
+    )?;
+    // Both ways through the gateways, before anything is measured.
+    netdp_testbed::traffic::ping(&a.ns, b.ip, 3)?;
+    Ok((tb, a, b))
+}
 
 /// The subjects' names in the order the table and the plot show them.
 pub fn subjects() -> Vec<&'static str> {
@@ -147,6 +228,7 @@ fn setup(bins: &Binaries, carrier: Carrier) -> Result<(Testbed, Endpoints)> {
             let (a, b) = (tb.add_pod("n1", "client")?, tb.add_pod("n2", "server")?);
             (tb, a, b)
         }
+        Carrier::Mesh { gateway } => mesh(bins, gateway)?,
         Carrier::Flannel(backend) => {
             let mut tb = Testbed::new(spec.network(&flannel::network_config(backend.type_name())))?;
             let mut nodes = FlannelNode::start_all(&tb, backend)?;
@@ -192,7 +274,10 @@ fn sum(
 fn tally(tb: &Testbed, carrier: Carrier) -> Result<Option<Tally>> {
     Ok(Some(match carrier {
         Carrier::Underlay => return Ok(None),
-        Carrier::Netdp { sent, received, .. } => {
+        Carrier::Netdp { .. } | Carrier::Mesh { .. } => {
+            let Some((sent, received)) = netdp_reasons(carrier) else {
+                return Ok(None);
+            };
             let c = [tb.counter_totals("n1")?, tb.counter_totals("n2")?];
             let names = |rs: &[Reason]| rs.iter().map(|r| r.name()).collect::<Vec<_>>().join("+");
             Tally {
