@@ -30,6 +30,7 @@ pub const FLANNEL_VXLAN: &str = "kernel vxlan flannel.1 (as Flannel)";
 pub const NETDP_VXLAN: &str = "netdp vxlan";
 pub const NETDP_IPIP: &str = "netdp ipip";
 pub const NETDP_UDP: &str = "netdp udp";
+pub const NETDP_ROUTED: &str = "netdp vxlan across a router, one cluster";
 pub const NETDP_MESH_DIRECT: &str = "netdp vxlan across clusters, direct";
 pub const NETDP_MESH_GATEWAY: &str = "netdp vxlan across clusters, through gateways";
 pub const RR_CASE: &str = "64 B request/response, 1 connection";
@@ -57,13 +58,18 @@ enum Carrier {
     /// with its own etcd and underlay, joined by a router: directly, or through each
     /// cluster's gateway (`gateway`: two more nodes, three tunnels on the way).
     Mesh { gateway: bool },
+    /// netdp vxlan in one cluster, its two nodes on two underlays joined by the router:
+    /// the path of `Mesh { gateway: false }` but for the second cluster.
+    Routed,
 }
 
 /// The reasons the client's and the server's nodes count pod traffic under, for netdp.
 fn netdp_reasons(carrier: Carrier) -> Option<(&'static [Reason], Reason)> {
     match carrier {
         Carrier::Netdp { sent, received, .. } => Some((sent, received)),
-        Carrier::Mesh { .. } => Some((&[Reason::EncapVxlan], Reason::DecapVxlan)),
+        Carrier::Mesh { .. } | Carrier::Routed => {
+            Some((&[Reason::EncapVxlan], Reason::DecapVxlan))
+        }
         _ => None,
     }
 }
@@ -129,13 +135,18 @@ const SUBJECTS: &[Subject] = &[
         },
     },
     Subject {
-        name: NETDP_MESH_DIRECT,
+        name: NETDP_ROUTED,
         compare: &[NETDP_VXLAN],
+        carrier: Carrier::Routed,
+    },
+    Subject {
+        name: NETDP_MESH_DIRECT,
+        compare: &[NETDP_ROUTED, NETDP_VXLAN],
         carrier: Carrier::Mesh { gateway: false },
     },
     Subject {
         name: NETDP_MESH_GATEWAY,
-        compare: &[NETDP_VXLAN, NETDP_MESH_DIRECT],
+        compare: &[NETDP_ROUTED, NETDP_MESH_DIRECT],
         carrier: Carrier::Mesh { gateway: true },
     },
 ];
@@ -229,6 +240,18 @@ fn setup(bins: &Binaries, carrier: Carrier) -> Result<(Testbed, Endpoints)> {
             (tb, a, b)
         }
         Carrier::Mesh { gateway } => mesh(bins, gateway)?,
+        Carrier::Routed => {
+            let spec = Spec::default()
+                .underlays(2)
+                .binaries(bins.clone())
+                .network(&flannel::network_config("vxlan"))
+                .node("n1", 0)
+                .node("n2", 1);
+            let mut tb = Testbed::new(spec)?;
+            tb.start_all_agents(&[])?;
+            let (a, b) = (tb.add_pod("n1", "client")?, tb.add_pod("n2", "server")?);
+            (tb, a, b)
+        }
         Carrier::Flannel(backend) => {
             let mut tb = Testbed::new(spec.network(&flannel::network_config(backend.type_name())))?;
             let mut nodes = FlannelNode::start_all(&tb, backend)?;
@@ -274,7 +297,7 @@ fn sum(
 fn tally(tb: &Testbed, carrier: Carrier) -> Result<Option<Tally>> {
     Ok(Some(match carrier {
         Carrier::Underlay => return Ok(None),
-        Carrier::Netdp { .. } | Carrier::Mesh { .. } => {
+        Carrier::Netdp { .. } | Carrier::Mesh { .. } | Carrier::Routed => {
             let Some((sent, received)) = netdp_reasons(carrier) else {
                 return Ok(None);
             };
