@@ -67,9 +67,7 @@ enum Carrier {
 fn netdp_reasons(carrier: Carrier) -> Option<(&'static [Reason], Reason)> {
     match carrier {
         Carrier::Netdp { sent, received, .. } => Some((sent, received)),
-        Carrier::Mesh { .. } | Carrier::Routed => {
-            Some((&[Reason::EncapVxlan], Reason::DecapVxlan))
-        }
+        Carrier::Mesh { .. } | Carrier::Routed => Some((&[Reason::EncapVxlan], Reason::DecapVxlan)),
         _ => None,
     }
 }
